@@ -1,0 +1,13 @@
+"""`deployc demo`: build examples/demo.yaml (train the digits CNN once, export fp32 + int8, validate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.build import BuildResult, build
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+def run_demo(out: str | Path = "deployc-demo", quiet: bool = False) -> BuildResult:
+    return build(DEMO_CONFIG, out=out, quiet=quiet)

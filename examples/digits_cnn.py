@@ -1,0 +1,76 @@
+"""The embedded demo model: DigitsResNet trained on scikit-learn's digits, once, then cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from examples.models import DigitsResNet
+from pipeline.data import digits_arrays
+
+EPOCHS = 25
+SEED = 0
+
+
+def cache_dir() -> Path:
+    """$DEPLOYC_CACHE_DIR, else ~/.cache/deployc."""
+    return Path(os.environ.get("DEPLOYC_CACHE_DIR") or Path.home() / ".cache" / "deployc")
+
+
+def _cache_key() -> str:
+    # retrain when this file, the model code or torch changes
+    sources = [Path(__file__).read_bytes(), (Path(__file__).parent / "models.py").read_bytes(), torch.__version__.encode()]
+    return hashlib.sha256(b"\0".join(sources)).hexdigest()[:16]
+
+
+def train(epochs: int = EPOCHS, seed: int = SEED) -> DigitsResNet:
+    """Deterministic training: fixed seed, fixed shuffling, Adam with cosine decay."""
+    torch.manual_seed(seed)
+    x, y = (torch.from_numpy(a) for a in digits_arrays("train"))
+    model = DigitsResNet()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            loss_fn(model(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def pretrained() -> DigitsResNet:
+    """The trained demo model, from the cache when present (safetensors), else trained now (~10 s)."""
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / f"digits_resnet-{_cache_key()}.safetensors"
+    model = DigitsResNet()
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    print("training the demo model on digits (once; cached in %s)" % path.parent, file=sys.stderr)
+    model = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    return model
+
+
+def accuracy(model: nn.Module, split: str = "test") -> float:
+    x, y = digits_arrays(split)
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+if __name__ == "__main__":
+    m = pretrained()
+    print(f"test top-1 {accuracy(m):.4f}, params {sum(p.numel() for p in m.parameters())}")

@@ -1,0 +1,151 @@
+"""quantize.int8 (static QDQ), quantize.dynamic, quantize.fp16 — ONNX-level quantization through
+onnxruntime.quantization, realising the build's one quantization spec (config key `quantize`)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+from pydantic import ConfigDict, Field
+
+from pipeline.config import QuantizeSpec
+from pipeline.contracts import Context, Pass
+from pipeline.data import Dataset
+from pipeline.errors import UsageError
+from pipeline.registry import register_pass
+from pipeline.state import ModelState
+from passes.onnx_util import op_counts, scratch_dir
+
+_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+class Int8Config(QuantizeSpec):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    activation_type: str = Field("uint8", pattern="^(uint8|int8)$",
+                                 description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations")
+    calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
+
+
+class DynamicConfig(QuantizeSpec):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
+                                description="ops given int8 weights; Conv is left out: ORT's CPU ConvInteger is slower than float Conv")
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over a Dataset, in small batches."""
+
+    def __init__(self, data: Dataset, batch: int):
+        self._it: Iterator[dict[str, np.ndarray]] = (x for x, _ in data.batches(batch))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def __iter__(self):  # onnxruntime >= 1.20 also iterates the reader
+        return iter(self.get_next, None)
+
+
+def _prepared(proto: Any, work: Any) -> str:
+    """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    raw, prep = work / "model.onnx", work / "prep.onnx"
+    onnx.save(proto, raw)
+    try:
+        quant_pre_process(str(raw), str(prep), skip_symbolic_shape=False)
+    except Exception:
+        quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
+    return str(prep)
+
+
+def quantize_int8(proto: Any, data: Dataset, spec: Int8Config) -> Any:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if len(data) == 0:
+        raise UsageError("quantize.int8: the calibration set is empty")
+    samples = data.take(spec.samples)
+    act = QuantType.QInt8 if spec.symmetric_activations or spec.activation_type == "int8" else QuantType.QUInt8
+    extra = {"ActivationSymmetric": spec.symmetric_activations, "WeightSymmetric": True,
+             "CalibPercentile": spec.percentile}
+    with scratch_dir() as work:
+        src = _prepared(proto, work)
+        out = work / "int8.onnx"
+        quantize_static(src, str(out), _Reader(samples, spec.calibration_batch), quant_format=QuantFormat.QDQ,
+                        per_channel=spec.per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
+                        nodes_to_exclude=list(spec.exclude), extra_options=extra)
+        return onnx.load(str(out))
+
+
+def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with scratch_dir() as work:
+        src = _prepared(proto, work)
+        out = work / "dynamic.onnx"
+        quantize_dynamic(src, str(out), weight_type=QuantType.QInt8, per_channel=spec.per_channel,
+                         nodes_to_exclude=list(spec.exclude), op_types_to_quantize=list(spec.op_types))
+        return onnx.load(str(out))
+
+
+def convert_fp16(proto: Any) -> Any:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(proto, keep_io_types=True)  # float32 inputs/outputs, fp16 inside
+
+
+def _excluded_missing(proto: Any, exclude: list[str]) -> list[str]:
+    names = {n.name for n in proto.graph.node}
+    return [e for e in exclude if e not in names]
+
+
+class _QuantizePass(Pass):
+    requires = frozenset({"onnx"})
+    produces = frozenset({"quantized"})
+    precision: str
+
+    def _check_exclude(self, proto: Any) -> None:
+        missing = _excluded_missing(proto, list(getattr(self.config, "exclude", [])))
+        if missing:
+            raise UsageError(f"quantize.exclude: no node named {missing} in the graph")
+
+    def _done(self, state: ModelState, proto: Any) -> tuple[ModelState, bool, dict[str, Any]]:
+        counts = op_counts(proto)
+        facts = state.facts | {f"precision:{self.precision}"}
+        return state.replace(onnx=proto, facts=facts), True, {"ops": counts, "nodes": sum(counts.values())}
+
+
+@register_pass
+class QuantizeInt8(_QuantizePass):
+    name = "quantize.int8"
+    Config = Int8Config
+    requires = frozenset({"onnx", "data.calibration"})
+    precision = "int8"
+
+    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+        self._check_exclude(state.onnx)
+        return self._done(state, quantize_int8(state.onnx, ctx.calibration, self.config))
+
+
+@register_pass
+class QuantizeDynamic(_QuantizePass):
+    name = "quantize.dynamic"
+    Config = DynamicConfig
+    precision = "dynamic"
+
+    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+        self._check_exclude(state.onnx)
+        return self._done(state, quantize_dynamic_int8(state.onnx, self.config))
+
+
+@register_pass
+class QuantizeFp16(_QuantizePass):
+    name = "quantize.fp16"
+    Config = QuantizeSpec
+    precision = "fp16"
+
+    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+        return self._done(state, convert_fp16(state.onnx))

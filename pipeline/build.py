@@ -1,0 +1,138 @@
+"""The compiler driver: config → check → load → reference → passes → targets → validate → outputs.
+
+Everything that can be checked without work (config, pass names and requirements, targets) is
+checked before the model loads; nothing is written to the out dir until the model and data load.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import BuildConfig, load_config
+from pipeline.contracts import Artifact, Context
+from pipeline.data import calibration_source, load_dataset
+from pipeline.errors import UsageError
+from pipeline.instruments import Instruments
+from pipeline.loader import initial_facts, load_model
+from pipeline.manager import PassManager
+from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
+from pipeline.metrics import get_metric
+from pipeline.report import render_report
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.manifest["status"] == "failed" else 0
+
+
+def check(config_or_path: str | Path | dict | BuildConfig, targets: list[str] | None = None) -> tuple[BuildConfig, PassManager]:
+    """Parse and check a config and its whole pipeline without loading anything heavy."""
+    config = load_config(config_or_path)
+    manager = PassManager.from_config(config, initial_facts(config), targets)
+    if config.data.validation is None:
+        raise UsageError("data.validation: every build validates its artifacts; give a validation set "
+                         "(e.g. 'digits', 'data.npz' or 'file.py:callable')")
+    get_metric(config)
+    return config, manager
+
+
+def _writable_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: '{out}' exists and is not a folder")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--out: '{out}' is not writable")
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move staged artifacts into the out dir, file by file (each move is an atomic rename)."""
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | None = None,
+          targets: list[str] | None = None, quiet: bool = False, instruments: Instruments | None = None) -> BuildResult:
+    """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
+    t_start = time.perf_counter()
+    config, manager = check(config_or_path, targets)
+    instruments = instruments or Instruments(quiet=quiet)
+    out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
+    _writable_out(out_dir)
+    instruments.log(f"pipeline: {manager.pipeline_string()}")
+
+    state = load_model(config)
+    state = state.replace(facts=state.facts | initial_facts(config))
+    metric = get_metric(config)
+    validation = load_dataset(config.data.validation, config, state.inputs, "validation")
+    calib_src = calibration_source(config)
+    calibration = load_dataset(calib_src, config, state.inputs, "calibration") if calib_src else None
+
+    from passes.validate import compute_reference, validate_artifact
+
+    reference = compute_reference(state, validation, metric, config.data.batch_size)
+    instruments.log(f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})")
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    published = False
+    try:
+        ctx = Context(config, calibration, validation, staging, instruments)
+        state = manager.run(state, ctx)
+        artifacts: list[Artifact] = []
+        for name, planned in manager.targets.items():
+            target = planned.cls(planned.options)
+            reason = planned.cls.available()
+            if reason:
+                built = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
+            else:
+                built = target.build(state, ctx)
+            for art in built:
+                validate_artifact(target, art, validation, reference, config.validate_.max_drift,
+                                  config.data.batch_size, config.validate_.latency_runs)
+                target.close(art)
+                instruments.log(f"{art.label}: {art.gate['status']} — {art.gate['reason']}")
+            artifacts.extend(built)
+        _publish(staging, out_dir)
+        published = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not published and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed first build leaves no empty out dir behind
+    for art in artifacts:
+        if art.path is not None:
+            art.path = out_dir / art.path.relative_to(staging)
+
+    failed = any(a.gate.get("status") == "fail" for a in artifacts)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": config.name,
+        "status": "failed" if failed else "passed",
+        "pipeline": manager.pipeline_string(),
+        "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
+        "budget": {"max_drift": config.validate_.max_drift},
+        "reference": {"metric": metric.name, "value": reference.value, "source": validation.source,
+                      "samples": len(validation), "higher_is_better": metric.higher_is_better},
+        "artifacts": [artifact_entry(a, out_dir) for a in artifacts],
+        "passes": [{"name": r.name, "config": r.config, "modified": r.modified, "metrics": r.metrics}
+                   for r in state.history],
+        "versions": library_versions(),
+        "timings": {"passes": [r.seconds for r in state.history], "total_seconds": time.perf_counter() - t_start},
+    }
+    (out_dir / "report.md").write_text(render_report(manifest))
+    write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
+    return BuildResult(out_dir, manifest, artifacts)

@@ -1,0 +1,85 @@
+"""Instruments hook in around passes from the outside (TVM-style): logging, progress, timing.
+
+Passes never print; they call ctx.instruments.progress(...) for long loops. Everything goes to
+stderr so `--json` keeps stdout machine-readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, TextIO
+
+
+class Instrument(Protocol):
+    def before_pass(self, name: str) -> None: ...
+    def after_pass(self, name: str, seconds: float, metrics: dict[str, Any]) -> None: ...
+
+
+class Instruments:
+    """Dispatches to instruments and owns the console: rich on a TTY, plain lines otherwise, or nothing."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, extra: list[Instrument] | None = None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.fancy = not quiet and self.stream.isatty()
+        self.extra = list(extra or [])
+        self._console = None
+        if self.fancy:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream)
+
+    def log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._console:
+            self._console.print(message, highlight=False, markup=False)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def before_pass(self, name: str) -> None:
+        self.log(f"▶ {name}")
+        for i in self.extra:
+            i.before_pass(name)
+
+    def after_pass(self, name: str, seconds: float, metrics: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
+        self.log(f"✓ {name} ({seconds:.1f}s){': ' + shown if shown else ''}")
+        for i in self.extra:
+            i.after_pass(name, seconds, metrics)
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """Yields advance(n=1, **fields); rich bar on a TTY, a line per ~10% otherwise."""
+        if self.quiet:
+            yield lambda n=1, **fields: None
+            return
+        if self.fancy:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                          console=self._console, transient=True) as bar:
+                task = bar.add_task(description, total=total, info="")
+
+                def advance(n: int = 1, **fields: Any) -> None:
+                    bar.update(task, advance=n, info=" ".join(f"{k}={_short(v)}" for k, v in fields.items()))
+
+                yield advance
+            return
+        state = {"done": 0, "next": max(1, total // 10), "t0": time.perf_counter()}
+
+        def advance(n: int = 1, **fields: Any) -> None:
+            state["done"] += n
+            if state["done"] >= state["next"] or state["done"] == total:
+                state["next"] += max(1, total // 10)
+                info = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
+                self.log(f"  {description} {state['done']}/{total} {info}".rstrip())
+
+        yield advance
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

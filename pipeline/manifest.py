@@ -1,0 +1,56 @@
+"""manifest.json: every artifact with its hash, size, I/O specs, runtime, metrics and gate."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from pipeline.contracts import Artifact
+
+MANIFEST_VERSION = 1
+_LIBRARIES = ("deployc", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim",
+              "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "tensorrt", "torch-pruning")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def artifact_entry(art: Artifact, out_dir: Path) -> dict[str, Any]:
+    """The manifest record of one artifact; `path` is relative to the out dir."""
+    entry: dict[str, Any] = {"target": art.target, "precision": art.precision,
+                             "runtime": art.runtime, "runtime_version": art.runtime_version}
+    if art.path is not None and art.path.exists():
+        entry.update(path=art.path.relative_to(out_dir).as_posix(), sha256=sha256(art.path),
+                     bytes=art.path.stat().st_size)
+    else:
+        entry.update(path=None, sha256=None, bytes=None)
+    entry.update(inputs=art.inputs, outputs=art.outputs, details=art.details, metrics=art.metrics,
+                 gate=art.gate, perf=art.perf)
+    return entry
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write to a sibling temp file and rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,18 @@
+"""Small numeric checks shared by the loader and the ONNX passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UsageError
+
+
+def check_onnx_finite(proto: Any, where: str) -> None:
+    from onnx import numpy_helper
+
+    for init in proto.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise UsageError(f"{where}: initializer '{init.name}' contains NaN or Inf")

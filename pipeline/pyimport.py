@@ -1,0 +1,45 @@
+"""Resolve 'file.py:callable' or 'package.module:callable' strings from configs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import UsageError
+
+
+def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
+    """The callable named by `spec`; `key` is the config key, named in every error."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise UsageError(f"{key}: '{spec}' is not 'file.py:callable' or 'module:callable'")
+    if target.endswith(".py"):
+        path = Path(target) if Path(target).is_absolute() else base_dir / target
+        if not path.is_file():
+            raise UsageError(f"{key}: file '{path}' not found")
+        mod_name = "deployc_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(mod_name)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.path.insert(0, str(path.parent))  # let the file import its neighbours
+            try:
+                module_spec.loader.exec_module(module)
+            except Exception as exc:
+                raise UsageError(f"{key}: importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                sys.path.remove(str(path.parent))
+            sys.modules[mod_name] = module
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UsageError(f"{key}: cannot import module '{target}': {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UsageError(f"{key}: '{attr}' is not a callable in '{target}'")
+    return fn

@@ -1,0 +1,62 @@
+"""report.md: what a person reads after a build — artifacts, gates, passes, the pipeline string."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped"}
+
+
+def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:
+    """One row per artifact: target, precision, size, metric, drift, ms/sample, gate (shared with the CLI table)."""
+    rows = []
+    for a in manifest["artifacts"]:
+        m, gate = a.get("metrics") or {}, a.get("gate") or {}
+        ms = (a.get("perf") or {}).get("latency_ms_batch1")
+        rows.append([a["target"], a["precision"], human_bytes(a.get("bytes")),
+                     f"{m['metric']:.4f}" if "metric" in m else "—",
+                     f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
+                     f"{ms:.3f}" if ms is not None else "—", GATE_MARK.get(gate.get("status"), "—")])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_report(manifest: dict[str, Any]) -> str:
+    ref = manifest["reference"]
+    out = [f"# deployc build: {manifest['name']}", "",
+           f"Status: **{manifest['status']}** — budget: {ref['metric']} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%",
+           "", f"Pipeline: `{manifest['pipeline']}`", "",
+           f"Reference ({ref['source']}): {ref['metric']} = {ref['value']:.4f} on {ref['samples']} samples "
+           "(the model as loaded, before any pass)", "", "## Artifacts", "",
+           _table(["target", "precision", "size", ref["metric"], "drift", "ms/sample (batch 1)", "gate"],
+                  artifact_rows(manifest)), ""]
+    details = []
+    for a in manifest["artifacts"]:
+        m, gate = a.get("metrics") or {}, a.get("gate") or {}
+        extra = ", ".join(f"{k} {m[k]:.4g}" for k in ("agreement", "max_abs_err", "cosine") if k in m)
+        details.append(f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
+                       + (f"; {extra}" if extra else "") + (f"; `{a['path']}`" if a.get("path") else ""))
+    out += ["### Gates", "", *details, ""]
+    if manifest["passes"]:
+        rows = [[p["name"], "yes" if p["modified"] else "no", f"{manifest['timings']['passes'][i]:.2f}",
+                 ", ".join(f"{k}={v}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list)))]
+                for i, p in enumerate(manifest["passes"])]
+        out += ["## Passes", "", _table(["pass", "modified", "seconds", "metrics"], rows), ""]
+    out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
+    return "\n".join(out)

@@ -1,0 +1,105 @@
+"""Target `onnx`: ONNX artifacts (fp32, fp16, int8 QDQ, dynamic int8) run with onnxruntime's CPU EP."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.contracts import Artifact, Context, Target
+from pipeline.manager import run_pass
+from pipeline.registry import get_pass, register_target
+from pipeline.state import ModelState
+from passes.export import ExportConfig, ExportOnnx
+from passes.onnx_util import io_specs, op_counts
+from passes.simplify import Simplify, SimplifyConfig
+
+Precision = Literal["fp32", "fp16", "int8", "dynamic"]
+
+
+class OnnxOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    precision: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores")
+    simplify: bool = Field(True, description="run the simplify pass before emitting")
+    opset: int = Field(18, ge=17, le=23, description="opset used when this target exports the torch model itself")
+
+
+def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -> ModelState:
+    """The state with an ONNX graph: exported (when only torch exists) and simplified (once)."""
+    if state.onnx is None:
+        state = run_pass(ExportOnnx(ExportConfig(opset=opset)), state, ctx)
+    if simplify and "simplified" not in state.facts:
+        state = run_pass(Simplify(SimplifyConfig()), state, ctx)
+    return state
+
+
+def quantize_for(precision: str, state: ModelState, ctx: Context) -> ModelState:
+    """Realise the build's quantization spec at `precision` with the matching quantize.* pass."""
+    if precision == "fp32":
+        return state
+    pass_cls = get_pass(f"quantize.{precision}")
+    config = pass_cls.Config.model_validate(ctx.config.quantize.model_dump())
+    return run_pass(pass_cls(config), state, ctx)
+
+
+def session(path: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+@register_target
+class OnnxTarget(Target):
+    name = "onnx"
+    Options = OnnxOptions
+
+    @classmethod
+    def requires_for(cls, options: OnnxOptions) -> frozenset[str]:
+        needs: set[str] = set()
+        for precision in options.precision:
+            if precision != "fp32":
+                needs |= get_pass(f"quantize.{precision}").requires - {"onnx"}
+        return frozenset(needs)
+
+    def __init__(self, options: OnnxOptions):
+        super().__init__(options)
+        self._sessions: dict[str, Any] = {}
+
+    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+        import onnx
+        import onnxruntime
+
+        base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
+        already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
+        artifacts = []
+        for precision in self.options.precision:
+            done = quantize_for(precision, base, ctx)
+            label = already if precision == "fp32" and already else precision
+            path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(done.onnx, str(path))
+            ins, outs = io_specs(done.onnx)
+            target_passes = [r.name for r in done.history[len(state.history):]]
+            artifacts.append(Artifact(
+                target=self.name, precision=label, path=path, runtime="onnxruntime",
+                runtime_version=onnxruntime.__version__, inputs=ins, outputs=outs,
+                details={"opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
+                         "ops": op_counts(done.onnx), "target_passes": target_passes,
+                         "execution_provider": "CPUExecutionProvider", "threads": self.options.threads}))
+        return artifacts
+
+    def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        key = str(artifact.path)
+        if key not in self._sessions:
+            self._sessions[key] = session(key, self.options.threads)
+        return self._sessions[key].run(None, batch)
+
+    def close(self, artifact: Artifact) -> None:
+        self._sessions.pop(str(artifact.path), None)
