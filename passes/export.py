@@ -49,7 +49,7 @@ def export_onnx(module: Any, state: ModelState, opset: int = 18, dynamic_batch: 
                                         input_names=names, dynamic_shapes=dynamic, optimize=True,
                                         report=False, verbose=False)
     except Exception as exc:
-        raise ExportError(describe_export_failure(exc, module)) from exc
+        raise ExportError(describe_export_failure(exc, module, example)) from exc
     return program.model_proto
 
 
@@ -58,19 +58,40 @@ def _identifier(name: str) -> str:
     return clean if re.match(r"[A-Za-z_]", clean) else "d_" + clean
 
 
-def describe_export_failure(exc: Exception, module: Any) -> str:
-    """The first informative line of an exporter error plus the module layer it mentions, if any."""
-    text = f"{type(exc).__name__}: {exc}"
+def _layer_of(module: Any, example: tuple, op: str) -> str | None:
+    """The module path (e.g. 'layer2.conv1') whose forward calls `op`, from torch.export's module stack."""
+    import torch
+
+    try:
+        ep = torch.export.export(module, example, strict=False)
+    except Exception:
+        return None
+    short = op.split(".", 1)[1].split(".")[0]
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and short in str(node.target):
+            stack = node.meta.get("nn_module_stack") or {}
+            paths = [path for path, _ in stack.values() if path]
+            cls = [getattr(t, "__name__", str(t)).rsplit(".", 1)[-1] for _, t in stack.values()]
+            if paths:
+                return f"{paths[-1]} ({cls[-1]})"
+            return f"<top-level {type(module).__name__}.forward>"
+    return None
+
+
+def describe_export_failure(exc: Exception, module: Any, example: tuple = ()) -> str:
+    """The failing op, the layer that calls it, and the first line of the exporter's message."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    op = next((m.group(0) for ln in lines for m in [re.search(r"(aten|prims|torch\.ops)\.[\w.]+", ln)] if m), None)
-    layers = {n for n, _ in module.named_modules() if n}
-    layer = next((n for ln in lines for n in sorted(layers, key=len, reverse=True) if re.search(rf"\b{re.escape(n)}\b", ln)), None)
+    op = next((m.group(0) for ln in lines for m in [re.search(r"(aten|prims)\.[\w]+(\.\w+)?", ln)] if m), None)
     parts = ["ONNX export failed"]
     if op:
         parts.append(f"at op {op}")
-    if layer:
-        parts.append(f"in layer '{layer}'")
-    return " ".join(parts) + f": {lines[0][:300] if lines else type(exc).__name__}"
+        layer = _layer_of(module, example, op) if example else None
+        if layer:
+            parts.append(f"in layer {layer}")
+    summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else 0
+    cause = re.sub(r"^<class '[\w.]+'>: ", "", lines[summary]) if len(lines) > summary else type(exc).__name__
+    return " ".join(parts) + f": {cause[:300]}"
 
 
 @register_pass
@@ -83,3 +104,19 @@ class ExportOnnx(Pass):
     def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
         proto = export_onnx(state.module, state, self.config.opset, self.config.dynamic_batch)
         return state.replace(onnx=proto), True, {"nodes": len(proto.graph.node), "ops": op_counts(proto)}
+
+
+class ExportCheck:
+    """Instrument: after a torch-level pass changes the model, check it still exports to ONNX, so a
+    pass that breaks the graph fails right there, naming the layer, not in a target later."""
+
+    def before_pass(self, name: str) -> None:
+        pass
+
+    def after_pass(self, name: str, state: ModelState, record: Any) -> None:
+        if not record.modified or state.module is None or state.onnx is not None or "torch" not in state.facts:
+            return
+        try:
+            export_onnx(state.module, state)
+        except ExportError as exc:
+            raise ExportError(f"the model no longer exports after pass '{name}': {exc}") from exc

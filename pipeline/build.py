@@ -70,6 +70,9 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
     instruments = instruments or Instruments(quiet=quiet)
+    from passes.export import ExportCheck
+
+    instruments.extra.append(ExportCheck())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
     _writable_out(out_dir)
     instruments.log(f"pipeline: {manager.pipeline_string()}")

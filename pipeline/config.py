@@ -195,7 +195,7 @@ def load_config(source: str | Path | dict[str, Any] | BuildConfig, base_dir: Pat
         raw = dict(source)
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: the top level must be a mapping of keys (name, model, data, passes, targets, ...)")
-    raw = {**raw, "base_dir": base_dir or Path.cwd()}
+    raw = {"base_dir": Path.cwd(), **raw} if base_dir is None else {**raw, "base_dir": base_dir}
     try:
         return BuildConfig.model_validate(raw)
     except ValidationError as exc:

@@ -48,7 +48,11 @@ class Pass(abc.ABC):
 
     @abc.abstractmethod
     def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
-        """Return (new state, modified, metrics for the pass record)."""
+        """Return (new state, modified, metrics for the pass record).
+
+        metrics are JSON-serialisable; the key "report_tables" may hold a list of
+        {"title": str, "header": [str], "rows": [[...]]} that report.md renders as tables.
+        """
 
 
 @dataclass

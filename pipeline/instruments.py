@@ -13,8 +13,10 @@ from typing import Any, Callable, Iterator, Protocol, TextIO
 
 
 class Instrument(Protocol):
+    """Hooks around every pass. after_pass may raise a DeploycError to stop the build (invariant checks)."""
+
     def before_pass(self, name: str) -> None: ...
-    def after_pass(self, name: str, seconds: float, metrics: dict[str, Any]) -> None: ...
+    def after_pass(self, name: str, state: Any, record: Any) -> None: ...
 
 
 class Instruments:
@@ -44,11 +46,11 @@ class Instruments:
         for i in self.extra:
             i.before_pass(name)
 
-    def after_pass(self, name: str, seconds: float, metrics: dict[str, Any]) -> None:
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in metrics.items() if not isinstance(v, (dict, list)))
-        self.log(f"✓ {name} ({seconds:.1f}s){': ' + shown if shown else ''}")
+    def after_pass(self, name: str, state: Any, record: Any) -> None:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in record.metrics.items() if not isinstance(v, (dict, list)))
+        self.log(f"✓ {name} ({record.seconds:.1f}s){': ' + shown if shown else ''}")
         for i in self.extra:
-            i.after_pass(name, seconds, metrics)
+            i.after_pass(name, state, record)
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:

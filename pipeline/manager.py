@@ -131,5 +131,6 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
     seconds = time.perf_counter() - t0
     facts = (state.facts - p.invalidates) | p.produces | (new_state.facts - state.facts)
     record = PassRecord(p.name, p.config.model_dump(mode="json"), modified, metrics, seconds)
-    ctx.instruments.after_pass(p.name, seconds, metrics)
-    return new_state.replace(facts=frozenset(facts)).with_record(record)
+    new_state = new_state.replace(facts=frozenset(facts)).with_record(record)
+    ctx.instruments.after_pass(p.name, new_state, record)
+    return new_state

@@ -31,6 +31,10 @@ def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -55,8 +59,11 @@ def render_report(manifest: dict[str, Any]) -> str:
     out += ["### Gates", "", *details, ""]
     if manifest["passes"]:
         rows = [[p["name"], "yes" if p["modified"] else "no", f"{manifest['timings']['passes'][i]:.2f}",
-                 ", ".join(f"{k}={v}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list)))]
+                 ", ".join(f"{k}={_fmt(v)}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list)))]
                 for i, p in enumerate(manifest["passes"])]
         out += ["## Passes", "", _table(["pass", "modified", "seconds", "metrics"], rows), ""]
+    for p in manifest["passes"]:
+        for table in p["metrics"].get("report_tables", []):
+            out += [f"## {table['title']}", "", _table(table["header"], [[str(c) for c in r] for r in table["rows"]]), ""]
     out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
     return "\n".join(out)

@@ -1,0 +1,76 @@
+"""Session-scoped fixtures: one trained digits model and one demo build shared by all tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.build import BuildResult, build
+
+DIGITS_INPUT = [{"name": "image", "shape": ["batch", 1, 8, 8]}]
+
+
+def digits_config(**overrides: object) -> dict:
+    """A build config for the trained digits CNN; keys in `overrides` replace top-level sections."""
+    config = {
+        "name": "digits",
+        "model": {"factory": "examples.digits_cnn:pretrained", "inputs": DIGITS_INPUT},
+        "data": {"validation": "digits:test", "calibration": "digits:train", "metric": "top1"},
+        "targets": {"onnx": {"precision": ["fp32"]}},
+        "validate": {"max_drift": 0.01, "latency_runs": 3},
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    from examples.digits_cnn import pretrained
+
+    return pretrained()
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The demo pipeline (onnx fp32 + int8) built once."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return build(digits_config(targets={"onnx": {"precision": ["fp32", "int8"]}}), out=out, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(demo_build: BuildResult) -> Path:
+    """Path of the fp32 ONNX artifact of the demo build."""
+    return demo_build.out_dir / "onnx" / "digits.fp32.onnx"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def tiny_factory(tmp_path: Path) -> Path:
+    """A model file with an untrained tiny CNN factory (fast to export)."""
+    return write(tmp_path / "tiny.py", """
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10))
+    """)
+
+
+def digits_npz(path: Path, n: int = 64, calib: bool = True) -> Path:
+    from pipeline.data import digits_arrays
+
+    x, y = digits_arrays("test")
+    arrays = {"image": x[:n], "labels": y[:n]}
+    if calib:
+        arrays["calib_image"] = digits_arrays("train")[0][:n]
+    np.savez(path, **arrays)
+    return path

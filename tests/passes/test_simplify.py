@@ -1,0 +1,57 @@
+"""simplify: the graph shrinks (constant folding, dead code, BN folding) and its numbers do not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from passes.onnx_util import op_counts
+from passes.simplify import SimplifyConfig, simplify_proto
+
+
+def _graph_with_foldable_parts() -> onnx.ModelProto:
+    """x → Conv → BatchNormalization → Add(const computed as w*2) → Relu, plus an Identity and a dead branch."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "var"),
+        numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+        helper.make_node("Mul", ["c", "two"], ["c2"], name="fold_me"),
+        helper.make_node("Identity", ["c2"], ["c2i"], name="identity"),
+        helper.make_node("Add", ["bn", "c2i"], ["add"], name="add"),
+        helper.make_node("Relu", ["add"], ["y"], name="relu"),
+        helper.make_node("Neg", ["conv"], ["dead"], name="dead"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_simplify_folds_and_keeps_numbers():
+    proto = _graph_with_foldable_parts()
+    before = op_counts(proto)
+    out = simplify_proto(proto, SimplifyConfig())
+    after = op_counts(out)
+    assert before == {"Add": 1, "BatchNormalization": 1, "Conv": 1, "Identity": 1, "Mul": 1, "Neg": 1, "Relu": 1}
+    for gone in ("BatchNormalization", "Identity", "Mul", "Neg"):
+        assert gone not in after, after
+    assert after["Conv"] == 1 and sum(after.values()) <= 3
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(proto, x), rtol=1e-5, atol=1e-5)
+    onnx.checker.check_model(out, full_check=True)
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
