@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import BuildConfig, load_config
 from pipeline.contracts import Artifact, Context
-from pipeline.data import calibration_source, load_dataset
+from pipeline.data import calibration_source, load_dataset, train_source
 from pipeline.errors import UsageError
 from pipeline.instruments import Instruments
 from pipeline.loader import initial_facts, load_model
@@ -81,8 +81,10 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     state = state.replace(facts=state.facts | initial_facts(config))
     metric = get_metric(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
-    calib_src = calibration_source(config)
+    calib_src, train_src = calibration_source(config), train_source(config)
     calibration = load_dataset(calib_src, config, state.inputs, "calibration") if calib_src else None
+    needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
+    train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
 
     from passes.validate import compute_reference, validate_artifact
 
@@ -94,7 +96,7 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     published = False
     try:
-        ctx = Context(config, calibration, validation, staging, instruments)
+        ctx = Context(config, train, calibration, validation, staging, instruments)
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():

@@ -82,6 +82,7 @@ class DataSource(StrictModel):
 
 
 class DataConfig(StrictModel):
+    train: DataSource | None = Field(None, description="labelled samples for passes that train; defaults to digits' train split")
     calibration: DataSource | None = Field(None, description="samples for int8 calibration; defaults to validation's train split")
     validation: DataSource | None = None
     metric: str = Field("top1", description="top1 | top5 | cosine | mse | 'file.py:callable'")

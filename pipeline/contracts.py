@@ -23,6 +23,7 @@ class Context:
     """What passes and targets may read besides the model: config, data, where to write, instruments."""
 
     config: "BuildConfig"
+    train: "Dataset | None"
     calibration: "Dataset | None"
     validation: "Dataset | None"
     work_dir: Path  # staging folder; artifacts are written here and moved into the out dir at the end

@@ -138,6 +138,16 @@ def load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSpe
     return ds.take(source.limit) if source.limit else ds
 
 
+def train_source(config: BuildConfig) -> DataSource | None:
+    """data.train, else the train split when validation is digits (training never sees validation samples)."""
+    d = config.data
+    if d.train is not None:
+        return d.train
+    if d.validation is not None and d.validation.kind == "digits":
+        return DataSource(kind="digits", split="train")
+    return None
+
+
 def calibration_source(config: BuildConfig) -> DataSource | None:
     """data.calibration, else the train split of a digits validation set, else calib_* arrays of an npz."""
     d = config.data

@@ -20,10 +20,12 @@ def initial_facts(config: BuildConfig) -> frozenset[str]:
     """Facts known from the config alone, so the pipeline can be checked before anything loads."""
     m = config.model
     facts = {"onnx"} if m.onnx is not None else {"torch"}
-    from pipeline.data import calibration_source
+    from pipeline.data import calibration_source, train_source
 
     if config.data.validation is not None:
         facts.add("data.validation")
+    if train_source(config) is not None:
+        facts.add("data.train")
     if calibration_source(config) is not None:
         facts.add("data.calibration")
     return frozenset(facts)

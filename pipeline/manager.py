@@ -20,6 +20,7 @@ FACT_HINTS = {
     "torch": "a torch model (model.factory or model.exported); an ONNX-only model (model.onnx) cannot run torch-level passes",
     "onnx": "an ONNX graph: put 'export.onnx' before it",
     "data.validation": "validation data: set data.validation",
+    "data.train": "training data: set data.train (labelled samples; digits builds default to digits:train)",
     "data.calibration": "calibration data: set data.calibration (or use digits / an npz with calib_* arrays)",
 }
 
