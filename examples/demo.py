@@ -9,5 +9,5 @@ from pipeline.build import BuildResult, build
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
-def run_demo(out: str | Path = "deployc-demo", quiet: bool = False) -> BuildResult:
-    return build(DEMO_CONFIG, out=out, quiet=quiet)
+def run_demo(out: str | Path = "deployc-demo", quiet: bool = False, cache: bool = True) -> BuildResult:
+    return build(DEMO_CONFIG, out=out, quiet=quiet, cache=cache)

@@ -101,6 +101,8 @@ class ExportOnnx(Pass):
     requires = frozenset({"torch"})
     produces = frozenset({"onnx"})
 
+    cacheable = True
+
     def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
         proto = export_onnx(state.module, state, self.config.opset, self.config.dynamic_batch)
         return state.replace(onnx=proto), True, {"nodes": len(proto.graph.node), "ops": op_counts(proto)}

@@ -3,6 +3,8 @@ onnxruntime.quantization, realising the build's one quantization spec (config ke
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stdout
 from typing import Any, Iterator
 
 import numpy as np
@@ -59,7 +61,8 @@ def _prepared(proto: Any, work: Any) -> str:
     return str(prep)
 
 
-def quantize_int8(proto: Any, data: Dataset, spec: Int8Config) -> Any:
+def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Any:
+    """Static QDQ int8 of `proto`, calibrated on `data`; `only` restricts it to these node names."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -72,10 +75,12 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config) -> Any:
     with scratch_dir() as work:
         src = _prepared(proto, work)
         out = work / "int8.onnx"
-        quantize_static(src, str(out), _Reader(samples, spec.calibration_batch), quant_format=QuantFormat.QDQ,
-                        per_channel=spec.per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
-                        nodes_to_exclude=list(spec.exclude), extra_options=extra)
+        with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
+            quantize_static(src, str(out), _Reader(samples, spec.calibration_batch), quant_format=QuantFormat.QDQ,
+                            per_channel=spec.per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
+                            nodes_to_exclude=list(spec.exclude), nodes_to_quantize=list(only or []),
+                            extra_options=extra)
         return onnx.load(str(out))
 
 

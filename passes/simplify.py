@@ -48,6 +48,8 @@ class Simplify(Pass):
     requires = frozenset({"onnx"})
     produces = frozenset({"simplified"})
 
+    cacheable = True
+
     def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
         before = op_counts(state.onnx)
         proto = simplify_proto(state.onnx, self.config)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.contracts import Context
 from pipeline.data import Dataset
@@ -17,8 +17,9 @@ from pipeline.errors import UsageError
 
 # loss_fn(module, inputs, labels) -> scalar tensor; the default is cross-entropy (int labels) or MSE (float labels)
 LossFn = Callable[[Any, list[Any], Any], Any]
-# called after each epoch with (epoch index, module); a gradual pass raises sparsity here
-EpochHook = Callable[[int, Any], None]
+# called after each epoch with (epoch index, module); a gradual pass raises sparsity here. Returning True
+# says the module's parameters were replaced (e.g. channels removed): fit() then rebuilds its optimizer.
+EpochHook = Callable[[int, Any], bool | None]
 
 
 class TrainConfig(BaseModel):
@@ -42,6 +43,17 @@ class TrainConfig(BaseModel):
     holdout: float = Field(0.1, ge=0, lt=0.5, description="fraction of the training data kept out for early stopping")
     early_stop_patience: int | None = Field(None, gt=0, description="stop after N epochs without holdout improvement")
     seed: int = 0
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from passes.augment import check_augment
+
+        try:
+            check_augment(specs)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return specs
 
 
 @dataclass
@@ -153,10 +165,15 @@ def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names
         for m in module.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
-    params = [p for p in module.parameters() if p.requires_grad] + list(extra_params or [])
-    opt = _optimizer(params, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
+
+    def optimizer_and_schedule(step: int) -> tuple[Any, Any]:
+        opt = _optimizer([p for p in module.parameters() if p.requires_grad] + list(extra_params or []), cfg)
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # lets LambdaLR resume at `step`
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch), last_epoch=step - 1)
+
+    opt, sched = optimizer_and_schedule(0)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_all = {k: torch.from_numpy(v) for k, v in train.inputs.items()}
     y_all = torch.from_numpy(train.labels)
@@ -167,7 +184,7 @@ def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names
             module.train()
             total, count = 0.0, 0
             for idx in torch.randperm(len(y_all), generator=gen).split(cfg.batch_size):
-                inputs = [augment(x_all[k][idx]) for k in names]
+                inputs = [augment(x_all[k][idx], k) for k in names]
                 loss = loss_fn(module, inputs, y_all[idx])
                 if cfg.l1:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for n, p in module.named_parameters() if p.ndim > 1)
@@ -177,8 +194,8 @@ def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names
                 sched.step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
-            if epoch_hook:
-                epoch_hook(epoch, module)
+            if epoch_hook and epoch_hook(epoch, module):
+                opt, sched = optimizer_and_schedule((epoch + 1) * steps_per_epoch)  # moments of removed channels are gone
             score = holdout_accuracy(module, holdout, names) if holdout is not None else -total / count
             result.history.append({"epoch": epoch + 1, "loss": total / count, "holdout_metric": score,
                                    "lr": opt.param_groups[0]["lr"]})

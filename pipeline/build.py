@@ -6,14 +6,12 @@ checked before the model loads; nothing is written to the out dir until the mode
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache import PassCache
 from pipeline.config import BuildConfig, load_config
 from pipeline.contracts import Artifact, Context
 from pipeline.data import calibration_source, load_dataset, train_source
@@ -23,14 +21,16 @@ from pipeline.loader import initial_facts, load_model
 from pipeline.manager import PassManager
 from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
 from pipeline.metrics import get_metric
-from pipeline.report import render_report
+from pipeline.outdir import OutDir, check_writable
+from pipeline.report import render_report, report_view
 
 
 @dataclass
 class BuildResult:
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # what manifest.json holds (deterministic)
     artifacts: list[Artifact] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)  # what timings.json holds (wall times, latency)
 
     @property
     def exit_code(self) -> int:
@@ -48,24 +48,9 @@ def check(config_or_path: str | Path | dict | BuildConfig, targets: list[str] | 
     return config, manager
 
 
-def _writable_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: '{out}' exists and is not a folder")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise UsageError(f"--out: '{out}' is not writable")
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move staged artifacts into the out dir, file by file (each move is an atomic rename)."""
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        dst = out / src.relative_to(staging)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-
-
 def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | None = None,
-          targets: list[str] | None = None, quiet: bool = False, instruments: Instruments | None = None) -> BuildResult:
+          targets: list[str] | None = None, quiet: bool = False, instruments: Instruments | None = None,
+          cache: bool = True) -> BuildResult:
     """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
@@ -74,7 +59,7 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
 
     instruments.extra.append(ExportCheck())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
-    _writable_out(out_dir)
+    check_writable(out_dir)
     instruments.log(f"pipeline: {manager.pipeline_string()}")
 
     state = load_model(config)
@@ -91,12 +76,9 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     reference = compute_reference(state, validation, metric, config.data.batch_size)
     instruments.log(f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})")
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    published = False
-    try:
-        ctx = Context(config, train, calibration, validation, staging, instruments)
+    with OutDir(out_dir) as outdir:
+        staging = outdir.staging
+        ctx = Context(config, train, calibration, validation, staging, instruments, PassCache(enabled=cache))
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
@@ -112,18 +94,26 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
                 target.close(art)
                 instruments.log(f"{art.label}: {art.gate['status']} — {art.gate['reason']}")
             artifacts.extend(built)
-        _publish(staging, out_dir)
-        published = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not published and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed first build leaves no empty out dir behind
-    for art in artifacts:
-        if art.path is not None:
-            art.path = out_dir / art.path.relative_to(staging)
+        outdir.publish()
+        for art in artifacts:
+            if art.path is not None:
+                art.path = out_dir / art.path.relative_to(staging)
+        manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, out_dir)
+        timings = {"passes": [{"name": r.name, "seconds": round(r.seconds, 4), "cached": r.cached} for r in state.history],
+                   "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
+                   "total_seconds": round(time.perf_counter() - t_start, 3),
+                   "artifacts": {a.label: a.perf for a in artifacts}}
+        (out_dir / "report.md").write_text(render_report(report_view(manifest, timings)))
+        write_json_atomic(out_dir / "timings.json", timings)
+        write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
+    return BuildResult(out_dir, manifest, artifacts, timings)
 
+
+def _manifest(config: BuildConfig, manager: PassManager, metric: Any, reference: Any, validation: Any,
+              artifacts: list[Artifact], state: Any, out_dir: Path) -> dict[str, Any]:
+    """Everything deterministic about the build: same inputs give a byte-identical manifest.json."""
     failed = any(a.gate.get("status") == "fail" for a in artifacts)
-    manifest = {
+    return {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,
         "status": "failed" if failed else "passed",
@@ -136,8 +126,4 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
         "passes": [{"name": r.name, "config": r.config, "modified": r.modified, "metrics": r.metrics}
                    for r in state.history],
         "versions": library_versions(),
-        "timings": {"passes": [r.seconds for r in state.history], "total_seconds": time.perf_counter() - t_start},
     }
-    (out_dir / "report.md").write_text(render_report(manifest))
-    write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
-    return BuildResult(out_dir, manifest, artifacts)

@@ -12,22 +12,26 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import DeploycError
+from pipeline.errors import UsageError
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    m = result.manifest
+    from pipeline.report import report_view
+
+    m = report_view(result.manifest, result.timings)
     return {"status": m["status"], "exit_code": result.exit_code, "out_dir": str(result.out_dir),
-            "pipeline": m["pipeline"], "reference": m["reference"],
+            "pipeline": m["pipeline"], "reference": m["reference"], "seconds": m["timings"]["total_seconds"],
             "artifacts": [{k: a[k] for k in ("target", "precision", "path", "bytes", "sha256", "metrics", "gate", "perf")}
                           for a in m["artifacts"]]}
 
 
-def print_table(manifest: dict[str, Any], stream: Any = None) -> None:
+def print_table(result: Any, stream: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.report import artifact_rows
+    from pipeline.report import artifact_rows, report_view
 
+    manifest = report_view(result.manifest, result.timings)
     table = Table(title=f"deployc: {manifest['name']} ({manifest['status']})")
     for col in ("target", "precision", "size", manifest["reference"]["metric"], "drift", "ms/sample", "gate"):
         table.add_column(col, justify="left" if col in ("target", "precision", "gate") else "right")
@@ -39,11 +43,11 @@ def print_table(manifest: dict[str, Any], stream: Any = None) -> None:
 def _cmd_build(args: argparse.Namespace) -> int:
     from pipeline.build import build
 
-    result = build(args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json)
+    result = build(args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache)
     if args.json:
         print(json.dumps(_summary(result), indent=2))
     elif not args.quiet:
-        print_table(result.manifest)
+        print_table(result)
         print(f"wrote {result.out_dir}/manifest.json and report.md", file=sys.stderr)
     return result.exit_code
 
@@ -51,11 +55,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from examples.demo import run_demo
 
-    result = run_demo(out=args.out, quiet=args.quiet or args.json)
+    result = run_demo(out=args.out, quiet=args.quiet or args.json, cache=not args.no_cache)
     if args.json:
         print(json.dumps(_summary(result), indent=2))
     else:
-        print_table(result.manifest)
+        print_table(result)
         print(f"wrote {result.out_dir}/manifest.json and report.md", file=sys.stderr)
     return result.exit_code
 
@@ -71,11 +75,39 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pipeline.cache import PassCache
+
+    cache = PassCache()
+    result = cache.prune(_parse_size(args.max_size)) if args.action == "prune" else cache.info()
+    if args.action == "prune":
+        result = {**cache.info(), "removed": result["removed"]}
+    if args.json:
+        print(json.dumps(result))
+    elif not args.quiet:
+        from pipeline.report import human_bytes
+
+        print(f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
+              + (f" ({result['removed']} removed)" if "removed" in result else ""))
+    return 0
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+    num = text.rstrip("BKMGbkmg")
+    unit = text[len(num):].upper()
+    try:
+        return int(float(num) * units[unit])
+    except (ValueError, KeyError):
+        raise UsageError(f"--max-size: '{text}' is not a size like 500MB or 2G") from None
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     common.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    common.add_argument("--no-cache", action="store_true", help="run every pass; neither read nor write the pass cache")
     p = argparse.ArgumentParser(prog="deployc", description="Compile a trained PyTorch model into validated deployment artifacts.",
                                 epilog="exit codes: 0 built and every gate passed; 2 bad usage, config or input (nothing built); "
                                        "3 built but a validation gate failed; 1 internal error")
@@ -89,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="train (once, cached) a small CNN on digits and build it")
     d.add_argument("--out", type=Path, default=Path("deployc-demo"))
     d.set_defaults(func=_cmd_demo)
+    c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
+    c.add_argument("action", choices=["info", "prune"])
+    c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
+    c.set_defaults(func=_cmd_cache)
     v = sub.add_parser("validate-config", parents=[common], help="check a config and its pipeline without building")
     v.add_argument("config", type=Path)
     v.set_defaults(func=_cmd_validate_config)

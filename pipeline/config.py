@@ -89,15 +89,35 @@ class DataConfig(StrictModel):
     batch_size: int = Field(64, gt=0)
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class TuneSpec(StrictModel):
+    """Accuracy-aware tuning of static int8: try candidates in a fixed order until one is within budget."""
+
+    max_drift: float | None = Field(None, ge=0, description="drift the tuner aims for; default validate.max_drift")
+    max_trials: int = Field(12, ge=1, description="most int8 candidates built and measured")
+    data: Literal["validation", "calibration"] = Field(
+        "validation", description="samples the tuner scores on: validation (as Intel Neural Compressor does; the "
+                                  "gate then re-measures the samples the tuner chose on) or calibration")
+    methods: list[CalibrationMethod] = Field(default_factory=lambda: ["minmax", "entropy", "percentile"],
+                                             description="calibration methods tried, in order")
+    max_fallback: int = Field(8, ge=0, description="most layers kept in fp32, the most sensitive first")
+    sensitivity_samples: int = Field(64, gt=0, description="samples used to rank layers by sensitivity")
+
+
 class QuantizeSpec(StrictModel):
     """One quantization spec per build; each target realises it with its runtime's own quantizer."""
 
     per_channel: bool = True
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration: CalibrationMethod = "minmax"
     samples: int = Field(128, gt=0, description="calibration samples")
     symmetric_activations: bool = False
     exclude: list[str] = Field(default_factory=list, description="node names kept in float")
     percentile: float = Field(99.999, gt=0, le=100)
+    tune: TuneSpec | None = Field(None, description="accuracy-aware tuning of int8 when set (e.g. tune: {max_trials: 8})")
+    channel_range_ratio: float = Field(100.0, gt=1, description="warn when a per-tensor quantized activation's "
+                                                                "channel ranges differ by more than this factor")
 
 
 class ValidateConfig(StrictModel):

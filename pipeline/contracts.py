@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pipeline.state import ModelState, TensorSpec
 
 if TYPE_CHECKING:
+    from pipeline.cache import PassCache
     from pipeline.config import BuildConfig
     from pipeline.data import Dataset
     from pipeline.instruments import Instruments
@@ -28,7 +29,12 @@ class Context:
     validation: "Dataset | None"
     work_dir: Path  # staging folder; artifacts are written here and moved into the out dir at the end
     instruments: "Instruments"
-    cache_dir: Path | None = None
+    cache: "PassCache | None" = None
+
+    def dataset_for(self, fact: str) -> "Dataset | None":
+        """The dataset behind a data.* fact (what a pass that requires it reads)."""
+        return {"data.train": self.train, "data.calibration": self.calibration,
+                "data.validation": self.validation}.get(fact)
 
 
 class Pass(abc.ABC):
@@ -43,6 +49,7 @@ class Pass(abc.ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()  # facts that stop holding after this pass
+    cacheable: ClassVar[bool] = False  # True when the pass's whole output is state.onnx (see pipeline/cache.py)
 
     def __init__(self, config: BaseModel):
         self.config = config

@@ -123,6 +123,20 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
         raise PipelineError(f"needs {', '.join(sorted(missing))}", pass_name=p.name, ran_before=before)
     ctx.instruments.before_pass(p.name)
     t0 = time.perf_counter()
+    config = p.config.model_dump(mode="json")
+    key = None
+    if p.cacheable and ctx.cache is not None and ctx.cache.enabled:
+        from pipeline.cache import dataset_digest
+
+        data = [dataset_digest(ctx.dataset_for(f)) for f in sorted(p.requires) if f.startswith("data.")]
+        key = ctx.cache.key(state, p.name, config, data)
+        hit = ctx.cache.load(key)
+        if hit is not None:
+            record = PassRecord(p.name, config, True, hit.metrics, time.perf_counter() - t0, cached=True)
+            facts = (state.facts - p.invalidates) | p.produces | set(hit.facts_added)
+            new_state = state.replace(onnx=hit.proto, facts=frozenset(facts)).with_record(record)
+            ctx.instruments.after_pass(p.name, new_state, record)
+            return new_state
     try:
         new_state, modified, metrics = p.run(state, ctx)
     except PipelineError:
@@ -131,7 +145,9 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
         raise type(exc)(f"pass '{p.name}' (after: {' | '.join(before) or 'nothing'}): {exc}") from exc
     seconds = time.perf_counter() - t0
     facts = (state.facts - p.invalidates) | p.produces | (new_state.facts - state.facts)
-    record = PassRecord(p.name, p.config.model_dump(mode="json"), modified, metrics, seconds)
+    if key is not None:
+        ctx.cache.store(key, new_state.onnx, metrics, sorted(new_state.facts - state.facts))
+    record = PassRecord(p.name, config, modified, metrics, seconds)
     new_state = new_state.replace(facts=frozenset(facts)).with_record(record)
     ctx.instruments.after_pass(p.name, new_state, record)
     return new_state

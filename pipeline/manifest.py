@@ -44,8 +44,7 @@ def artifact_entry(art: Artifact, out_dir: Path) -> dict[str, Any]:
                      bytes=art.path.stat().st_size)
     else:
         entry.update(path=None, sha256=None, bytes=None)
-    entry.update(inputs=art.inputs, outputs=art.outputs, details=art.details, metrics=art.metrics,
-                 gate=art.gate, perf=art.perf)
+    entry.update(inputs=art.inputs, outputs=art.outputs, details=art.details, metrics=art.metrics, gate=art.gate)
     return entry
 
 

@@ -15,6 +15,13 @@ def human_bytes(n: int | None) -> str:
     return str(n)
 
 
+def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest plus wall-clock figures (kept out of manifest.json so it stays deterministic)."""
+    perf = timings.get("artifacts", {})
+    arts = [dict(a, perf=perf.get(f"{a['target']}/{a['precision']}", {})) for a in manifest["artifacts"]]
+    return dict(manifest, artifacts=arts, timings=timings)
+
+
 GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped"}
 
 
@@ -58,7 +65,8 @@ def render_report(manifest: dict[str, Any]) -> str:
                        + (f"; {extra}" if extra else "") + (f"; `{a['path']}`" if a.get("path") else ""))
     out += ["### Gates", "", *details, ""]
     if manifest["passes"]:
-        rows = [[p["name"], "yes" if p["modified"] else "no", f"{manifest['timings']['passes'][i]:.2f}",
+        rows = [[p["name"], "yes" if p["modified"] else "no",
+                 f"{manifest['timings']['passes'][i]['seconds']:.2f}" + (" (cached)" if manifest["timings"]["passes"][i]["cached"] else ""),
                  ", ".join(f"{k}={_fmt(v)}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list)))]
                 for i, p in enumerate(manifest["passes"])]
         out += ["## Passes", "", _table(["pass", "modified", "seconds", "metrics"], rows), ""]

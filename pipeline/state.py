@@ -34,6 +34,7 @@ class PassRecord:
     modified: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    cached: bool = False  # restored from the pass cache instead of run
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.contracts import Artifact, Context, Target
+from pipeline.errors import UsageError
 from pipeline.manager import run_pass
 from pipeline.registry import get_pass, register_target
 from pipeline.state import ModelState
@@ -36,12 +37,47 @@ def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -
 
 
 def quantize_for(precision: str, state: ModelState, ctx: Context) -> ModelState:
-    """Realise the build's quantization spec at `precision` with the matching quantize.* pass."""
+    """Realise the build's quantization spec at `precision` with the matching quantize.* pass.
+
+    int8 goes through quantize.tune when `quantize.tune` is set; after the qat pass the graph already
+    carries the QDQ ranges QAT learned, so int8 is the lowered graph itself.
+    """
     if precision == "fp32":
         return state
-    pass_cls = get_pass(f"quantize.{precision}")
+    if "qat" in state.facts:
+        if precision == "int8":
+            return state
+        raise UsageError(f"targets.onnx.precision: '{precision}' after the qat pass: the model already carries "
+                         f"int8 quantize/dequantize from QAT; ask for int8")
+    tuned = precision == "int8" and ctx.config.quantize.tune is not None
+    pass_cls = get_pass("quantize.tune" if tuned else f"quantize.{precision}")
     config = pass_cls.Config.model_validate(ctx.config.quantize.model_dump())
     return run_pass(pass_cls(config), state, ctx)
+
+
+def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) -> dict[str, Any]:
+    """Tuning summary and known-trap warnings for an int8 artifact (empty for other precisions)."""
+    if label != "int8" or ctx.calibration is None:
+        return {}
+    from passes.quantize_checks import channel_range_warnings
+
+    notes: dict[str, Any] = {}
+    record = next((r for r in done.history[len(base.history):] if r.name == "quantize.tune"), None)
+    if record is not None:
+        notes["tuning"] = {k: record.metrics[k] for k in ("trials", "chosen_trial", "within_budget", "drift",
+                                                          "budget", "tuned_on", "reference", "fallback")}
+        # the full record (trial table, sensitivity) for the report: target passes are not in state.history
+        notes["pass_records"] = [{"name": f"onnx/{label}: {record.name}", "config": record.config,
+                                  "modified": record.modified, "metrics": record.metrics}]
+    fp32 = base.onnx if "quantized" not in base.facts else None  # after qat / quantize.* passes there is no fp32 graph
+    if fp32 is not None:
+        probe = ctx.calibration.take(min(ctx.config.quantize.samples, 64))
+        warnings = channel_range_warnings(fp32, done.onnx, probe, ctx.config.quantize.channel_range_ratio)
+        for w in warnings:
+            ctx.instruments.log(f"warning: onnx/int8: {w}")
+        if warnings:
+            notes["warnings"] = warnings
+    return notes
 
 
 def session(path: str, threads: int | None) -> Any:
@@ -82,6 +118,8 @@ class OnnxTarget(Target):
         for precision in self.options.precision:
             done = quantize_for(precision, base, ctx)
             label = already if precision == "fp32" and already else precision
+            if any(a.precision == label for a in artifacts):
+                continue  # e.g. fp32 and int8 after qat: the same QDQ graph, emitted once
             path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx.save(done.onnx, str(path))
@@ -92,7 +130,8 @@ class OnnxTarget(Target):
                 runtime_version=onnxruntime.__version__, inputs=ins, outputs=outs,
                 details={"opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
                          "ops": op_counts(done.onnx), "target_passes": target_passes,
-                         "execution_provider": "CPUExecutionProvider", "threads": self.options.threads}))
+                         "execution_provider": "CPUExecutionProvider", "threads": self.options.threads,
+                         **_int8_notes(label, base, done, ctx)}))
         return artifacts
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

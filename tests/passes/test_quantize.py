@@ -106,3 +106,83 @@ def test_fp16_keeps_float32_io(digits_proto):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in h.graph.initializer)
     x = digits_arrays("test")[0][:64]
     np.testing.assert_allclose(_run(h, {"image": x}), _run(digits_proto, {"image": x}), atol=2e-2)
+
+
+def test_int8_only_quantizes_the_named_node(digits_proto, calib):
+    conv = next(n.name for n in digits_proto.graph.node if n.op_type == "Conv")
+    q = quantize_int8(digits_proto, calib, Int8Config(), only=[conv])
+    node = next(n for n in q.graph.node if n.name == conv)
+    inits = {i.name: i for i in q.graph.initializer}
+    assert len(_weight_scales(q)) == 1  # one int8 weight: that conv's
+    assert node.input[1] not in inits or inits[node.input[1]].data_type != onnx.TensorProto.FLOAT
+    others = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm") and n.name != conv]
+    assert others and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in others)
+
+
+def test_latency_gate_warns_or_fails_an_int8_artifact_slower_than_fp32():
+    from passes.quantize_checks import latency_gate
+    from pipeline.contracts import Artifact
+
+    def arts():
+        fp32 = Artifact("onnx", "fp32", None, "onnxruntime", "1", perf={"latency_ms_batch1": 0.10})
+        int8 = Artifact("onnx", "int8", None, "onnxruntime", "1", perf={"latency_ms_batch1": 0.12},
+                        gate={"status": "pass", "reason": "ok"})
+        fast = Artifact("tflite", "int8", None, "litert", "1", perf={"latency_ms_batch1": 0.01},
+                        gate={"status": "pass", "reason": "ok"})
+        return [fp32, int8, fast]
+
+    warned = arts()
+    assert len(latency_gate(warned, "warn")) == 1
+    assert warned[1].gate["status"] == "pass" and "not faster than fp32" in warned[1].details["warnings"][0]
+    failed = arts()
+    latency_gate(failed, "fail")
+    assert failed[1].gate["status"] == "fail" and failed[2].gate["status"] == "pass"  # no tflite fp32 to compare
+    assert latency_gate(arts(), "off") == []
+
+
+ENCODER_MODEL = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """A one-layer transformer encoder over 12 steps of 8 features, mean-pooled into 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 64)
+        self.layer = nn.TransformerEncoderLayer(64, 4, 256, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.head(self.layer(self.embed(x)).mean(1))
+
+
+def make():
+    return Encoder().eval()
+
+
+def sequences():
+    x = np.random.default_rng(0).standard_normal((64, 12, 8)).astype(np.float32)
+    return [({"seq": x}, None)]  # one item holding the whole batch
+'''
+
+
+def test_dynamic_int8_transformer_through_the_cli(tmp_path):
+    import json
+
+    from pipeline.cli import main
+
+    (tmp_path / "encoder.py").write_text(ENCODER_MODEL)
+    config = {"name": "encoder", "model": {"factory": "encoder.py:make", "inputs": [{"name": "seq", "shape": ["batch", 12, 8]}]},
+              "data": {"validation": "encoder.py:sequences", "metric": "cosine"},
+              "targets": {"onnx": {"precision": ["fp32", "dynamic"]}}, "validate": {"max_drift": 0.01, "latency_runs": 3}}
+    (tmp_path / "encoder.yaml").write_text(json.dumps(config))
+    assert main(["build", str(tmp_path / "encoder.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    fp32, dyn = manifest["artifacts"]
+    assert dyn["details"]["ops"].get("DynamicQuantizeLinear", 0) >= 4  # every projection's input, quantized at run time
+    assert dyn["details"]["ops"].get("MatMulInteger", 0) >= 4 and "MatMulInteger" not in fp32["details"]["ops"]
+    assert dyn["metrics"]["cosine"] > 0.999 and dyn["bytes"] < 0.5 * fp32["bytes"]

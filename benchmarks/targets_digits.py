@@ -1,0 +1,70 @@
+"""Size, drift and batch-1 runtime latency of every artifact of examples/full.yaml (onnx + tflite + tensorrt).
+
+    .venv/bin/python benchmarks/targets_digits.py [--out /tmp/full-bench] [--runs 300]
+
+Builds the config once, then times each artifact on its own runtime (onnxruntime CPU EP, the LiteRT
+interpreter, TensorRT or its onnxruntime proxy) through the same Target.infer the validation gate uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.build import build  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data import digits_arrays  # noqa: E402
+from pipeline.registry import get_target  # noqa: E402
+from pipeline.report import human_bytes  # noqa: E402
+
+
+def time_batch1(target, artifact, sample, runs: int) -> tuple[float, float]:
+    """(median, p90) milliseconds of one batch-1 inference, after 20 warm-up runs."""
+    for _ in range(20):
+        target.infer(artifact, sample)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        target.infer(artifact, sample)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "examples" / "full.yaml"))
+    parser.add_argument("--out", default="/tmp/deployc-targets-bench")
+    parser.add_argument("--runs", type=int, default=300)
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    result = build(config, out=args.out, quiet=True)
+    sample = {config.model.inputs[0].name: digits_arrays("test")[0][:1]}
+    print(f"build: {result.manifest['status']} (exit {result.exit_code}), "
+          f"reference top1 {result.manifest['reference']['value']:.4f} on {result.manifest['reference']['samples']} samples")
+    print("\n| target | precision | runtime | size | top1 | drift | agreement | max abs err | ms p50 | ms p90 | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    targets = {}
+    for art in result.artifacts:
+        if art.target not in targets:
+            cls = get_target(art.target)
+            targets[art.target] = cls(cls.Options.model_validate(config.targets[art.target] or {}))
+        target = targets[art.target]
+        p50, p90 = time_batch1(target, art, sample, args.runs)
+        target.close(art)
+        m = art.metrics
+        note = art.details.get("engine") or ("integer-only" if art.details.get("npu", {}).get("integer_only") else "")
+        print(f"| {art.target} | {art.precision} | {art.runtime} | {human_bytes(art.path.stat().st_size)} | "
+              f"{m['metric']:.4f} | {m['drift'] * 100:+.2f}% | {m.get('agreement', float('nan')):.4f} | "
+              f"{m['max_abs_err']:.3g} | {p50:.3f} | {p90:.3f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Per-layer quantization sensitivity: how much error each layer adds when it runs in int8.
+
+Two measurements, both on real samples through onnxruntime:
+- `activation_errors`: one run of the fp32 and the int8 graph with every layer output exposed; the
+  error of each output, normalised per channel (a crushed small channel is not hidden by a big one).
+- `single_layer_errors`: quantize one layer at a time and measure the model output's error; what the
+  tuner ranks fallback candidates by, since a layer's own damage is not diluted by its neighbours'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import Dataset
+
+# ops onnxruntime's QDQ quantizer gives int8 weights or activations; the candidates for fp32 fallback
+QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool",
+                         "MaxPool", "GlobalAveragePool", "Resize", "Softmax", "Gather", "Where", "Split",
+                         "LayerNormalization", "InstanceNormalization"})
+
+
+@dataclass(frozen=True)
+class LayerError:
+    node: str  # ONNX node name: what quantize.exclude takes
+    op_type: str
+    layer: str  # the torch module it came from (from its weight's name) or the node name
+    error: float  # normalised squared error, mean over channels
+    added: float = 0.0  # error minus the largest error already present in its inputs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer, "node": self.node, "op_type": self.op_type, "error": self.error, "added": self.added}
+
+
+def layer_name(proto: Any, node: Any) -> str:
+    """'node_Conv_12 (layer1.conv1)' when the node reads a named weight, else the node name."""
+    inits = {i.name for i in proto.graph.initializer}
+    weight = next((i for i in node.input[1:] if i in inits and i.endswith(".weight")), None)
+    return f"{node.name} ({weight.removesuffix('.weight')})" if weight else node.name
+
+
+def channel_nmse(ref: np.ndarray, got: np.ndarray) -> float:
+    """Squared error over squared reference, per channel (axis 1), averaged over channels."""
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    if ref.ndim < 2:
+        ref, got = ref.reshape(-1, 1), got.reshape(-1, 1)
+    axes = tuple(i for i in range(ref.ndim) if i != 1)
+    err = ((ref - got) ** 2).sum(axis=axes)
+    power = (ref ** 2).sum(axis=axes)
+    live = power > 1e-12 * max(float(power.max()), 1e-30)  # dead channels carry no signal to lose
+    if not live.any():
+        return float(err.sum() > 0)
+    return float(np.mean(err[live] / power[live]))
+
+
+def _session(proto: Any) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _with_outputs(proto: Any, names: list[str]) -> Any:
+    from onnx import TensorProto, helper
+
+    out = type(proto)()
+    out.CopyFrom(proto)
+    have = {o.name for o in out.graph.output}
+    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    return out
+
+
+def _float_outputs(proto: Any) -> dict[str, Any]:
+    """Layer output tensor → its node, for the nodes that compute on activations (not constants or Q/DQ)."""
+    skip = {"Constant", "QuantizeLinear", "DequantizeLinear", "Shape", "Reshape", "Flatten", "Squeeze",
+            "Unsqueeze", "Identity", "Cast"}
+    return {n.output[0]: n for n in proto.graph.node if n.op_type not in skip and n.output}
+
+
+def _run(proto: Any, names: list[str], data: Dataset, batch: int = 64) -> dict[str, np.ndarray]:
+    sess = _session(_with_outputs(proto, names))
+    feeds = {i.name for i in sess.get_inputs()}
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for x, _ in data.batches(batch):
+        for name, value in zip(names, sess.run(names, {k: v for k, v in x.items() if k in feeds})):
+            parts[name].append(value)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def _consumer_view(int8: Any) -> dict[str, str]:
+    """Float tensor name → the int8 graph's tensor its consumers read (after its Q→DQ pair, if any)."""
+    view = {o: o for n in int8.graph.node for o in n.output}
+    q_of = {n.input[0]: n.output[0] for n in int8.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    for t, q in q_of.items():
+        if q in dq_of:
+            view[t] = dq_of[q]
+    return view
+
+
+def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
+    """Per-layer error between the fp32 and the int8 graph on `data`, the layers adding most error first.
+
+    Layers are matched by output tensor name (onnxruntime's QDQ quantizer keeps the float names, though
+    it may fuse e.g. Conv+Relu so the int8 producer is the Conv) and compared where their consumers read
+    them, after the tensor's QuantizeLinear→DequantizeLinear pair.
+    """
+    skip = {"QuantizeLinear", "DequantizeLinear"}
+    producer8 = {o: n for n in int8.graph.node if n.op_type not in skip for o in n.output}
+    producer32 = {o: n for n in fp32.graph.node for o in n.output}
+    seen = _consumer_view(int8)
+    names = [t for t in _float_outputs(fp32) if t in producer8]
+    ref = _run(fp32, names, data)
+    got = _run(int8, sorted({seen[t] for t in names}), data)
+    errors = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}
+
+    def upstream(tensor: str, depth: int = 0) -> float:  # error already present in a tensor, through unmeasured ops
+        if tensor in errors:
+            return errors[tensor]
+        node = producer32.get(tensor)
+        if node is None or depth > 64:
+            return 0.0
+        return max((upstream(i, depth + 1) for i in node.input), default=0.0)
+
+    by_name = {n.name: n for n in fp32.graph.node}
+    result = []
+    for t in names:
+        node = by_name.get(producer8[t].name, producer32[t])
+        before = max((upstream(i) for i in producer32[t].input), default=0.0)
+        result.append(LayerError(node.name, node.op_type, layer_name(fp32, node), errors[t], errors[t] - before))
+    return sorted(result, key=lambda e: (-e.added, -e.error, e.node))
+
+
+def single_layer_errors(fp32: Any, data: Dataset, quantize: Any, candidates: list[str] | None = None) -> list[LayerError]:
+    """Quantize one layer at a time (`quantize(proto, only=[node])`) and measure the model output's error.
+
+    Worst first. `candidates` defaults to every node of a quantizable op type.
+    """
+    nodes = {n.name: n for n in fp32.graph.node}
+    names = candidates if candidates is not None else [n.name for n in fp32.graph.node if n.op_type in QUANTIZABLE]
+    out = [o.name for o in fp32.graph.output][:1]
+    ref = _run(fp32, out, data)[out[0]]
+    result = []
+    for name in names:
+        got = _run(quantize(fp32, only=[name]), out, data)[out[0]]
+        err = channel_nmse(ref, got)
+        result.append(LayerError(name, nodes[name].op_type, layer_name(fp32, nodes[name]), err, err))
+    return sorted(result, key=lambda e: (-e.error, e.node))
+
+
+def format_errors(errors: list[LayerError], limit: int | None = None) -> str:
+    """A plain-text table, worst layers first."""
+    rows = errors[:limit] if limit else errors
+    width = max([len(e.layer) for e in rows] + [5])
+    lines = [f"{'layer':<{width}}  {'op':<12} {'error':>10} {'added':>10}"]
+    lines += [f"{e.layer:<{width}}  {e.op_type:<12} {e.error:>10.3g} {e.added:>10.3g}" for e in rows]
+    return "\n".join(lines)

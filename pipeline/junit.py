@@ -1,0 +1,66 @@
+"""junit.xml: one testcase per artifact gate, so CI systems show deployc's gates like test results."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+
+def _drift_message(artifact: dict[str, Any], metric: str, budget: float) -> str:
+    """'top1 drift +3.00% exceeds budget 1.00%' — what a CI failure line should say."""
+    m, gate = artifact.get("metrics") or {}, artifact.get("gate") or {}
+    drift = m.get("drift")
+    if isinstance(drift, (int, float)) and drift == drift and abs(drift) != float("inf"):
+        return f"{metric} drift {drift * 100:+.2f}% exceeds budget {budget * 100:.2f}%"
+    return gate.get("reason") or "validation gate failed"
+
+
+def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) -> ET.ElementTree:
+    """<testsuites><testsuite name="deployc.NAME"> with a <testcase name="target/precision"> per artifact;
+    `timings` (timings.json) gives the suite its wall time."""
+    metric = manifest["reference"]["metric"]
+    budget = manifest["budget"]["max_drift"]
+    arts = manifest["artifacts"]
+    statuses = [(a.get("gate") or {}).get("status") for a in arts]
+    counts = {"tests": str(len(arts)), "failures": str(statuses.count("fail")),
+              "errors": str(sum(s not in ("pass", "fail", "skipped") for s in statuses)),
+              "skipped": str(statuses.count("skipped"))}
+    seconds = f"{(timings or manifest.get('timings') or {}).get('total_seconds', 0.0):.3f}"
+    root = ET.Element("testsuites", name="deployc", time=seconds, **counts)
+    suite = ET.SubElement(root, "testsuite", name=f"deployc.{manifest['name']}", time=seconds, **counts)
+    props = ET.SubElement(suite, "properties")
+    for key, value in (("pipeline", manifest["pipeline"]), ("reference", f"{metric}={manifest['reference']['value']:.6g}"),
+                       ("max_drift", f"{budget:g}")):
+        ET.SubElement(props, "property", name=key, value=str(value))
+    for a, status in zip(arts, statuses):
+        m, gate = a.get("metrics") or {}, a.get("gate") or {}
+        case = ET.SubElement(suite, "testcase", classname=f"deployc.{manifest['name']}.{a['target']}",
+                             name=f"{a['target']}/{a['precision']}", time="0")
+        if status == "fail":
+            failure = ET.SubElement(case, "failure", message=_drift_message(a, metric, budget), type="DriftExceeded")
+            failure.text = gate.get("reason", "")
+        elif status == "skipped":
+            ET.SubElement(case, "skipped", message=gate.get("reason") or "skipped")
+        elif status != "pass":
+            ET.SubElement(case, "error", message=f"no gate result (status {status!r})", type="NoGate")
+        shown = {k: m[k] for k in ("metric_ref", "metric", "drift", "agreement", "max_abs_err", "cosine") if k in m}
+        if shown or a.get("path"):
+            out = ET.SubElement(case, "system-out")
+            out.text = "\n".join([f"path: {a.get('path')}"] + [f"{k}: {v:.6g}" for k, v in shown.items()])
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def render_junit(manifest: dict[str, Any], timings: dict[str, Any] | None = None) -> str:
+    return ET.tostring(junit_tree(manifest, timings).getroot(), encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(manifest: dict[str, Any], out_dir: str | Path, timings: dict[str, Any] | None = None) -> Path:
+    """Write OUT/junit.xml (temp file + rename) and return its path."""
+    path = Path(out_dir) / "junit.xml"
+    tmp = path.with_name(f".junit.xml.tmp-{os.getpid()}")
+    tmp.write_text(render_junit(manifest, timings), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

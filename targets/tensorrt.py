@@ -1,0 +1,327 @@
+"""Target `tensorrt`: TensorRT-conformant ONNX (fp32, fp16 network, explicit symmetric int8 Q/DQ), checked by a
+GPU-free preflight, then built into an engine when TensorRT and a GPU are present (else validated with
+onnxruntime on the same graph as a proxy, and the manifest says why no engine was built)."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.contracts import Artifact, Context, Target
+from pipeline.errors import UsageError
+from pipeline.manager import run_pass
+from pipeline.registry import get_pass, register_target
+from pipeline.state import ModelState, TensorSpec
+from passes.onnx_util import io_specs, op_counts
+from targets.onnx import lower_to_onnx, quantize_for, session
+from targets.tensorrt_support import preflight
+
+Precision = Literal["fp32", "fp16", "int8"]
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+FUSED_ACTIVATIONS = {"Relu", "LeakyRelu", "Clip"}  # TensorRT fuses these into the weighted op before it
+
+
+class AxisRange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min: int = Field(1, ge=1)
+    opt: int = Field(..., ge=1)
+    max: int = Field(..., ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AxisRange":
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}/{self.opt}/{self.max}")
+        return self
+
+
+class TensorrtOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    precision: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    profile: dict[str, AxisRange] = Field(default_factory=dict, description="dynamic axis name → {min, opt, max}; "
+                                          "default 1 / data.batch_size / data.batch_size")
+    opset: int = Field(18, ge=17, le=23, description="opset used when this target exports the torch model itself")
+    simplify: bool = Field(True, description="run the simplify pass before emitting")
+    engine: bool = Field(True, description="build a TensorRT engine when TensorRT and a GPU are present")
+    workspace_mb: int = Field(1024, ge=16, description="builder workspace memory limit")
+
+
+# ---- TensorRT conformance: the graph rewrites quantize_int8's QDQ output needs -------------------------------
+
+def _fold_int32_biases(proto: Any) -> int:
+    """Replace DequantizeLinear(int32 bias) by its float value: TensorRT's DQ takes int8/fp8/int4 only."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    kept, folded = [], 0
+    for n in proto.graph.node:
+        x = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if x is None or x.data_type != TensorProto.INT32:
+            kept.append(n)
+            continue
+        q = numpy_helper.to_array(x).astype(np.float64)
+        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        zp = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64) if len(n.input) > 2 and n.input[2] else 0.0
+        if scale.size > 1:  # per-channel: broadcast along the DQ axis
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
+        proto.graph.initializer.append(numpy_helper.from_array(((q - zp) * scale).astype(np.float32), n.output[0]))
+        folded += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return folded
+
+
+def _drop_weighted_output_qdq(proto: Any) -> int:
+    """Remove Q→DQ pairs between a weighted op and the activation it fuses with (or a graph output):
+    TensorRT's placement rule is 'quantize the inputs of weighted ops, not their outputs'."""
+    nodes = list(proto.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in proto.graph.output}
+    dropped: set[int] = set()
+    rename: dict[str, str] = {}
+    for q in (n for n in nodes if n.op_type == "QuantizeLinear"):
+        src, dqs = producer.get(q.input[0]), consumers[q.output[0]]
+        if src is None or src.op_type not in WEIGHTED_OPS or not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            continue
+        to_output = [d for d in dqs if d.output[0] in outputs]
+        fused = all(c.op_type in FUSED_ACTIVATIONS for d in dqs for c in consumers[d.output[0]])
+        if not fused or (to_output and (len(dqs) > 1 or len(consumers[q.input[0]]) > 1)):
+            continue
+        dropped |= {id(q)} | {id(d) for d in dqs}
+        if to_output:  # the weighted op now writes the graph output itself
+            src.output[list(src.output).index(q.input[0])] = to_output[0].output[0]
+        else:
+            rename.update({d.output[0]: q.input[0] for d in dqs})
+    kept = [n for n in nodes if id(n) not in dropped]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            n.input[k] = rename.get(name, name)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return len(dropped) // 2
+
+
+def _drop_unused_initializers(proto: Any) -> None:
+    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    kept = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    names = {o for n in proto.graph.node for o in n.output} | used
+    value_info = [v for v in proto.graph.value_info if v.name in names]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(value_info)
+
+
+def conform_qdq(src: Any) -> tuple[Any, dict[str, int]]:
+    """A copy of an explicitly quantized graph rewritten to TensorRT's Q/DQ rules."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(src)
+    stats = {"int32_bias_folded": _fold_int32_biases(proto), "weighted_output_qdq_removed": _drop_weighted_output_qdq(proto)}
+    _drop_unused_initializers(proto)
+    onnx.checker.check_model(proto)
+    return proto, stats
+
+
+def shape_profile(inputs: tuple[TensorSpec, ...], ranges: dict[str, AxisRange], batch: int) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shapes per input: fixed axes as declared, named (dynamic) axes from `ranges`."""
+    default = AxisRange(min=1, opt=batch, max=batch)
+    profile = {}
+    for spec in inputs:
+        axes = [ranges.get(d, default) if isinstance(d, str) else AxisRange(min=d, opt=d, max=d) for d in spec.shape]
+        profile[spec.name] = {k: [getattr(a, k) for a in axes] for k in ("min", "opt", "max")}
+    return profile
+
+
+# ---- the engine: TensorRT's Python API, imported only here -------------------------------------------------
+
+def engine_unavailable() -> str | None:
+    """None when an engine can be built and run here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    try:
+        import torch
+    except ImportError:
+        return "torch is needed for CUDA buffers"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible"
+    return None
+
+
+def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, dict[str, list[int]]], timing_cache: Path,
+                 workspace_mb: int) -> dict[str, Any]:
+    """Parse → strongly typed network (precision from its Q/DQ and casts) → serialized engine; returns build facts."""
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # TensorRT 10; always on (flag ignored) in 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UsageError(f"targets.tensorrt: the TensorRT parser rejected {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    shapes = builder.create_optimization_profile()
+    for name, s in profile.items():
+        shapes.set_shape(name, s["min"], s["opt"], s["max"])
+    config.add_optimization_profile(shapes)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UsageError(f"targets.tensorrt: TensorRT could not build an engine from {onnx_path.name} (see its log above)")
+    engine_path.write_bytes(bytes(serialized))
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    major, minor = torch.cuda.get_device_capability()
+    return {"file": engine_path.name, "bytes": engine_path.stat().st_size, "tensorrt_version": trt.__version__,
+            "compute_capability": f"{major}.{minor}", "device": torch.cuda.get_device_name(),
+            "build_seconds": round(time.perf_counter() - t0, 2)}
+
+
+class EngineRunner:
+    """Runs a serialized engine with its execution context; torch CUDA tensors hold the buffers."""
+
+    def __init__(self, engine_path: Path):
+        import tensorrt as trt
+
+        self._trt = trt
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise UsageError(f"targets.tensorrt: could not deserialize {engine_path.name} on this GPU/TensorRT")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        keep = []  # device buffers must outlive the enqueue
+        for name in self.inputs:
+            dtype = self._trt.nptype(self.engine.get_tensor_dtype(name))
+            t = torch.from_numpy(np.ascontiguousarray(batch[name], dtype=dtype)).cuda()
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+            keep.append(t)
+        outs = {}
+        for name in self.outputs:
+            dtype = torch.from_numpy(np.empty(0, self._trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        stream.synchronize()
+        return [outs[n].float().cpu().numpy() for n in self.outputs]
+
+
+# ---- the target -------------------------------------------------------------------------------------------
+
+@register_target
+class TensorrtTarget(Target):
+    name = "tensorrt"
+    Options = TensorrtOptions
+
+    @classmethod
+    def available(cls) -> str | None:
+        # the conformant ONNX and its onnxruntime proxy need no GPU; the engine's absence is recorded per artifact
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (needed for the proxy validation)"
+        return None
+
+    @classmethod
+    def requires_for(cls, options: TensorrtOptions) -> frozenset[str]:
+        return get_pass("quantize.int8").requires - {"onnx"} if "int8" in options.precision else frozenset()
+
+    def __init__(self, options: TensorrtOptions):
+        super().__init__(options)
+        self._runners: dict[str, Any] = {}
+
+    def _network(self, precision: str, base: ModelState, ctx: Context) -> tuple[ModelState, dict[str, int]]:
+        """fp32 as is; fp16 by casting the network; int8 as symmetric int8 QDQ; any QDQ rewritten to TensorRT's rules."""
+        if precision == "int8" and "qat" not in base.facts:  # after qat the graph already carries its Q/DQ
+            pass_cls = get_pass("quantize.int8")
+            spec = {**ctx.config.quantize.model_dump(), "symmetric_activations": True, "activation_type": "int8"}
+            done = run_pass(pass_cls(pass_cls.Config.model_validate(spec)), base, ctx)
+        else:
+            done = quantize_for(precision, base, ctx)
+        if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in done.onnx.graph.node):
+            return done, {}
+        proto, stats = conform_qdq(done.onnx)
+        return done.replace(onnx=proto), stats
+
+    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+        import onnx
+        import onnxruntime
+
+        base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
+        no_engine = engine_unavailable() if self.options.engine else "disabled by targets.tensorrt.engine: false"
+        profile = shape_profile(state.inputs, self.options.profile, ctx.config.data.batch_size)
+        already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
+        if already and self.options.precision != ["fp32"]:
+            raise UsageError(f"targets.tensorrt.precision: a pass already quantized the graph ({already}); "
+                             "ask for [fp32] to emit it as is (preflight then checks its Q/DQ)")
+        artifacts = []
+        for precision in self.options.precision:
+            done, stats = self._network(precision, base, ctx)
+            label = already or precision
+            report = preflight(done.onnx, profile, f"targets.tensorrt ({label})")
+            path = ctx.work_dir / "tensorrt" / f"{ctx.config.name}.{label}.onnx"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(done.onnx, str(path))
+            ins, outs = io_specs(done.onnx)
+            details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report,
+                                       "target_passes": [r.name for r in done.history[len(state.history):]]}
+            if stats:
+                details["conformance"] = stats
+            runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
+            if no_engine is None:
+                # kept across builds in the pass cache's folder when there is one: it makes rebuilds fast
+                enabled = ctx.cache is not None and ctx.cache.enabled
+                cache = (ctx.cache.root if enabled else path.parent) / "tensorrt.timing-cache"
+                built = build_engine(path, path.with_suffix(".engine"), profile, cache, self.options.workspace_mb)
+                built["timing_cache"] = str(cache) if enabled else f"tensorrt/{cache.name}"
+                details["engine"] = f"built: {built['file']} (TensorRT {built['tensorrt_version']}, " \
+                                    f"compute capability {built['compute_capability']})"
+                details["engine_build"] = built
+                runtime, version = "tensorrt", built["tensorrt_version"]
+            else:
+                details["engine"] = f"not built ({no_engine})"
+            artifacts.append(Artifact(target=self.name, precision=label, path=path, runtime=runtime,
+                                      runtime_version=version, inputs=ins, outputs=outs, details=details))
+        return artifacts
+
+    def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        key = str(artifact.path)
+        if key not in self._runners:
+            engine = artifact.path.with_suffix(".engine")
+            self._runners[key] = EngineRunner(engine) if artifact.runtime == "tensorrt" else session(key, None)
+        runner = self._runners[key]
+        return runner(batch) if isinstance(runner, EngineRunner) else runner.run(None, batch)
+
+    def close(self, artifact: Artifact) -> None:
+        self._runners.pop(str(artifact.path), None)

@@ -1,0 +1,67 @@
+"""Per-layer sensitivity and the channel-range warning, on the quantization-hostile digits model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from examples.quant_hostile import hostile
+from passes.export import export_onnx
+from passes.quantize import Int8Config, quantize_int8
+from passes.quantize_checks import channel_range_warnings
+from passes.sensitivity import activation_errors, channel_nmse, single_layer_errors
+from passes.simplify import simplify_proto
+from pipeline.data import Dataset, digits_arrays
+from pipeline.state import ModelState, TensorSpec
+
+
+@pytest.fixture(scope="module")
+def hostile_proto() -> onnx.ModelProto:
+    return simplify_proto(export_onnx(hostile(), ModelState(inputs=(TensorSpec("image", ("batch", 1, 8, 8)),))))
+
+
+@pytest.fixture(scope="module")
+def calib() -> Dataset:
+    x, y = digits_arrays("train")
+    return Dataset({"image": x[:64]}, y[:64], "digits:train")
+
+
+def _node(proto: onnx.ModelProto, weight: str) -> str:
+    return next(n.name for n in proto.graph.node if f"{weight}.weight" in n.input)
+
+
+def test_channel_nmse_sees_a_crushed_small_channel():
+    ref = np.random.default_rng(0).uniform(0, 1, (8, 4, 3, 3))
+    ref[:, 0] *= 1000
+    got = ref.copy()
+    got[:, 1:] = 0  # what per-tensor int8 does to the small channels
+    global_nmse = ((ref - got) ** 2).sum() / (ref ** 2).sum()
+    assert global_nmse < 1e-5
+    assert channel_nmse(ref, got) == pytest.approx(0.75)
+    assert channel_nmse(ref, ref) == 0.0
+
+
+def test_single_layer_sensitivity_ranks_the_hostile_pair_first(hostile_proto, calib):
+    errors = single_layer_errors(hostile_proto, calib, lambda p, only: quantize_int8(p, calib, Int8Config(), only=only))
+    top = {e.node for e in errors[:2]}
+    assert top == {_node(hostile_proto, "spread"), _node(hostile_proto, "squeeze")}
+    assert errors[1].error > 1000 * errors[2].error  # the rest of the model quantizes harmlessly
+    assert {"(spread)", "(squeeze)"} <= {e.layer[e.layer.index("("):] for e in errors[:2]}
+
+
+def test_activation_errors_zero_for_the_same_graph_and_high_downstream_of_the_trap(hostile_proto, calib):
+    same = activation_errors(hostile_proto, hostile_proto, calib)
+    assert same and all(e.error == 0 for e in same)
+    errors = {e.node: e for e in activation_errors(hostile_proto, quantize_int8(hostile_proto, calib, Int8Config()), calib)}
+    stem, spread = _node(hostile_proto, "stem.0"), _node(hostile_proto, "spread")
+    assert errors[stem].error < 1e-3  # before the outlier channel, int8 is fine
+    assert errors[spread].added > 0.5  # the per-tensor step wipes out 15 of 16 channels here
+
+
+def test_channel_range_warning_names_the_layer(hostile_proto, calib, digits_onnx):
+    q = quantize_int8(hostile_proto, calib, Int8Config())
+    warnings = channel_range_warnings(hostile_proto, q, calib, ratio=100)
+    assert len(warnings) == 1 and "(spread)" in warnings[0] and "per-tensor" in warnings[0]
+    benign = onnx.load(str(digits_onnx))
+    assert channel_range_warnings(benign, quantize_int8(benign, calib, Int8Config()), calib, ratio=100) == []

@@ -1,0 +1,93 @@
+"""deployc bench: artifacts and baselines measured side by side; ratios are to torch eager."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from pipeline.bench import EAGER, QSTATIC, add_bench_parser, add_ratios, run_bench
+from pipeline.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def bench(demo_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return run_bench(demo_build.out_dir, out=out, runs=5, batch=8, min_seconds=0.05, quiet=True), out
+
+
+def test_every_artifact_and_baseline_is_measured(bench, demo_build):
+    result, _ = bench
+    rows = {r["name"]: r for r in result["rows"]}
+    assert {EAGER, "ort fp32 (plain export)", QSTATIC, "onnx/fp32", "onnx/int8"} <= set(rows)
+    for name in (EAGER, "ort fp32 (plain export)", QSTATIC, "onnx/fp32", "onnx/int8"):
+        r = rows[name]
+        assert "skipped" not in r, r
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput"] > 0 and r["peak_mb"] >= 0
+    # the artifacts' metric, re-measured here through Target.infer, matches what the build's gate measured
+    for a in demo_build.manifest["artifacts"]:
+        assert rows[f"{a['target']}/{a['precision']}"]["metric"] == pytest.approx(a["metrics"]["metric"])
+        assert rows[f"{a['target']}/{a['precision']}"]["bytes"] == a["bytes"]
+    assert rows[EAGER]["drift"] == 0.0  # eager is the reference itself
+
+
+def test_ratios_are_relative_to_eager_and_quantize_static(bench):
+    result, _ = bench
+    rows = {r["name"]: r for r in result["rows"]}
+    eager, qs, int8 = rows[EAGER], rows[QSTATIC], rows["onnx/int8"]
+    assert eager["x_eager_p50"] == 1.0
+    assert int8["x_eager_p50"] == pytest.approx(int8["p50_ms"] / eager["p50_ms"])
+    assert int8["x_qstatic_p50"] == pytest.approx(int8["p50_ms"] / qs["p50_ms"])
+    assert int8["x_eager_size"] == pytest.approx(int8["bytes"] / eager["bytes"])
+    assert int8["x_eager_size"] < 1  # int8 weights are smaller than the fp32 state_dict
+
+
+def test_outputs_written_and_table_complete(bench):
+    result, out = bench
+    saved = json.loads((out / "bench.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == [r["name"] for r in result["rows"]]
+    table = result["table"]
+    assert len(table["rows"]) == len(result["rows"])
+    assert all(len(r) == len(table["header"]) for r in table["rows"])
+    assert "×eager p50" in (out / "bench.md").read_text()
+
+
+def test_add_ratios_skips_rows_that_did_not_run():
+    rows = [{"name": EAGER, "p50_ms": 2.0, "throughput": 100.0, "bytes": 1000},
+            {"name": "x", "p50_ms": 0.5, "throughput": 400.0, "bytes": 250}, {"name": "y", "skipped": "no runtime"}]
+    add_ratios(rows)
+    assert (rows[1]["x_eager_p50"], rows[1]["x_eager_throughput"], rows[1]["x_eager_size"]) == (0.25, 4.0, 0.25)
+    assert "x_eager_p50" not in rows[2]
+
+
+def test_folder_without_manifest_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="manifest.json"):
+        run_bench(tmp_path, quiet=True)
+    with pytest.raises(UsageError, match="no such"):
+        run_bench(tmp_path / "missing.yaml", quiet=True)
+
+
+def test_cli_json_goes_to_stdout(demo_build, tmp_path, capsys):
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    add_bench_parser(sub)
+    args = sub.choices["bench"].parse_args([str(demo_build.out_dir), "--out", str(tmp_path), "--no-baselines",
+                                            "--runs", "3", "--batch", "4", "--json"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in printed["rows"]] == ["onnx/fp32", "onnx/int8"]
+
+
+def test_config_is_built_then_benched_and_the_report_shows_the_table(tmp_path):
+    import yaml
+
+    from tests.conftest import digits_config
+
+    config = tmp_path / "digits.yaml"
+    config.write_text(yaml.safe_dump(digits_config()))
+    out = tmp_path / "out"
+    result = run_bench(config, out=out, baselines=False, runs=3, batch=4, min_seconds=0.05, quiet=True)
+    assert [r["name"] for r in result["rows"]] == ["onnx/fp32"]
+    assert (out / "manifest.json").is_file() and (out / "bench.json").is_file()
+    assert result["table"]["title"] in (out / "report.html").read_text(encoding="utf-8")

@@ -1,0 +1,108 @@
+"""Target tflite: litert-torch lowering, ai-edge-quantizer precisions, the NPU check and the interpreter run."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.build import BuildResult, build, check
+from pipeline.config import load_config
+from pipeline.contracts import Context
+from pipeline.data import Dataset, digits_arrays
+from pipeline.errors import PipelineError
+from pipeline.instruments import Instruments
+from targets.tflite import TfliteOptions, TfliteTarget, npu_profile, quantize_flatbuffer
+from tests.conftest import digits_config
+
+pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str(TfliteTarget.available()))
+
+
+@pytest.fixture(scope="module")
+def tflite_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    out = tmp_path_factory.mktemp("tflite") / "out"
+    config = digits_config(targets={"tflite": {"precision": ["fp32", "fp16", "dynamic", "int8"]}},
+                           quantize={"samples": 256})
+    return build(config, out=out, quiet=True)
+
+
+def _artifact(result: BuildResult, precision: str) -> dict:
+    return next(a for a in result.manifest["artifacts"] if a["precision"] == precision)
+
+
+def test_every_precision_passes_its_gate_on_the_interpreter(tflite_build):
+    assert tflite_build.exit_code == 0
+    for precision in ("fp32", "fp16", "dynamic", "int8"):
+        art = _artifact(tflite_build, precision)
+        assert art["runtime"] in ("ai-edge-litert", "tflite-runtime")
+        assert art["gate"]["status"] == "pass", art["gate"]
+        assert art["metrics"]["drift"] <= 0.01 and art["metrics"]["samples"] == 450
+    assert _artifact(tflite_build, "fp32")["metrics"]["max_abs_err"] < 1e-4  # same float graph as torch
+    int8 = _artifact(tflite_build, "int8")["metrics"]
+    assert int8["agreement"] >= 0.98
+    assert int8["max_abs_err"] < 1.0  # 'minmax' = global range; a moving average would clip logits by ~4
+
+
+def test_quantized_flatbuffers_are_smaller(tflite_build):
+    fp32 = _artifact(tflite_build, "fp32")["bytes"]
+    assert _artifact(tflite_build, "fp16")["bytes"] < 0.7 * fp32
+    assert _artifact(tflite_build, "int8")["bytes"] < 0.5 * fp32
+    assert _artifact(tflite_build, "fp16")["details"]["ops"].get("DEQUANTIZE", 0) >= 5  # fp16 weights, float compute
+
+
+def test_int8_model_is_integer_only_and_its_manifest_feeds_it(tflite_build, digits_model):
+    art = _artifact(tflite_build, "int8")
+    assert art["details"]["npu"] == {"integer_only": True, "float_ops": [], "float_io_conversions": []}
+    (inp,), (out,) = art["inputs"], art["outputs"]
+    assert inp["name"] == "image" and inp["dtype"] == "int8" and inp["shape"] == [1, 1, 8, 8]
+    assert out["dtype"] == "int8" and out["quantization"]["scale"] > 0
+    # an app developer's loop: quantize with the manifest's numbers, run, dequantize
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(tflite_build.out_dir / art["path"])).get_signature_runner()
+    x, _ = digits_arrays("test")
+    q_in, q_out = inp["quantization"], out["quantization"]
+    agree = 0
+    for i in range(40):
+        xi = np.clip(np.round(x[i:i + 1] / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
+        yi = runner(**{inp["signature_key"]: xi})[out["signature_key"]]
+        logits = (yi.astype(np.float32) - q_out["zero_point"]) * q_out["scale"]
+        ref = digits_model(torch.from_numpy(x[i:i + 1])).detach().numpy()
+        agree += int(logits.argmax() == ref.argmax())
+    assert agree >= 39
+
+
+def _ctx(samples: int = 64) -> Context:
+    config = load_config(digits_config(quantize={"samples": samples, "per_channel": False}))
+    x, y = digits_arrays("train")
+    return Context(config, None, Dataset({"image": x}, y, "digits:train"), None, None, Instruments(quiet=True))
+
+
+def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tflite_build):
+    fp32 = (tflite_build.out_dir / _artifact(tflite_build, "fp32")["path"]).read_bytes()
+    model, details = quantize_flatbuffer(fp32, "int8", _ctx(), "float32", ["image"])
+    npu = npu_profile(model)
+    assert npu["integer_only"] and sorted(e.split("#")[0] for e in npu["float_io_conversions"]) == ["DEQUANTIZE", "QUANTIZE"]
+    assert details["calibration_samples"] == 64 and details["per_channel"] is False
+    float_model = npu_profile(fp32)
+    assert not float_model["integer_only"]
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= {o["op"] for o in float_model["float_ops"]}
+
+
+def test_int8_requires_calibration_and_torch_level():
+    assert TfliteTarget.requires_for(TfliteOptions(precision=["int8"])) == {"data.calibration"}
+    assert TfliteTarget.requires_for(TfliteOptions(precision=["fp32", "fp16"])) == frozenset()
+    config = digits_config(model={"onnx": "model.onnx", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
+                           targets={"tflite": {}})
+    with pytest.raises(PipelineError, match="torch"):
+        check(config)
+    with pytest.raises(PipelineError, match="io_dtype"):
+        check(digits_config(targets={"tflite": {"io_dtype": "uint16"}}))
+
+
+def test_available_names_the_missing_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    assert "litert-torch" in TfliteTarget.available()
