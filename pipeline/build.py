@@ -22,7 +22,9 @@ from pipeline.manager import PassManager
 from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
 from pipeline.metrics import get_metric
 from pipeline.outdir import OutDir, check_writable
+from pipeline.junit import write_junit
 from pipeline.report import render_report, report_view
+from pipeline.report_html import write_html_report
 
 
 @dataclass
@@ -104,6 +106,8 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
                    "total_seconds": round(time.perf_counter() - t_start, 3),
                    "artifacts": {a.label: a.perf for a in artifacts}}
         (out_dir / "report.md").write_text(render_report(report_view(manifest, timings)))
+        write_html_report(manifest, out_dir, timings)
+        write_junit(manifest, out_dir, timings)
         write_json_atomic(out_dir / "timings.json", timings)
         write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
     return BuildResult(out_dir, manifest, artifacts, timings)

@@ -40,28 +40,31 @@ def print_table(result: Any, stream: Any = None) -> None:
     Console(file=stream or sys.stdout, width=110).print(table)
 
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build
+def _finish(result: Any, args: argparse.Namespace) -> int:
+    """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
+    from pipeline.ci_summary import append_step_summary
 
-    result = build(args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache)
+    append_step_summary(result.out_dir / "report.md")
     if args.json:
         print(json.dumps(_summary(result), indent=2))
     elif not args.quiet:
         print_table(result)
-        print(f"wrote {result.out_dir}/manifest.json and report.md", file=sys.stderr)
+        print(f"wrote {result.out_dir}/manifest.json, report.md, report.html and junit.xml", file=sys.stderr)
     return result.exit_code
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import build
+
+    result = build(args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache)
+    return _finish(result, args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from examples.demo import run_demo
 
     result = run_demo(out=args.out, quiet=args.quiet or args.json, cache=not args.no_cache)
-    if args.json:
-        print(json.dumps(_summary(result), indent=2))
-    else:
-        print_table(result)
-        print(f"wrote {result.out_dir}/manifest.json and report.md", file=sys.stderr)
-    return result.exit_code
+    return _finish(result, args)
 
 
 def _cmd_validate_config(args: argparse.Namespace) -> int:
@@ -125,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["info", "prune"])
     c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
     c.set_defaults(func=_cmd_cache)
+    from pipeline.bench import add_bench_parser
+
+    add_bench_parser(sub, parents=[common])
     v = sub.add_parser("validate-config", parents=[common], help="check a config and its pipeline without building")
     v.add_argument("config", type=Path)
     v.set_defaults(func=_cmd_validate_config)

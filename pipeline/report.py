@@ -48,6 +48,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _target_notes(details: dict[str, Any]) -> str:
+    """Target facts a reader must see: engine status, NPU integer-only check, quantizer notes."""
+    out = ""
+    if "engine" in details:
+        engine = details["engine"]
+        out += f"; engine: {engine if isinstance(engine, str) else engine.get('status', engine)}"
+    npu = details.get("npu")
+    if npu:
+        floats = [f"{o['op']}#{o['index']}" for o in npu.get("float_ops", [])]
+        out += "; NPU: integer-only" if npu.get("integer_only") else f"; NPU: float ops: {', '.join(floats)}"
+    if details.get("notes"):
+        out += "; notes: " + "; ".join(details["notes"])
+    return out
+
+
 def render_report(manifest: dict[str, Any]) -> str:
     ref = manifest["reference"]
     out = [f"# deployc build: {manifest['name']}", "",
@@ -62,7 +77,8 @@ def render_report(manifest: dict[str, Any]) -> str:
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
         extra = ", ".join(f"{k} {m[k]:.4g}" for k in ("agreement", "max_abs_err", "cosine") if k in m)
         details.append(f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
-                       + (f"; {extra}" if extra else "") + (f"; `{a['path']}`" if a.get("path") else ""))
+                       + (f"; {extra}" if extra else "") + _target_notes(a.get("details") or {})
+                       + (f"; `{a['path']}`" if a.get("path") else ""))
     out += ["### Gates", "", *details, ""]
     if manifest["passes"]:
         rows = [[p["name"], "yes" if p["modified"] else "no",

@@ -16,7 +16,7 @@ from pipeline.report import GATE_MARK, human_bytes
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
 _CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;max-width:1240px;margin:2rem auto;padding:0 1.5rem}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;max-width:1360px;margin:2rem auto;padding:0 1.5rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px;font-size:.9em;word-break:break-all}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem;font-variant-numeric:tabular-nums}
