@@ -99,8 +99,10 @@ class _WeightMasks:
         return zeros / sum(m.weight.numel() for m in self.layers.values())
 
 
-def _out_channels(m: Any) -> int:
-    return m.out_channels if hasattr(m, "out_channels") else m.out_features
+def _group_channels(pruner: Any) -> int:
+    """Channels over Torch-Pruning's prunable groups, counted as its ratio counts them (once per coupled group)."""
+    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+    return sum(pruner.DG.get_out_channels(g[0][0].target.module) for g in groups)
 
 
 @register_pass
@@ -164,12 +166,11 @@ class PruneGradual(Pass):
         ratios = [0.0] + [cfg.sparsity_at(k) for k in range(cfg.ramp + 1)]  # pruner step k+1 → event k
         ignored = match_layers(module, cfg.ignore, "prune.gradual.ignore") | output_layers(module, state)
         modules = dict(module.named_modules())
-        layers = {n: m for n, m in prunable_layers(module).items() if n not in ignored}
-        channels0 = sum(_out_channels(m) for m in layers.values())
         pruner = tp.pruner.BasePruner(
             module, example_tensors(state), importance=importance_estimator(cfg.importance), global_pruning=cfg.scope == "global",
             pruning_ratio=cfg.sparsity, iterative_steps=len(ratios) - 1, iterative_pruning_ratio_scheduler=lambda r, n: ratios,
             ignored_layers=[modules[n] for n in sorted(ignored)], round_to=cfg.round_to)
+        channels0 = _group_channels(pruner)
 
         def hook(epoch: int, _module: Any) -> bool:
             event = epoch + 1
@@ -180,8 +181,7 @@ class PruneGradual(Pass):
             was = module.training
             pruner.step()
             module.train(was)
-            channels = sum(_out_channels(m) for m in layers.values())
-            schedule.append([event, cfg.sparsity_at(event), 1 - channels / channels0])
+            schedule.append([event, cfg.sparsity_at(event), 1 - _group_channels(pruner) / channels0])
             return True
 
         return hook, lambda: module.zero_grad(set_to_none=True)

@@ -111,6 +111,7 @@ def _excluded_missing(proto: Any, exclude: list[str]) -> list[str]:
 class _QuantizePass(Pass):
     requires = frozenset({"onnx"})
     produces = frozenset({"quantized"})
+    cacheable = True
     precision: str
 
     def _check_exclude(self, proto: Any) -> None:

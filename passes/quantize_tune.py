@@ -177,6 +177,7 @@ class QuantizeTune(_QuantizePass):
     Config = TuneConfig
     requires = frozenset({"onnx", "data.calibration", "data.validation"})
     precision = "int8"
+    cacheable = False  # scores against the build's reference, which the cache key (input graph) does not cover
 
     def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
         self._check_exclude(state.onnx)

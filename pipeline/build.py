@@ -19,7 +19,7 @@ from pipeline.errors import UsageError
 from pipeline.instruments import Instruments
 from pipeline.loader import initial_facts, load_model
 from pipeline.manager import PassManager
-from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
+from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, stable_copy, write_json_atomic
 from pipeline.metrics import get_metric
 from pipeline.outdir import OutDir, check_writable
 from pipeline.junit import write_junit
@@ -73,6 +73,7 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
     train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
 
+    from passes.quantize_checks import latency_gate
     from passes.validate import compute_reference, validate_artifact
 
     reference = compute_reference(state, validation, metric, config.data.batch_size)
@@ -80,7 +81,8 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
 
     with OutDir(out_dir) as outdir:
         staging = outdir.staging
-        ctx = Context(config, train, calibration, validation, staging, instruments, PassCache(enabled=cache))
+        ctx = Context(config, train, calibration, validation, staging, instruments, PassCache(enabled=cache),
+                      reference=reference)
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
@@ -100,8 +102,16 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
         for art in artifacts:
             if art.path is not None:
                 art.path = out_dir / art.path.relative_to(staging)
+        for warning in latency_gate(artifacts, config.validate_.latency_gate):
+            instruments.log(f"warning: {warning}")
         manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, out_dir)
-        timings = {"passes": [{"name": r.name, "seconds": round(r.seconds, 4), "cached": r.cached} for r in state.history],
+        # target-level pass records (e.g. quantize.tune's trials) join the build's pass records
+        target_records = [r for a in artifacts for r in a.details.pop("pass_records", [])]
+        first = len(manifest["passes"])
+        manifest["passes"] += [stable_copy(r) for r in target_records]
+        timings = {"passes": [{"name": r.name, "seconds": round(r.seconds, 4), "cached": r.cached} for r in state.history]
+                   + [{"name": r["name"], "seconds": 0.0, "cached": False} for r in target_records],
+                   "pass_metrics": {str(first + i): r["metrics"] for i, r in enumerate(target_records)},
                    "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
                    "total_seconds": round(time.perf_counter() - t_start, 3),
                    "artifacts": {a.label: a.perf for a in artifacts}}

@@ -131,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
     from pipeline.bench import add_bench_parser
 
     add_bench_parser(sub, parents=[common])
+    from passes.explain import add_explain_parser
+
+    add_explain_parser(sub)
     v = sub.add_parser("validate-config", parents=[common], help="check a config and its pipeline without building")
     v.add_argument("config", type=Path)
     v.set_defaults(func=_cmd_validate_config)

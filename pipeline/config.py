@@ -123,6 +123,8 @@ class QuantizeSpec(StrictModel):
 class ValidateConfig(StrictModel):
     max_drift: float = Field(0.01, ge=0, description="largest allowed metric drift (reference - artifact), as a fraction")
     latency_runs: int = Field(20, ge=1, description="batch-1 runs timed per artifact (median reported)")
+    latency_gate: Literal["off", "warn", "fail"] = Field(
+        "warn", description="int8/dynamic artifact not faster than fp32 on the same runtime: log it, or fail its gate")
 
 
 class BuildConfig(StrictModel):

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pipeline.state import ModelState, TensorSpec
 
 if TYPE_CHECKING:
+    from passes.validate import Reference
     from pipeline.cache import PassCache
     from pipeline.config import BuildConfig
     from pipeline.data import Dataset
@@ -30,6 +31,7 @@ class Context:
     work_dir: Path  # staging folder; artifacts are written here and moved into the out dir at the end
     instruments: "Instruments"
     cache: "PassCache | None" = None
+    reference: "Reference | None" = None  # outputs and metric of the model as loaded (tuning scores against it)
 
     def dataset_for(self, fact: str) -> "Dataset | None":
         """The dataset behind a data.* fact (what a pass that requires it reads)."""

@@ -19,7 +19,9 @@ def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, 
     """The manifest plus wall-clock figures (kept out of manifest.json so it stays deterministic)."""
     perf = timings.get("artifacts", {})
     arts = [dict(a, perf=perf.get(f"{a['target']}/{a['precision']}", {})) for a in manifest["artifacts"]]
-    return dict(manifest, artifacts=arts, timings=timings)
+    full = timings.get("pass_metrics", {})  # pass metrics with their wall-clock columns
+    passes = [dict(p, metrics=full.get(str(i), p["metrics"])) for i, p in enumerate(manifest["passes"])]
+    return dict(manifest, artifacts=arts, passes=passes, timings=timings)
 
 
 GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped"}
