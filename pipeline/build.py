@@ -107,11 +107,13 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
         manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, out_dir)
         # target-level pass records (e.g. quantize.tune's trials) join the build's pass records
         target_records = [r for a in artifacts for r in a.details.pop("pass_records", [])]
-        first = len(manifest["passes"])
-        manifest["passes"] += [stable_copy(r) for r in target_records]
+        records = [{"name": r.name, "config": r.config, "modified": r.modified, "metrics": r.metrics}
+                   for r in state.history] + target_records
+        manifest["passes"] = [stable_copy(r) for r in records]
         timings = {"passes": [{"name": r.name, "seconds": round(r.seconds, 4), "cached": r.cached} for r in state.history]
                    + [{"name": r["name"], "seconds": 0.0, "cached": False} for r in target_records],
-                   "pass_metrics": {str(first + i): r["metrics"] for i, r in enumerate(target_records)},
+                   "pass_metrics": {str(i): r["metrics"] for i, r in enumerate(records)
+                                    if r["metrics"] != manifest["passes"][i]["metrics"]},
                    "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
                    "total_seconds": round(time.perf_counter() - t_start, 3),
                    "artifacts": {a.label: a.perf for a in artifacts}}
@@ -137,7 +139,6 @@ def _manifest(config: BuildConfig, manager: PassManager, metric: Any, reference:
         "reference": {"metric": metric.name, "value": reference.value, "source": validation.source,
                       "samples": len(validation), "higher_is_better": metric.higher_is_better},
         "artifacts": [artifact_entry(a, out_dir) for a in artifacts],
-        "passes": [{"name": r.name, "config": r.config, "modified": r.modified, "metrics": r.metrics}
-                   for r in state.history],
+        "passes": [],  # filled by build(): global and target-level pass records, wall-clock figures removed
         "versions": library_versions(),
     }

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-WALLCLOCK_KEYS = frozenset({"latency_ms", "latency_ms_batch1", "seconds"})
+# keys and report-table columns that hold wall-clock measurements: latency_ms, onnx_ms_before, seconds, "ms/sample"...
+_WALLCLOCK_KEY = re.compile(r"(^|_)ms($|_)|latency|seconds")
+_WALLCLOCK_COLUMN = re.compile(r"\bms\b|latency", re.IGNORECASE)
 
 
 def stable_copy(obj: Any) -> Any:
-    """`obj` without wall-clock figures (keys in WALLCLOCK_KEYS, report-table columns headed 'ms...'),
-    so manifest.json is byte-identical for the same inputs; the full figures go to timings.json."""
+    """`obj` without wall-clock figures, so manifest.json is byte-identical for the same inputs;
+    the full figures go to timings.json (report_view puts them back for people)."""
     if isinstance(obj, dict):
         if {"header", "rows"} <= obj.keys():
-            keep = [i for i, h in enumerate(obj["header"]) if not str(h).startswith("ms")]
+            keep = [i for i, h in enumerate(obj["header"]) if not _WALLCLOCK_COLUMN.search(str(h))]
             return {**{k: stable_copy(v) for k, v in obj.items() if k not in ("header", "rows")},
                     "header": [obj["header"][i] for i in keep], "rows": [[r[i] for i in keep] for r in obj["rows"]]}
-        return {k: stable_copy(v) for k, v in obj.items() if k not in WALLCLOCK_KEYS}
+        return {k: stable_copy(v) for k, v in obj.items() if not _WALLCLOCK_KEY.search(k)}
     if isinstance(obj, list):
         return [stable_copy(v) for v in obj]
     return obj
