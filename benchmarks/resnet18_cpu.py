@@ -11,7 +11,6 @@ size do not depend on either. Prints a markdown table: median ms, ratio to eager
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,18 +26,8 @@ from passes.simplify import simplify_proto
 from pipeline.data import Dataset
 from pipeline.report import human_bytes
 from pipeline.state import ModelState, TensorSpec
+from pipeline.timing import median_ms
 from targets.onnx import session
-
-
-def median_ms(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -4,8 +4,6 @@ latency of its ONNX export, and the build metric on the validation set (reported
 from __future__ import annotations
 
 import io
-import statistics
-import time
 import zipfile
 from contextlib import redirect_stdout
 from dataclasses import asdict, dataclass
@@ -13,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.timing import median_ms
 from pipeline.contracts import Context
 from pipeline.state import ModelState
 
@@ -73,14 +72,7 @@ def onnx_size_and_latency(module: Any, state: ModelState, runs: int = 30) -> tup
     opts.intra_op_num_threads = 1  # one thread: timings comparable on a shared 2-core machine
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     feed = state.example_inputs(batch=1)
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return len(blob), len(buf.getvalue()), statistics.median(times)
+    return len(blob), len(buf.getvalue()), median_ms(lambda: sess.run(None, feed), runs, warmup=5)
 
 
 def validation_metric(module: Any, state: ModelState, ctx: Context | None) -> float | None:

@@ -5,14 +5,13 @@ candidate is always emitted; every trial and every fallback layer is reported.""
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from pipeline.timing import median_ms
 from pipeline.config import TuneSpec
 from pipeline.contracts import Context
 from pipeline.data import Dataset
@@ -64,14 +63,7 @@ class TuneResult:
 
 def _latency_ms(sess: Any, data: Dataset, runs: int = 10) -> float:
     sample = {k: v[:1] for k, v in data.inputs.items()}
-    for _ in range(2):
-        sess.run(None, sample)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, sample)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: sess.run(None, sample), runs, warmup=2)
 
 
 def score(proto: Any, data: Dataset, reference: Any, batch: int = 64, threads: int | None = None) -> tuple[dict[str, float], float]:

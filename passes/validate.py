@@ -3,8 +3,6 @@ runs every artifact on its own runtime over the validation set and compares it w
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +13,7 @@ from pipeline.data import Dataset
 from pipeline.errors import UsageError
 from pipeline.metrics import Metric, cosine_rows
 from pipeline.state import ModelState
+from pipeline.timing import median_ms
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,7 @@ def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, float]:
 def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> float:
     """Median wall time of one batch-1 inference, after warm-up runs."""
     sample = {k: v[:1] for k, v in data.inputs.items()}
-    for _ in range(3):
-        target.infer(artifact, sample)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        target.infer(artifact, sample)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: target.infer(artifact, sample), runs, warmup=3)
 
 
 def validate_artifact(target: Target, artifact: Artifact, data: Dataset, ref: Reference, max_drift: float,
