@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from examples import minilm  # noqa: E402
+from pipeline.timing import median_ms
 from pipeline.build import build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
@@ -36,14 +35,7 @@ def built(config: Path, out: Path, **changes: object) -> dict:
 
 
 def latency_ms(sess, feed: dict[str, np.ndarray], runs: int) -> float:
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return median_ms(lambda: sess.run(None, feed), runs, warmup=5)
 
 
 def main() -> None:

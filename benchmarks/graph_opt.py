@@ -21,19 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pipeline.timing import sample_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repo root holds passes/
 
 
 def timed(fn: Callable[[], Any], runs: int, warmup: int = 5) -> tuple[float, float]:
     """(p50, p90) ms of fn() after warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
+    times = sample_ms(fn, runs, warmup)
     return float(np.percentile(times, 50)), float(np.percentile(times, 90))
 
 

@@ -11,7 +11,6 @@ test images, against the fp32 torch model; QAT fine-tunes on digits' train split
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.timing import median_ms
 from examples.models import DigitsMobileNet  # noqa: E402
 from passes.export import export_onnx  # noqa: E402
 from passes.qat import QatConfig, qat  # noqa: E402
@@ -79,15 +79,9 @@ def evaluate(proto: Any, x: np.ndarray, y: np.ndarray, runs: int) -> dict[str, f
     sess = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     top1 = float((sess.run(None, {"image": x})[0].argmax(1) == y).mean())
     one = {"image": x[:1]}
-    for _ in range(20):
-        sess.run(None, one)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, one)
-        times.append((time.perf_counter() - t0) * 1000)
+    ms = median_ms(lambda: sess.run(None, one), runs, warmup=20)
     total, int8 = macs(proto)
-    return {"top1": top1, "bytes": len(proto.SerializeToString()), "ms": statistics.median(times),
+    return {"top1": top1, "bytes": len(proto.SerializeToString()), "ms": ms,
             "int8_share": int8 / total if total else 0.0}
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.timing import sample_ms
 from pipeline.build import build  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import digits_arrays  # noqa: E402
@@ -26,14 +26,7 @@ from pipeline.report import human_bytes  # noqa: E402
 
 def time_batch1(target, artifact, sample, runs: int) -> tuple[float, float]:
     """(median, p90) milliseconds of one batch-1 inference, after 20 warm-up runs."""
-    for _ in range(20):
-        target.infer(artifact, sample)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        target.infer(artifact, sample)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
+    times = sorted(sample_ms(lambda: target.infer(artifact, sample), runs, warmup=20))
     return statistics.median(times), times[int(0.9 * (len(times) - 1))]
 
 

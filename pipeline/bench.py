@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.timing import sample_ms
 from pipeline.errors import UsageError
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -270,13 +271,7 @@ def measure(cand: Candidate, data: Any, reference: Any, batch: int, runs: int, e
             run = cand.open()
             row.update({k: v for k, v in compare(_run_all(run, data, eval_batch), reference).items()
                         if k in ("metric", "drift", "agreement", "cosine")})
-            for _ in range(max(3, runs // 10)):
-                run(one)
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                run(one)
-                times.append((time.perf_counter() - t0) * 1000)
+            times = sample_ms(lambda: run(one), runs, warmup=max(3, runs // 10))
             run(big)
             n_big, t0 = 0, time.perf_counter()
             while n_big < 3 or time.perf_counter() - t0 < min_seconds:  # long enough to average out scheduler noise

@@ -7,7 +7,8 @@ import time
 from typing import Any, Callable
 
 
-def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> float:
+def sample_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> list[float]:
+    """Wall ms of each of `runs` calls of fn(), after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -15,4 +16,8 @@ def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> float:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 3) -> float:
+    return statistics.median(sample_ms(fn, runs, warmup))
