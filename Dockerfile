@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY passes ./passes
 COPY targets ./targets
+COPY commands ./commands
 COPY examples ./examples
 RUN pip install "torch==2.13.0" --index-url "$TORCH_INDEX_URL" \
  && pip install ".[tflite]" "torch==2.13.0" --extra-index-url "$TORCH_INDEX_URL"

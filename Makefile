@@ -19,6 +19,8 @@ demo: $(VENV)/.installed
 	$(BIN)/deployc demo
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

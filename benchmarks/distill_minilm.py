@@ -20,10 +20,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from examples import minilm  # noqa: E402
-from pipeline.timing import median_ms
-from pipeline.build import build  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from deployc.build import build  # noqa: E402
+from deployc.config import load_config  # noqa: E402
+from deployc.examples import minilm  # noqa: E402
+from deployc.ort import session  # noqa: E402
+from deployc.timing import median_ms  # noqa: E402
 
 
 def built(config: Path, out: Path, **changes: object) -> dict:
@@ -51,8 +52,9 @@ def main() -> None:
 
     config = ROOT / "examples" / "distill_minilm.yaml"
     student = built(config, args.student)
-    teacher = built(config, args.teacher, name="minilm-teacher", passes=[],
-                    targets={"onnx": {"precision": ["fp32", "dynamic"]}})
+    teacher = built(
+        config, args.teacher, name="minilm-teacher", passes=[], targets={"onnx": {"precision": ["fp32", "dynamic"]}}
+    )
     distill = next(p for p in student["passes"] if p["name"] == "distill")["metrics"]
 
     texts = [s for s in minilm.sentences() if minilm.is_heldout(s)]
@@ -60,21 +62,37 @@ def main() -> None:
     with torch.no_grad():
         ref = minilm.teacher()(*(torch.from_numpy(data[k]) for k in ("input_ids", "attention_mask"))).numpy()
     feed1 = {k: v[:1] for k, v in data.items()}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
 
     rows = []
-    for who, manifest, out, params in (("teacher (6 layers)", teacher, args.teacher, distill["teacher_params"]),
-                                       ("student (3 layers)", student, args.student, distill["student_params"])):
+    for who, manifest, out, params in (
+        ("teacher (6 layers)", teacher, args.teacher, distill["teacher_params"]),
+        ("student (3 layers)", student, args.student, distill["student_params"]),
+    ):
         for art in (a for a in manifest["artifacts"] if a["target"] == "onnx"):
-            sess = ort.InferenceSession(str(out / art["path"]), opts, providers=["CPUExecutionProvider"])
-            emb = np.concatenate([sess.run(None, {k: v[i:i + 64] for k, v in data.items()})[0]
-                                  for i in range(0, len(texts), 64)])
-            rows.append([who, art["precision"], f"{params:,}", f"{art['bytes'] / 2**20:.1f}",
-                         f"{latency_ms(sess, feed1, args.runs):.2f}", f"{minilm.embedding_cosine([emb], ref):.4f}",
-                         f"{minilm.pairwise_spearman([emb], ref):.4f}"])
-    header = ["model", "precision", "params", "onnx MB", f"ms (batch 1, seq {minilm.SEQ_LEN}, {args.threads} thread)",
-              "cosine to teacher", "Spearman pairwise sims"]
+            sess = session(out / art["path"], args.threads)
+            emb = np.concatenate(
+                [sess.run(None, {k: v[i : i + 64] for k, v in data.items()})[0] for i in range(0, len(texts), 64)]
+            )
+            rows.append(
+                [
+                    who,
+                    art["precision"],
+                    f"{params:,}",
+                    f"{art['bytes'] / 2**20:.1f}",
+                    f"{latency_ms(sess, feed1, args.runs):.2f}",
+                    f"{minilm.embedding_cosine([emb], ref):.4f}",
+                    f"{minilm.pairwise_spearman([emb], ref):.4f}",
+                ]
+            )
+    header = [
+        "model",
+        "precision",
+        "params",
+        "onnx MB",
+        f"ms (batch 1, seq {minilm.SEQ_LEN}, {args.threads} thread)",
+        "cosine to teacher",
+        "Spearman pairwise sims",
+    ]
     print(f"held-out sentences: {len(texts)} (pydoc_data.topics); onnxruntime {ort.__version__}, CPUExecutionProvider")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from examples.digits_cnn import accuracy, pretrained
-from passes.prune import StructuredConfig, prune_channels
-from passes.training import TrainConfig, fit
-from pipeline.data import Dataset, digits_arrays
-from pipeline.state import ModelState, TensorSpec
+from deployc.data import Dataset, digits_arrays
+from deployc.examples.digits_cnn import accuracy, pretrained
+from deployc.passes.prune import StructuredConfig, prune_channels
+from deployc.passes.training import TrainConfig, fit
+from deployc.state import ModelState, TensorSpec
 
 BASE: dict[str, Any] = {"optimizer": "adam", "lr": 3e-3, "schedule": "cosine"}
 
@@ -44,7 +44,9 @@ SWEEPS: dict[str, dict[str, dict[str, Any]]] = {
         "scale 0.9–1.1": {"augment": [{"scale": {}}]},
         "brightness/contrast jitter": {"augment": [{"color_jitter": {}}]},
         "gaussian noise σ=0.05": {"augment": [{"noise": {}}]},
-        "shift + rotate + jitter": {"augment": [{"shift": {"pixels": 1}}, {"rotate": {"degrees": 10}}, {"color_jitter": {}}]},
+        "shift + rotate + jitter": {
+            "augment": [{"shift": {"pixels": 1}}, {"rotate": {"degrees": 10}}, {"color_jitter": {}}]
+        },
     },
     "Regularizer": {
         "none": {},
@@ -75,24 +77,41 @@ def main() -> None:
     x, y = digits_arrays("train")
     train = Dataset({"image": x}, y, "digits:train")
     ref = accuracy(model)
-    lines = [f"Recovery fine-tune of DigitsResNet after prune.structured{{target_macs={args.target_macs}}}: unpruned "
-             f"test top-1 {ref:.4f}, pruned before fine-tuning {accuracy(pruned):.4f}; {args.epochs} epochs each, "
-             "batch 64, one thread.", ""]
+    lines = [
+        f"Recovery fine-tune of DigitsResNet after prune.structured{{target_macs={args.target_macs}}}: unpruned "
+        f"test top-1 {ref:.4f}, pruned before fine-tuning {accuracy(pruned):.4f}; {args.epochs} epochs each, "
+        "batch 64, one thread.",
+        "",
+    ]
     for title, variants in SWEEPS.items():
-        lines += [f"### {title}", "", "| variant | epochs to converge | epochs to ≤ 2 pts | test top-1 per epoch | final test top-1 | "
-                  "Δ vs unpruned (pts) | best holdout top-1 | seconds |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {title}",
+            "",
+            "| variant | epochs to converge | epochs to ≤ 2 pts | test top-1 per epoch | final test top-1 | "
+            "Δ vs unpruned (pts) | best holdout top-1 | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, overrides in variants.items():
             cfg = TrainConfig(**{**BASE, "epochs": args.epochs, **overrides})
             tuned = copy.deepcopy(pruned)
             curve: list[float] = []
             t0 = time.perf_counter()
-            result = fit(tuned, train, cfg, None, ["image"], epoch_hook=lambda e, m: curve.append(accuracy(m.eval())))
+            result = fit(
+                tuned,
+                train,
+                cfg,
+                None,
+                ["image"],
+                epoch_hook=lambda e, m, curve=curve: curve.append(accuracy(m.eval())),
+            )
             seconds = time.perf_counter() - t0
             plateau = next(i + 1 for i, a in enumerate(curve) if a >= max(curve) - 0.01)
             recovered = next((str(i + 1) for i, a in enumerate(curve) if a >= ref - 0.02), f"> {args.epochs}")
-            lines.append(f"| {name} | {plateau} | {recovered} | {' '.join(f'{a:.3f}' for a in curve)} | "
-                         f"{curve[-1]:.4f} | {(curve[-1] - ref) * 100:+.2f} | "
-                         f"{max(h['holdout_metric'] for h in result.history):.4f} | {seconds:.1f} |")
+            lines.append(
+                f"| {name} | {plateau} | {recovered} | {' '.join(f'{a:.3f}' for a in curve)} | "
+                f"{curve[-1]:.4f} | {(curve[-1] - ref) * 100:+.2f} | "
+                f"{max(h['holdout_metric'] for h in result.history):.4f} | {seconds:.1f} |"
+            )
             print(lines[-1], flush=True)
         lines.append("")
     text = "\n".join(lines)

@@ -16,12 +16,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from pipeline.timing import sample_ms
+
+from deployc.timing import sample_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repo root holds passes/
 
@@ -37,11 +39,11 @@ def model_and_input(name: str) -> tuple[Any, np.ndarray]:
 
     torch.manual_seed(0)
     if name == "digits":
-        from examples.digits_cnn import pretrained
-        from pipeline.data import digits_arrays
+        from deployc.data import digits_arrays
+        from deployc.examples.digits_cnn import pretrained
 
         return pretrained().eval(), digits_arrays("test")[0][:1]
-    from examples.models import ResNet18
+    from deployc.examples.models import ResNet18
 
     return ResNet18().eval(), np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 
@@ -68,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import torch
 
-    from passes.export import export_onnx
-    from passes.onnx_util import op_counts
-    from passes.simplify import simplify_proto
-    from pipeline.report import human_bytes
-    from pipeline.state import ModelState, TensorSpec
+    from deployc.passes.export import export_onnx
+    from deployc.passes.onnx_util import op_counts
+    from deployc.passes.simplify import simplify_proto
+    from deployc.report import human_bytes
+    from deployc.state import ModelState, TensorSpec
 
     model, x = model_and_input(args.model)
     xt = torch.from_numpy(x)
@@ -83,14 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     def add(variant: str, run: Callable[[], Any], setup_s: float, nodes: Any = "—", size: int | None = None) -> None:
         out = np.asarray(run())
         p50, p90 = timed(run, args.runs)
-        rows.append({"variant": variant, "nodes": nodes, "size": size, "p50": p50, "p90": p90, "setup_s": setup_s,
-                     "err": float(np.max(np.abs(out.reshape(ref.shape) - ref)))})
+        rows.append(
+            {
+                "variant": variant,
+                "nodes": nodes,
+                "size": size,
+                "p50": p50,
+                "p90": p90,
+                "setup_s": setup_s,
+                "err": float(np.max(np.abs(out.reshape(ref.shape) - ref))),
+            }
+        )
         print(f"  {variant}: p50 {p50:.3f} ms", file=sys.stderr)
 
     def torch_run(m: Any) -> Callable[[], Any]:
         def run() -> Any:
             with torch.inference_mode():
                 return m(xt).numpy()
+
         return run
 
     add("torch eager fp32", torch_run(model), 0.0)
@@ -110,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                 compiled(xt)  # compilation happens on the first call
             add("torch.compile (inductor, default mode)", torch_run(compiled), time.perf_counter() - t0)
         except Exception as exc:
-            rows.append({"variant": "torch.compile", "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"})
+            rows.append(
+                {"variant": "torch.compile", "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            )
 
-    state = ModelState(module=model, inputs=(TensorSpec("image", ("batch",) + x.shape[1:]),), facts=frozenset({"torch"}))
+    state = ModelState(
+        module=model, inputs=(TensorSpec("image", ("batch",) + x.shape[1:]),), facts=frozenset({"torch"})
+    )
     with tempfile.TemporaryDirectory(prefix="graph-opt-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -137,10 +153,19 @@ def main(argv: list[str] | None = None) -> int:
 
         ort_variant("ORT, plain export, no graph optimisation", "plain", "ORT_DISABLE_ALL", t_export, plain)
         ort_variant("ORT, plain export, online optimisation (ORT default)", "plain", "ORT_ENABLE_ALL", t_export, plain)
-        ort_variant("ORT, onnxsim + onnxscript, no ORT optimisation", "simplified", "ORT_DISABLE_ALL",
-                    t_export + t_simplify, simplified)
-        ort_variant("ORT, onnxsim + onnxscript + ORT offline optimisation", "offline", "ORT_DISABLE_ALL",
-                    t_export + t_simplify + t_offline)
+        ort_variant(
+            "ORT, onnxsim + onnxscript, no ORT optimisation",
+            "simplified",
+            "ORT_DISABLE_ALL",
+            t_export + t_simplify,
+            simplified,
+        )
+        ort_variant(
+            "ORT, onnxsim + onnxscript + ORT offline optimisation",
+            "offline",
+            "ORT_DISABLE_ALL",
+            t_export + t_simplify + t_offline,
+        )
 
     eager = rows[0]["p50"]
     header = ["variant", "nodes", "size", "p50 ms", "p90 ms", "× eager", "setup s", "max abs diff vs eager"]
@@ -149,10 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in r:
             table_rows.append([r["variant"], "—", "—", f"skipped: {r['skipped']}", "—", "—", "—", "—"])
         else:
-            table_rows.append([r["variant"], r["nodes"], human_bytes(r["size"]), f"{r['p50']:.3f}", f"{r['p90']:.3f}",
-                               f"{r['p50'] / eager:.3f}", f"{r['setup_s']:.1f}", f"{r['err']:.2e}"])
-    title = (f"4.2 Graph optimisation — {args.model}, batch 1, input {list(x.shape)}, "
-             f"{torch.get_num_threads()} torch threads, median of {args.runs} runs")
+            table_rows.append(
+                [
+                    r["variant"],
+                    r["nodes"],
+                    human_bytes(r["size"]),
+                    f"{r['p50']:.3f}",
+                    f"{r['p90']:.3f}",
+                    f"{r['p50'] / eager:.3f}",
+                    f"{r['setup_s']:.1f}",
+                    f"{r['err']:.2e}",
+                ]
+            )
+    title = (
+        f"4.2 Graph optimisation — {args.model}, batch 1, input {list(x.shape)}, "
+        f"{torch.get_num_threads()} torch threads, median of {args.runs} runs"
+    )
     print(f"{title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in table_rows:
         print("| " + " | ".join(str(c) for c in row) + " |")

@@ -20,18 +20,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.timing import median_ms
-from examples.models import DigitsMobileNet  # noqa: E402
-from passes.export import export_onnx  # noqa: E402
-from passes.qat import QatConfig, qat  # noqa: E402
-from passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8  # noqa: E402
-from passes.simplify import simplify_proto  # noqa: E402
-from passes.training import TrainConfig, fit  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.contracts import Context  # noqa: E402
-from pipeline.data import Dataset, digits_arrays  # noqa: E402
-from pipeline.instruments import Instruments  # noqa: E402
-from pipeline.state import ModelState, TensorSpec  # noqa: E402
+from deployc.config import load_config
+from deployc.contracts import Context
+from deployc.data import Dataset, digits_arrays
+from deployc.examples.models import DigitsMobileNet
+from deployc.instruments import Instruments
+from deployc.passes.export import export_onnx
+from deployc.passes.qat import QatConfig, qat
+from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
+from deployc.passes.simplify import simplify_proto
+from deployc.passes.training import TrainConfig, fit
+from deployc.state import ModelState, TensorSpec
+from deployc.timing import median_ms
 
 SPEC = (TensorSpec("image", ("batch", 1, 8, 8)),)
 
@@ -46,8 +46,10 @@ def macs(proto: Any) -> tuple[int, int]:
     for d in model.graph.input[0].type.tensor_type.shape.dim[:1]:
         d.dim_value = 1
     model = shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(model.graph.value_info) + list(model.graph.output)}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in list(model.graph.value_info) + list(model.graph.output)
+    }
     inits = {i.name: i for i in model.graph.initializer}
     dq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     total = int8 = 0
@@ -71,18 +73,19 @@ def macs(proto: Any) -> tuple[int, int]:
 
 
 def evaluate(proto: Any, x: np.ndarray, y: np.ndarray, runs: int) -> dict[str, float]:
-    import onnxruntime as ort
+    from deployc.ort import session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = session(proto, threads=1)
     top1 = float((sess.run(None, {"image": x})[0].argmax(1) == y).mean())
     one = {"image": x[:1]}
     ms = median_ms(lambda: sess.run(None, one), runs, warmup=20)
     total, int8 = macs(proto)
-    return {"top1": top1, "bytes": len(proto.SerializeToString()), "ms": ms,
-            "int8_share": int8 / total if total else 0.0}
+    return {
+        "top1": top1,
+        "bytes": len(proto.SerializeToString()),
+        "ms": ms,
+        "int8_share": int8 / total if total else 0.0,
+    }
 
 
 def main() -> None:
@@ -98,15 +101,20 @@ def main() -> None:
     x_te, y_te = digits_arrays("test")
     train = Dataset({"image": x_tr}, y_tr, "digits:train")
     # qat() reads only ctx.train and ctx.instruments; the config is a placeholder that never loads
-    ctx = Context(load_config({"model": {"factory": "unused:unused"}}), train, train, None, Path("."), Instruments(quiet=True))
+    ctx = Context(
+        load_config({"model": {"factory": "unused:unused"}}), train, train, None, Path("."), Instruments(quiet=True)
+    )
 
     t0 = time.perf_counter()
     model = DigitsMobileNet()
     fit(model, train, TrainConfig(epochs=args.epochs, lr=3e-3, holdout=0.0), None, ["image"])
     with torch.no_grad():
         ref_top1 = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
-    print(f"trained DigitsMobileNet ({sum(p.numel() for p in model.parameters())} params) in "
-          f"{time.perf_counter() - t0:.0f} s: torch fp32 top-1 {ref_top1:.4f}", file=sys.stderr)
+    print(
+        f"trained DigitsMobileNet ({sum(p.numel() for p in model.parameters())} params) in "
+        f"{time.perf_counter() - t0:.0f} s: torch fp32 top-1 {ref_top1:.4f}",
+        file=sys.stderr,
+    )
 
     state = ModelState(module=model, inputs=SPEC)
     fp32 = simplify_proto(export_onnx(model, state))
@@ -114,24 +122,31 @@ def main() -> None:
     rows: list[tuple[str, Any, str]] = [("fp32", fp32, "—")]
     for per_channel in (True, False):
         label = "per-channel" if per_channel else "per-tensor"
-        rows.append((f"static int8, {label}", quantize_int8(fp32, calib, Int8Config(per_channel=per_channel)),
-                     f"minmax calibration, {len(calib)} samples"))
+        rows.append(
+            (
+                f"static int8, {label}",
+                quantize_int8(fp32, calib, Int8Config(per_channel=per_channel)),
+                f"minmax calibration, {len(calib)} samples",
+            )
+        )
     rows.append(("dynamic int8", quantize_dynamic_int8(fp32, DynamicConfig()), "MatMul/Gemm weights; Conv stays fp32"))
     for per_channel in (True, False):
         t0 = time.perf_counter()
         converted, _ = qat(model, state, ctx, QatConfig(epochs=args.qat_epochs, holdout=0.0), per_channel)
-        proto = simplify_proto(export_onnx(converted, ModelState(module=converted, inputs=SPEC)))  # as the onnx target does
+        proto = simplify_proto(
+            export_onnx(converted, ModelState(module=converted, inputs=SPEC))
+        )  # as the onnx target does
         label = "per-channel" if per_channel else "per-tensor"
         rows.append((f"QAT int8, {label}", proto, f"{args.qat_epochs} epochs, {time.perf_counter() - t0:.0f} s"))
 
     table(rows, fp32, x_te, y_te, ref_top1, args.runs, "DigitsMobileNet (depthwise-separable)")
 
     # the same comparison where plain int8 fails: the outlier-channel model of examples/quant_tune.yaml
-    from examples.quant_hostile import hostile
-    from passes.quantize_tune import tune_int8
-    from passes.validate import compute_reference
-    from pipeline.config import TuneSpec
-    from pipeline.metrics import BUILTIN
+    from deployc.config import TuneSpec
+    from deployc.examples.quant_hostile import hostile
+    from deployc.metrics import BUILTIN
+    from deployc.passes.quantize_tune import tune_int8
+    from deployc.validate import compute_reference
 
     model = hostile()
     with torch.no_grad():
@@ -144,24 +159,36 @@ def main() -> None:
     t0 = time.perf_counter()
     converted, _ = qat(model, state, ctx, QatConfig(epochs=args.qat_epochs, holdout=0.0), True)
     qat_proto = simplify_proto(export_onnx(converted, ModelState(module=converted, inputs=SPEC)))
-    rows = [("fp32", fp32, "—"),
-            ("static int8, per-channel", tuned.trials[0].proto, "minmax calibration, 256 samples"),
-            ("static int8, tuned", tuned.best.proto, f"trial {tuned.best.index} of {len(tuned.trials)}; fp32: "
-                                                     f"{', '.join(e.layer for e in tuned.fallback)}"),
-            ("QAT int8, per-channel", qat_proto, f"{args.qat_epochs} epochs, {time.perf_counter() - t0:.0f} s")]
-    table(rows, fp32, x_te, y_te, ref_top1, args.runs, "HostileDigitsNet (one channel ×1000, examples/quant_hostile.py)")
+    rows = [
+        ("fp32", fp32, "—"),
+        ("static int8, per-channel", tuned.trials[0].proto, "minmax calibration, 256 samples"),
+        (
+            "static int8, tuned",
+            tuned.best.proto,
+            f"trial {tuned.best.index} of {len(tuned.trials)}; fp32: {', '.join(e.layer for e in tuned.fallback)}",
+        ),
+        ("QAT int8, per-channel", qat_proto, f"{args.qat_epochs} epochs, {time.perf_counter() - t0:.0f} s"),
+    ]
+    table(
+        rows, fp32, x_te, y_te, ref_top1, args.runs, "HostileDigitsNet (one channel ×1000, examples/quant_hostile.py)"
+    )
 
 
-def table(rows: list[tuple[str, Any, str]], fp32: Any, x: np.ndarray, y: np.ndarray, ref_top1: float, runs: int,
-          title: str) -> None:
+def table(
+    rows: list[tuple[str, Any, str]], fp32: Any, x: np.ndarray, y: np.ndarray, ref_top1: float, runs: int, title: str
+) -> None:
     base = evaluate(fp32, x, y, runs)
     print(f"\n{title}\n")
-    print("| variant | size | size reduction | MACs in int8 | top-1 | top-1 change vs fp32 torch | ms/sample (batch 1) | speed-up | note |")
+    print(
+        "| variant | size | size reduction | MACs in int8 | top-1 | top-1 change vs fp32 torch | ms/sample (batch 1) | speed-up | note |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, proto, note in rows:
         r = base if proto is fp32 else evaluate(proto, x, y, runs)
-        print(f"| {name} | {r['bytes'] / 1024:.1f} KB | {base['bytes'] / r['bytes']:.2f}× | {r['int8_share'] * 100:.1f}% | "
-              f"{r['top1']:.4f} | {(r['top1'] - ref_top1) * 100:+.2f} pt | {r['ms']:.4f} | {base['ms'] / r['ms']:.2f}× | {note} |")
+        print(
+            f"| {name} | {r['bytes'] / 1024:.1f} KB | {base['bytes'] / r['bytes']:.2f}× | {r['int8_share'] * 100:.1f}% | "
+            f"{r['top1']:.4f} | {(r['top1'] - ref_top1) * 100:+.2f} pt | {r['ms']:.4f} | {base['ms'] / r['ms']:.2f}× | {note} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ import numpy as np
 import onnx
 import torch
 
-from examples.models import ResNet18
-from passes.export import export_onnx
-from passes.quantize import Int8Config, _Reader, quantize_int8
-from passes.simplify import simplify_proto
-from pipeline.data import Dataset
-from pipeline.report import human_bytes
-from pipeline.state import ModelState, TensorSpec
-from pipeline.timing import median_ms
-from targets.onnx import session
+from deployc.data import Dataset
+from deployc.examples.models import ResNet18
+from deployc.ort import CalibrationReader, session
+from deployc.passes.export import export_onnx
+from deployc.passes.quantize import Int8Config, quantize_int8
+from deployc.passes.simplify import simplify_proto
+from deployc.report import human_bytes
+from deployc.state import ModelState, TensorSpec
+from deployc.timing import median_ms
 
 
 def main() -> None:
@@ -47,8 +47,12 @@ def main() -> None:
 
     exported = export_onnx(model, state)
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = {"plain": args.out / "plain.fp32.onnx", "deployc_fp32": args.out / "deployc.fp32.onnx",
-             "deployc_int8": args.out / "deployc.int8.onnx", "plain_int8": args.out / "plain.int8.onnx"}
+    paths = {
+        "plain": args.out / "plain.fp32.onnx",
+        "deployc_fp32": args.out / "deployc.fp32.onnx",
+        "deployc_int8": args.out / "deployc.int8.onnx",
+        "plain_int8": args.out / "plain.int8.onnx",
+    }
     onnx.save(exported, paths["plain"])
     simplified = simplify_proto(exported)
     onnx.save(simplified, paths["deployc_fp32"])
@@ -57,18 +61,26 @@ def main() -> None:
     t_int8 = time.perf_counter() - t0
     from onnxruntime.quantization import quantize_static  # the baseline: one plain call, library defaults
 
-    quantize_static(str(paths["plain"]), str(paths["plain_int8"]), _Reader(calib, 1))
+    quantize_static(str(paths["plain"]), str(paths["plain_int8"]), CalibrationReader(calib, 1))
 
     with torch.no_grad():
         xt = torch.from_numpy(x)
         eager = median_ms(lambda: model(xt), args.runs)
     rows = [("torch eager fp32", eager, None)]
-    for label, key in (("onnxruntime fp32 (plain export)", "plain"), ("deployc onnx fp32", "deployc_fp32"),
-                       ("plain quantize_static int8", "plain_int8"), ("deployc onnx int8", "deployc_int8")):
+    for label, key in (
+        ("onnxruntime fp32 (plain export)", "plain"),
+        ("deployc onnx fp32", "deployc_fp32"),
+        ("plain quantize_static int8", "plain_int8"),
+        ("deployc onnx int8", "deployc_int8"),
+    ):
         sess = session(str(paths[key]), args.threads)
-        rows.append((label, median_ms(lambda: sess.run(None, {"image": x}), args.runs), paths[key].stat().st_size))
-    print(f"ResNet-18, batch 1, 3×224×224, {args.threads} threads, median of {args.runs} runs "
-          f"(torch {torch.__version__}; deployc int8 quantization took {t_int8:.1f} s)\n")
+        rows.append(
+            (label, median_ms(lambda sess=sess: sess.run(None, {"image": x}), args.runs), paths[key].stat().st_size)
+        )
+    print(
+        f"ResNet-18, batch 1, 3×224×224, {args.threads} threads, median of {args.runs} runs "
+        f"(torch {torch.__version__}; deployc int8 quantization took {t_int8:.1f} s)\n"
+    )
     print("| variant | median ms | × eager | size |\n|---|---|---|---|")
     for label, ms, size in rows:
         print(f"| {label} | {ms:.2f} | {ms / eager:.3f} | {human_bytes(size) if size else '—'} |")

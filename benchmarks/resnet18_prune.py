@@ -23,12 +23,13 @@ import onnxruntime as ort
 import torch
 from torch.nn.utils import prune
 
-from examples.models import ResNet18
-from passes.export import export_onnx
-from passes.model_stats import params_and_macs, prunable_layers
-from passes.prune import StructuredConfig, prune_channels
-from passes.simplify import simplify_proto
-from pipeline.state import ModelState, TensorSpec
+from deployc.examples.models import ResNet18
+from deployc.ort import session
+from deployc.passes.export import export_onnx
+from deployc.passes.model_stats import params_and_macs, prunable_layers
+from deployc.passes.prune import StructuredConfig, prune_channels
+from deployc.passes.simplify import simplify_proto
+from deployc.state import ModelState, TensorSpec
 
 
 def magnitude(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:
@@ -57,12 +58,12 @@ def main() -> None:
     variants["structured to 50% MACs (l2, per layer)"] = copy.deepcopy(base)
     prune_channels(variants["structured to 50% MACs (l2, per layer)"], state, None, StructuredConfig(target_macs=0.5))
     variants["structured to 50% MACs, round_to 8"] = copy.deepcopy(base)
-    prune_channels(variants["structured to 50% MACs, round_to 8"], state, None, StructuredConfig(target_macs=0.5, round_to=8))
+    prune_channels(
+        variants["structured to 50% MACs, round_to 8"], state, None, StructuredConfig(target_macs=0.5, round_to=8)
+    )
     variants["magnitude 80% (global)"] = magnitude(copy.deepcopy(base), 0.8)
     prune_s = time.perf_counter() - t0
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
     x = {"image": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
     rows, sessions = {}, {}
     for name, model in variants.items():
@@ -71,7 +72,7 @@ def main() -> None:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
             zf.writestr("model.onnx", blob)
-        sessions[name] = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+        sessions[name] = session(blob, args.threads)
         rows[name] = {"params": params, "macs": macs, "bytes": len(blob), "zip": len(buf.getvalue()), "ms": []}
     for sess in sessions.values():
         for _ in range(3):
@@ -84,15 +85,20 @@ def main() -> None:
 
     ref = rows["unpruned"]
     ref_ms = statistics.median(ref["ms"])
-    lines = [f"ResNet-18, batch 1, 3×224×224, onnxruntime {ort.__version__} CPU EP, {args.threads} threads, "
-             f"median of {args.runs} round-robin runs (pruning took {prune_s:.1f} s)", "",
-             "| variant | params | params × | MACs (G) | MACs × | onnx size | zip size | ms (median) | latency × |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"ResNet-18, batch 1, 3×224×224, onnxruntime {ort.__version__} CPU EP, {args.threads} threads, "
+        f"median of {args.runs} round-robin runs (pruning took {prune_s:.1f} s)",
+        "",
+        "| variant | params | params × | MACs (G) | MACs × | onnx size | zip size | ms (median) | latency × |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         ms = statistics.median(r["ms"])
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['params'] / ref['params']:.3f} | {r['macs'] / 1e9:.3f} | "
-                     f"{r['macs'] / ref['macs']:.3f} | {r['bytes'] / 2**20:.1f} MB | {r['zip'] / 2**20:.1f} MB | "
-                     f"{ms:.2f} | {ms / ref_ms:.2f} |")
+        lines.append(
+            f"| {name} | {r['params'] / 1e6:.2f} M | {r['params'] / ref['params']:.3f} | {r['macs'] / 1e9:.3f} | "
+            f"{r['macs'] / ref['macs']:.3f} | {r['bytes'] / 2**20:.1f} MB | {r['zip'] / 2**20:.1f} MB | "
+            f"{ms:.2f} | {ms / ref_ms:.2f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)

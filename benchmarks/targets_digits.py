@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.timing import sample_ms
-from pipeline.build import build  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import digits_arrays  # noqa: E402
-from pipeline.registry import get_target  # noqa: E402
-from pipeline.report import human_bytes  # noqa: E402
+from deployc.build import build  # noqa: E402
+from deployc.config import load_config  # noqa: E402
+from deployc.data import digits_arrays  # noqa: E402
+from deployc.registry import get_target  # noqa: E402
+from deployc.report import human_bytes  # noqa: E402
+from deployc.timing import sample_ms  # noqa: E402
 
 
 def time_batch1(target, artifact, sample, runs: int) -> tuple[float, float]:
@@ -40,8 +40,10 @@ def main() -> None:
     config = load_config(args.config)
     result = build(config, out=args.out, quiet=True)
     sample = {config.model.inputs[0].name: digits_arrays("test")[0][:1]}
-    print(f"build: {result.manifest['status']} (exit {result.exit_code}), "
-          f"reference top1 {result.manifest['reference']['value']:.4f} on {result.manifest['reference']['samples']} samples")
+    print(
+        f"build: {result.manifest['status']} (exit {result.exit_code}), "
+        f"reference top1 {result.manifest['reference']['value']:.4f} on {result.manifest['reference']['samples']} samples"
+    )
     print("\n| target | precision | runtime | size | top1 | drift | agreement | max abs err | ms p50 | ms p90 | note |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     targets = {}
@@ -54,9 +56,11 @@ def main() -> None:
         target.close(art)
         m = art.metrics
         note = art.details.get("engine") or ("integer-only" if art.details.get("npu", {}).get("integer_only") else "")
-        print(f"| {art.target} | {art.precision} | {art.runtime} | {human_bytes(art.path.stat().st_size)} | "
-              f"{m['metric']:.4f} | {m['drift'] * 100:+.2f}% | {m.get('agreement', float('nan')):.4f} | "
-              f"{m['max_abs_err']:.3g} | {p50:.3f} | {p90:.3f} | {note} |")
+        print(
+            f"| {art.target} | {art.precision} | {art.runtime} | {human_bytes(art.path.stat().st_size)} | "
+            f"{m['metric']:.4f} | {m['drift'] * 100:+.2f}% | {m.get('agreement', float('nan')):.4f} | "
+            f"{m['max_abs_err']:.3g} | {p50:.3f} | {p90:.3f} | {note} |"
+        )
 
 
 if __name__ == "__main__":

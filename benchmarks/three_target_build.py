@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WANTED = {"onnx": {"precision": ["fp32", "int8"]},
-          "tflite": {"precision": ["fp32", "int8"]},
-          "tensorrt": {"precision": ["fp32", "int8"]}}
+WANTED = {
+    "onnx": {"precision": ["fp32", "int8"]},
+    "tflite": {"precision": ["fp32", "int8"]},
+    "tensorrt": {"precision": ["fp32", "int8"]},
+}
 
 
 def _images(n: int, seed: int) -> list[tuple[dict[str, np.ndarray], None]]:
     x = np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float32)
-    return [({"image": x[i:i + 1]}, None) for i in range(n)]
+    return [({"image": x[i : i + 1]}, None) for i in range(n)]
 
 
 def validation_images() -> list[tuple[dict[str, np.ndarray], None]]:
@@ -44,9 +46,16 @@ def config(targets: dict[str, dict]) -> dict:
     """The build config; data factories resolve against this folder (pass base_dir=HERE)."""
     return {
         "name": "resnet18",
-        "model": {"factory": "examples.models:ResNet18", "inputs": [{"name": "image", "shape": ["batch", 3, 224, 224]}]},
-        "data": {"validation": "three_target_build.py:validation_images",
-                 "calibration": "three_target_build.py:calibration_images", "metric": "cosine", "batch_size": 16},
+        "model": {
+            "factory": "deployc.examples.models:ResNet18",
+            "inputs": [{"name": "image", "shape": ["batch", 3, 224, 224]}],
+        },
+        "data": {
+            "validation": "three_target_build.py:validation_images",
+            "calibration": "three_target_build.py:calibration_images",
+            "metric": "cosine",
+            "batch_size": 16,
+        },
         "quantize": {"per_channel": True, "calibration": "minmax", "samples": 64},
         "targets": targets,
         "validate": {"max_drift": 0.02, "latency_runs": 20},
@@ -54,7 +63,7 @@ def config(targets: dict[str, dict]) -> dict:
 
 
 def registered(wanted: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
-    from pipeline.registry import target_names
+    from deployc.registry import target_names
 
     names = set(target_names())
     return {k: v for k, v in wanted.items() if k in names}, [k for k in wanted if k not in names]
@@ -65,14 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/deployc-resnet18-3t"))
     ap.add_argument("--bench", action="store_true", help="run deployc bench on the build afterwards")
     ap.add_argument("--runs", type=int, default=50, help="bench: timed batch-1 runs per candidate")
-    ap.add_argument("--cache", choices=["cold", "off"], default="cold",
-                    help="cold: the pass cache on, in a fresh empty folder (targets may reuse each other's passes "
-                         "within this build, as a first build would); off: every pass runs")
+    ap.add_argument(
+        "--cache",
+        choices=["cold", "off"],
+        default="cold",
+        help="cold: the pass cache on, in a fresh empty folder (targets may reuse each other's passes "
+        "within this build, as a first build would); off: every pass runs",
+    )
     args = ap.parse_args(argv)
     t_import = time.perf_counter()
-    from pipeline.build import build
-    from pipeline.config import load_config
-    from pipeline.report import report_view
+    from deployc.build import build
+    from deployc.config import load_config
+    from deployc.report import report_view
 
     targets, missing = registered(WANTED)
     cfg = load_config(config(targets), base_dir=HERE)
@@ -83,22 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     result = build(cfg, out=args.out, cache=args.cache == "cold")
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     view = report_view(result.manifest, result.timings) if result.timings else result.manifest
-    print(f"\nthree-target build of ResNet-18 (pass cache {args.cache}): {seconds:.1f} s wall in build() "
-          f"(+{t0 - t_import:.1f} s importing deployc; {cpu:.1f} s CPU time; load average {load:.1f} at start); "
-          f"goal ≤ 60 s: {'met' if seconds <= 60 else 'NOT met'}")
-    print(f"targets: {', '.join(targets)}" + (f"; not registered here, left out: {', '.join(missing)}" if missing else ""))
+    print(
+        f"\nthree-target build of ResNet-18 (pass cache {args.cache}): {seconds:.1f} s wall in build() "
+        f"(+{t0 - t_import:.1f} s importing deployc; {cpu:.1f} s CPU time; load average {load:.1f} at start); "
+        f"goal ≤ 60 s: {'met' if seconds <= 60 else 'NOT met'}"
+    )
+    print(
+        f"targets: {', '.join(targets)}" + (f"; not registered here, left out: {', '.join(missing)}" if missing else "")
+    )
     print("| artifact | gate | cosine | batch-1 ms |\n|---|---|---|---|")
     for a in view["artifacts"]:
         m, perf = a.get("metrics") or {}, a.get("perf") or {}
         ms = perf.get("latency_ms_batch1")
-        print(f"| {a['target']}/{a['precision']} | {(a.get('gate') or {}).get('status')} | "
-              f"{m.get('metric', float('nan')):.4f} | {'—' if ms is None else f'{ms:.2f}'} |")
+        print(
+            f"| {a['target']}/{a['precision']} | {(a.get('gate') or {}).get('status')} | "
+            f"{m.get('metric', float('nan')):.4f} | {'—' if ms is None else f'{ms:.2f}'} |"
+        )
     passes = (result.timings or {}).get("passes") or []
     if passes:
-        print("slowest steps: " + ", ".join(f"{p['name']} {p['seconds']:.1f}s"
-                                            for p in sorted(passes, key=lambda p: -p["seconds"])[:6]))
+        print(
+            "slowest steps: "
+            + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in sorted(passes, key=lambda p: -p["seconds"])[:6])
+        )
     if args.bench:
-        from pipeline.bench import run_bench
+        from deployc.commands.bench import run_bench
 
         bench = run_bench(result.out_dir, runs=args.runs, config_dir=HERE)
         t = bench["table"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from examples.models import DigitsResNet
-from pipeline.data import digits_arrays
+from deployc.data import digits_arrays
+from deployc.examples.models import DigitsResNet
 
 EPOCHS = 25
 SEED = 0
@@ -24,7 +24,11 @@ def cache_dir() -> Path:
 
 def _cache_key() -> str:
     # retrain when this file, the model code or torch changes
-    sources = [Path(__file__).read_bytes(), (Path(__file__).parent / "models.py").read_bytes(), torch.__version__.encode()]
+    sources = [
+        Path(__file__).read_bytes(),
+        (Path(__file__).parent / "models.py").read_bytes(),
+        torch.__version__.encode(),
+    ]
     return hashlib.sha256(b"\0".join(sources)).hexdigest()[:16]
 
 
@@ -56,7 +60,7 @@ def pretrained() -> DigitsResNet:
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    print("training the demo model on digits (once; cached in %s)" % path.parent, file=sys.stderr)
+    print(f"training the demo model on digits (once; cached in {path.parent})", file=sys.stderr)
     model = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

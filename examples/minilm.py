@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,7 +60,12 @@ def teacher() -> SentenceEncoder:
 
 def _is_prose(sentence: str) -> bool:
     letters = sum(c.isalpha() or c == " " for c in sentence)
-    return 25 <= len(sentence) <= 300 and sentence[0].isupper() and sentence[-1] in ".!?" and letters / len(sentence) > 0.85
+    return (
+        25 <= len(sentence) <= 300
+        and sentence[0].isupper()
+        and sentence[-1] in ".!?"
+        and letters / len(sentence) > 0.85
+    )
 
 
 @lru_cache(maxsize=1)
@@ -91,13 +96,15 @@ def tokenize(texts: list[str] | tuple[str, ...]) -> dict[str, np.ndarray]:
     tok.enable_truncation(max_length=SEQ_LEN)
     tok.enable_padding(length=SEQ_LEN, pad_id=0, pad_token="[PAD]")
     enc = tok.encode_batch(list(texts))
-    return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+    return {
+        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+    }
 
 
 def _batches(texts: list[str]) -> Iterator[tuple[dict[str, np.ndarray], None]]:
     for start in range(0, len(texts), BATCH):
-        yield tokenize(texts[start:start + BATCH]), None  # no labels: the teacher's embeddings are the targets
+        yield tokenize(texts[start : start + BATCH]), None  # no labels: the teacher's embeddings are the targets
 
 
 def train_data() -> Iterator[tuple[dict[str, np.ndarray], None]]:

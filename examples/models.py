@@ -31,7 +31,9 @@ class DigitsResNet(nn.Module):
 
     def __init__(self, width: int = 16, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         self.layer1 = BasicBlock(width, width)
         self.layer2 = BasicBlock(width, 2 * width, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -47,8 +49,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, classes: int = 1000):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
@@ -70,9 +73,15 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_residual = stride == 1 and cin == cout
         self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
@@ -84,9 +93,14 @@ class DigitsMobileNet(nn.Module):
 
     def __init__(self, width: int = 16, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(inplace=True))
-        self.blocks = nn.Sequential(InvertedResidual(width, width, 1, 4), InvertedResidual(width, 2 * width, 2, 4),
-                                    InvertedResidual(2 * width, 2 * width, 1, 4))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6(inplace=True)
+        )
+        self.blocks = nn.Sequential(
+            InvertedResidual(width, width, 1, 4),
+            InvertedResidual(width, 2 * width, 2, 4),
+            InvertedResidual(2 * width, 2 * width, 1, 4),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, classes)
 

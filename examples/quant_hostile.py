@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from examples.digits_cnn import pretrained
-from examples.models import DigitsResNet
+from deployc.examples.digits_cnn import pretrained
+from deployc.examples.models import DigitsResNet
 
 OUTLIER_SCALE = 1000.0
 

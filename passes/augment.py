@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from pipeline.config import suggest
-from pipeline.errors import UsageError
+from deployc.config import suggest
+from deployc.errors import UsageError
 
 Augment = Callable[[Any, Any], Any]  # (batch tensor, torch.Generator) -> batch tensor
 
@@ -36,6 +37,7 @@ def _uniform(n: int, low: float, high: float, gen: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------- images
+
 
 def _shift(pixels: int = 1) -> Augment:
     """Random translation of images (N, C, H, W) by up to `pixels`, zero-filled."""
@@ -83,7 +85,9 @@ def _affine(degrees: float = 10.0, scale: tuple[float, float] = (0.9, 1.1)) -> A
         angle = _uniform(n, -degrees, degrees, gen) * math.pi / 180
         s = 1 / _uniform(n, lo, hi, gen)  # the grid maps output to input: zoom in = sample a smaller area
         cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1
+        )
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -102,6 +106,7 @@ def _scale(low: float = 0.9, high: float = 1.1) -> Augment:
 
 def _color_jitter(brightness: float = 0.2, contrast: float = 0.2) -> Augment:
     """Per-image brightness (additive, ± brightness × range) and contrast (× [1 ± contrast] around the mean)."""
+
     def apply(x: Any, gen: Any) -> Any:
         if not _is_image(x):
             return x
@@ -116,6 +121,7 @@ def _color_jitter(brightness: float = 0.2, contrast: float = 0.2) -> Augment:
 
 
 # -------------------------------------------------------------------------------------------- time series
+
 
 def _noise(std: float = 0.05) -> Augment:
     """Additive Gaussian noise on float inputs (images or series)."""
@@ -165,14 +171,20 @@ def _time_warp(strength: float = 0.2, knots: int = 4) -> Augment:
         pos = torch.cumsum(speed, 1)
         pos = (pos - pos[:, :1]) / (pos[:, -1:] - pos[:, :1]).clamp_min(1e-6)  # 0 → 1, monotone
         grid = torch.stack([pos * 2 - 1, torch.zeros_like(pos)], -1)[:, None]  # (N, 1, T, 2) for a 1-pixel-high image
-        out = F.grid_sample(series[:, :, None].to(torch.float32), grid.to(torch.float32), mode="bilinear",
-                            padding_mode="border", align_corners=True)[:, :, 0].to(x.dtype)
+        out = F.grid_sample(
+            series[:, :, None].to(torch.float32),
+            grid.to(torch.float32),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )[:, :, 0].to(x.dtype)
         return out if x.ndim == 3 else out[:, 0]
 
     return apply
 
 
 # ---------------------------------------------------------------------------------------- token sequences
+
 
 def _token_delete(p: float = 0.1, pad_id: int = 0, keep_first: int = 1) -> Augment:
     """Delete each token with probability p (never the first `keep_first`, never padding); close the gaps, pad the end."""
@@ -211,19 +223,30 @@ def _token_swap(p: float = 0.1, pad_id: int = 0, keep_first: int = 1) -> Augment
 
 
 AUGMENTATIONS: dict[str, Callable[..., Augment]] = {
-    "shift": _shift, "flip": _flip, "rotate": _rotate, "scale": _scale, "affine": _affine,
-    "color_jitter": _color_jitter, "noise": _noise, "jitter": _jitter, "magnitude_scale": _magnitude_scale,
-    "time_warp": _time_warp, "token_delete": _token_delete, "token_swap": _token_swap,
+    "shift": _shift,
+    "flip": _flip,
+    "rotate": _rotate,
+    "scale": _scale,
+    "affine": _affine,
+    "color_jitter": _color_jitter,
+    "noise": _noise,
+    "jitter": _jitter,
+    "magnitude_scale": _magnitude_scale,
+    "time_warp": _time_warp,
+    "token_delete": _token_delete,
+    "token_swap": _token_swap,
 }
 
 
 def _parse(spec: dict[str, Any], i: int) -> tuple[str, dict[str, Any], list[str] | None]:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise UsageError(f"augment[{i}]: expected one {{name: {{options}}}} entry, got {spec!r}")
-    (name, options), = spec.items()
+    ((name, options),) = spec.items()
     if name not in AUGMENTATIONS:
-        raise UsageError(f"augment[{i}]: unknown augmentation '{name}'{suggest(name, set(AUGMENTATIONS))}; "
-                         f"known: {', '.join(sorted(AUGMENTATIONS))}")
+        raise UsageError(
+            f"augment[{i}]: unknown augmentation '{name}'{suggest(name, set(AUGMENTATIONS))}; "
+            f"known: {', '.join(sorted(AUGMENTATIONS))}"
+        )
     options = dict(options or {})
     inputs = options.pop("inputs", None)
     try:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -25,12 +25,21 @@ def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: 
     """KL(teacher ‖ student) on temperature-softened distributions, scaled by T² so its gradients keep
     their size as T changes."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, dim=-1),
+            F.log_softmax(teacher / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
 
 
-def knowledge_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
-                                temperature: float, alpha: float) -> torch.Tensor:
+def knowledge_distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None, temperature: float, alpha: float
+) -> torch.Tensor:
     """alpha × soft-target loss + (1 − alpha) × cross-entropy on the hard labels."""
     loss = alpha * soft_target_loss(student, teacher, temperature)
     if alpha < 1:
@@ -55,17 +64,22 @@ def make_adapter(student: torch.Tensor, teacher: torch.Tensor, where: str) -> nn
     """A learned map from the student's feature width to the teacher's: 1×1 conv for (N,C,H,W) maps,
     linear for (..., C) features; identity when the widths already agree."""
     if student.ndim != teacher.ndim:
-        raise UsageError(f"{where}: student feature {list(student.shape)} and teacher feature "
-                         f"{list(teacher.shape)} differ in rank")
+        raise UsageError(
+            f"{where}: student feature {list(student.shape)} and teacher feature {list(teacher.shape)} differ in rank"
+        )
     if student.ndim == 4:
         if student.shape[2:] != teacher.shape[2:]:
-            raise UsageError(f"{where}: spatial sizes differ (student {list(student.shape[2:])}, "
-                             f"teacher {list(teacher.shape[2:])}); pick layers at the same resolution")
+            raise UsageError(
+                f"{where}: spatial sizes differ (student {list(student.shape[2:])}, "
+                f"teacher {list(teacher.shape[2:])}); pick layers at the same resolution"
+            )
         cs, ct = student.shape[1], teacher.shape[1]
         return nn.Identity() if cs == ct else nn.Conv2d(cs, ct, 1, bias=False)
     if student.shape[:-1] != teacher.shape[:-1]:
-        raise UsageError(f"{where}: student feature {list(student.shape)} and teacher feature "
-                         f"{list(teacher.shape)} differ outside the last (width) axis")
+        raise UsageError(
+            f"{where}: student feature {list(student.shape)} and teacher feature "
+            f"{list(teacher.shape)} differ outside the last (width) axis"
+        )
     cs, ct = student.shape[-1], teacher.shape[-1]
     return nn.Identity() if cs == ct else nn.Linear(cs, ct, bias=False)
 
@@ -73,8 +87,13 @@ def make_adapter(student: torch.Tensor, teacher: torch.Tensor, where: str) -> nn
 class FeatureHints:
     """Forward hooks that capture (student layer, teacher layer) outputs, plus one adapter per pair."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str, float]],
-                 kind: Literal["mse", "cosine"]):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        pairs: list[tuple[str, str, float]],
+        kind: Literal["mse", "cosine"],
+    ):
         self.pairs, self.kind = pairs, kind
         self.captured: dict[tuple[str, str], torch.Tensor] = {}
         self.adapters = nn.ModuleList()
@@ -84,13 +103,16 @@ class FeatureHints:
                 try:
                     layer = model.get_submodule(name)
                 except AttributeError:
-                    raise UsageError(f"distill.hints[{i}].{side}: no layer '{name}' in the {side} "
-                                     f"(layers: {', '.join(n for n, _ in model.named_children())}, ...)") from None
+                    raise UsageError(
+                        f"distill.hints[{i}].{side}: no layer '{name}' in the {side} "
+                        f"(layers: {', '.join(n for n, _ in model.named_children())}, ...)"
+                    ) from None
                 self._handles.append(layer.register_forward_hook(self._hook((side, name))))
 
     def _hook(self, key: tuple[str, str]) -> Any:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             self.captured[key] = first_tensor(out)
+
         return hook
 
     def build_adapters(self) -> list[nn.Parameter]:

@@ -6,16 +6,15 @@ import io
 import logging
 import re
 import warnings
-from contextlib import redirect_stdout, redirect_stderr
+from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.contracts import Context, Pass
-from pipeline.errors import UsageError
-from pipeline.registry import register_pass
-from pipeline.state import ModelState
-from passes.onnx_util import op_counts
+from deployc.contracts import Context, Pass, PassResult
+from deployc.errors import UsageError
+from deployc.passes.onnx_util import op_counts
+from deployc.state import ModelState, dynamic_shapes
 
 
 class ExportError(UsageError):
@@ -32,30 +31,28 @@ def export_onnx(module: Any, state: ModelState, opset: int = 18, dynamic_batch: 
     """ModelProto of `module` for `state.inputs`; raises ExportError naming the failing op/layer."""
     import torch
 
-    example = tuple(torch.from_numpy(a) for a in state.example_inputs(batch=2).values())
-    dynamic = None
-    if dynamic_batch:
-        dims: dict[str, Any] = {}  # one Dim per axis name, so inputs sharing "batch" share the symbol
-        dynamic = tuple(
-            {i: dims.setdefault(d, torch.export.Dim(_identifier(d))) for i, d in enumerate(s.shape) if isinstance(d, str)}
-            or None for s in state.inputs)
+    example = state.example_tensors(batch=2)
+    dynamic = dynamic_shapes(state.inputs) if dynamic_batch else None
     names = [s.name for s in state.inputs]
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
     quiet = io.StringIO()  # the dynamo exporter prints progress lines; deployc's instruments own the console
     try:
         with warnings.catch_warnings(), redirect_stdout(quiet), redirect_stderr(quiet):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=opset,
-                                        input_names=names, dynamic_shapes=dynamic, optimize=True,
-                                        report=False, verbose=False)
+            program = torch.onnx.export(
+                module.eval(),
+                example,
+                dynamo=True,
+                opset_version=opset,
+                input_names=names,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                report=False,
+                verbose=False,
+            )
     except Exception as exc:
         raise ExportError(describe_export_failure(exc, module, example)) from exc
     return program.model_proto
-
-
-def _identifier(name: str) -> str:
-    clean = re.sub(r"\W", "_", name)
-    return clean if re.match(r"[A-Za-z_]", clean) else "d_" + clean
 
 
 def _layer_of(module: Any, example: tuple, op: str) -> str | None:
@@ -94,7 +91,6 @@ def describe_export_failure(exc: Exception, module: Any, example: tuple = ()) ->
     return " ".join(parts) + f": {cause[:300]}"
 
 
-@register_pass
 class ExportOnnx(Pass):
     name = "export.onnx"
     Config = ExportConfig
@@ -103,9 +99,9 @@ class ExportOnnx(Pass):
 
     cacheable = True
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
         proto = export_onnx(state.module, state, self.config.opset, self.config.dynamic_batch)
-        return state.replace(onnx=proto), True, {"nodes": len(proto.graph.node), "ops": op_counts(proto)}
+        return PassResult(state.replace(onnx=proto), True, {"nodes": len(proto.graph.node), "ops": op_counts(proto)})
 
 
 class ExportCheck:

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.timing import median_ms
-from pipeline.contracts import Context
-from pipeline.state import ModelState
+from deployc.contracts import Context
+from deployc.ort import session
+from deployc.state import ModelState, PassRecord, Table
+from deployc.timing import median_ms
 
 PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear")  # layer types whose weights the pruning passes touch
 
@@ -32,19 +33,13 @@ class ModelStats:
         return asdict(self)
 
 
-def example_tensors(state: ModelState, batch: int = 1) -> tuple[Any, ...]:
-    import torch
-
-    return tuple(torch.from_numpy(a) for a in state.example_inputs(batch).values())
-
-
 def params_and_macs(module: Any, state: ModelState) -> tuple[int, int]:
     """Parameter count and multiply-accumulates of one batch-1 forward (Torch-Pruning's op counter)."""
     import torch
     import torch_pruning as tp
 
     with torch.no_grad(), redirect_stdout(io.StringIO()):  # the counter can print unsupported-module notices
-        macs, params = tp.utils.count_ops_and_params(module.eval(), example_tensors(state))
+        macs, params = tp.utils.count_ops_and_params(module.eval(), state.example_tensors())
     return int(params), int(macs)
 
 
@@ -60,17 +55,13 @@ def layer_sparsity(module: Any) -> dict[str, tuple[int, int]]:
 
 def onnx_size_and_latency(module: Any, state: ModelState, runs: int = 30) -> tuple[int, int, float]:
     """Bytes of the fp32 ONNX export, its zip (deflate) size, and onnxruntime's median batch-1 latency."""
-    import onnxruntime as ort
-
-    from passes.export import export_onnx
+    from deployc.passes.export import export_onnx
 
     blob = export_onnx(module, state).SerializeToString()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         zf.writestr("model.onnx", blob)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # one thread: timings comparable on a shared 2-core machine
-    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    sess = session(blob, threads=1)  # one thread: timings comparable on a shared 2-core machine
     feed = state.example_inputs(batch=1)
     return len(blob), len(buf.getvalue()), median_ms(lambda: sess.run(None, feed), runs, warmup=5)
 
@@ -79,7 +70,7 @@ def validation_metric(module: Any, state: ModelState, ctx: Context | None) -> fl
     """The build's metric on data.validation when it compares against labels; None otherwise."""
     import torch
 
-    from pipeline.metrics import get_metric
+    from deployc.metrics import get_metric
 
     data = ctx.validation if ctx else None
     if data is None or data.labels is None or any(s.name not in data.inputs for s in state.inputs):
@@ -110,20 +101,46 @@ def ratio(after: float | None, before: float | None) -> float | None:
 
 def summary_row(method: str, before: ModelStats, after: ModelStats) -> list[str]:
     """One row of the pruning summary table (see SUMMARY_HEADER)."""
+
     def num(v: float | None, fmt: str) -> str:
         return "—" if v is None else format(v, fmt)
 
     delta = None if before.metric is None or after.metric is None else after.metric - before.metric
-    return [method, f"{before.params:,} → {after.params:,}", num(ratio(after.params, before.params), ".3f") + "×",
-            f"{before.nonzero_params:,} → {after.nonzero_params:,}",
-            f"{before.macs:,} → {after.macs:,}", num(ratio(after.macs, before.macs), ".3f") + "×",
-            f"{num(before.metric, '.4f')} → {num(after.metric, '.4f')}", num(None if delta is None else delta * 100, "+.2f"),
-            f"{num(before.onnx_ms, '.3f')} → {num(after.onnx_ms, '.3f')}", num(ratio(after.onnx_ms, before.onnx_ms), ".2f") + "×",
-            f"{_kb(before.onnx_bytes)} → {_kb(after.onnx_bytes)}", f"{_kb(before.onnx_zip_bytes)} → {_kb(after.onnx_zip_bytes)}"]
+    return [
+        method,
+        f"{before.params:,} → {after.params:,}",
+        num(ratio(after.params, before.params), ".3f") + "×",
+        f"{before.nonzero_params:,} → {after.nonzero_params:,}",
+        f"{before.macs:,} → {after.macs:,}",
+        num(ratio(after.macs, before.macs), ".3f") + "×",
+        f"{num(before.metric, '.4f')} → {num(after.metric, '.4f')}",
+        num(None if delta is None else delta * 100, "+.2f"),
+        f"{num(before.onnx_ms, '.3f')} → {num(after.onnx_ms, '.3f')}",
+        num(ratio(after.onnx_ms, before.onnx_ms), ".2f") + "×",
+        f"{_kb(before.onnx_bytes)} → {_kb(after.onnx_bytes)}",
+        f"{_kb(before.onnx_zip_bytes)} → {_kb(after.onnx_zip_bytes)}",
+    ]
 
 
-SUMMARY_HEADER = ["method", "params", "params ×", "non-zero params", "MACs", "MACs ×", "metric", "Δ metric (pts)",
-                  "onnx fp32 ms (batch 1)", "latency ×", "onnx size", "onnx zip size"]
+SUMMARY_HEADER = (
+    "method",
+    "params",
+    "params ×",
+    "non-zero params",
+    "MACs",
+    "MACs ×",
+    "metric",
+    "Δ metric (pts)",
+    "onnx fp32 ms (batch 1)",
+    "latency ×",
+    "onnx size",
+    "onnx zip size",
+)
+SUMMARY_TIMED = frozenset({8, 9})  # the wall-clock columns of SUMMARY_HEADER
+
+
+def summary_table(title: str, rows: list[list[str]]) -> Table:
+    return Table(title, SUMMARY_HEADER, tuple(map(tuple, rows)), SUMMARY_TIMED)
 
 
 def _kb(n: int | None) -> str:
@@ -132,21 +149,51 @@ def _kb(n: int | None) -> str:
 
 def stats_metrics(before: ModelStats, after: ModelStats) -> dict[str, Any]:
     """Flat numbers for the pass record (the manifest keeps them machine-readable)."""
-    out: dict[str, Any] = {"params_before": before.params, "params_after": after.params,
-                           "macs_before": before.macs, "macs_after": after.macs,
-                           "nonzero_before": before.nonzero_params, "nonzero_after": after.nonzero_params,
-                           "params_ratio": ratio(after.params, before.params), "macs_ratio": ratio(after.macs, before.macs)}
+    out: dict[str, Any] = {
+        "params_before": before.params,
+        "params_after": after.params,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "nonzero_before": before.nonzero_params,
+        "nonzero_after": after.nonzero_params,
+        "params_ratio": ratio(after.params, before.params),
+        "macs_ratio": ratio(after.macs, before.macs),
+    }
     if before.metric is not None and after.metric is not None:
         out.update(metric_before=before.metric, metric_after=after.metric)
-    if before.onnx_ms is not None and after.onnx_ms is not None:
-        out.update(onnx_ms_before=before.onnx_ms, onnx_ms_after=after.onnx_ms, latency_ratio=ratio(after.onnx_ms, before.onnx_ms),
-                   onnx_bytes_before=before.onnx_bytes, onnx_bytes_after=after.onnx_bytes,
-                   onnx_zip_bytes_before=before.onnx_zip_bytes, onnx_zip_bytes_after=after.onnx_zip_bytes)
+    if before.onnx_bytes is not None and after.onnx_bytes is not None:
+        out.update(
+            onnx_bytes_before=before.onnx_bytes,
+            onnx_bytes_after=after.onnx_bytes,
+            onnx_zip_bytes_before=before.onnx_zip_bytes,
+            onnx_zip_bytes_after=after.onnx_zip_bytes,
+        )
     return out
 
 
-def stats_from_metrics(metrics: dict[str, Any], which: str) -> ModelStats:
+def stats_timings(before: ModelStats, after: ModelStats) -> dict[str, float]:
+    """The wall-clock numbers (timings.json): ONNX batch-1 latency before and after."""
+    if before.onnx_ms is None or after.onnx_ms is None:
+        return {}
+    return {
+        "onnx_ms_before": before.onnx_ms,
+        "onnx_ms_after": after.onnx_ms,
+        "latency_ratio": ratio(after.onnx_ms, before.onnx_ms),
+    }
+
+
+def stats_from_record(record: PassRecord, which: str) -> ModelStats:
     """Rebuild the before/after ModelStats a pruning pass recorded (for the finetune summary)."""
-    get = lambda k: metrics.get(f"{k}_{which}")  # noqa: E731
-    return ModelStats(get("params") or 0, get("macs") or 0, get("nonzero") or 0, get("onnx_bytes"),
-                      get("onnx_zip_bytes"), get("onnx_ms"), get("metric"))
+
+    def get(k: str) -> Any:
+        return record.metrics.get(f"{k}_{which}", record.timings.get(f"{k}_{which}"))
+
+    return ModelStats(
+        get("params") or 0,
+        get("macs") or 0,
+        get("nonzero") or 0,
+        get("onnx_bytes"),
+        get("onnx_zip_bytes"),
+        get("onnx_ms"),
+        get("metric"),
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,22 +45,42 @@ def _quant_params(proto: Any, tensor: str, as_input: bool) -> dict[str, Any] | N
         return None
 
     for node in proto.graph.node:
-        hit = (node.op_type == "QuantizeLinear" and node.input[0] == tensor) if as_input else \
-              (node.op_type == "DequantizeLinear" and node.output[0] == tensor)
+        hit = (
+            (node.op_type == "QuantizeLinear" and node.input[0] == tensor)
+            if as_input
+            else (node.op_type == "DequantizeLinear" and node.output[0] == tensor)
+        )
         if hit and len(node.input) >= 3:
             scale, zp = value(node.input[1]), value(node.input[2])
             if scale is not None and zp is not None:
-                return {"scale": np.asarray(scale).tolist(), "zero_point": np.asarray(zp).tolist(),
-                        "dtype": str(np.asarray(zp).dtype)}
+                return {
+                    "scale": np.asarray(scale).tolist(),
+                    "zero_point": np.asarray(zp).tolist(),
+                    "dtype": str(np.asarray(zp).dtype),
+                }
     return None
 
 
 def io_specs(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Manifest entries for graph inputs/outputs; `quantization` is where the graph quantizes them."""
     init_names = {i.name for i in proto.graph.initializer}
-    ins = [{"name": v.name, "shape": _dims(v), "dtype": _ELEM.get(v.type.tensor_type.elem_type, "other"),
-            "quantization": _quant_params(proto, v.name, True)}
-           for v in proto.graph.input if v.name not in init_names]
-    outs = [{"name": v.name, "shape": _dims(v), "dtype": _ELEM.get(v.type.tensor_type.elem_type, "other"),
-             "quantization": _quant_params(proto, v.name, False)} for v in proto.graph.output]
+    ins = [
+        {
+            "name": v.name,
+            "shape": _dims(v),
+            "dtype": _ELEM.get(v.type.tensor_type.elem_type, "other"),
+            "quantization": _quant_params(proto, v.name, True),
+        }
+        for v in proto.graph.input
+        if v.name not in init_names
+    ]
+    outs = [
+        {
+            "name": v.name,
+            "shape": _dims(v),
+            "dtype": _ELEM.get(v.type.tensor_type.elem_type, "other"),
+            "quantization": _quant_params(proto, v.name, False),
+        }
+        for v in proto.graph.output
+    ]
     return ins, outs

@@ -9,22 +9,34 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.contracts import Context, Pass
-from pipeline.errors import UsageError
-from pipeline.registry import register_pass
-from pipeline.state import ModelState
-from passes.finetune import history_table
-from passes.model_stats import SUMMARY_HEADER, example_tensors, measure, prunable_layers, stats_metrics, summary_row
-from passes.prune import Importance, importance_estimator, match_layers, output_layers, taylor_gradients
-from passes.training import TrainConfig, fit
+from deployc.contracts import Context, Pass, PassResult
+from deployc.errors import UsageError
+from deployc.passes.finetune import history_table
+from deployc.passes.model_stats import (
+    measure,
+    prunable_layers,
+    stats_metrics,
+    stats_timings,
+    summary_row,
+    summary_table,
+)
+from deployc.passes.prune import Importance, importance_estimator, match_layers, output_layers, taylor_gradients
+from deployc.passes.training import TrainConfig, fit
+from deployc.state import ModelState, Table
 
 
 class GradualConfig(TrainConfig):
     mode: Literal["weights", "channels"] = Field("weights", description="zero single weights, or remove whole channels")
-    sparsity: float = Field(0.8, gt=0, lt=1, description="final fraction of weights zeroed (weights) or channels removed (channels)")
+    sparsity: float = Field(
+        0.8, gt=0, lt=1, description="final fraction of weights zeroed (weights) or channels removed (channels)"
+    )
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="applied before the first epoch")
-    schedule: Literal["cubic", "linear"] = Field("cubic", description="cubic: Zhu & Gupta, fast early, gentle near the target")
-    ramp_epochs: int | None = Field(None, gt=0, description="epochs until the target is reached (default: 2/3 of epochs); the rest recover")
+    schedule: Literal["cubic", "linear"] = Field(
+        "cubic", description="cubic: Zhu & Gupta, fast early, gentle near the target"
+    )
+    ramp_epochs: int | None = Field(
+        None, gt=0, description="epochs until the target is reached (default: 2/3 of epochs); the rest recover"
+    )
     scope: Literal["global", "layer"] = "global"
     skip: list[str] = Field(default_factory=list, description="weights mode: layer names (fnmatch) left dense")
     importance: Importance = Field("l2", description="channels mode: channel ranking")
@@ -33,15 +45,19 @@ class GradualConfig(TrainConfig):
     measure_onnx: bool = Field(True, description="export before/after to report ONNX size and latency")
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> "GradualConfig":
+    def _schedule_fits(self) -> GradualConfig:
         if self.initial_sparsity > self.sparsity:
             raise ValueError("initial_sparsity is above sparsity")
         if self.ramp_epochs is not None and self.ramp_epochs > self.epochs:
-            raise ValueError(f"ramp_epochs ({self.ramp_epochs}) is more than epochs ({self.epochs}): the target would never be reached")
+            raise ValueError(
+                f"ramp_epochs ({self.ramp_epochs}) is more than epochs ({self.epochs}): the target would never be reached"
+            )
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1: the schedule runs across training epochs")
         if self.early_stop_patience is not None:
-            raise ValueError("early_stop_patience: not with prune.gradual (stopping early would miss the target sparsity)")
+            raise ValueError(
+                "early_stop_patience: not with prune.gradual (stopping early would miss the target sparsity)"
+            )
         return self
 
     @property
@@ -95,7 +111,9 @@ class _WeightMasks:
             prune.remove(m, "weight")
 
     def measured(self) -> float:
-        zeros = sum(int((m.weight_orig * m.weight_mask == 0).sum()) for m in self.layers.values())  # m.weight is refreshed only by forward
+        zeros = sum(
+            int((m.weight_orig * m.weight_mask == 0).sum()) for m in self.layers.values()
+        )  # m.weight is refreshed only by forward
         return zeros / sum(m.weight.numel() for m in self.layers.values())
 
 
@@ -105,7 +123,6 @@ def _group_channels(pruner: Any) -> int:
     return sum(pruner.DG.get_out_channels(g[0][0].target.module) for g in groups)
 
 
-@register_pass
 class PruneGradual(Pass):
     name = "prune.gradual"
     Config = GradualConfig
@@ -113,7 +130,7 @@ class PruneGradual(Pass):
     produces = frozenset({"pruned"})
     invalidates = frozenset({"onnx"})
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
         cfg: GradualConfig = self.config
         module = copy.deepcopy(state.module).eval()
         before = measure(module, state, ctx, cfg.measure_onnx)
@@ -123,30 +140,46 @@ class PruneGradual(Pass):
         else:
             hook, finish = self._channels(module, state, ctx, cfg, schedule)
         hook(-1, module)
-        result = fit(module, ctx.train, cfg, ctx, [s.name for s in state.inputs], epoch_hook=hook, description="prune.gradual")
+        result = fit(
+            module, ctx.train, cfg, ctx, [s.name for s in state.inputs], epoch_hook=hook, description="prune.gradual"
+        )
         finish()
         after = measure(module, state, ctx, cfg.measure_onnx)
         reached = schedule[-1][2] >= schedule[-1][1] - 0.02 and len(schedule) > cfg.ramp
         what = "weight sparsity" if cfg.mode == "weights" else "channels removed"
         metrics = stats_metrics(before, after) | {
-            "target": cfg.sparsity, "reached_target": reached, "final_measured": schedule[-1][2],
-            "target_epoch": cfg.ramp, "epochs_run": len(result.history),
-            "report_tables": [
-                {"title": f"prune.gradual: {cfg.schedule} schedule ({cfg.mode})",
-                 "header": ["after epoch", "target", f"measured {what}", "holdout metric right after the step"],
-                 "rows": [[e, f"{t:.3f}", f"{m:.3f}", f"{result.history[e - 1]['holdout_metric']:.4f}" if e > 0 else "—"]
-                          for e, t, m in schedule]},
-                {"title": "prune.gradual: what it buys", "header": SUMMARY_HEADER,
-                 "rows": [summary_row(f"gradual {cfg.mode} {cfg.schedule} {cfg.sparsity:.0%}", before, after)]},
-                history_table(result, "prune.gradual: training history"),
-            ],
+            "target": cfg.sparsity,
+            "reached_target": reached,
+            "final_measured": schedule[-1][2],
+            "target_epoch": cfg.ramp,
+            "epochs_run": len(result.history),
         }
-        return state.replace(module=module, onnx=None), True, metrics
+        steps = tuple(
+            (e, f"{t:.3f}", f"{m:.3f}", f"{result.history[e - 1]['holdout_metric']:.4f}" if e > 0 else "—")
+            for e, t, m in schedule
+        )
+        tables = (
+            Table(
+                f"prune.gradual: {cfg.schedule} schedule ({cfg.mode})",
+                ("after epoch", "target", f"measured {what}", "holdout metric right after the step"),
+                steps,
+            ),
+            summary_table(
+                "prune.gradual: what it buys",
+                [summary_row(f"gradual {cfg.mode} {cfg.schedule} {cfg.sparsity:.0%}", before, after)],
+            ),
+            history_table(result, "prune.gradual: training history"),
+        )
+        return PassResult(state.replace(module=module, onnx=None), True, metrics, tables, stats_timings(before, after))
 
     @staticmethod
     def _weights(module: Any, cfg: GradualConfig, schedule: list[list[Any]]) -> tuple[Any, Any]:
         skipped = match_layers(module, cfg.skip, "prune.gradual.skip")
-        layers = {n: m for n, m in prunable_layers(module).items() if not any(n == s or n.startswith(s + ".") for s in skipped)}
+        layers = {
+            n: m
+            for n, m in prunable_layers(module).items()
+            if not any(n == s or n.startswith(s + ".") for s in skipped)
+        }
         if not layers:
             raise UsageError("prune.gradual.skip: every Conv/Linear layer is skipped; nothing to prune")
         masks = _WeightMasks(layers, cfg.scope)
@@ -160,16 +193,25 @@ class PruneGradual(Pass):
         return hook, masks.finish
 
     @staticmethod
-    def _channels(module: Any, state: ModelState, ctx: Context, cfg: GradualConfig, schedule: list[list[Any]]) -> tuple[Any, Any]:
+    def _channels(
+        module: Any, state: ModelState, ctx: Context, cfg: GradualConfig, schedule: list[list[Any]]
+    ) -> tuple[Any, Any]:
         import torch_pruning as tp
 
         ratios = [0.0] + [cfg.sparsity_at(k) for k in range(cfg.ramp + 1)]  # pruner step k+1 → event k
         ignored = match_layers(module, cfg.ignore, "prune.gradual.ignore") | output_layers(module, state)
         modules = dict(module.named_modules())
         pruner = tp.pruner.BasePruner(
-            module, example_tensors(state), importance=importance_estimator(cfg.importance), global_pruning=cfg.scope == "global",
-            pruning_ratio=cfg.sparsity, iterative_steps=len(ratios) - 1, iterative_pruning_ratio_scheduler=lambda r, n: ratios,
-            ignored_layers=[modules[n] for n in sorted(ignored)], round_to=cfg.round_to)
+            module,
+            state.example_tensors(),
+            importance=importance_estimator(cfg.importance),
+            global_pruning=cfg.scope == "global",
+            pruning_ratio=cfg.sparsity,
+            iterative_steps=len(ratios) - 1,
+            iterative_pruning_ratio_scheduler=lambda r, n: ratios,
+            ignored_layers=[modules[n] for n in sorted(ignored)],
+            round_to=cfg.round_to,
+        )
         channels0 = _group_channels(pruner)
 
         def hook(epoch: int, _module: Any) -> bool:

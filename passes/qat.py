@@ -13,10 +13,9 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline.contracts import Context, Pass
-from pipeline.registry import register_pass
-from pipeline.state import ModelState
-from passes.training import TrainConfig, fit
+from deployc.contracts import Context, Pass, PassResult
+from deployc.passes.training import TrainConfig, fit
+from deployc.state import ModelState, Table, dynamic_shapes
 
 
 class QatConfig(TrainConfig):
@@ -33,7 +32,9 @@ def _quantizer(per_channel: bool) -> Any:
         # uint8 affine activations, int8 symmetric per-channel weights: ORT's U8S8 QDQ scheme; it also
         # folds Conv→ReLU/ReLU6 into one quantized output
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
 
         config = get_default_x86_inductor_quantization_config(is_qat=True)  # fake-quant specs
         # BN is folded before prepare, so annotate with the post-training patterns (conv+unary, conv+add+unary):
@@ -50,11 +51,9 @@ def _quantizer(per_channel: bool) -> Any:
 def _export(module: Any, state: ModelState) -> Any:
     import torch
 
-    example = tuple(torch.from_numpy(a) for a in state.example_inputs(batch=2).values())
-    dims: dict[str, Any] = {}
-    dynamic = tuple({i: dims.setdefault(d, torch.export.Dim(d if d.isidentifier() else "batch"))
-                     for i, d in enumerate(s.shape) if isinstance(d, str)} or None for s in state.inputs)
-    graph = torch.export.export(module, example, dynamic_shapes=dynamic).module()
+    graph = torch.export.export(
+        module, state.example_tensors(batch=2), dynamic_shapes=dynamic_shapes(state.inputs)
+    ).module()
     _out_of_place_activations(graph)
     return graph
 
@@ -64,8 +63,10 @@ def _out_of_place_activations(graph: Any) -> None:
     where nothing else reads the input) and one source partition per call."""
     import torch
 
-    swap = {torch.ops.aten.relu_.default: torch.ops.aten.relu.default,
-            torch.ops.aten.hardtanh_.default: torch.ops.aten.hardtanh.default}
+    swap = {
+        torch.ops.aten.relu_.default: torch.ops.aten.relu.default,
+        torch.ops.aten.hardtanh_.default: torch.ops.aten.hardtanh.default,
+    }
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in swap and len(node.args[0].users) == 1:
             node.target = swap[node.target]
@@ -99,11 +100,22 @@ def learned_ranges(converted: Any) -> list[dict[str, Any]]:
     """Scale and zero point of every activation quantize op in the converted graph (what QAT learned)."""
     rows = []
     for node in converted.graph.nodes:
-        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target):
+        if (
+            node.op == "call_function"
+            and "quantize_per_tensor" in str(node.target)
+            and "dequantize" not in str(node.target)
+        ):
             src, scale, zp, qmin, qmax = node.args[:5]
             if isinstance(scale, float):
-                rows.append({"tensor": getattr(src, "name", str(src)), "scale": scale, "zero_point": int(zp),
-                             "min": (qmin - zp) * scale, "max": (qmax - zp) * scale})
+                rows.append(
+                    {
+                        "tensor": getattr(src, "name", str(src)),
+                        "scale": scale,
+                        "zero_point": int(zp),
+                        "min": (qmin - zp) * scale,
+                        "max": (qmax - zp) * scale,
+                    }
+                )
     return rows
 
 
@@ -122,7 +134,6 @@ def qat(module: Any, state: ModelState, ctx: Context, config: QatConfig, per_cha
     return _train_eval_shim(converted).eval(), history
 
 
-@register_pass
 class Qat(Pass):
     name = "qat"
     Config = QatConfig
@@ -130,16 +141,25 @@ class Qat(Pass):
     produces = frozenset({"qat", "quantized"})
     invalidates = frozenset({"onnx", "simplified"})
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
         per_channel = ctx.config.quantize.per_channel if self.config.per_channel is None else self.config.per_channel
         converted, history = qat(state.module, state, ctx, self.config, per_channel)
         ranges = learned_ranges(converted)
         last = history.history[-1] if history.history else {}
-        metrics = {"epochs": len(history.history), "holdout_metric": last.get("holdout_metric"),
-                   "per_channel": per_channel, "activation_ranges": len(ranges),
-                   "report_tables": [{"title": "qat: activation ranges learned by QAT",
-                                      "header": ["tensor", "scale", "zero point", "min", "max"],
-                                      "rows": [[r["tensor"], f"{r['scale']:.4g}", r["zero_point"], f"{r['min']:.4g}",
-                                                f"{r['max']:.4g}"] for r in ranges]}]}
+        metrics = {
+            "epochs": len(history.history),
+            "holdout_metric": last.get("holdout_metric"),
+            "per_channel": per_channel,
+            "activation_ranges": len(ranges),
+        }
+        table = Table(
+            "qat: activation ranges learned by QAT",
+            ("tensor", "scale", "zero point", "min", "max"),
+            tuple(
+                (r["tensor"], f"{r['scale']:.4g}", r["zero_point"], f"{r['min']:.4g}", f"{r['max']:.4g}")
+                for r in ranges
+            ),
+        )
         # precision:int8 makes targets label what they lower from this graph int8, never fp32
-        return state.replace(module=converted, onnx=None, facts=state.facts | {"precision:int8"}), True, metrics
+        new_state = state.replace(module=converted, onnx=None, facts=state.facts | {"precision:int8"})
+        return PassResult(new_state, True, metrics, (table,))

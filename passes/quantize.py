@@ -5,47 +5,38 @@ from __future__ import annotations
 
 import io
 from contextlib import redirect_stdout
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 from pydantic import ConfigDict, Field
 
-from pipeline.config import QuantizeSpec
-from pipeline.contracts import Context, Pass
-from pipeline.data import Dataset
-from pipeline.errors import UsageError
-from pipeline.registry import register_pass
-from pipeline.state import ModelState
-from passes.onnx_util import op_counts, scratch_dir
+from deployc.config import QuantizeSpec
+from deployc.contracts import Context, Pass, PassResult
+from deployc.data import Dataset
+from deployc.errors import UsageError
+from deployc.ort import CalibrationReader
+from deployc.passes.onnx_util import op_counts, scratch_dir
+from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 class Int8Config(QuantizeSpec):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    activation_type: str = Field("uint8", pattern="^(uint8|int8)$",
-                                 description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations")
+    activation_type: str = Field(
+        "uint8",
+        pattern="^(uint8|int8)$",
+        description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations",
+    )
     calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
 
 
 class DynamicConfig(QuantizeSpec):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention", "LSTM"],
-                                description="ops given int8 weights; Conv is left out: ORT's CPU ConvInteger is slower "
-                                            "than float Conv; GRU has no dynamic int8 kernel in ORT and stays fp32")
-
-
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over a Dataset, in small batches."""
-
-    def __init__(self, data: Dataset, batch: int):
-        self._it: Iterator[dict[str, np.ndarray]] = (x for x, _ in data.batches(batch))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def __iter__(self):  # onnxruntime >= 1.20 also iterates the reader
-        return iter(self.get_next, None)
+    op_types: list[str] = Field(
+        default_factory=lambda: ["MatMul", "Gemm", "Attention", "LSTM"],
+        description="ops given int8 weights; Conv is left out: ORT's CPU ConvInteger is slower "
+        "than float Conv; GRU has no dynamic int8 kernel in ORT and stays fp32",
+    )
 
 
 def _prepared(proto: Any, work: Any) -> str:
@@ -71,17 +62,28 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
         raise UsageError("quantize.int8: the calibration set is empty")
     samples = data.take(spec.samples)
     act = QuantType.QInt8 if spec.symmetric_activations or spec.activation_type == "int8" else QuantType.QUInt8
-    extra = {"ActivationSymmetric": spec.symmetric_activations, "WeightSymmetric": True,
-             "CalibPercentile": spec.percentile}
+    extra = {
+        "ActivationSymmetric": spec.symmetric_activations,
+        "WeightSymmetric": True,
+        "CalibPercentile": spec.percentile,
+    }
     with scratch_dir() as work:
         src = _prepared(proto, work)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
-            quantize_static(src, str(out), _Reader(samples, spec.calibration_batch), quant_format=QuantFormat.QDQ,
-                            per_channel=spec.per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
-                            nodes_to_exclude=list(spec.exclude), nodes_to_quantize=list(only or []),
-                            extra_options=extra)
+            quantize_static(
+                src,
+                str(out),
+                CalibrationReader(samples, spec.calibration_batch),
+                quant_format=QuantFormat.QDQ,
+                per_channel=spec.per_channel,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
+                nodes_to_exclude=list(spec.exclude),
+                nodes_to_quantize=list(only or []),
+                extra_options=extra,
+            )
         return onnx.load(str(out))
 
 
@@ -92,8 +94,14 @@ def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
     with scratch_dir() as work:
         src = _prepared(proto, work)
         out = work / "dynamic.onnx"
-        quantize_dynamic(src, str(out), weight_type=QuantType.QInt8, per_channel=spec.per_channel,
-                         nodes_to_exclude=list(spec.exclude), op_types_to_quantize=list(spec.op_types))
+        quantize_dynamic(
+            src,
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=spec.per_channel,
+            nodes_to_exclude=list(spec.exclude),
+            op_types_to_quantize=list(spec.op_types),
+        )
         return onnx.load(str(out))
 
 
@@ -108,51 +116,50 @@ def _excluded_missing(proto: Any, exclude: list[str]) -> list[str]:
     return [e for e in exclude if e not in names]
 
 
-class _QuantizePass(Pass):
+class QuantizePass(Pass):
+    """Base of the quantize.* passes: checks `exclude` names and records the precision it produced."""
+
     requires = frozenset({"onnx"})
     produces = frozenset({"quantized"})
     cacheable = True
     precision: str
 
-    def _check_exclude(self, proto: Any) -> None:
+    def check_exclude(self, proto: Any) -> None:
         missing = _excluded_missing(proto, list(getattr(self.config, "exclude", [])))
         if missing:
             raise UsageError(f"quantize.exclude: no node named {missing} in the graph")
 
-    def _done(self, state: ModelState, proto: Any) -> tuple[ModelState, bool, dict[str, Any]]:
+    def done(self, state: ModelState, proto: Any) -> PassResult:
         counts = op_counts(proto)
         facts = state.facts | {f"precision:{self.precision}"}
-        return state.replace(onnx=proto, facts=facts), True, {"ops": counts, "nodes": sum(counts.values())}
+        return PassResult(state.replace(onnx=proto, facts=facts), True, {"ops": counts, "nodes": sum(counts.values())})
 
 
-@register_pass
-class QuantizeInt8(_QuantizePass):
+class QuantizeInt8(QuantizePass):
     name = "quantize.int8"
     Config = Int8Config
     requires = frozenset({"onnx", "data.calibration"})
     precision = "int8"
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
-        self._check_exclude(state.onnx)
-        return self._done(state, quantize_int8(state.onnx, ctx.calibration, self.config))
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
+        self.check_exclude(state.onnx)
+        return self.done(state, quantize_int8(state.onnx, ctx.calibration, self.config))
 
 
-@register_pass
-class QuantizeDynamic(_QuantizePass):
+class QuantizeDynamic(QuantizePass):
     name = "quantize.dynamic"
     Config = DynamicConfig
     precision = "dynamic"
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
-        self._check_exclude(state.onnx)
-        return self._done(state, quantize_dynamic_int8(state.onnx, self.config))
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
+        self.check_exclude(state.onnx)
+        return self.done(state, quantize_dynamic_int8(state.onnx, self.config))
 
 
-@register_pass
-class QuantizeFp16(_QuantizePass):
+class QuantizeFp16(QuantizePass):
     name = "quantize.fp16"
     Config = QuantizeSpec
     precision = "fp16"
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
-        return self._done(state, convert_fp16(state.onnx))
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
+        return self.done(state, convert_fp16(state.onnx))

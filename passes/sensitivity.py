@@ -14,12 +14,31 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data import Dataset
+from deployc.data import Dataset
+from deployc.ort import session
 
 # ops onnxruntime's QDQ quantizer gives int8 weights or activations; the candidates for fp32 fallback
-QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool",
-                         "MaxPool", "GlobalAveragePool", "Resize", "Softmax", "Gather", "Where", "Split",
-                         "LayerNormalization", "InstanceNormalization"})
+QUANTIZABLE = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Concat",
+        "AveragePool",
+        "MaxPool",
+        "GlobalAveragePool",
+        "Resize",
+        "Softmax",
+        "Gather",
+        "Where",
+        "Split",
+        "LayerNormalization",
+        "InstanceNormalization",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +50,13 @@ class LayerError:
     added: float = 0.0  # error minus the largest error already present in its inputs
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "node": self.node, "op_type": self.op_type, "error": self.error, "added": self.added}
+        return {
+            "layer": self.layer,
+            "node": self.node,
+            "op_type": self.op_type,
+            "error": self.error,
+            "added": self.added,
+        }
 
 
 def layer_name(proto: Any, node: Any) -> str:
@@ -48,20 +73,11 @@ def channel_nmse(ref: np.ndarray, got: np.ndarray) -> float:
         ref, got = ref.reshape(-1, 1), got.reshape(-1, 1)
     axes = tuple(i for i in range(ref.ndim) if i != 1)
     err = ((ref - got) ** 2).sum(axis=axes)
-    power = (ref ** 2).sum(axis=axes)
+    power = (ref**2).sum(axis=axes)
     live = power > 1e-12 * max(float(power.max()), 1e-30)  # dead channels carry no signal to lose
     if not live.any():
         return float(err.sum() > 0)
     return float(np.mean(err[live] / power[live]))
-
-
-def _session(proto: Any) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _with_outputs(proto: Any, names: list[str]) -> Any:
@@ -76,13 +92,24 @@ def _with_outputs(proto: Any, names: list[str]) -> Any:
 
 def _float_outputs(proto: Any) -> dict[str, Any]:
     """Layer output tensor → its node, for the nodes that compute on activations (not constants or Q/DQ)."""
-    skip = {"Constant", "QuantizeLinear", "DequantizeLinear", "Shape", "Reshape", "Flatten", "Squeeze",
-            "Unsqueeze", "Identity", "Cast"}
+    skip = {
+        "Constant",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Shape",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Cast",
+    }
     return {n.output[0]: n for n in proto.graph.node if n.op_type not in skip and n.output}
 
 
-def _run(proto: Any, names: list[str], data: Dataset, batch: int = 64) -> dict[str, np.ndarray]:
-    sess = _session(_with_outputs(proto, names))
+def layer_outputs(proto: Any, names: list[str], data: Dataset, batch: int = 64) -> dict[str, np.ndarray]:
+    """The named intermediate tensors of `proto` over `data` (graph unoptimised, so every name survives)."""
+    sess = session(_with_outputs(proto, names), optimize=False)
     feeds = {i.name for i in sess.get_inputs()}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for x, _ in data.batches(batch):
@@ -114,8 +141,8 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     producer32 = {o: n for n in fp32.graph.node for o in n.output}
     seen = _consumer_view(int8)
     names = [t for t in _float_outputs(fp32) if t in producer8]
-    ref = _run(fp32, names, data)
-    got = _run(int8, sorted({seen[t] for t in names}), data)
+    ref = layer_outputs(fp32, names, data)
+    got = layer_outputs(int8, sorted({seen[t] for t in names}), data)
     errors = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}
 
     def upstream(tensor: str, depth: int = 0) -> float:  # error already present in a tensor, through unmeasured ops
@@ -135,7 +162,9 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     return sorted(result, key=lambda e: (-e.added, -e.error, e.node))
 
 
-def single_layer_errors(fp32: Any, data: Dataset, quantize: Any, candidates: list[str] | None = None) -> list[LayerError]:
+def single_layer_errors(
+    fp32: Any, data: Dataset, quantize: Any, candidates: list[str] | None = None
+) -> list[LayerError]:
     """Quantize one layer at a time (`quantize(proto, only=[node])`) and measure the model output's error.
 
     Worst first. `candidates` defaults to every node of a quantizable op type.
@@ -143,10 +172,10 @@ def single_layer_errors(fp32: Any, data: Dataset, quantize: Any, candidates: lis
     nodes = {n.name: n for n in fp32.graph.node}
     names = candidates if candidates is not None else [n.name for n in fp32.graph.node if n.op_type in QUANTIZABLE]
     out = [o.name for o in fp32.graph.output][:1]
-    ref = _run(fp32, out, data)[out[0]]
+    ref = layer_outputs(fp32, out, data)[out[0]]
     result = []
     for name in names:
-        got = _run(quantize(fp32, only=[name]), out, data)[out[0]]
+        got = layer_outputs(quantize(fp32, only=[name]), out, data)[out[0]]
         err = channel_nmse(ref, got)
         result.append(LayerError(name, nodes[name].op_type, layer_name(fp32, nodes[name]), err, err))
     return sorted(result, key=lambda e: (-e.error, e.node))

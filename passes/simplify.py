@@ -7,10 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.contracts import Context, Pass
-from pipeline.registry import register_pass
-from pipeline.state import ModelState
-from passes.onnx_util import op_counts
+from deployc.contracts import Context, Pass, PassResult
+from deployc.passes.onnx_util import op_counts
+from deployc.state import ModelState
 
 
 class SimplifyConfig(BaseModel):
@@ -41,7 +40,6 @@ def simplify_proto(proto: Any, config: SimplifyConfig = SimplifyConfig()) -> Any
     return proto
 
 
-@register_pass
 class Simplify(Pass):
     name = "simplify"
     Config = SimplifyConfig
@@ -50,9 +48,10 @@ class Simplify(Pass):
 
     cacheable = True
 
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
         before = op_counts(state.onnx)
         proto = simplify_proto(state.onnx, self.config)
         after = op_counts(proto)
         metrics = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()), "ops": after}
-        return state.replace(onnx=proto), before != after, metrics
+        modified = proto.SerializeToString(deterministic=True) != state.onnx.SerializeToString(deterministic=True)
+        return PassResult(state.replace(onnx=proto) if modified else state, modified, metrics)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.contracts import Context
-from pipeline.data import Dataset
-from pipeline.errors import UsageError
+from deployc.contracts import Context
+from deployc.data import Dataset
+from deployc.errors import UsageError
 
 # loss_fn(module, inputs, labels) -> scalar tensor; the default is cross-entropy (int labels) or MSE (float labels)
 LossFn = Callable[[Any, list[Any], Any], Any]
@@ -39,7 +40,9 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(0.0, ge=0, description="linear LR warm-up, in epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float | None = Field(None, ge=0, lt=1, description="set p of every nn.Dropout in the model while training")
-    augment: list[dict[str, Any]] = Field(default_factory=list, description="augmentations, e.g. [{shift: {pixels: 1}}]")
+    augment: list[dict[str, Any]] = Field(
+        default_factory=list, description="augmentations, e.g. [{shift: {pixels: 1}}]"
+    )
     holdout: float = Field(0.1, ge=0, lt=0.5, description="fraction of the training data kept out for early stopping")
     early_stop_patience: int | None = Field(None, gt=0, description="stop after N epochs without holdout improvement")
     seed: int = 0
@@ -47,7 +50,7 @@ class TrainConfig(BaseModel):
     @field_validator("augment")
     @classmethod
     def _known_augmentations(cls, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from passes.augment import check_augment
+        from deployc.passes.augment import check_augment
 
         try:
             check_augment(specs)
@@ -144,16 +147,24 @@ def split_holdout(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, D
     return pick(np.sort(order[cut:])), pick(np.sort(order[:cut]))
 
 
-def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names: list[str],
-        loss_fn: LossFn | None = None, epoch_hook: EpochHook | None = None, extra_params: list[Any] | None = None,
-        description: str = "train") -> FitResult:
+def fit(
+    module: Any,
+    data: Dataset,
+    cfg: TrainConfig,
+    ctx: Context | None,
+    names: list[str],
+    loss_fn: LossFn | None = None,
+    epoch_hook: EpochHook | None = None,
+    extra_params: list[Any] | None = None,
+    description: str = "train",
+) -> FitResult:
     """Train `module` in place on `data` (labels required) and restore its best holdout epoch when early-stopping.
 
     `names` are the model input names in call order; `extra_params` (e.g. distillation adapters) train alongside.
     """
     import torch
 
-    from passes.augment import build_augmenter
+    from deployc.passes.augment import build_augmenter
 
     if data.labels is None:
         raise UsageError(f"data.train ({data.source}) has no labels; training passes need them")
@@ -171,7 +182,9 @@ def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names
         opt = _optimizer([p for p in module.parameters() if p.requires_grad] + list(extra_params or []), cfg)
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])  # lets LambdaLR resume at `step`
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch), last_epoch=step - 1)
+        return opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(cfg, s, steps_per_epoch), last_epoch=step - 1
+        )
 
     opt, sched = optimizer_and_schedule(0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -195,10 +208,13 @@ def fit(module: Any, data: Dataset, cfg: TrainConfig, ctx: Context | None, names
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             if epoch_hook and epoch_hook(epoch, module):
-                opt, sched = optimizer_and_schedule((epoch + 1) * steps_per_epoch)  # moments of removed channels are gone
+                opt, sched = optimizer_and_schedule(
+                    (epoch + 1) * steps_per_epoch
+                )  # moments of removed channels are gone
             score = holdout_accuracy(module, holdout, names) if holdout is not None else -total / count
-            result.history.append({"epoch": epoch + 1, "loss": total / count, "holdout_metric": score,
-                                   "lr": opt.param_groups[0]["lr"]})
+            result.history.append(
+                {"epoch": epoch + 1, "loss": total / count, "holdout_metric": score, "lr": opt.param_groups[0]["lr"]}
+            )
             advance(1, loss=total / count, holdout=score)
             if score > best + 1e-9:
                 best, waited, result.best_epoch = score, 0, epoch + 1

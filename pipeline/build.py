@@ -11,20 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import PassCache
-from pipeline.config import BuildConfig, load_config
-from pipeline.contracts import Artifact, Context
-from pipeline.data import calibration_source, load_dataset, train_source
-from pipeline.errors import UsageError
-from pipeline.instruments import Instruments
-from pipeline.loader import initial_facts, load_model
-from pipeline.manager import PassManager
-from pipeline.manifest import MANIFEST_VERSION, artifact_entry, library_versions, stable_copy, write_json_atomic
-from pipeline.metrics import get_metric
-from pipeline.outdir import OutDir, check_writable
-from pipeline.junit import write_junit
-from pipeline.report import render_report, report_view
-from pipeline.report_html import write_html_report
+from deployc.cache import PassCache
+from deployc.config import BuildConfig, load_config
+from deployc.contracts import Artifact, Context
+from deployc.data import calibration_source, load_dataset, train_source
+from deployc.errors import UsageError
+from deployc.gates import latency_gate
+from deployc.instruments import Instruments
+from deployc.junit import write_junit
+from deployc.loader import initial_facts, load_model
+from deployc.manager import PassManager
+from deployc.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
+from deployc.metrics import get_metric
+from deployc.outdir import OutDir, check_writable
+from deployc.registry import instruments as plugin_instruments
+from deployc.report import render_report, report_view
+from deployc.report_html import write_html_report
+from deployc.validate import compute_reference, validate_artifact
 
 
 @dataclass
@@ -39,27 +42,34 @@ class BuildResult:
         return 3 if self.manifest["status"] == "failed" else 0
 
 
-def check(config_or_path: str | Path | dict | BuildConfig, targets: list[str] | None = None) -> tuple[BuildConfig, PassManager]:
+def check(
+    config_or_path: str | Path | dict | BuildConfig, targets: list[str] | None = None
+) -> tuple[BuildConfig, PassManager]:
     """Parse and check a config and its whole pipeline without loading anything heavy."""
     config = load_config(config_or_path)
     manager = PassManager.from_config(config, initial_facts(config), targets)
     if config.data.validation is None:
-        raise UsageError("data.validation: every build validates its artifacts; give a validation set "
-                         "(e.g. 'digits', 'data.npz' or 'file.py:callable')")
+        raise UsageError(
+            "data.validation: every build validates its artifacts; give a validation set "
+            "(e.g. 'digits', 'data.npz' or 'file.py:callable')"
+        )
     get_metric(config)
     return config, manager
 
 
-def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | None = None,
-          targets: list[str] | None = None, quiet: bool = False, instruments: Instruments | None = None,
-          cache: bool = True) -> BuildResult:
+def build(
+    config_or_path: str | Path | dict | BuildConfig,
+    out: str | Path | None = None,
+    targets: list[str] | None = None,
+    quiet: bool = False,
+    instruments: Instruments | None = None,
+    cache: bool = True,
+) -> BuildResult:
     """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
     instruments = instruments or Instruments(quiet=quiet)
-    from passes.export import ExportCheck
-
-    instruments.extra.append(ExportCheck())
+    instruments.extra.extend(plugin_instruments())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
     check_writable(out_dir)
     instruments.log(f"pipeline: {manager.pipeline_string()}")
@@ -73,16 +83,16 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
     train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
 
-    from passes.quantize_checks import latency_gate
-    from passes.validate import compute_reference, validate_artifact
-
     reference = compute_reference(state, validation, metric, config.data.batch_size)
-    instruments.log(f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})")
+    instruments.log(
+        f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
+    )
 
     with OutDir(out_dir) as outdir:
         staging = outdir.staging
-        ctx = Context(config, train, calibration, validation, staging, instruments, PassCache(enabled=cache),
-                      reference=reference)
+        ctx = Context(
+            config, train, calibration, validation, staging, instruments, PassCache(enabled=cache), reference=reference
+        )
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
@@ -93,8 +103,15 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
             else:
                 built = target.build(state, ctx)
             for art in built:
-                validate_artifact(target, art, validation, reference, config.validate_.max_drift,
-                                  config.data.batch_size, config.validate_.latency_runs)
+                validate_artifact(
+                    target,
+                    art,
+                    validation,
+                    reference,
+                    config.validate_.max_drift,
+                    config.data.batch_size,
+                    config.validate_.latency_runs,
+                )
                 target.close(art)
                 instruments.log(f"{art.label}: {art.gate['status']} — {art.gate['reason']}")
             artifacts.extend(built)
@@ -105,18 +122,13 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
         for warning in latency_gate(artifacts, config.validate_.latency_gate):
             instruments.log(f"warning: {warning}")
         manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, out_dir)
-        # target-level pass records (e.g. quantize.tune's trials) join the build's pass records
-        target_records = [r for a in artifacts for r in a.details.pop("pass_records", [])]
-        records = [{"name": r.name, "config": r.config, "modified": r.modified, "metrics": r.metrics}
-                   for r in state.history] + target_records
-        manifest["passes"] = [stable_copy(r) for r in records]
-        timings = {"passes": [{"name": r.name, "seconds": round(r.seconds, 4), "cached": r.cached} for r in state.history]
-                   + [{"name": r["name"], "seconds": 0.0, "cached": False} for r in target_records],
-                   "pass_metrics": {str(i): r["metrics"] for i, r in enumerate(records)
-                                    if r["metrics"] != manifest["passes"][i]["metrics"]},
-                   "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
-                   "total_seconds": round(time.perf_counter() - t_start, 3),
-                   "artifacts": {a.label: a.perf for a in artifacts}}
+        timings = {
+            "passes": [r.timing_json() for r in state.history],
+            "artifact_passes": {a.label: [r.timing_json() for r in a.history] for a in artifacts},
+            "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
+            "total_seconds": round(time.perf_counter() - t_start, 3),
+            "artifacts": {a.label: a.perf for a in artifacts},
+        }
         (out_dir / "report.md").write_text(render_report(report_view(manifest, timings)))
         write_html_report(manifest, out_dir, timings)
         write_junit(manifest, out_dir, timings)
@@ -125,8 +137,16 @@ def build(config_or_path: str | Path | dict | BuildConfig, out: str | Path | Non
     return BuildResult(out_dir, manifest, artifacts, timings)
 
 
-def _manifest(config: BuildConfig, manager: PassManager, metric: Any, reference: Any, validation: Any,
-              artifacts: list[Artifact], state: Any, out_dir: Path) -> dict[str, Any]:
+def _manifest(
+    config: BuildConfig,
+    manager: PassManager,
+    metric: Any,
+    reference: Any,
+    validation: Any,
+    artifacts: list[Artifact],
+    state: Any,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Everything deterministic about the build: same inputs give a byte-identical manifest.json."""
     failed = any(a.gate.get("status") == "fail" for a in artifacts)
     return {
@@ -136,9 +156,14 @@ def _manifest(config: BuildConfig, manager: PassManager, metric: Any, reference:
         "pipeline": manager.pipeline_string(),
         "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
         "budget": {"max_drift": config.validate_.max_drift},
-        "reference": {"metric": metric.name, "value": reference.value, "source": validation.source,
-                      "samples": len(validation), "higher_is_better": metric.higher_is_better},
+        "reference": {
+            "metric": metric.name,
+            "value": reference.value,
+            "source": validation.source,
+            "samples": len(validation),
+            "higher_is_better": metric.higher_is_better,
+        },
         "artifacts": [artifact_entry(a, out_dir) for a in artifacts],
-        "passes": [],  # filled by build(): global and target-level pass records, wall-clock figures removed
+        "passes": [r.stable_json() for r in state.history],  # the pipeline's; each artifact lists its target's
         "versions": library_versions(),
     }

@@ -8,7 +8,9 @@ not, because restoring a rewired nn.Module would need a pickle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -18,11 +20,30 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.state import ModelState
+from deployc.state import ModelState, Table
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DEPLOYC_CACHE_DIR") or Path.home() / ".cache" / "deployc") / "passes"
+
+
+def module_digest(module: Any) -> str:
+    """Hash of a torch module's architecture (its repr) and every weight and buffer."""
+    import torch
+
+    h = hashlib.sha256(repr(module).encode())
+    for name, value in module.state_dict().items():
+        h.update(name.encode())
+        if not isinstance(value, torch.Tensor):
+            h.update(repr(value).encode())
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        try:
+            h.update(t.numpy().tobytes())
+        except (TypeError, RuntimeError):  # dtypes numpy cannot hold (bfloat16, quantized): their raw bytes
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def state_digest(state: ModelState) -> str:
@@ -34,10 +55,7 @@ def state_digest(state: ModelState) -> str:
     if state.onnx is not None:
         h.update(state.onnx.SerializeToString(deterministic=True))
     elif state.module is not None:
-        h.update(repr(state.module).encode())  # architecture (layer types and shapes)
-        for name, tensor in state.module.state_dict().items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(module_digest(state.module).encode())
     return h.hexdigest()
 
 
@@ -56,7 +74,9 @@ def dataset_digest(data: Any) -> str:
 @dataclass
 class CacheHit:
     proto: Any
+    modified: bool
     metrics: dict[str, Any]
+    tables: tuple[Table, ...]
     facts_added: list[str]
 
 
@@ -67,11 +87,12 @@ class PassCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, state: ModelState, pass_name: str, config: dict[str, Any], data_digests: list[str]) -> str:
-        from pipeline.manifest import library_versions
+    def key(self, state: ModelState, p: Any, config: dict[str, Any], data_digests: list[str]) -> str:
+        from deployc.manifest import library_versions
 
         versions = {k: v for k, v in library_versions().items() if k != "deployc"}
-        payload = json.dumps([pass_name, config, data_digests, versions, _code_version()], sort_keys=True, default=str)
+        code = code_version(type(p))
+        payload = json.dumps([p.name, config, data_digests, versions, code], sort_keys=True, default=str)
         return hashlib.sha256((state_digest(state) + payload).encode()).hexdigest()
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -94,9 +115,21 @@ class PassCache:
         now = time.time()
         os.utime(meta_path, (now, now))  # recency for prune()
         self.hits += 1
-        return CacheHit(proto, meta["metrics"], meta["facts_added"])
+        tables = tuple(
+            Table(t["title"], tuple(t["header"]), tuple(map(tuple, t["rows"])), frozenset(t["timed"]))
+            for t in meta.get("tables", [])
+        )
+        return CacheHit(proto, meta.get("modified", True), meta["metrics"], tables, meta["facts_added"])
 
-    def store(self, key: str, proto: Any, metrics: dict[str, Any], facts_added: list[str]) -> None:
+    def store(
+        self,
+        key: str,
+        proto: Any,
+        modified: bool,
+        metrics: dict[str, Any],
+        tables: tuple[Table, ...],
+        facts_added: list[str],
+    ) -> None:
         import onnx
 
         if not self.enabled:
@@ -107,7 +140,9 @@ class PassCache:
         onnx.save(proto, str(tmp))
         os.replace(tmp, model_path)
         tmp = meta_path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"metrics": metrics, "facts_added": facts_added}, default=str))
+        saved = [{**t.to_json(), "timed": sorted(t.timed)} for t in tables]
+        meta = {"modified": modified, "metrics": metrics, "tables": saved, "facts_added": facts_added}
+        tmp.write_text(json.dumps(meta, default=str))
         os.replace(tmp, meta_path)  # written last: an entry without its .json is never read
 
     def entries(self) -> list[tuple[Path, Path, float, int]]:
@@ -139,11 +174,13 @@ class PassCache:
         return {"removed": removed, "bytes": kept}
 
 
-def _code_version() -> str:
-    """Hash of deployc's own pass code, so editing a pass invalidates its cached results."""
-    root = Path(__file__).resolve().parent.parent
+@functools.cache
+def code_version(pass_cls: type) -> str:
+    """Hash of the driver's code and of every module beside the pass's own (the helpers it calls), so editing
+    either invalidates the pass's cached results. Works for third-party passes and the installed layout alike."""
+    folders = {Path(__file__).resolve().parent, Path(inspect.getfile(pass_cls)).resolve().parent}
     h = hashlib.sha256()
-    for folder in ("passes", "targets", "pipeline"):
-        for path in sorted((root / folder).glob("*.py")):
-            h.update(path.read_bytes())
+    for folder in sorted(folders):
+        for path in sorted(folder.glob("*.py")):
+            h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 
 def append_step_summary(report_md: str | Path, environ: Mapping[str, str] | None = None) -> Path | None:

@@ -10,26 +10,33 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-from pipeline.errors import DeploycError
-from pipeline.errors import UsageError
+from deployc import __version__
+from deployc.errors import DeploycError, UsageError
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    from pipeline.report import report_view
+    from deployc.report import report_view
 
     m = report_view(result.manifest, result.timings)
-    return {"status": m["status"], "exit_code": result.exit_code, "out_dir": str(result.out_dir),
-            "pipeline": m["pipeline"], "reference": m["reference"], "seconds": m["timings"]["total_seconds"],
-            "artifacts": [{k: a[k] for k in ("target", "precision", "path", "bytes", "sha256", "metrics", "gate", "perf")}
-                          for a in m["artifacts"]]}
+    return {
+        "status": m["status"],
+        "exit_code": result.exit_code,
+        "out_dir": str(result.out_dir),
+        "pipeline": m["pipeline"],
+        "reference": m["reference"],
+        "seconds": m["timings"]["total_seconds"],
+        "artifacts": [
+            {k: a[k] for k in ("target", "precision", "path", "bytes", "sha256", "metrics", "gate", "perf")}
+            for a in m["artifacts"]
+        ],
+    }
 
 
 def print_table(result: Any, stream: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.report import artifact_rows, report_view
+    from deployc.report import artifact_rows, report_view
 
     manifest = report_view(result.manifest, result.timings)
     table = Table(title=f"deployc: {manifest['name']} ({manifest['status']})")
@@ -40,9 +47,9 @@ def print_table(result: Any, stream: Any = None) -> None:
     Console(file=stream or sys.stdout, width=110).print(table)
 
 
-def _finish(result: Any, args: argparse.Namespace) -> int:
+def finish_build(result: Any, args: argparse.Namespace) -> int:
     """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
-    from pipeline.ci_summary import append_step_summary
+    from deployc.ci_summary import append_step_summary
 
     append_step_summary(result.out_dir / "report.md")
     if args.json:
@@ -54,21 +61,16 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build
+    from deployc.build import build
 
-    result = build(args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache)
-    return _finish(result, args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from examples.demo import run_demo
-
-    result = run_demo(out=args.out, quiet=args.quiet or args.json, cache=not args.no_cache)
-    return _finish(result, args)
+    result = build(
+        args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache
+    )
+    return finish_build(result, args)
 
 
 def _cmd_validate_config(args: argparse.Namespace) -> int:
-    from pipeline.build import check
+    from deployc.build import check
 
     _, manager = check(args.config)
     if args.json:
@@ -79,7 +81,7 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from pipeline.cache import PassCache
+    from deployc.cache import PassCache
 
     cache = PassCache()
     result = cache.prune(_parse_size(args.max_size)) if args.action == "prune" else cache.info()
@@ -88,17 +90,19 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     elif not args.quiet:
-        from pipeline.report import human_bytes
+        from deployc.report import human_bytes
 
-        print(f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
-              + (f" ({result['removed']} removed)" if "removed" in result else ""))
+        print(
+            f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
+            + (f" ({result['removed']} removed)" if "removed" in result else "")
+        )
     return 0
 
 
 def _parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
     num = text.rstrip("BKMGbkmg")
-    unit = text[len(num):].upper()
+    unit = text[len(num) :].upper()
     try:
         return int(float(num) * units[unit])
     except (ValueError, KeyError):
@@ -111,9 +115,12 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     common.add_argument("--debug", action="store_true", help="show Python tracebacks")
     common.add_argument("--no-cache", action="store_true", help="run every pass; neither read nor write the pass cache")
-    p = argparse.ArgumentParser(prog="deployc", description="Compile a trained PyTorch model into validated deployment artifacts.",
-                                epilog="exit codes: 0 built and every gate passed; 2 bad usage, config or input (nothing built); "
-                                       "3 built but a validation gate failed; 1 internal error")
+    p = argparse.ArgumentParser(
+        prog="deployc",
+        description="Compile a trained PyTorch model into validated deployment artifacts.",
+        epilog="exit codes: 0 built and every gate passed; 2 bad usage, config or input (nothing built); "
+        "3 built but a validation gate failed; 1 internal error",
+    )
     p.add_argument("--version", action="version", version=f"deployc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", parents=[common], help="build and validate the artifacts a config describes")
@@ -121,19 +128,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="output folder (default: deployc-out/<name>)")
     b.add_argument("--target", action="append", help="build only this target (repeatable)")
     b.set_defaults(func=_cmd_build)
-    d = sub.add_parser("demo", parents=[common], help="train (once, cached) a small CNN on digits and build it")
-    d.add_argument("--out", type=Path, default=Path("deployc-demo"))
-    d.set_defaults(func=_cmd_demo)
     c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
     c.add_argument("action", choices=["info", "prune"])
     c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
     c.set_defaults(func=_cmd_cache)
-    from pipeline.bench import add_bench_parser
+    from deployc.registry import commands
 
-    add_bench_parser(sub, parents=[common])
-    from passes.explain import add_explain_parser
-
-    add_explain_parser(sub)
+    for add_parser in commands().values():  # bench, explain, demo and any plugin's commands
+        add_parser(sub, parents=[common])
     v = sub.add_parser("validate-config", parents=[common], help="check a config and its pipeline without building")
     v.add_argument("config", type=Path)
     v.set_defaults(func=_cmd_validate_config)
@@ -148,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeploycError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"deployc: error: {exc}", file=sys.stderr)
+        kind = "internal error" if exc.exit_code == 1 else "error"  # exit 1: a bug in deployc or a library
+        hint = " (run with --debug for the traceback)" if exc.exit_code == 1 and not args.debug else ""
+        print(f"deployc: {kind}: {exc}{hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("deployc: interrupted", file=sys.stderr)
@@ -156,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal error: a bug in deployc or a library, not the user's input
         if args.debug:
             traceback.print_exc()
-        print(f"deployc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"deployc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

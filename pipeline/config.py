@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 
 class StrictModel(BaseModel):
@@ -34,7 +34,9 @@ class InputConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    factory: str | None = Field(None, description="'file.py:callable' or 'package.module:callable' returning an nn.Module")
+    factory: str | None = Field(
+        None, description="'file.py:callable' or 'package.module:callable' returning an nn.Module"
+    )
     weights: Path | None = Field(None, description=".safetensors, or a state_dict file loaded with weights_only=True")
     onnx: Path | None = Field(None, description="an .onnx file; torch-level passes refuse it")
     exported: Path | None = Field(None, description="a torch.export .pt2 file")
@@ -42,7 +44,7 @@ class ModelConfig(StrictModel):
     allow_pickle: bool = Field(False, description="allow loading pickled objects (runs code from the file)")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
+    def _one_source(self) -> ModelConfig:
         sources = [k for k in ("factory", "onnx", "exported") if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"give exactly one of factory, onnx, exported (got {', '.join(sources)})")
@@ -75,15 +77,19 @@ class DataSource(StrictModel):
         raise ValueError(f"'{value}' is not 'digits[:split]', a .npz file or 'file.py:callable'")
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataSource":
+    def _path_needed(self) -> DataSource:
         if self.kind != "digits" and not self.path:
             raise ValueError(f"a '{self.kind}' source needs 'path'")
         return self
 
 
 class DataConfig(StrictModel):
-    train: DataSource | None = Field(None, description="labelled samples for passes that train; defaults to digits' train split")
-    calibration: DataSource | None = Field(None, description="samples for int8 calibration; defaults to validation's train split")
+    train: DataSource | None = Field(
+        None, description="labelled samples for passes that train; defaults to digits' train split"
+    )
+    calibration: DataSource | None = Field(
+        None, description="samples for int8 calibration; defaults to validation's train split"
+    )
     validation: DataSource | None = None
     metric: str = Field("top1", description="top1 | top5 | cosine | mse | 'file.py:callable'")
     batch_size: int = Field(64, gt=0)
@@ -98,10 +104,13 @@ class TuneSpec(StrictModel):
     max_drift: float | None = Field(None, ge=0, description="drift the tuner aims for; default validate.max_drift")
     max_trials: int = Field(12, ge=1, description="most int8 candidates built and measured")
     data: Literal["validation", "calibration"] = Field(
-        "validation", description="samples the tuner scores on: validation (as Intel Neural Compressor does; the "
-                                  "gate then re-measures the samples the tuner chose on) or calibration")
-    methods: list[CalibrationMethod] = Field(default_factory=lambda: ["minmax", "entropy", "percentile"],
-                                             description="calibration methods tried, in order")
+        "validation",
+        description="samples the tuner scores on: validation (as Intel Neural Compressor does; the "
+        "gate then re-measures the samples the tuner chose on) or calibration",
+    )
+    methods: list[CalibrationMethod] = Field(
+        default_factory=lambda: ["minmax", "entropy", "percentile"], description="calibration methods tried, in order"
+    )
     max_fallback: int = Field(8, ge=0, description="most layers kept in fp32, the most sensitive first")
     sensitivity_samples: int = Field(64, gt=0, description="samples used to rank layers by sensitivity")
 
@@ -115,16 +124,24 @@ class QuantizeSpec(StrictModel):
     symmetric_activations: bool = False
     exclude: list[str] = Field(default_factory=list, description="node names kept in float")
     percentile: float = Field(99.999, gt=0, le=100)
-    tune: TuneSpec | None = Field(None, description="accuracy-aware tuning of int8 when set (e.g. tune: {max_trials: 8})")
-    channel_range_ratio: float = Field(100.0, gt=1, description="warn when a per-tensor quantized activation's "
-                                                                "channel ranges differ by more than this factor")
+    tune: TuneSpec | None = Field(
+        None, description="accuracy-aware tuning of int8 when set (e.g. tune: {max_trials: 8})"
+    )
+    channel_range_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="warn when a per-tensor quantized activation's channel ranges differ by more than this factor",
+    )
 
 
 class ValidateConfig(StrictModel):
-    max_drift: float = Field(0.01, ge=0, description="largest allowed metric drift (reference - artifact), as a fraction")
+    max_drift: float = Field(
+        0.01, ge=0, description="largest allowed metric drift (reference - artifact), as a fraction"
+    )
     latency_runs: int = Field(20, ge=1, description="batch-1 runs timed per artifact (median reported)")
     latency_gate: Literal["off", "warn", "fail"] = Field(
-        "warn", description="int8/dynamic artifact not faster than fp32 on the same runtime: log it, or fail its gate")
+        "warn", description="int8/dynamic artifact not faster than fp32 on the same runtime: log it, or fail its gate"
+    )
 
 
 class BuildConfig(StrictModel):

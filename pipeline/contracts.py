@@ -10,40 +10,57 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from pipeline.state import ModelState, TensorSpec
+from deployc.state import ModelState, PassRecord, Table, TensorSpec
 
 if TYPE_CHECKING:
-    from passes.validate import Reference
-    from pipeline.cache import PassCache
-    from pipeline.config import BuildConfig
-    from pipeline.data import Dataset
-    from pipeline.instruments import Instruments
+    from deployc.cache import PassCache
+    from deployc.config import BuildConfig
+    from deployc.data import Dataset
+    from deployc.instruments import Instruments
+    from deployc.validate import Reference
 
 
 @dataclass
 class Context:
     """What passes and targets may read besides the model: config, data, where to write, instruments."""
 
-    config: "BuildConfig"
-    train: "Dataset | None"
-    calibration: "Dataset | None"
-    validation: "Dataset | None"
+    config: BuildConfig
+    train: Dataset | None
+    calibration: Dataset | None
+    validation: Dataset | None
     work_dir: Path  # staging folder; artifacts are written here and moved into the out dir at the end
-    instruments: "Instruments"
-    cache: "PassCache | None" = None
-    reference: "Reference | None" = None  # outputs and metric of the model as loaded (tuning scores against it)
+    instruments: Instruments
+    cache: PassCache | None = None
+    reference: Reference | None = None  # outputs and metric of the model as loaded (tuning scores against it)
 
-    def dataset_for(self, fact: str) -> "Dataset | None":
+    def dataset_for(self, fact: str) -> Dataset | None:
         """The dataset behind a data.* fact (what a pass that requires it reads)."""
-        return {"data.train": self.train, "data.calibration": self.calibration,
-                "data.validation": self.validation}.get(fact)
+        return {"data.train": self.train, "data.calibration": self.calibration, "data.validation": self.validation}.get(
+            fact
+        )
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass returns: the new state, whether it changed the model, and what it measured.
+
+    `metrics` and `tables` must be deterministic (the same inputs give the same values: they go into
+    manifest.json); wall-clock figures go to `timings` (or to a Table's `timed` columns).
+    """
+
+    state: ModelState
+    modified: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tables: tuple[Table, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Pass(abc.ABC):
     """One transformation of the model. Subclasses set the ClassVars and implement run().
 
-    A pass returns a new ModelState (it never mutates the one it was given; torch passes copy the
-    module before changing it) and says honestly whether it changed anything.
+    A pass returns a new ModelState and never mutates the one it was given (torch passes copy the
+    module before changing it); `modified` must be honest. The PassManager checks both after each run,
+    and that the declared `produces` facts hold (an 'onnx' pass returns a graph, a 'torch' pass a module).
     """
 
     name: ClassVar[str]
@@ -51,18 +68,14 @@ class Pass(abc.ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()  # facts that stop holding after this pass
-    cacheable: ClassVar[bool] = False  # True when the pass's whole output is state.onnx (see pipeline/cache.py)
+    cacheable: ClassVar[bool] = False  # True when the pass's whole output is state.onnx (see deployc/cache.py)
 
     def __init__(self, config: BaseModel):
         self.config = config
 
     @abc.abstractmethod
-    def run(self, state: ModelState, ctx: Context) -> tuple[ModelState, bool, dict[str, Any]]:
-        """Return (new state, modified, metrics for the pass record).
-
-        metrics are JSON-serialisable; the key "report_tables" may hold a list of
-        {"title": str, "header": [str], "rows": [[...]]} that report.md renders as tables.
-        """
+    def run(self, state: ModelState, ctx: Context) -> PassResult:
+        """Transform `state` (without mutating it) and say what changed."""
 
 
 @dataclass
@@ -79,8 +92,9 @@ class Artifact:
     details: dict[str, Any] = field(default_factory=dict)  # target-specific facts (op counts, engine status...)
     skipped: str | None = None  # reason this artifact cannot be run here; it is then never validated
     metrics: dict[str, Any] = field(default_factory=dict)
-    perf: dict[str, Any] = field(default_factory=dict)  # timings: kept apart from deterministic fields
+    perf: dict[str, Any] = field(default_factory=dict)  # wall-clock figures: timings.json, never manifest.json
     gate: dict[str, Any] = field(default_factory=dict)
+    history: tuple[PassRecord, ...] = ()  # the target-level passes that made this artifact (after the pipeline's)
 
     @property
     def label(self) -> str:
@@ -118,7 +132,7 @@ class Target(abc.ABC):
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the artifact on its runtime; float inputs in, float outputs out."""
 
-    def close(self, artifact: Artifact) -> None:
+    def close(self, artifact: Artifact) -> None:  # noqa: B027 (optional hook: most targets keep nothing open)
         """Release whatever infer() keeps open for this artifact (sessions, interpreters)."""
 
 

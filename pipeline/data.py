@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from pipeline.config import BuildConfig, DataSource
-from pipeline.errors import UsageError
-from pipeline.pyimport import import_callable
-from pipeline.state import TensorSpec
+from deployc.config import BuildConfig, DataSource
+from deployc.errors import UsageError
+from deployc.pyimport import import_callable
+from deployc.state import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,10 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
-    def take(self, n: int) -> "Dataset":
-        return Dataset({k: v[:n] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:n], self.source)
+    def take(self, n: int) -> Dataset:
+        return Dataset(
+            {k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.source
+        )
 
     def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         for start in range(0, len(self), size):
@@ -59,8 +60,10 @@ def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
         if all(isinstance(w, int) for w in want) and int(np.prod(got)) == int(np.prod(want)) and want:
             arr = arr.reshape((len(arr),) + tuple(want))
         else:
-            raise UsageError(f"{where}: samples for input '{spec.name}' have shape {list(got)} per sample, "
-                             f"the model input expects {list(want)}")
+            raise UsageError(
+                f"{where}: samples for input '{spec.name}' have shape {list(got)} per sample, "
+                f"the model input expects {list(want)}"
+            )
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
         raise UsageError(f"{where}: input '{spec.name}' has non-numeric dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -68,7 +71,9 @@ def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
 
 
-def _load_npz(path: Path, specs: tuple[TensorSpec, ...], calibration: bool, where: str) -> tuple[dict, np.ndarray | None]:
+def _load_npz(
+    path: Path, specs: tuple[TensorSpec, ...], calibration: bool, where: str
+) -> tuple[dict, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -80,14 +85,18 @@ def _load_npz(path: Path, specs: tuple[TensorSpec, ...], calibration: bool, wher
     for spec in specs:
         key = f"calib_{spec.name}" if calibration and f"calib_{spec.name}" in arrays else spec.name
         if key not in arrays:
-            raise UsageError(f"{where}: '{path}' has no array '{spec.name}' for model input '{spec.name}' "
-                             f"(arrays: {', '.join(sorted(arrays)) or 'none'})")
+            raise UsageError(
+                f"{where}: '{path}' has no array '{spec.name}' for model input '{spec.name}' "
+                f"(arrays: {', '.join(sorted(arrays)) or 'none'})"
+            )
         inputs[spec.name] = arrays[key]
     labels = None if calibration and any(f"calib_{s.name}" in arrays for s in specs) else arrays.get("labels")
     return inputs, labels
 
 
-def _load_factory(spec: str, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str) -> tuple[dict, np.ndarray | None]:
+def _load_factory(
+    spec: str, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str
+) -> tuple[dict, np.ndarray | None]:
     fn = import_callable(spec, config.base_dir, where)
     try:
         items = list(fn())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class DeploycError(Exception):
-    """Base class: an error that is the user's to fix, reported without a traceback."""
+    """Base class: an error reported without a traceback (the exit code says whose it is to fix)."""
 
     exit_code = 1
 
@@ -15,13 +15,24 @@ class UsageError(DeploycError):
     exit_code = 2
 
 
+def _where(pass_name: str, ran_before: tuple[str, ...]) -> str:
+    return f"pass '{pass_name}' (after: {' | '.join(ran_before) if ran_before else 'nothing; first in the pipeline'})"
+
+
 class PipelineError(UsageError):
     """A pipeline that cannot run as written; names the pass, its key and what ran before it."""
 
     def __init__(self, message: str, *, pass_name: str | None = None, ran_before: tuple[str, ...] = ()):
-        where = f"pass '{pass_name}'" if pass_name else "pipeline"
-        before = f" (after: {' | '.join(ran_before)})" if ran_before else " (first in the pipeline)"
-        super().__init__(f"{where}{before if pass_name else ''}: {message}")
+        super().__init__(f"{_where(pass_name, ran_before)}: {message}" if pass_name else f"pipeline: {message}")
+        self.pass_name = pass_name
+        self.ran_before = ran_before
+
+
+class PassError(DeploycError):
+    """A pass raised an unexpected exception or broke its contract (exit 1: a bug in the pass or a library)."""
+
+    def __init__(self, message: str, *, pass_name: str, ran_before: tuple[str, ...] = ()):
+        super().__init__(f"{_where(pass_name, ran_before)}: {message}")
         self.pass_name = pass_name
         self.ran_before = ran_before
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 
 class Instrument(Protocol):
@@ -61,9 +62,15 @@ class Instruments:
         if self.fancy:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-                          console=self._console, transient=True) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self._console,
+                transient=True,
+            ) as bar:
                 task = bar.add_task(description, total=total, info="")
 
                 def advance(n: int = 1, **fields: Any) -> None:

@@ -24,20 +24,31 @@ def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) 
     budget = manifest["budget"]["max_drift"]
     arts = manifest["artifacts"]
     statuses = [(a.get("gate") or {}).get("status") for a in arts]
-    counts = {"tests": str(len(arts)), "failures": str(statuses.count("fail")),
-              "errors": str(sum(s not in ("pass", "fail", "skipped") for s in statuses)),
-              "skipped": str(statuses.count("skipped"))}
+    counts = {
+        "tests": str(len(arts)),
+        "failures": str(statuses.count("fail")),
+        "errors": str(sum(s not in ("pass", "fail", "skipped") for s in statuses)),
+        "skipped": str(statuses.count("skipped")),
+    }
     seconds = f"{(timings or manifest.get('timings') or {}).get('total_seconds', 0.0):.3f}"
     root = ET.Element("testsuites", name="deployc", time=seconds, **counts)
     suite = ET.SubElement(root, "testsuite", name=f"deployc.{manifest['name']}", time=seconds, **counts)
     props = ET.SubElement(suite, "properties")
-    for key, value in (("pipeline", manifest["pipeline"]), ("reference", f"{metric}={manifest['reference']['value']:.6g}"),
-                       ("max_drift", f"{budget:g}")):
+    for key, value in (
+        ("pipeline", manifest["pipeline"]),
+        ("reference", f"{metric}={manifest['reference']['value']:.6g}"),
+        ("max_drift", f"{budget:g}"),
+    ):
         ET.SubElement(props, "property", name=key, value=str(value))
     for a, status in zip(arts, statuses):
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
-        case = ET.SubElement(suite, "testcase", classname=f"deployc.{manifest['name']}.{a['target']}",
-                             name=f"{a['target']}/{a['precision']}", time="0")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"deployc.{manifest['name']}.{a['target']}",
+            name=f"{a['target']}/{a['precision']}",
+            time="0",
+        )
         if status == "fail":
             failure = ET.SubElement(case, "failure", message=_drift_message(a, metric, budget), type="DriftExceeded")
             failure.text = gate.get("reason", "")

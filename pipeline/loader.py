@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import BuildConfig
-from pipeline.errors import UsageError
-from pipeline.pyimport import import_callable
-from pipeline.state import ModelState, TensorSpec
+from deployc.config import BuildConfig
+from deployc.errors import UsageError
+from deployc.pyimport import import_callable
+from deployc.state import ModelState, TensorSpec
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -20,7 +20,7 @@ def initial_facts(config: BuildConfig) -> frozenset[str]:
     """Facts known from the config alone, so the pipeline can be checked before anything loads."""
     m = config.model
     facts = {"onnx"} if m.onnx is not None else {"torch"}
-    from pipeline.data import calibration_source, train_source
+    from deployc.data import calibration_source, train_source
 
     if config.data.validation is not None:
         facts.add("data.validation")
@@ -63,9 +63,12 @@ def _read_weights(path: Path, allow_pickle: bool) -> Any:
             raise UsageError(
                 f"model.weights: '{path}' holds pickled Python objects, which can run code when loaded; "
                 f"refused. Save a state_dict or safetensors, or set model.allow_pickle: true if you trust it "
-                f"({str(exc).splitlines()[0]})") from None
+                f"({str(exc).splitlines()[0]})"
+            ) from None
     except Exception as exc:
-        raise UsageError(f"model.weights: cannot read '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise UsageError(
+            f"model.weights: cannot read '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)  # opted in via allow_pickle
     except Exception as exc:
@@ -84,13 +87,16 @@ def _apply_weights(module: Any, weights: Any, path: Path) -> None:
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     if missing or unexpected:
-        raise UsageError(f"model.weights: '{path}' does not fit the model: "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        raise UsageError(
+            f"model.weights: '{path}' does not fit the model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
     for k, v in weights.items():
         if isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape):
-            raise UsageError(f"model.weights: '{path}' layer '{k}' has shape {list(v.shape)}, "
-                             f"the model expects {list(own[k].shape)}")
+            raise UsageError(
+                f"model.weights: '{path}' layer '{k}' has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
+            )
     module.load_state_dict(weights, strict=True)
 
 
@@ -135,15 +141,19 @@ def _load_exported(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
-        raise UsageError(f"model.exported: '{path}' is not a readable torch.export .pt2 file "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise UsageError(
+            f"model.exported: '{path}' is not a readable torch.export .pt2 file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     specs: tuple[TensorSpec, ...] = ()
     example = getattr(ep, "example_inputs", None)
     if example:
         args = example[0]
-        specs = tuple(TensorSpec(n, ("batch",) + tuple(a.shape[1:]), str(a.dtype).removeprefix("torch."))
-                      for n, a in zip(names, args))
+        specs = tuple(
+            TensorSpec(n, ("batch",) + tuple(a.shape[1:]), str(a.dtype).removeprefix("torch."))
+            for n, a in zip(names, args)
+        )
     module = ep.module()
     _check_finite(module.state_dict(), f"model.exported '{path}'")
     return module, specs
@@ -162,8 +172,10 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"model.onnx: '{path}' is not a valid ONNX model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise UsageError(
+            f"model.onnx: '{path}' is not a valid ONNX model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     init_names = {i.name for i in proto.graph.initializer}
     specs = []
     for vi in proto.graph.input:
@@ -172,7 +184,7 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
         t = vi.type.tensor_type
         dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in t.shape.dim)
         specs.append(TensorSpec(vi.name, dims, _ONNX_DTYPES.get(t.elem_type, "float32")))
-    from pipeline.numerics import check_onnx_finite
+    from deployc.numerics import check_onnx_finite
 
     check_onnx_finite(proto, f"model.onnx '{path}'")
     return proto, tuple(specs)
@@ -188,11 +200,14 @@ def _load_external_data_safely(proto: Any, path: Path) -> None:
         location = next((e.value for e in t.external_data if e.key == "location"), "")
         target = (base / location).resolve()
         if not target.is_relative_to(base):
-            raise UsageError(f"model.onnx: '{path}' initializer '{t.name}' points at external data "
-                             f"'{location}' outside the model's folder; refused")
+            raise UsageError(
+                f"model.onnx: '{path}' initializer '{t.name}' points at external data "
+                f"'{location}' outside the model's folder; refused"
+            )
         if not target.is_file():
-            raise UsageError(f"model.onnx: '{path}' initializer '{t.name}' needs external data file "
-                             f"'{location}', which is missing")
+            raise UsageError(
+                f"model.onnx: '{path}' initializer '{t.name}' needs external data file '{location}', which is missing"
+            )
     if tensors:
         load_external_data_for_model(proto, str(base))
 
@@ -228,5 +243,7 @@ def _smoke_run(module: Any, specs: tuple[TensorSpec, ...]) -> None:
             module(*args)
     except Exception as exc:
         shown = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
-        raise UsageError(f"model.inputs: the model does not accept inputs {shown}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise UsageError(
+            f"model.inputs: the model does not accept inputs {shown}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None

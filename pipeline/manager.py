@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config import BuildConfig, format_validation_error
-from pipeline.contracts import Context, Pass, Target
-from pipeline.errors import DeploycError, PipelineError, UsageError
-from pipeline.pipeline_string import format_pipeline
-from pipeline.registry import get_pass, get_target
-from pipeline.state import ModelState, PassRecord
+from deployc.cache import dataset_digest, module_digest
+from deployc.config import BuildConfig, format_validation_error
+from deployc.contracts import Context, Pass, PassResult, Target
+from deployc.errors import DeploycError, PassError, PipelineError, UsageError
+from deployc.pipeline_string import format_pipeline
+from deployc.registry import get_pass, get_target
+from deployc.state import ModelState, PassRecord
 
 # What each fact means, for errors that say how to satisfy a requirement.
 FACT_HINTS = {
@@ -45,13 +47,17 @@ class PlannedTarget:
         return self.options.model_dump(mode="json", exclude_defaults=True)
 
 
-def _validate_options(model: type[BaseModel], options: dict[str, Any] | None, where: str, pass_name: str,
-                      ran_before: tuple[str, ...]) -> BaseModel:
+def _validate_options(
+    model: type[BaseModel], options: dict[str, Any] | None, where: str, pass_name: str, ran_before: tuple[str, ...]
+) -> BaseModel:
     try:
         return model.model_validate(options or {})
     except ValidationError as exc:
-        raise PipelineError(format_validation_error(exc, model, where).replace(f"{where}: ", f"{where}.", 1),
-                            pass_name=pass_name, ran_before=ran_before) from None
+        raise PipelineError(
+            format_validation_error(exc, model, where).replace(f"{where}: ", f"{where}.", 1),
+            pass_name=pass_name,
+            ran_before=ran_before,
+        ) from None
 
 
 class PassManager:
@@ -63,12 +69,12 @@ class PassManager:
         self.initial = initial
 
     @classmethod
-    def from_config(cls, config: BuildConfig, initial: frozenset[str], only: list[str] | None = None) -> "PassManager":
+    def from_config(cls, config: BuildConfig, initial: frozenset[str], only: list[str] | None = None) -> PassManager:
         """Resolve names and options and check requirements; raises PipelineError before any work."""
         planned: list[PlannedPass] = []
         facts = set(initial)
         for i, entry in enumerate(config.passes):
-            (name, options), = entry.items()
+            ((name, options),) = entry.items()
             before = tuple(p.cls.name for p in planned)
             try:
                 pass_cls = get_pass(name)
@@ -116,7 +122,11 @@ class PassManager:
 
 
 def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
-    """Run one pass with instruments around it; errors name the pass and the passes before it."""
+    """Run one pass with instruments around it and its contract checked after it.
+
+    Any exception is re-raised naming the pass and the passes before it: the user's to fix (a
+    DeploycError keeps its exit code) or an internal error (PassError, exit 1).
+    """
     before = tuple(r.name for r in state.history)
     missing = p.requires - state.facts
     if missing:
@@ -126,28 +136,93 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
     config = p.config.model_dump(mode="json")
     key = None
     if p.cacheable and ctx.cache is not None and ctx.cache.enabled:
-        from pipeline.cache import dataset_digest
-
         data = [dataset_digest(ctx.dataset_for(f)) for f in sorted(p.requires) if f.startswith("data.")]
-        key = ctx.cache.key(state, p.name, config, data)
+        key = ctx.cache.key(state, p, config, data)
         hit = ctx.cache.load(key)
         if hit is not None:
-            record = PassRecord(p.name, config, True, hit.metrics, time.perf_counter() - t0, cached=True)
-            facts = (state.facts - p.invalidates) | p.produces | set(hit.facts_added)
-            new_state = state.replace(onnx=hit.proto, facts=frozenset(facts)).with_record(record)
-            ctx.instruments.after_pass(p.name, new_state, record)
-            return new_state
+            result = PassResult(
+                state.replace(onnx=hit.proto, facts=state.facts | set(hit.facts_added)),
+                hit.modified,
+                hit.metrics,
+                hit.tables,
+            )
+            return _record(p, state, result, config, time.perf_counter() - t0, ctx, cached=True)
+    fingerprint = input_fingerprint(state)
     try:
-        new_state, modified, metrics = p.run(state, ctx)
+        result = p.run(state, ctx)
     except PipelineError:
         raise
     except DeploycError as exc:
         raise type(exc)(f"pass '{p.name}' (after: {' | '.join(before) or 'nothing'}): {exc}") from exc
-    seconds = time.perf_counter() - t0
-    facts = (state.facts - p.invalidates) | p.produces | (new_state.facts - state.facts)
+    except Exception as exc:
+        raise PassError(f"{type(exc).__name__}: {exc}", pass_name=p.name, ran_before=before) from exc
+    _check_contract(p, state, result, fingerprint, before)
     if key is not None:
-        ctx.cache.store(key, new_state.onnx, metrics, sorted(new_state.facts - state.facts))
-    record = PassRecord(p.name, config, modified, metrics, seconds)
-    new_state = new_state.replace(facts=frozenset(facts)).with_record(record)
+        ctx.cache.store(
+            key,
+            result.state.onnx,
+            result.modified,
+            result.metrics,
+            result.tables,
+            sorted(result.state.facts - state.facts),
+        )
+    return _record(p, state, result, config, time.perf_counter() - t0, ctx)
+
+
+def _record(
+    p: Pass,
+    state: ModelState,
+    result: PassResult,
+    config: dict[str, Any],
+    seconds: float,
+    ctx: Context,
+    cached: bool = False,
+) -> ModelState:
+    facts = (state.facts - p.invalidates) | p.produces | (result.state.facts - state.facts)
+    record = PassRecord(
+        p.name,
+        config,
+        result.modified,
+        dict(result.metrics),
+        tuple(result.tables),
+        dict(result.timings),
+        seconds,
+        cached,
+    )
+    out = result.state
+    history = out.history if out.history[: len(state.history)] == state.history else state.history
+    new_state = out.replace(facts=frozenset(facts), history=history).with_record(record)
     ctx.instruments.after_pass(p.name, new_state, record)
     return new_state
+
+
+def input_fingerprint(state: ModelState) -> tuple[str, str]:
+    """Digests of the graph and the module weights a pass receives, to prove afterwards it did not mutate them."""
+    graph = "" if state.onnx is None else hashlib.sha256(state.onnx.SerializeToString(deterministic=True)).hexdigest()
+    return graph, "" if state.module is None else module_digest(state.module)
+
+
+def _check_contract(
+    p: Pass, state: ModelState, result: Any, fingerprint: tuple[str, str], before: tuple[str, ...]
+) -> None:
+    """onnx-ir style postconditions: a PassResult, declared facts that hold, an honest `modified`, no mutation."""
+
+    def broken(message: str) -> PassError:
+        return PassError(f"broke the pass contract: {message}", pass_name=p.name, ran_before=before)
+
+    if not isinstance(result, PassResult) or not isinstance(result.state, ModelState):
+        raise broken(f"run() returned {type(result).__name__}, not PassResult(state, modified, metrics)")
+    out = result.state
+    holds = {"onnx": out.onnx is not None, "torch": out.module is not None}
+    for fact in sorted(p.produces & holds.keys()):
+        if not holds[fact]:
+            raise broken(f"declares it produces '{fact}' but returned no {'graph' if fact == 'onnx' else 'module'}")
+    for fact in sorted(p.invalidates & holds.keys()):
+        if holds[fact]:
+            raise broken(
+                f"declares it invalidates '{fact}' but returned a stale {'graph' if fact == 'onnx' else 'module'}"
+            )
+    if not result.modified and (out.onnx is not state.onnx or out.module is not state.module):
+        raise broken("returned modified=False with a different graph or module")
+    if input_fingerprint(state) != fingerprint:
+        raise broken("mutated the state it was given (copy the module or graph before changing it)")

@@ -7,15 +7,27 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.contracts import Artifact
+from deployc.contracts import Artifact
 
 MANIFEST_VERSION = 1
-_LIBRARIES = ("deployc", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "onnxsim",
-              "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "tensorrt", "torch-pruning")
+_LIBRARIES = (
+    "deployc",
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "onnx-ir",
+    "onnxsim",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "ai-edge-litert",
+    "tensorrt",
+    "torch-pruning",
+)
 
 
 def sha256(path: Path) -> str:
@@ -36,36 +48,28 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# keys and report-table columns that hold wall-clock measurements: latency_ms, onnx_ms_before, seconds, "ms/sample"...
-_WALLCLOCK_KEY = re.compile(r"(^|_)ms($|_)|latency|seconds")
-_WALLCLOCK_COLUMN = re.compile(r"\bms\b|latency", re.IGNORECASE)
-
-
-def stable_copy(obj: Any) -> Any:
-    """`obj` without wall-clock figures, so manifest.json is byte-identical for the same inputs;
-    the full figures go to timings.json (report_view puts them back for people)."""
-    if isinstance(obj, dict):
-        if {"header", "rows"} <= obj.keys():
-            keep = [i for i, h in enumerate(obj["header"]) if not _WALLCLOCK_COLUMN.search(str(h))]
-            return {**{k: stable_copy(v) for k, v in obj.items() if k not in ("header", "rows")},
-                    "header": [obj["header"][i] for i in keep], "rows": [[r[i] for i in keep] for r in obj["rows"]]}
-        return {k: stable_copy(v) for k, v in obj.items() if not _WALLCLOCK_KEY.search(k)}
-    if isinstance(obj, list):
-        return [stable_copy(v) for v in obj]
-    return obj
-
-
 def artifact_entry(art: Artifact, out_dir: Path) -> dict[str, Any]:
     """The manifest record of one artifact; `path` is relative to the out dir."""
-    entry: dict[str, Any] = {"target": art.target, "precision": art.precision,
-                             "runtime": art.runtime, "runtime_version": art.runtime_version}
+    entry: dict[str, Any] = {
+        "target": art.target,
+        "precision": art.precision,
+        "runtime": art.runtime,
+        "runtime_version": art.runtime_version,
+    }
     if art.path is not None and art.path.exists():
-        entry.update(path=art.path.relative_to(out_dir).as_posix(), sha256=sha256(art.path),
-                     bytes=art.path.stat().st_size)
+        entry.update(
+            path=art.path.relative_to(out_dir).as_posix(), sha256=sha256(art.path), bytes=art.path.stat().st_size
+        )
     else:
         entry.update(path=None, sha256=None, bytes=None)
-    entry.update(inputs=art.inputs, outputs=art.outputs, details=stable_copy(art.details), metrics=art.metrics,
-                 gate=art.gate)
+    entry.update(
+        inputs=art.inputs,
+        outputs=art.outputs,
+        details=art.details,
+        metrics=art.metrics,
+        gate=art.gate,
+        passes=[r.stable_json() for r in art.history],
+    )
     return entry
 
 

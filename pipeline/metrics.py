@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from pipeline.config import BuildConfig
-from pipeline.errors import UsageError
-from pipeline.pyimport import import_callable
+from deployc.config import BuildConfig
+from deployc.errors import UsageError
+from deployc.pyimport import import_callable
 
 # fn(outputs, targets) -> float; targets are the labels, or the reference model's first output
 MetricFn = Callable[[list[np.ndarray], np.ndarray], float]
@@ -32,6 +32,7 @@ def _topk(k: int) -> MetricFn:
         logits = outputs[0].reshape(len(outputs[0]), -1)
         top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         return float((top == labels.reshape(-1, 1)).any(axis=1).mean())
+
     return fn
 
 
@@ -63,9 +64,11 @@ def get_metric(config: BuildConfig) -> Metric:
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" not in name:
-        from pipeline.config import suggest
+        from deployc.config import suggest
 
-        raise UsageError(f"data.metric: unknown metric '{name}'{suggest(name, set(BUILTIN))}; "
-                         f"use {', '.join(BUILTIN)} or 'file.py:callable'")
+        raise UsageError(
+            f"data.metric: unknown metric '{name}'{suggest(name, set(BUILTIN))}; "
+            f"use {', '.join(BUILTIN)} or 'file.py:callable'"
+        )
     fn = import_callable(name, config.base_dir, "data.metric")
     return Metric(name, fn, bool(getattr(fn, "higher_is_better", True)), bool(getattr(fn, "needs_labels", True)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 
 def check_onnx_finite(proto: Any, where: str) -> None:

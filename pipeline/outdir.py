@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 LOCK_NAME = ".deployc.lock"
 
@@ -36,7 +36,7 @@ class OutDir:
         self.staging: Path | None = None
         self._lock_fd: int | None = None
 
-    def __enter__(self) -> "OutDir":
+    def __enter__(self) -> OutDir:
         self.created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -48,8 +48,10 @@ class OutDir:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UsageError(f"--out: another deployc build (pid {holder}) is writing to '{self.path}'; "
-                             "wait for it or choose another --out") from None
+            raise UsageError(
+                f"--out: another deployc build (pid {holder}) is writing to '{self.path}'; "
+                "wait for it or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd

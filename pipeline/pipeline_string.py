@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 _BARE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
 

@@ -6,10 +6,11 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 
 def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
@@ -38,8 +39,30 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise UsageError(f"{key}: cannot import module '{target}': {exc}") from exc
+            raise UsageError(f"{key}: cannot import module '{target}': {exc}{_moved_hint(target, attr)}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UsageError(f"{key}: '{attr}' is not a callable in '{target}'")
     return fn
+
+
+# deployc's own modules before they moved under the one `deployc` package (old name prefix -> new)
+_MOVED = {
+    "examples": "deployc.examples",
+    "passes": "deployc.passes",
+    "targets": "deployc.targets",
+    "pipeline": "deployc",
+}
+
+
+def _moved_hint(target: str, attr: str) -> str:
+    """' (did you mean ...?)' when `target` is an old deployc module name that now lives under `deployc`."""
+    head, _, rest = target.partition(".")
+    if head not in _MOVED:
+        return ""
+    new = _MOVED[head] + (f".{rest}" if rest else "")
+    try:
+        found = hasattr(importlib.import_module(new), attr)
+    except ImportError:
+        return ""
+    return f" (did you mean '{new}:{attr}'? deployc's modules now live in the deployc package)" if found else ""

@@ -1,58 +1,104 @@
-"""Name → class tables for passes and targets; the driver looks things up here, never branches on names."""
+"""Name → class tables for passes, targets, instruments and CLI commands, filled from entry points.
+
+This is the one place where the driver meets the plugins: installed packages (deployc's own included)
+declare them under the entry-point groups below, and a plugin module is imported only when its name
+is used. The driver never branches on a pass or target name.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import TypeVar
+import functools
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
 
-from pipeline.config import suggest
-from pipeline.contracts import Pass, Target
+from deployc.config import suggest
+from deployc.contracts import Pass, Target
+from deployc.errors import UsageError
 
-_PASSES: dict[str, type[Pass]] = {}
-_TARGETS: dict[str, type[Target]] = {}
-# Modules that register on import; importing them is cheap (heavy libraries load inside run/build).
-_PLUGIN_MODULES = ("passes", "targets")
+PASSES, TARGETS, INSTRUMENTS, COMMANDS = "deployc.passes", "deployc.targets", "deployc.instruments", "deployc.commands"
+_BASES: dict[str, type] = {PASSES: Pass, TARGETS: Target}
+_registered: dict[str, dict[str, Any]] = {PASSES: {}, TARGETS: {}, INSTRUMENTS: {}, COMMANDS: {}}
 
 P = TypeVar("P", bound=type[Pass])
 T = TypeVar("T", bound=type[Target])
 
 
+@functools.cache
+def _declared(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+@functools.cache
+def _load(group: str, name: str) -> Any:
+    ep = _declared(group)[name]
+    where = f"entry point '{name}' of group {group} ({ep.value}"
+    where += f", from package {ep.dist.name})" if ep.dist else ")"
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        raise UsageError(f"{where} cannot be imported: {type(exc).__name__}: {exc}") from exc
+    base = _BASES.get(group)
+    if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+        raise UsageError(f"{where} is not a {base.__name__} subclass")
+    if base is not None and obj.name != name:
+        raise UsageError(f"{where} defines name '{obj.name}', not '{name}'")
+    return obj
+
+
+def names(group: str) -> list[str]:
+    """Every name in a group, without importing any plugin."""
+    return sorted(set(_declared(group)) | set(_registered[group]))
+
+
+def get(group: str, name: str) -> Any:
+    if name in _registered[group]:
+        return _registered[group][name]
+    if name not in _declared(group):
+        known = names(group)
+        kind = {PASSES: "pass", TARGETS: "target", INSTRUMENTS: "instrument", COMMANDS: "command"}[group]
+        raise KeyError(f"unknown {kind} '{name}'{suggest(name, set(known))}; known: {', '.join(known)}")
+    return _load(group, name)
+
+
+def register(group: str, name: str, obj: Any) -> None:
+    """Add a plugin from code (tests, notebooks); packages use entry points instead."""
+    current = _registered[group].get(name)
+    if current is not None and current is not obj:
+        raise RuntimeError(f"two plugins named '{name}' in {group}: {current} and {obj}")
+    _registered[group][name] = obj
+
+
 def register_pass(cls: P) -> P:
-    if cls.name in _PASSES and _PASSES[cls.name] is not cls:
-        raise RuntimeError(f"two passes named '{cls.name}': {_PASSES[cls.name]} and {cls}")
-    _PASSES[cls.name] = cls
+    register(PASSES, cls.name, cls)
     return cls
 
 
 def register_target(cls: T) -> T:
-    _TARGETS[cls.name] = cls
+    register(TARGETS, cls.name, cls)
     return cls
 
 
-def _load_plugins() -> None:
-    for module in _PLUGIN_MODULES:
-        importlib.import_module(module)
-
-
 def pass_names() -> list[str]:
-    _load_plugins()
-    return sorted(_PASSES)
+    return names(PASSES)
 
 
 def target_names() -> list[str]:
-    _load_plugins()
-    return sorted(_TARGETS)
+    return names(TARGETS)
 
 
 def get_pass(name: str) -> type[Pass]:
-    _load_plugins()
-    if name not in _PASSES:
-        raise KeyError(f"unknown pass '{name}'{suggest(name, set(_PASSES))}; known: {', '.join(sorted(_PASSES))}")
-    return _PASSES[name]
+    return get(PASSES, name)
 
 
 def get_target(name: str) -> type[Target]:
-    _load_plugins()
-    if name not in _TARGETS:
-        raise KeyError(f"unknown target '{name}'{suggest(name, set(_TARGETS))}; known: {', '.join(sorted(_TARGETS))}")
-    return _TARGETS[name]
+    return get(TARGETS, name)
+
+
+def instruments() -> list[Any]:
+    """One instance of every instrument plugin (hooks run around each pass of every build)."""
+    return [get(INSTRUMENTS, n)() for n in names(INSTRUMENTS)]
+
+
+def commands() -> dict[str, Any]:
+    """CLI command plugins: name → add_parser(subparsers, parents)."""
+    return {n: get(COMMANDS, n) for n in names(COMMANDS)}

@@ -15,13 +15,49 @@ def human_bytes(n: int | None) -> str:
     return str(n)
 
 
+def _with_timings(records: list[dict[str, Any]], timed: list[dict[str, Any]], scope: str) -> list[dict[str, Any]]:
+    """Pass records joined with their wall-clock part (timings.json): seconds, cache hit, full tables."""
+    out = []
+    for i, p in enumerate(records):
+        t = timed[i] if i < len(timed) else {}
+        out.append(
+            dict(
+                p,
+                scope=scope,
+                seconds=t.get("seconds"),
+                cached=t.get("cached", False),
+                timings=t.get("timings", {}),
+                tables=t.get("tables", p.get("tables", [])),
+            )
+        )
+    return out
+
+
+def _shared_prefix(histories: list[list[dict[str, Any]]]) -> int:
+    """How many leading pass records every artifact of one target shares (export, simplify...)."""
+    n = min(len(h) for h in histories)
+    return next((i for i in range(n) if any(h[i] != histories[0][i] for h in histories)), n)
+
+
 def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
-    """The manifest plus wall-clock figures (kept out of manifest.json so it stays deterministic)."""
+    """The manifest plus wall-clock figures (kept out of manifest.json so it stays deterministic), and
+    `all_passes`: the pipeline's passes, then each target's (passes its artifacts share listed once)."""
     perf = timings.get("artifacts", {})
     arts = [dict(a, perf=perf.get(f"{a['target']}/{a['precision']}", {})) for a in manifest["artifacts"]]
-    full = timings.get("pass_metrics", {})  # pass metrics with their wall-clock columns
-    passes = [dict(p, metrics=full.get(str(i), p["metrics"])) for i, p in enumerate(manifest["passes"])]
-    return dict(manifest, artifacts=arts, passes=passes, timings=timings)
+    passes = _with_timings(manifest["passes"], timings.get("passes", []), "pipeline")
+    per_artifact = timings.get("artifact_passes", {})
+    all_passes = list(passes)
+    for target in dict.fromkeys(a["target"] for a in arts):
+        group = [a for a in arts if a["target"] == target and a.get("passes")]
+        if not group:
+            continue
+        shared = _shared_prefix([a["passes"] for a in group])
+        for k, a in enumerate(group):
+            label = f"{a['target']}/{a['precision']}"
+            joined = _with_timings(a["passes"], per_artifact.get(label, []), label)
+            all_passes += [dict(p, scope=target) for p in joined[:shared]] if k == 0 else []
+            all_passes += joined[shared:]
+    return dict(manifest, artifacts=arts, passes=passes, all_passes=all_passes, timings=timings)
 
 
 GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped"}
@@ -33,10 +69,17 @@ def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:
     for a in manifest["artifacts"]:
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
         ms = (a.get("perf") or {}).get("latency_ms_batch1")
-        rows.append([a["target"], a["precision"], human_bytes(a.get("bytes")),
-                     f"{m['metric']:.4f}" if "metric" in m else "—",
-                     f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
-                     f"{ms:.3f}" if ms is not None else "—", GATE_MARK.get(gate.get("status"), "—")])
+        rows.append(
+            [
+                a["target"],
+                a["precision"],
+                human_bytes(a.get("bytes")),
+                f"{m['metric']:.4f}" if "metric" in m else "—",
+                f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
+                f"{ms:.3f}" if ms is not None else "—",
+                GATE_MARK.get(gate.get("status"), "—"),
+            ]
+        )
     return rows
 
 
@@ -44,10 +87,16 @@ def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _seconds(p: dict[str, Any]) -> str:
+    if p.get("seconds") is None:
+        return "—"
+    return f"{p['seconds']:.2f}" + (" (cached)" if p.get("cached") else "")
 
 
 def _target_notes(details: dict[str, Any]) -> str:
@@ -67,29 +116,55 @@ def _target_notes(details: dict[str, Any]) -> str:
 
 def render_report(manifest: dict[str, Any]) -> str:
     ref = manifest["reference"]
-    out = [f"# deployc build: {manifest['name']}", "",
-           f"Status: **{manifest['status']}** — budget: {ref['metric']} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%",
-           "", f"Pipeline: `{manifest['pipeline']}`", "",
-           f"Reference ({ref['source']}): {ref['metric']} = {ref['value']:.4f} on {ref['samples']} samples "
-           "(the model as loaded, before any pass)", "", "## Artifacts", "",
-           _table(["target", "precision", "size", ref["metric"], "drift", "ms/sample (batch 1)", "gate"],
-                  artifact_rows(manifest)), ""]
+    out = [
+        f"# deployc build: {manifest['name']}",
+        "",
+        f"Status: **{manifest['status']}** — budget: {ref['metric']} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%",
+        "",
+        f"Pipeline: `{manifest['pipeline']}`",
+        "",
+        f"Reference ({ref['source']}): {ref['metric']} = {ref['value']:.4f} on {ref['samples']} samples "
+        "(the model as loaded, before any pass)",
+        "",
+        "## Artifacts",
+        "",
+        markdown_table(
+            ["target", "precision", "size", ref["metric"], "drift", "ms/sample (batch 1)", "gate"],
+            artifact_rows(manifest),
+        ),
+        "",
+    ]
     details = []
     for a in manifest["artifacts"]:
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
         extra = ", ".join(f"{k} {m[k]:.4g}" for k in ("agreement", "max_abs_err", "cosine") if k in m)
-        details.append(f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
-                       + (f"; {extra}" if extra else "") + _target_notes(a.get("details") or {})
-                       + (f"; `{a['path']}`" if a.get("path") else ""))
+        details.append(
+            f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
+            + (f"; {extra}" if extra else "")
+            + _target_notes(a.get("details") or {})
+            + (f"; `{a['path']}`" if a.get("path") else "")
+        )
     out += ["### Gates", "", *details, ""]
-    if manifest["passes"]:
-        rows = [[p["name"], "yes" if p["modified"] else "no",
-                 f"{manifest['timings']['passes'][i]['seconds']:.2f}" + (" (cached)" if manifest["timings"]["passes"][i]["cached"] else ""),
-                 ", ".join(f"{k}={_fmt(v)}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list)))]
-                for i, p in enumerate(manifest["passes"])]
-        out += ["## Passes", "", _table(["pass", "modified", "seconds", "metrics"], rows), ""]
-    for p in manifest["passes"]:
-        for table in p["metrics"].get("report_tables", []):
-            out += [f"## {table['title']}", "", _table(table["header"], [[str(c) for c in r] for r in table["rows"]]), ""]
+    passes = manifest.get("all_passes", manifest["passes"])
+    if passes:
+        rows = [
+            [
+                p["name"],
+                p.get("scope", "pipeline"),
+                "yes" if p["modified"] else "no",
+                _seconds(p),
+                ", ".join(f"{k}={_fmt(v)}" for k, v in p["metrics"].items() if not isinstance(v, (dict, list))),
+            ]
+            for p in passes
+        ]
+        out += ["## Passes", "", markdown_table(["pass", "for", "modified", "seconds", "metrics"], rows), ""]
+    for p in passes:
+        for table in p.get("tables", []):
+            out += [
+                f"## {table['title']}",
+                "",
+                markdown_table(table["header"], [[str(c) for c in r] for r in table["rows"]]),
+                "",
+            ]
     out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()), ""]
     return "\n".join(out)

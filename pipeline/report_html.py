@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.report import GATE_MARK, human_bytes
+from deployc.report import GATE_MARK, human_bytes
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
 _CSS = """
@@ -44,8 +44,10 @@ def _table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = (0,
     """An HTML table; columns in `left` are left-aligned (names, text), the rest right (numbers)."""
     cls = [' class="l"' if i in left else "" for i in range(max([len(header)] + [len(r) for r in rows]))]
     head = "".join(f"<th{cls[i]}>{_e(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls[i]}>{c if raw else _e(_fmt(c))}</td>" for i, c in enumerate(r)) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{cls[i]}>{c if raw else _e(_fmt(c))}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
@@ -60,9 +62,15 @@ def points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for a in manifest["artifacts"]:
         m, perf = a.get("metrics") or {}, a.get("perf") or {}
         if "metric" in m:
-            out.append({"label": f"{a['target']}/{a['precision']}", "metric": m["metric"],
-                        "ms": perf.get("latency_ms_batch1"), "bytes": a.get("bytes"),
-                        "status": (a.get("gate") or {}).get("status")})
+            out.append(
+                {
+                    "label": f"{a['target']}/{a['precision']}",
+                    "metric": m["metric"],
+                    "ms": perf.get("latency_ms_batch1"),
+                    "bytes": a.get("bytes"),
+                    "status": (a.get("gate") or {}).get("status"),
+                }
+            )
     return out
 
 
@@ -72,8 +80,12 @@ def pareto_front(pts: list[dict[str, Any]], cost: str, higher_is_better: bool = 
     sign = 1 if higher_is_better else -1
 
     def dominated(p: dict[str, Any]) -> bool:
-        return any(q[cost] <= p[cost] and sign * q["metric"] >= sign * p["metric"]
-                   and (q[cost] < p[cost] or sign * q["metric"] > sign * p["metric"]) for q in usable)
+        return any(
+            q[cost] <= p[cost]
+            and sign * q["metric"] >= sign * p["metric"]
+            and (q[cost] < p[cost] or sign * q["metric"] > sign * p["metric"])
+            for q in usable
+        )
 
     return sorted((p for p in usable if not dominated(p)), key=lambda p: p[cost])
 
@@ -98,19 +110,40 @@ def _scatter(pts: list[dict[str, Any]], cost: str, xlabel: str, metric: str, hig
     for p in usable:
         ax.scatter(p[cost], p["metric"], s=60, color=colours.get(p["status"], "#6e7781"), zorder=3)
     groups = _label_groups(usable, cost)
-    xs, ys = [g[0] for g in groups], [g[1] for g in groups]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    xs = [g[0] for g in groups]
+    dx = (max(xs) - min(xs)) or 1.0
     for x, y, label in groups:
         # below when a close neighbour sits higher (its label goes above); left of points near the right edge
         below = any(abs(x2 - x) < 0.15 * dx and y2 > y for x2, y2, _ in groups)
         right_edge = x > min(xs) + 0.6 * dx
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-7 if right_edge else 7, -13 if below else 6),
-                    ha="right" if right_edge else "left", fontsize=8)
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=(-7 if right_edge else 7, -13 if below else 6),
+            ha="right" if right_edge else "left",
+            fontsize=8,
+        )
     front = pareto_front(usable, cost, higher_is_better)
-    ax.step([p[cost] for p in front], [p["metric"] for p in front], where="post", color="#0969da",
-            linestyle="--", linewidth=1.2, zorder=2)
-    ax.scatter([p[cost] for p in front], [p["metric"] for p in front], s=180, facecolors="none",
-               edgecolors="#0969da", linewidths=1.5, label="Pareto front", zorder=4)  # ringed: visible even alone
+    ax.step(
+        [p[cost] for p in front],
+        [p["metric"] for p in front],
+        where="post",
+        color="#0969da",
+        linestyle="--",
+        linewidth=1.2,
+        zorder=2,
+    )
+    ax.scatter(
+        [p[cost] for p in front],
+        [p["metric"] for p in front],
+        s=180,
+        facecolors="none",
+        edgecolors="#0969da",
+        linewidths=1.5,
+        label="Pareto front",
+        zorder=4,
+    )  # ringed: visible even alone
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
@@ -127,8 +160,14 @@ def _label_groups(pts: list[dict[str, Any]], cost: str) -> list[tuple[float, flo
     dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     groups: list[list[dict[str, Any]]] = []
     for p in sorted(pts, key=lambda p: p[cost]):
-        near = next((g for g in groups if abs(g[0][cost] - p[cost]) < 0.03 * dx
-                     and abs(g[0]["metric"] - p["metric"]) < 0.03 * dy), None)
+        near = next(
+            (
+                g
+                for g in groups
+                if abs(g[0][cost] - p[cost]) < 0.03 * dx and abs(g[0]["metric"] - p["metric"]) < 0.03 * dy
+            ),
+            None,
+        )
         if near is None:
             groups.append([p])
         else:
@@ -163,12 +202,19 @@ def _artifact_section(manifest: dict[str, Any]) -> str:
         m, gate, perf = a.get("metrics") or {}, a.get("gate") or {}, a.get("perf") or {}
         status = gate.get("status", "")
         ms = perf.get("latency_ms_batch1")
-        rows.append([_e(a["target"]), _e(artifact_format(a)), _e(a["precision"]), _e(human_bytes(a.get("bytes"))),
-                     f"{m['metric']:.4f}" if "metric" in m else "—",
-                     f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
-                     f"{ms:.3f}" if ms is not None else "—",
-                     f'<span class="{_e(status)}">{_e(GATE_MARK.get(status, "—"))}</span>',
-                     f'<span class="reason">{_e(gate.get("reason", ""))}</span>'])
+        rows.append(
+            [
+                _e(a["target"]),
+                _e(artifact_format(a)),
+                _e(a["precision"]),
+                _e(human_bytes(a.get("bytes"))),
+                f"{m['metric']:.4f}" if "metric" in m else "—",
+                f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
+                f"{ms:.3f}" if ms is not None else "—",
+                f'<span class="{_e(status)}">{_e(GATE_MARK.get(status, "—"))}</span>',
+                f'<span class="reason">{_e(gate.get("reason", ""))}</span>',
+            ]
+        )
     header = ["target", "format", "precision", "size", metric, "drift", "ms (batch 1)", "gate", "why"]
     return "<h2>Artifacts</h2>" + _table(header, rows, left=(0, 1, 2, 7, 8), raw=True)
 
@@ -183,16 +229,20 @@ def _plots_section(manifest: dict[str, Any]) -> str:
     unit, scale = ("MB", 2**20) if largest >= 2**20 else ("KB", 2**10)
     for p in pts:
         p["size"] = None if p["bytes"] is None else p["bytes"] / scale
-    figs = [_figure(_scatter(pts, "ms", "batch-1 latency (ms)", ref["metric"], hib), f"{ref['metric']} vs latency"),
-            _figure(_scatter(pts, "size", f"size ({unit})", ref["metric"], hib), f"{ref['metric']} vs size")]
-    note = ("Ringed and dashed: the Pareto front — artifacts no other artifact beats on both cost and "
-            f"{_e(ref['metric'])}. Green passed its gate, red failed.")
+    figs = [
+        _figure(_scatter(pts, "ms", "batch-1 latency (ms)", ref["metric"], hib), f"{ref['metric']} vs latency"),
+        _figure(_scatter(pts, "size", f"size ({unit})", ref["metric"], hib), f"{ref['metric']} vs size"),
+    ]
+    note = (
+        "Ringed and dashed: the Pareto front — artifacts no other artifact beats on both cost and "
+        f"{_e(ref['metric'])}. Green passed its gate, red failed."
+    )
     return f"<h2>Accuracy vs cost</h2><p class=meta>{note}</p><div class=plots>{''.join(figs)}</div>"
 
 
 def _sensitivity_section(manifest: dict[str, Any]) -> str:
     parts = []
-    for p in manifest["passes"]:
+    for p in manifest.get("all_passes", manifest["passes"]):
         rows = [r for r in (p.get("metrics") or {}).get("sensitivity") or [] if "layer" in r and "error" in r]
         if rows:
             chart = _sensitivity_chart(rows, f"pass {p['name']}: {len(rows)} layers")
@@ -201,19 +251,28 @@ def _sensitivity_section(manifest: dict[str, Any]) -> str:
 
 
 def _tables_section(manifest: dict[str, Any], extra_tables: list[dict[str, Any]]) -> str:
-    tables = [t for p in manifest["passes"] for t in (p.get("metrics") or {}).get("report_tables", [])]
-    return "".join(f"<h2>{_e(t['title'])}</h2>" + _table(list(t["header"]), [list(r) for r in t["rows"]])
-                   for t in tables + list(extra_tables))
+    tables = [t for p in manifest.get("all_passes", manifest["passes"]) for t in p.get("tables", [])]
+    return "".join(
+        f"<h2>{_e(t['title'])}</h2>" + _table(list(t["header"]), [list(r) for r in t["rows"]])
+        for t in tables + list(extra_tables)
+    )
 
 
 def _passes_section(manifest: dict[str, Any]) -> str:
-    if not manifest["passes"]:
+    passes = manifest.get("all_passes", manifest["passes"])
+    if not passes:
         return ""
-    seconds = [t["seconds"] if isinstance(t, dict) else t for t in (manifest.get("timings") or {}).get("passes") or []]
-    rows = [[p["name"], "yes" if p["modified"] else "no", seconds[i] if i < len(seconds) else "—",
-             ", ".join(f"{k}={_fmt(v)}" for k, v in (p.get("metrics") or {}).items() if not isinstance(v, (dict, list)))]
-            for i, p in enumerate(manifest["passes"])]
-    return "<h2>Passes</h2>" + _table(["pass", "modified", "seconds", "metrics"], rows, left=(0, 1, 3))
+    rows = [
+        [
+            p["name"],
+            p.get("scope", "pipeline"),
+            "yes" if p["modified"] else "no",
+            "—" if p.get("seconds") is None else p["seconds"],
+            ", ".join(f"{k}={_fmt(v)}" for k, v in (p.get("metrics") or {}).items() if not isinstance(v, (dict, list))),
+        ]
+        for p in passes
+    ]
+    return "<h2>Passes</h2>" + _table(["pass", "for", "modified", "seconds", "metrics"], rows, left=(0, 1, 2, 4))
 
 
 def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | None = None) -> str:
@@ -222,29 +281,44 @@ def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | N
     ref = manifest["reference"]
     status = manifest["status"]
     total = (manifest.get("timings") or {}).get("total_seconds")
-    head = (f"<h1>deployc build: {_e(manifest['name'])} <span class='badge {_e(status)}'>{_e(status)}</span></h1>"
-            f"<p class=meta>Budget: {_e(ref['metric'])} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%"
-            + (f" · built in {total:.1f} s" if total is not None else "") + "</p>"
-            f"<p class=meta>Pipeline: <code>{_e(manifest['pipeline'])}</code></p>"
-            f"<p class=meta>Reference ({_e(ref['source'])}): {_e(ref['metric'])} = {ref['value']:.4f} on "
-            f"{ref['samples']} samples (the model as loaded, before any pass)</p>")
+    head = (
+        f"<h1>deployc build: {_e(manifest['name'])} <span class='badge {_e(status)}'>{_e(status)}</span></h1>"
+        f"<p class=meta>Budget: {_e(ref['metric'])} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%"
+        + (f" · built in {total:.1f} s" if total is not None else "")
+        + "</p>"
+        f"<p class=meta>Pipeline: <code>{_e(manifest['pipeline'])}</code></p>"
+        f"<p class=meta>Reference ({_e(ref['source'])}): {_e(ref['metric'])} = {ref['value']:.4f} on "
+        f"{ref['samples']} samples (the model as loaded, before any pass)</p>"
+    )
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
-    body = (head + _artifact_section(manifest) + _plots_section(manifest) + _sensitivity_section(manifest)
-            + _passes_section(manifest) + _tables_section(manifest, extra_tables or [])
-            + f"<h2>Versions</h2><p class=meta>{_e(versions)}</p>")
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>deployc: {_e(manifest['name'])}</title>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+    body = (
+        head
+        + _artifact_section(manifest)
+        + _plots_section(manifest)
+        + _sensitivity_section(manifest)
+        + _passes_section(manifest)
+        + _tables_section(manifest, extra_tables or [])
+        + f"<h2>Versions</h2><p class=meta>{_e(versions)}</p>"
+    )
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>deployc: {_e(manifest['name'])}</title>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )
 
 
-def write_html_report(manifest: dict[str, Any], out_dir: str | Path, timings: dict[str, Any] | None = None,
-                      extra_tables: list[dict[str, Any]] | None = None) -> Path:
+def write_html_report(
+    manifest: dict[str, Any],
+    out_dir: str | Path,
+    timings: dict[str, Any] | None = None,
+    extra_tables: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write OUT/report.html (temp file + rename, like manifest.json) and return its path.
 
     Latencies and wall times live in timings.json, apart from the deterministic manifest; when
     `timings` is not given they are read from OUT/timings.json if it exists.
     """
-    from pipeline.report import report_view
+    from deployc.report import report_view
 
     if timings is None and (Path(out_dir) / "timings.json").is_file():
         timings = json.loads((Path(out_dir) / "timings.json").read_text())

@@ -32,10 +32,21 @@ def embedded_images(html_text: str) -> list[bytes]:
 
 def screenshot(html_path: Path, png: Path, width: int, height: int, browser: str) -> None:
     with tempfile.TemporaryDirectory(prefix="deployc-chromium-") as profile:  # a fresh profile: no state, no prompts
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-               f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={width},{height}",
-               html_path.resolve().as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            html_path.resolve().as_uri(),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
 

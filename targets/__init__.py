@@ -1,4 +1,1 @@
-"""One module per deployment target; importing this package registers them (heavy runtimes load lazily)."""
-
-from targets import onnx  # noqa: F401  (registration side effects)
-from targets import tensorrt, tflite  # noqa: F401  (registration side effects)
+"""One module per deployment target, found through the `deployc.targets` entry points (heavy runtimes load lazily)."""

@@ -7,14 +7,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.contracts import Artifact, Context, Target
-from pipeline.errors import UsageError
-from pipeline.manager import run_pass
-from pipeline.registry import get_pass, register_target
-from pipeline.state import ModelState
-from passes.export import ExportConfig, ExportOnnx
-from passes.onnx_util import io_specs, op_counts
-from passes.simplify import Simplify, SimplifyConfig
+from deployc.contracts import Artifact, Context, Target
+from deployc.errors import UsageError
+from deployc.manager import run_pass
+from deployc.ort import session
+from deployc.passes.export import ExportConfig, ExportOnnx
+from deployc.passes.onnx_util import io_specs, op_counts
+from deployc.passes.simplify import Simplify, SimplifyConfig
+from deployc.registry import get_pass
+from deployc.state import ModelState
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 
@@ -47,8 +48,10 @@ def quantize_for(precision: str, state: ModelState, ctx: Context) -> ModelState:
     if "qat" in state.facts:
         if precision == "int8":
             return state
-        raise UsageError(f"targets.onnx.precision: '{precision}' after the qat pass: the model already carries "
-                         f"int8 quantize/dequantize from QAT; ask for int8")
+        raise UsageError(
+            f"targets.onnx.precision: '{precision}' after the qat pass: the model already carries "
+            f"int8 quantize/dequantize from QAT; ask for int8"
+        )
     tuned = precision == "int8" and ctx.config.quantize.tune is not None
     pass_cls = get_pass("quantize.tune" if tuned else f"quantize.{precision}")
     config = pass_cls.Config.model_validate(ctx.config.quantize.model_dump())
@@ -59,16 +62,15 @@ def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) ->
     """Tuning summary and known-trap warnings for an int8 artifact (empty for other precisions)."""
     if label != "int8" or ctx.calibration is None:
         return {}
-    from passes.quantize_checks import channel_range_warnings
+    from deployc.passes.quantize_checks import channel_range_warnings
 
     notes: dict[str, Any] = {}
-    record = next((r for r in done.history[len(base.history):] if r.name == "quantize.tune"), None)
+    record = next((r for r in done.history[len(base.history) :] if r.name == "quantize.tune"), None)
     if record is not None:
-        notes["tuning"] = {k: record.metrics[k] for k in ("trials", "chosen_trial", "within_budget", "drift",
-                                                          "budget", "tuned_on", "reference", "fallback")}
-        # the full record (trial table, sensitivity) for the report: target passes are not in state.history
-        notes["pass_records"] = [{"name": f"onnx/{label}: {record.name}", "config": record.config,
-                                  "modified": record.modified, "metrics": record.metrics}]
+        notes["tuning"] = {
+            k: record.metrics[k]
+            for k in ("trials", "chosen_trial", "within_budget", "drift", "budget", "tuned_on", "reference", "fallback")
+        }
     fp32 = base.onnx if "quantized" not in base.facts else None  # after qat / quantize.* passes there is no fp32 graph
     if fp32 is not None:
         probe = ctx.calibration.take(min(ctx.config.quantize.samples, 64))
@@ -80,18 +82,6 @@ def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) ->
     return notes
 
 
-def session(path: str, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-@register_target
 class OnnxTarget(Target):
     name = "onnx"
     Options = OnnxOptions
@@ -124,14 +114,25 @@ class OnnxTarget(Target):
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx.save(done.onnx, str(path))
             ins, outs = io_specs(done.onnx)
-            target_passes = [r.name for r in done.history[len(state.history):]]
-            artifacts.append(Artifact(
-                target=self.name, precision=label, path=path, runtime="onnxruntime",
-                runtime_version=onnxruntime.__version__, inputs=ins, outputs=outs,
-                details={"opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
-                         "ops": op_counts(done.onnx), "target_passes": target_passes,
-                         "execution_provider": "CPUExecutionProvider", "threads": self.options.threads,
-                         **_int8_notes(label, base, done, ctx)}))
+            artifacts.append(
+                Artifact(
+                    target=self.name,
+                    precision=label,
+                    path=path,
+                    runtime="onnxruntime",
+                    runtime_version=onnxruntime.__version__,
+                    inputs=ins,
+                    outputs=outs,
+                    details={
+                        "opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
+                        "ops": op_counts(done.onnx),
+                        "execution_provider": "CPUExecutionProvider",
+                        "threads": self.options.threads,
+                        **_int8_notes(label, base, done, ctx),
+                    },
+                    history=done.history[len(state.history) :],
+                )
+            )
         return artifacts
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

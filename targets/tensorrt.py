@@ -12,14 +12,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.contracts import Artifact, Context, Target
-from pipeline.errors import UsageError
-from pipeline.manager import run_pass
-from pipeline.registry import get_pass, register_target
-from pipeline.state import ModelState, TensorSpec
-from passes.onnx_util import io_specs, op_counts
-from targets.onnx import lower_to_onnx, quantize_for, session
-from targets.tensorrt_support import preflight
+from deployc.contracts import Artifact, Context, Target
+from deployc.errors import UsageError
+from deployc.manager import run_pass
+from deployc.ort import session
+from deployc.passes.onnx_util import io_specs, op_counts
+from deployc.registry import get_pass
+from deployc.state import ModelState, TensorSpec
+from deployc.targets.onnx import lower_to_onnx, quantize_for
+from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -33,7 +34,7 @@ class AxisRange(BaseModel):
     max: int = Field(..., ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "AxisRange":
+    def _ordered(self) -> AxisRange:
         if not self.min <= self.opt <= self.max:
             raise ValueError(f"needs min ≤ opt ≤ max, got {self.min}/{self.opt}/{self.max}")
         return self
@@ -42,8 +43,10 @@ class AxisRange(BaseModel):
 class TensorrtOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     precision: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1)
-    profile: dict[str, AxisRange] = Field(default_factory=dict, description="dynamic axis name → {min, opt, max}; "
-                                          "default 1 / data.batch_size / data.batch_size")
+    profile: dict[str, AxisRange] = Field(
+        default_factory=dict,
+        description="dynamic axis name → {min, opt, max}; default 1 / data.batch_size / data.batch_size",
+    )
     opset: int = Field(18, ge=17, le=23, description="opset used when this target exports the torch model itself")
     simplify: bool = Field(True, description="run the simplify pass before emitting")
     engine: bool = Field(True, description="build a TensorRT engine when TensorRT and a GPU are present")
@@ -51,6 +54,7 @@ class TensorrtOptions(BaseModel):
 
 
 # ---- TensorRT conformance: the graph rewrites quantize_int8's QDQ output needs -------------------------------
+
 
 def _fold_int32_biases(proto: Any) -> int:
     """Replace DequantizeLinear(int32 bias) by its float value: TensorRT's DQ takes int8/fp8/int4 only."""
@@ -92,7 +96,12 @@ def _drop_weighted_output_qdq(proto: Any) -> int:
     rename: dict[str, str] = {}
     for q in (n for n in nodes if n.op_type == "QuantizeLinear"):
         src, dqs = producer.get(q.input[0]), consumers[q.output[0]]
-        if src is None or src.op_type not in WEIGHTED_OPS or not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+        if (
+            src is None
+            or src.op_type not in WEIGHTED_OPS
+            or not dqs
+            or any(d.op_type != "DequantizeLinear" for d in dqs)
+        ):
             continue
         to_output = [d for d in dqs if d.output[0] in outputs]
         fused = all(c.op_type in FUSED_ACTIVATIONS for d in dqs for c in consumers[d.output[0]])
@@ -129,13 +138,18 @@ def conform_qdq(src: Any) -> tuple[Any, dict[str, int]]:
 
     proto = onnx.ModelProto()
     proto.CopyFrom(src)
-    stats = {"int32_bias_folded": _fold_int32_biases(proto), "weighted_output_qdq_removed": _drop_weighted_output_qdq(proto)}
+    stats = {
+        "int32_bias_folded": _fold_int32_biases(proto),
+        "weighted_output_qdq_removed": _drop_weighted_output_qdq(proto),
+    }
     _drop_unused_initializers(proto)
     onnx.checker.check_model(proto)
     return proto, stats
 
 
-def shape_profile(inputs: tuple[TensorSpec, ...], ranges: dict[str, AxisRange], batch: int) -> dict[str, dict[str, list[int]]]:
+def shape_profile(
+    inputs: tuple[TensorSpec, ...], ranges: dict[str, AxisRange], batch: int
+) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes per input: fixed axes as declared, named (dynamic) axes from `ranges`."""
     default = AxisRange(min=1, opt=batch, max=batch)
     profile = {}
@@ -146,6 +160,7 @@ def shape_profile(inputs: tuple[TensorSpec, ...], ranges: dict[str, AxisRange], 
 
 
 # ---- the engine: TensorRT's Python API, imported only here -------------------------------------------------
+
 
 def engine_unavailable() -> str | None:
     """None when an engine can be built and run here, else why not."""
@@ -162,8 +177,9 @@ def engine_unavailable() -> str | None:
     return None
 
 
-def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, dict[str, list[int]]], timing_cache: Path,
-                 workspace_mb: int) -> dict[str, Any]:
+def build_engine(
+    onnx_path: Path, engine_path: Path, profile: dict[str, dict[str, list[int]]], timing_cache: Path, workspace_mb: int
+) -> dict[str, Any]:
     """Parse → strongly typed network (precision from its Q/DQ and casts) → serialized engine; returns build facts."""
     import tensorrt as trt
     import torch
@@ -189,14 +205,21 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, dict[str
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UsageError(f"targets.tensorrt: TensorRT could not build an engine from {onnx_path.name} (see its log above)")
+        raise UsageError(
+            f"targets.tensorrt: TensorRT could not build an engine from {onnx_path.name} (see its log above)"
+        )
     engine_path.write_bytes(bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     major, minor = torch.cuda.get_device_capability()
-    return {"file": engine_path.name, "bytes": engine_path.stat().st_size, "tensorrt_version": trt.__version__,
-            "compute_capability": f"{major}.{minor}", "device": torch.cuda.get_device_name(),
-            "build_seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "file": engine_path.name,
+        "bytes": engine_path.stat().st_size,
+        "tensorrt_version": trt.__version__,
+        "compute_capability": f"{major}.{minor}",
+        "device": torch.cuda.get_device_name(),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 class EngineRunner:
@@ -239,7 +262,7 @@ class EngineRunner:
 
 # ---- the target -------------------------------------------------------------------------------------------
 
-@register_target
+
 class TensorrtTarget(Target):
     name = "tensorrt"
     Options = TensorrtOptions
@@ -283,8 +306,10 @@ class TensorrtTarget(Target):
         profile = shape_profile(state.inputs, self.options.profile, ctx.config.data.batch_size)
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
         if already and self.options.precision != ["fp32"]:
-            raise UsageError(f"targets.tensorrt.precision: a pass already quantized the graph ({already}); "
-                             "ask for [fp32] to emit it as is (preflight then checks its Q/DQ)")
+            raise UsageError(
+                f"targets.tensorrt.precision: a pass already quantized the graph ({already}); "
+                "ask for [fp32] to emit it as is (preflight then checks its Q/DQ)"
+            )
         artifacts = []
         for precision in self.options.precision:
             done, stats = self._network(precision, base, ctx)
@@ -294,25 +319,40 @@ class TensorrtTarget(Target):
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx.save(done.onnx, str(path))
             ins, outs = io_specs(done.onnx)
-            details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report,
-                                       "target_passes": [r.name for r in done.history[len(state.history):]]}
+            details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
             if stats:
                 details["conformance"] = stats
             runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
+            perf: dict[str, Any] = {}
             if no_engine is None:
                 # kept across builds in the pass cache's folder when there is one: it makes rebuilds fast
                 enabled = ctx.cache is not None and ctx.cache.enabled
                 cache = (ctx.cache.root if enabled else path.parent) / "tensorrt.timing-cache"
                 built = build_engine(path, path.with_suffix(".engine"), profile, cache, self.options.workspace_mb)
                 built["timing_cache"] = str(cache) if enabled else f"tensorrt/{cache.name}"
-                details["engine"] = f"built: {built['file']} (TensorRT {built['tensorrt_version']}, " \
-                                    f"compute capability {built['compute_capability']})"
+                details["engine"] = (
+                    f"built: {built['file']} (TensorRT {built['tensorrt_version']}, "
+                    f"compute capability {built['compute_capability']})"
+                )
+                perf["engine_build_seconds"] = built.pop("build_seconds")
                 details["engine_build"] = built
                 runtime, version = "tensorrt", built["tensorrt_version"]
             else:
                 details["engine"] = f"not built ({no_engine})"
-            artifacts.append(Artifact(target=self.name, precision=label, path=path, runtime=runtime,
-                                      runtime_version=version, inputs=ins, outputs=outs, details=details))
+            artifacts.append(
+                Artifact(
+                    target=self.name,
+                    precision=label,
+                    path=path,
+                    runtime=runtime,
+                    runtime_version=version,
+                    inputs=ins,
+                    outputs=outs,
+                    details=details,
+                    perf=perf,
+                    history=done.history[len(state.history) :],
+                )
+            )
         return artifacts
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

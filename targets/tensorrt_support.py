@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
 
 TABLE_SOURCE = "onnx/onnx-tensorrt docs/operators.md (TensorRT 10.15)"
 OPSET_RANGE = (9, 24)
@@ -51,12 +51,35 @@ TensorScatter FP32 FP16 BF16 INT32|ThresholdedRelu {_F}|Tile {_FIB}|TopK {_FI}|T
 Unsqueeze {_FIB}|Upsample {_F}|Where {_FIB}|Xor BOOL
 """
 SUPPORTED_OPS: dict[str, frozenset[str]] = {
-    row.split()[0]: frozenset(row.split()[1:]) for line in _TABLE.strip().splitlines() for row in line.split("|")}
+    row.split()[0]: frozenset(row.split()[1:]) for line in _TABLE.strip().splitlines() for row in line.split("|")
+}
 
 # onnx.TensorProto element types → the names operators.md uses.
-_ONNX_DTYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "STRING",
-               9: "BOOL", 10: "FP16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64", 14: "COMPLEX64", 15: "COMPLEX128",
-               16: "BF16", 17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 21: "UINT4", 22: "INT4", 23: "FP4"}
+_ONNX_DTYPE = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "STRING",
+    9: "BOOL",
+    10: "FP16",
+    11: "DOUBLE",
+    12: "UINT32",
+    13: "UINT64",
+    14: "COMPLEX64",
+    15: "COMPLEX128",
+    16: "BF16",
+    17: "FP8",
+    18: "FP8",
+    19: "FP8",
+    20: "FP8",
+    21: "UINT4",
+    22: "INT4",
+    23: "FP4",
+}
 
 
 def _tensor_types(proto: Any) -> dict[str, str]:
@@ -102,8 +125,10 @@ def _qdq_problems(proto: Any, node: Any, types: dict[str, str]) -> list[str]:
         if zp is None:
             return [f"{where}: zero point '{node.input[2]}' is not a constant"]
         if np.any(zp != 0):
-            return [f"{where}: zero point {zp.ravel()[:4].tolist()} is not 0 (asymmetric); TensorRT explicit "
-                    "quantization is symmetric only"]
+            return [
+                f"{where}: zero point {zp.ravel()[:4].tolist()} is not 0 (asymmetric); TensorRT explicit "
+                "quantization is symmetric only"
+            ]
         qtype = types.get(node.input[2])
     if qtype is not None and qtype not in QUANTIZED_DTYPES:
         return [f"{where}: quantized type {qtype}; TensorRT Q/DQ supports {', '.join(sorted(QUANTIZED_DTYPES))}"]
@@ -170,5 +195,11 @@ def preflight(proto: Any, profile: dict[str, dict[str, list[int]]], where: str) 
     if problems:
         shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise UsageError(f"{where}: TensorRT preflight failed:\n  " + "\n  ".join(shown))
-    return {"table": TABLE_SOURCE, "opset": opset, "nodes": len(proto.graph.node), "qdq_nodes": qdq,
-            "zero_points": "all 0" if qdq else "no Q/DQ", "profile": profile}
+    return {
+        "table": TABLE_SOURCE,
+        "opset": opset,
+        "nodes": len(proto.graph.node),
+        "qdq_nodes": qdq,
+        "zero_points": "all 0" if qdq else "no Q/DQ",
+        "profile": profile,
+    }

@@ -10,18 +10,19 @@ import importlib.util
 import os
 import sys
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.contracts import Artifact, Context, Target
-from pipeline.errors import UsageError
-from pipeline.registry import register_target
-from pipeline.state import ModelState
+from deployc.contracts import Artifact, Context, Target
+from deployc.errors import UsageError
+from deployc.state import ModelState, PassRecord
 
 Precision = Literal["fp32", "fp16", "dynamic", "int8"]
 SIGNATURE = "serving_default"  # the one signature litert_torch.convert gives a module
@@ -30,8 +31,11 @@ _INT_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "INT4", "BOOL"}
 
 class TfliteOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    precision: list[Precision] = Field(default_factory=lambda: ["fp32"], min_length=1,
-                                       description="fp32 | fp16 (weights) | dynamic (int8 weights) | int8 (full integer)")
+    precision: list[Precision] = Field(
+        default_factory=lambda: ["fp32"],
+        min_length=1,
+        description="fp32 | fp16 (weights) | dynamic (int8 weights) | int8 (full integer)",
+    )
     io_dtype: Literal["int8", "float32"] = Field("int8", description="input/output type of the full-int8 model")
     npu_strict: bool = Field(False, description="fail the build (exit 2) when a full-int8 model keeps float ops")
     threads: int | None = Field(None, ge=1, description="interpreter threads; default: the runtime's choice")
@@ -39,7 +43,10 @@ class TfliteOptions(BaseModel):
 
 def _interpreter_module() -> tuple[Any, str, str]:
     """(interpreter module, runtime name, version): ai-edge-litert, else the older tflite-runtime."""
-    for module, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"), ("tflite_runtime.interpreter", "tflite-runtime")):
+    for module, dist in (
+        ("ai_edge_litert.interpreter", "ai-edge-litert"),
+        ("tflite_runtime.interpreter", "tflite-runtime"),
+    ):
         try:
             return importlib.import_module(module), dist, importlib.metadata.version(dist)
         except ImportError:
@@ -74,9 +81,8 @@ def _tail(log: Path, lines: int = 5) -> str:
 
 def convert_fp32(state: ModelState) -> bytes:
     """The float flatbuffer of the torch module, traced at batch 1 (TFLite models here have fixed shapes)."""
-    import torch
 
-    sample = tuple(torch.from_numpy(a) for a in state.example_inputs(batch=1).values())
+    sample = state.example_tensors(batch=1)
     with _quiet_fds() as log:
         try:
             import litert_torch
@@ -84,8 +90,10 @@ def convert_fp32(state: ModelState) -> bytes:
             return bytes(litert_torch.convert(state.module.eval(), sample).model_content())
         except Exception as exc:
             detail = _tail(log)
-            raise UsageError(f"targets.tflite: litert-torch could not convert the model: {type(exc).__name__}: "
-                             f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")) from exc
+            raise UsageError(
+                f"targets.tflite: litert-torch could not convert the model: {type(exc).__name__}: "
+                f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
+            ) from exc
 
 
 def _signature_names(model: bytes, kind: str) -> list[str]:
@@ -108,8 +116,16 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str) -> tuple[Any, list[s
     if precision == "fp16":
         fp16 = qtyping.OpQuantizationConfig(
             weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-            compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
-        for op in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.CONV_2D_TRANSPOSE, ops.EMBEDDING_LOOKUP):
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,
+        )
+        for op in (
+            ops.FULLY_CONNECTED,
+            ops.CONV_2D,
+            ops.DEPTHWISE_CONV_2D,
+            ops.CONV_2D_TRANSPOSE,
+            ops.EMBEDDING_LOOKUP,
+        ):
             manager.add_quantization_config(".*", op, fp16, AlgorithmName.FLOAT_CASTING)
     elif precision == "dynamic":
         manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8, granularity, AlgorithmName.MIN_MAX_UNIFORM_QUANT)
@@ -119,8 +135,10 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str) -> tuple[Any, list[s
             for op in (ops.INPUT, ops.OUTPUT):
                 manager.add_quantization_config(".*", op, None, AlgorithmName.NO_QUANTIZE)
         if spec.calibration != "minmax":
-            notes.append(f"calibration '{spec.calibration}': ai-edge-quantizer has no such range estimator; "
-                         "used its moving-average min/max, which also clips rare extremes")
+            notes.append(
+                f"calibration '{spec.calibration}': ai-edge-quantizer has no such range estimator; "
+                "used its moving-average min/max, which also clips rare extremes"
+            )
         if spec.symmetric_activations:
             notes.append("symmetric_activations ignored: LiteRT int8 activation kernels are asymmetric")
     if spec.exclude and precision != "fp32":
@@ -137,16 +155,21 @@ def calibrate(fp32: bytes, manager: Any, ctx: Context, input_names: list[str]) -
         raise UsageError("targets.tflite: int8 needs calibration data: set data.calibration")
     samples = ctx.calibration.take(ctx.config.quantize.samples)
     keys = _signature_names(fp32, "inputs")
-    feeds = [{key: samples.inputs[name][i:i + 1] for key, name in zip(keys, input_names)} for i in range(len(samples))]
+    feeds = [
+        {key: samples.inputs[name][i : i + 1] for key, name in zip(keys, input_names)} for i in range(len(samples))
+    ]
     # 'minmax' means the global range; the quantizer's default is a moving average that clips the extremes
-    update = qsv_utils.min_max_update if ctx.config.quantize.calibration == "minmax" else qsv_utils.moving_average_update
+    update = (
+        qsv_utils.min_max_update if ctx.config.quantize.calibration == "minmax" else qsv_utils.moving_average_update
+    )
     calib = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=update)
     calib.calibrate({SIGNATURE: feeds}, manager)
     return calib.get_model_qsvs(), len(samples)
 
 
-def quantize_flatbuffer(fp32: bytes, precision: str, ctx: Context, io_dtype: str,
-                        input_names: list[str]) -> tuple[bytes, dict[str, Any]]:
+def quantize_flatbuffer(
+    fp32: bytes, precision: str, ctx: Context, io_dtype: str, input_names: list[str]
+) -> tuple[bytes, dict[str, Any]]:
     """fp32 flatbuffer → quantized flatbuffer via ai-edge-quantizer; calibrates on ctx.calibration for int8."""
     if precision == "fp32":
         return fp32, {}
@@ -154,8 +177,10 @@ def quantize_flatbuffer(fp32: bytes, precision: str, ctx: Context, io_dtype: str
 
     manager, notes = recipe_for(precision, ctx, io_dtype)
     q = quantizer.Quantizer(bytearray(fp32), manager.get_quantization_recipe())
-    details: dict[str, Any] = {"quantizer": f"ai-edge-quantizer {importlib.metadata.version('ai-edge-quantizer')}",
-                               "per_channel": ctx.config.quantize.per_channel}
+    details: dict[str, Any] = {
+        "quantizer": f"ai-edge-quantizer {importlib.metadata.version('ai-edge-quantizer')}",
+        "per_channel": ctx.config.quantize.per_channel,
+    }
     with _quiet_fds() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the calibrator's "preserve_all_tensors is for debugging" notice
         try:
@@ -167,8 +192,10 @@ def quantize_flatbuffer(fp32: bytes, precision: str, ctx: Context, io_dtype: str
             raise
         except Exception as exc:
             detail = _tail(log)
-            raise UsageError(f"targets.tflite: ai-edge-quantizer failed for {precision}: {type(exc).__name__}: "
-                             f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")) from exc
+            raise UsageError(
+                f"targets.tflite: ai-edge-quantizer failed for {precision}: {type(exc).__name__}: "
+                f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
+            ) from exc
     if notes:
         details["notes"] = notes
     return bytes(result.quantized_model), details
@@ -222,16 +249,22 @@ def io_entries(model: bytes, state: ModelState) -> tuple[list[dict[str, Any]], l
     ins, outs = runner.get_input_details(), runner.get_output_details()
 
     def entry(key: str, d: dict[str, Any], name: str) -> dict[str, Any]:
-        return {"name": name, "signature_key": key, "shape": [int(x) for x in d["shape"]],
-                "dtype": np.dtype(d["dtype"]).name, "quantization": _quantization(d)}
+        return {
+            "name": name,
+            "signature_key": key,
+            "shape": [int(x) for x in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "quantization": _quantization(d),
+        }
 
     in_names = _signature_names(model, "inputs")
     out_names = _signature_names(model, "outputs")
-    return ([entry(k, ins[k], s.name) for k, s in zip(in_names, state.inputs)],
-            [entry(k, outs[k], k) for k in out_names])
+    return (
+        [entry(k, ins[k], s.name) for k, s in zip(in_names, state.inputs)],
+        [entry(k, outs[k], k) for k in out_names],
+    )
 
 
-@register_target
 class TfliteTarget(Target):
     name = "tflite"
     Options = TfliteOptions
@@ -261,11 +294,34 @@ class TfliteTarget(Target):
         if state.module is None:
             raise UsageError("targets.tflite: needs the torch model (model.factory or model.exported)")
         _, runtime, version = _interpreter_module()
+        t0 = time.perf_counter()
         fp32 = convert_fp32(state)
+        # the target's own passes enter each artifact's history like the pipeline's (the report lists them)
+        converted = PassRecord(
+            "litert.convert", {"batch": 1}, True, {"bytes": len(fp32)}, seconds=time.perf_counter() - t0
+        )
         artifacts = []
         for precision in self.options.precision:
-            model, details = quantize_flatbuffer(fp32, precision, ctx, self.options.io_dtype,
-                                                 [s.name for s in state.inputs])
+            t0 = time.perf_counter()
+            model, details = quantize_flatbuffer(
+                fp32, precision, ctx, self.options.io_dtype, [s.name for s in state.inputs]
+            )
+            history: tuple[PassRecord, ...] = (converted,)
+            if precision != "fp32":
+                spec = ctx.config.quantize
+                config = {"precision": precision, "per_channel": spec.per_channel, "calibration": spec.calibration}
+                if precision == "int8":
+                    config["io_dtype"] = self.options.io_dtype
+                facts = {k: details[k] for k in ("calibration_samples", "notes") if k in details}
+                history += (
+                    PassRecord(
+                        "ai_edge_quantizer",
+                        config,
+                        True,
+                        {"bytes": len(model), **facts},
+                        seconds=time.perf_counter() - t0,
+                    ),
+                )
             path = ctx.work_dir / "tflite" / f"{ctx.config.name}.{precision}.tflite"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(model)
@@ -278,8 +334,19 @@ class TfliteTarget(Target):
                     listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"])
                     raise UsageError(f"targets.tflite.npu_strict: the int8 model keeps float ops: {listed}")
             ins, outs = io_entries(model, state)
-            artifacts.append(Artifact(target=self.name, precision=precision, path=path, runtime=runtime,
-                                      runtime_version=version, inputs=ins, outputs=outs, details=details))
+            artifacts.append(
+                Artifact(
+                    target=self.name,
+                    precision=precision,
+                    path=path,
+                    runtime=runtime,
+                    runtime_version=version,
+                    inputs=ins,
+                    outputs=outs,
+                    details=details,
+                    history=history,
+                )
+            )
         return artifacts
 
     def _runner(self, artifact: Artifact) -> Any:
@@ -296,7 +363,7 @@ class TfliteTarget(Target):
         n = len(next(iter(batch.values())))
         rows: list[list[np.ndarray]] = []
         for i in range(n):
-            feeds = {e["signature_key"]: _to_tensor(batch[e["name"]][i:i + 1], e) for e in artifact.inputs}
+            feeds = {e["signature_key"]: _to_tensor(batch[e["name"]][i : i + 1], e) for e in artifact.inputs}
             out = runner(**feeds)
             rows.append([_from_tensor(out[e["signature_key"]], e) for e in artifact.outputs])
         return [np.concatenate([r[j] for r in rows]) for j in range(len(artifact.outputs))]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.build import BuildResult, build
+from deployc.build import BuildResult, build
+
+# Every cache the suite (and the builds it spawns) would write goes to a temporary folder, never the user's home.
+_CACHES = tempfile.mkdtemp(prefix="deployc-tests-")
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+for _var in ("DEPLOYC_CACHE_DIR", "MPLCONFIGDIR", "HF_HOME", "XDG_CACHE_HOME"):
+    os.environ[_var] = os.path.join(_CACHES, _var.lower())
+
 
 DIGITS_INPUT = [{"name": "image", "shape": ["batch", 1, 8, 8]}]
 
@@ -17,7 +28,7 @@ def digits_config(**overrides: object) -> dict:
     """A build config for the trained digits CNN; keys in `overrides` replace top-level sections."""
     config = {
         "name": "digits",
-        "model": {"factory": "examples.digits_cnn:pretrained", "inputs": DIGITS_INPUT},
+        "model": {"factory": "deployc.examples.digits_cnn:pretrained", "inputs": DIGITS_INPUT},
         "data": {"validation": "digits:test", "calibration": "digits:train", "metric": "top1"},
         "targets": {"onnx": {"precision": ["fp32"]}},
         "validate": {"max_drift": 0.01, "latency_runs": 3},
@@ -28,7 +39,7 @@ def digits_config(**overrides: object) -> dict:
 
 @pytest.fixture(scope="session")
 def digits_model():
-    from examples.digits_cnn import pretrained
+    from deployc.examples.digits_cnn import pretrained
 
     return pretrained()
 
@@ -55,18 +66,21 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def tiny_factory(tmp_path: Path) -> Path:
     """A model file with an untrained tiny CNN factory (fast to export)."""
-    return write(tmp_path / "tiny.py", """
+    return write(
+        tmp_path / "tiny.py",
+        """
         import torch
         from torch import nn
 
         def make():
             torch.manual_seed(0)
             return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10))
-    """)
+    """,
+    )
 
 
 def digits_npz(path: Path, n: int = 64, calib: bool = True) -> Path:
-    from pipeline.data import digits_arrays
+    from deployc.data import digits_arrays
 
     x, y = digits_arrays("test")
     arrays = {"image": x[:n], "labels": y[:n]}

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.build import BuildResult, build
-from targets.tensorrt import EngineRunner, engine_unavailable
+from deployc.build import BuildResult, build
+from deployc.targets.tensorrt import EngineRunner, engine_unavailable
 from tests.conftest import digits_config
 
 REASON = engine_unavailable()
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"TensorRT engine tes
 @pytest.fixture(scope="module")
 def engine_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     out = tmp_path_factory.mktemp("engine") / "out"
-    targets = {"tensorrt": {"precision": ["fp32", "fp16", "int8"], "profile": {"batch": {"min": 1, "opt": 16, "max": 64}}}}
+    targets = {
+        "tensorrt": {"precision": ["fp32", "fp16", "int8"], "profile": {"batch": {"min": 1, "opt": 16, "max": 64}}}
+    }
     return build(digits_config(targets=targets), out=out, quiet=True)
 
 

@@ -11,18 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from passes.distill_losses import (FeatureHints, embedding_loss, knowledge_distillation_loss, make_adapter,
-                                   soft_target_loss)
-from passes.student import StudentConfig, channel_reduced, count_params, layer_dropped, make_student
-from passes.distill import Distill, DistillConfig
-from pipeline.build import build
-from pipeline.config import load_config
-from pipeline.contracts import Context
-from pipeline.data import Dataset, digits_arrays
-from pipeline.errors import UsageError
-from pipeline.instruments import Instruments
-from pipeline.loader import load_model
-from pipeline.manager import run_pass
+from deployc.build import build
+from deployc.config import load_config
+from deployc.contracts import Context
+from deployc.data import Dataset, digits_arrays
+from deployc.errors import UsageError
+from deployc.instruments import Instruments
+from deployc.loader import load_model
+from deployc.manager import run_pass
+from deployc.passes.distill import Distill, DistillConfig
+from deployc.passes.distill_losses import (
+    FeatureHints,
+    embedding_loss,
+    knowledge_distillation_loss,
+    make_adapter,
+    soft_target_loss,
+)
+from deployc.passes.student import StudentConfig, channel_reduced, count_params, layer_dropped, make_student
 from tests.conftest import digits_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -41,7 +46,7 @@ def test_soft_target_loss_is_t2_scaled_kl():
     s, t = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[0.2, 3.0, 1.0]])
     temp = 3.0
     p, q = torch.softmax(t / temp, -1), torch.softmax(s / temp, -1)
-    expected = float((p * (p.log() - q.log())).sum()) * temp ** 2
+    expected = float((p * (p.log() - q.log())).sum()) * temp**2
     assert math.isclose(float(soft_target_loss(s, t, temp)), expected, rel_tol=1e-5)
     assert float(soft_target_loss(t, t, temp)) == pytest.approx(0.0, abs=1e-7)
 
@@ -60,7 +65,9 @@ def test_embedding_loss_measures_angle_not_length():
 
 def test_adapters_map_student_width_to_teacher_width():
     conv = make_adapter(torch.zeros(2, 12, 4, 4), torch.zeros(2, 32, 4, 4), "hint")
-    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (12, 32)
+    assert (
+        isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (12, 32)
+    )
     lin = make_adapter(torch.zeros(2, 7, 96), torch.zeros(2, 7, 384), "hint")
     assert isinstance(lin, nn.Linear) and lin.weight.shape == (384, 96)
     assert isinstance(make_adapter(torch.zeros(2, 7, 384), torch.zeros(2, 7, 384), "hint"), nn.Identity)
@@ -69,8 +76,9 @@ def test_adapters_map_student_width_to_teacher_width():
 
 
 def test_feature_hints_train_the_adapter_and_name_missing_layers(digits_model):
-    student = make_student(StudentConfig(factory="examples.models:DigitsResNet", kwargs={"width": 8}),
-                           digits_model, (), EXAMPLES)[0]
+    student = make_student(
+        StudentConfig(factory="deployc.examples.models:DigitsResNet", kwargs={"width": 8}), digits_model, (), EXAMPLES
+    )[0]
     hints = FeatureHints(student, digits_model, [("layer2", "layer2", 1.0)], "mse")
     x = torch.rand(4, 1, 8, 8)
     student(x)
@@ -121,7 +129,7 @@ def test_channel_reduction_meets_the_param_budget(digits_model):
 
 def test_config_rejects_both_factory_and_derive():
     with pytest.raises(ValueError, match="not both"):
-        StudentConfig(factory="examples.models:DigitsResNet", derive="channels")
+        StudentConfig(factory="deployc.examples.models:DigitsResNet", derive="channels")
 
 
 def _digits_ctx(tmp_path, labelled: bool = True) -> tuple[Context, object]:
@@ -129,18 +137,28 @@ def _digits_ctx(tmp_path, labelled: bool = True) -> tuple[Context, object]:
     x, y = digits_arrays("train")
     train = Dataset({"image": x[:300]}, y[:300] if labelled else None, "digits:train[:300]")
     state = load_model(config)
-    return Context(config, train, None, None, tmp_path, Instruments(quiet=True)), state.replace(facts=state.facts | {"data.train"})
+    return Context(config, train, None, None, tmp_path, Instruments(quiet=True)), state.replace(
+        facts=state.facts | {"data.train"}
+    )
 
 
 def test_configured_teacher_and_factory_student(tmp_path):
     ctx, state = _digits_ctx(tmp_path)
     untrained = state.replace(module=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))  # the teacher comes from config
-    cfg = DistillConfig(teacher={"factory": "examples.digits_cnn:pretrained"}, epochs=2, lr=0.003, measure_latency=False,
-                        student={"factory": "examples.models:DigitsResNet", "kwargs": {"width": 8}})
+    cfg = DistillConfig(
+        teacher={"factory": "deployc.examples.digits_cnn:pretrained"},
+        epochs=2,
+        lr=0.003,
+        measure_latency=False,
+        student={"factory": "deployc.examples.models:DigitsResNet", "kwargs": {"width": 8}},
+    )
     out = run_pass(Distill(cfg), untrained, ctx)
     m = out.history[-1].metrics
     assert type(out.module).__name__ == "DigitsResNet" and out.module.fc.in_features == 16
-    assert m["teacher_params"] == count_params(state.module) and m["student"] == "factory examples.models:DigitsResNet"
+    assert (
+        m["teacher_params"] == count_params(state.module)
+        and m["student"] == "factory deployc.examples.models:DigitsResNet"
+    )
     assert m["holdout_metric_teacher"] >= 0.95  # the configured (trained) teacher, not the untrained model passed in
     assert "distilled" in out.facts and out.onnx is None
 
@@ -154,10 +172,22 @@ def test_hard_label_mix_needs_labels(tmp_path):
 def test_cnn_distills_into_half_size_student(tmp_path):
     cfg = digits_config(
         data={"train": "digits:train", "validation": "digits:test", "calibration": "digits:train", "metric": "top1"},
-        passes=[{"distill": {"student": {"derive": "channels", "params_ratio": 0.45}, "alpha": 0.7, "temperature": 4.0,
-                             "hints": [{"student": "layer2", "teacher": "layer2", "weight": 0.5}],
-                             "epochs": 4, "lr": 0.003, "measure_latency": False}}],
-        targets={"onnx": {"precision": ["fp32", "int8"]}}, validate={"max_drift": 0.04, "latency_runs": 3})
+        passes=[
+            {
+                "distill": {
+                    "student": {"derive": "channels", "params_ratio": 0.45},
+                    "alpha": 0.7,
+                    "temperature": 4.0,
+                    "hints": [{"student": "layer2", "teacher": "layer2", "weight": 0.5}],
+                    "epochs": 4,
+                    "lr": 0.003,
+                    "measure_latency": False,
+                }
+            }
+        ],
+        targets={"onnx": {"precision": ["fp32", "int8"]}},
+        validate={"max_drift": 0.04, "latency_runs": 3},
+    )
     result = build(cfg, out=tmp_path / "out", quiet=True)
     record = next(p for p in result.manifest["passes"] if p["name"] == "distill")
     m = record["metrics"]
@@ -174,10 +204,13 @@ def test_cnn_distills_into_half_size_student(tmp_path):
 def test_minilm_teacher_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
-    from examples import minilm
+    from deployc.examples import minilm
 
-    texts = ["The match statement is used for pattern matching.", "Keys and values are iterated over in insertion order.",
-             "A dictionary keeps its keys in the order they were inserted."]
+    texts = [
+        "The match statement is used for pattern matching.",
+        "Keys and values are iterated over in insertion order.",
+        "A dictionary keeps its keys in the order they were inserted.",
+    ]
     x = minilm.tokenize(texts)
     with torch.no_grad():
         ours = minilm.teacher()(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])).numpy()
@@ -187,7 +220,7 @@ def test_minilm_teacher_matches_sentence_transformers():
 
 
 def test_minilm_split_is_disjoint_and_metrics_are_sane():
-    from examples import minilm
+    from deployc.examples import minilm
 
     train = {s for s in minilm.sentences() if not minilm.is_heldout(s)}
     held = {s for s in minilm.sentences() if minilm.is_heldout(s)}
@@ -209,7 +242,9 @@ def test_minilm_three_layer_student_builds_to_onnx(tmp_path):
     result = build(EXAMPLES / "distill_minilm_small.yaml", out=out, quiet=True)
     m = next(p for p in result.manifest["passes"] if p["name"] == "distill")["metrics"]
     assert m["kept_layers"] == [0, 2, 4] and m["teacher_layers"] == 6
-    assert m["student_params"] < m["teacher_params"] and m["frozen_params"] == (30522 + 512 + 2 + 2) * 384  # word, position, type, LayerNorm
+    assert (
+        m["student_params"] < m["teacher_params"] and m["frozen_params"] == (30522 + 512 + 2 + 2) * 384
+    )  # word, position, type, LayerNorm
     fp32 = result.manifest["artifacts"][0]
     assert fp32["gate"]["status"] == "pass" and fp32["inputs"][0]["dtype"] == "int64"
     assert 0.3 < fp32["metrics"]["metric"] < 0.999  # a real, different model: cosine to the 6-layer teacher

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from passes.export import ExportError, export_onnx
-from pipeline.data import digits_arrays
-from pipeline.state import ModelState, TensorSpec
+from deployc.data import digits_arrays
+from deployc.ort import session
+from deployc.passes.export import ExportError, export_onnx
+from deployc.state import ModelState, TensorSpec
 
 DIGITS = ModelState(inputs=(TensorSpec("image", ("batch", 1, 8, 8)),))
 
@@ -18,7 +18,7 @@ DIGITS = ModelState(inputs=(TensorSpec("image", ("batch", 1, 8, 8)),))
 def test_digits_cnn_numerics_and_dynamic_batch(digits_model):
     proto = export_onnx(digits_model, DIGITS)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(proto)
     x = digits_arrays("test")[0]
     for n in (1, 7, 450):
         got = sess.run(None, {"image": x[:n]})[0]

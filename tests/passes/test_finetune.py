@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from passes.finetune import Finetune, FinetuneConfig
-from passes.prune import PruneStructured, StructuredConfig
-from pipeline.build import check
-from pipeline.errors import PipelineError
-from pipeline.manager import run_pass
+from deployc.build import check
+from deployc.errors import PipelineError
+from deployc.manager import run_pass
+from deployc.passes.finetune import Finetune, FinetuneConfig
+from deployc.passes.prune import PruneStructured, StructuredConfig
 from tests.conftest import digits_config
 from tests.passes.test_prune import make_ctx, one_thread, state_of, top1  # noqa: F401  (autouse fixture)
 
@@ -30,10 +30,13 @@ def test_structured_50_percent_recovers_within_two_points(digits_model, pruned_s
     assert top1(digits_model) - top1(tuned.module) <= 0.02
     m = tuned.history[-1].metrics
     assert m["epochs_run"] == 10 and m["metric_after"] == pytest.approx(top1(tuned.module))
-    summary, history = m["report_tables"]
-    assert summary["title"].startswith("pruning + recovery") and "prune.structured" in summary["rows"][0][0]
-    assert len(history["rows"]) == 10
-    assert pruned_state.module.stem[0].weight.shape == tuned.module.stem[0].weight.shape  # same architecture, new weights
+    summary, history = tuned.history[-1].tables
+    assert summary.title.startswith("pruning + recovery") and "prune.structured" in summary.rows[0][0]
+    assert len(history.rows) == 10
+    assert summary.timed == {8, 9}  # the latency columns stay out of manifest.json
+    assert (
+        pruned_state.module.stem[0].weight.shape == tuned.module.stem[0].weight.shape
+    )  # same architecture, new weights
     assert not torch.equal(pruned_state.module.stem[0].weight, tuned.module.stem[0].weight)
 
 
@@ -58,11 +61,12 @@ def test_bad_training_options_fail_at_config_check():
 
 
 def test_build_with_prune_and_finetune_reports_summary(tmp_path):
-    from pipeline.build import build
+    from deployc.build import build
 
-    config = digits_config(passes=[{"prune.structured": {"ratio": 0.25, "measure_onnx": False}},
-                                   {"finetune": {"epochs": 2, "lr": 3e-3}}],
-                           validate={"max_drift": 0.05, "latency_runs": 2})
+    config = digits_config(
+        passes=[{"prune.structured": {"ratio": 0.25, "measure_onnx": False}}, {"finetune": {"epochs": 2, "lr": 3e-3}}],
+        validate={"max_drift": 0.05, "latency_runs": 2},
+    )
     result = build(config, out=tmp_path / "out", quiet=True)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## pruning + recovery fine-tuning" in report and "## prune.structured: output channels per layer" in report

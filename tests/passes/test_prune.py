@@ -13,18 +13,19 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from examples.models import DigitsConcatNet
-from passes.export import ExportCheck, ExportError, export_onnx
-from passes.model_stats import params_and_macs
-from passes.prune import MagnitudeConfig, PruneMagnitude, PruneStructured, StructuredConfig
-from passes.prune_gradual import GradualConfig, PruneGradual
-from pipeline.config import load_config
-from pipeline.contracts import Context, Pass
-from pipeline.data import Dataset, digits_arrays
-from pipeline.errors import UsageError
-from pipeline.instruments import Instruments
-from pipeline.manager import run_pass
-from pipeline.state import ModelState, TensorSpec
+from deployc.config import load_config
+from deployc.contracts import Context, Pass, PassResult
+from deployc.data import Dataset, digits_arrays
+from deployc.errors import UsageError
+from deployc.examples.models import DigitsConcatNet
+from deployc.instruments import Instruments
+from deployc.manager import run_pass
+from deployc.ort import session
+from deployc.passes.export import ExportCheck, ExportError, export_onnx
+from deployc.passes.model_stats import params_and_macs
+from deployc.passes.prune import MagnitudeConfig, PruneMagnitude, PruneStructured, StructuredConfig
+from deployc.passes.prune_gradual import GradualConfig, PruneGradual
+from deployc.state import ModelState, TensorSpec
 from tests.conftest import digits_config
 
 X_TEST, Y_TEST = digits_arrays("test")
@@ -42,13 +43,22 @@ def one_thread():
 def make_ctx(tmp_path, check_export: bool = False) -> Context:
     x, y = digits_arrays("train")
     train = Dataset({"image": x}, y, "digits:train")
-    return Context(config=load_config(digits_config()), train=train, calibration=train,
-                   validation=Dataset({"image": X_TEST}, Y_TEST, "digits:test"), work_dir=tmp_path,
-                   instruments=Instruments(quiet=True, extra=[ExportCheck()] if check_export else []))
+    return Context(
+        config=load_config(digits_config()),
+        train=train,
+        calibration=train,
+        validation=Dataset({"image": X_TEST}, Y_TEST, "digits:test"),
+        work_dir=tmp_path,
+        instruments=Instruments(quiet=True, extra=[ExportCheck()] if check_export else []),
+    )
 
 
 def state_of(module: nn.Module) -> ModelState:
-    return ModelState(module=module.eval(), inputs=(TensorSpec("image", ("batch", 1, 8, 8)),), facts=frozenset({"torch", "data.train"}))
+    return ModelState(
+        module=module.eval(),
+        inputs=(TensorSpec("image", ("batch", 1, 8, 8)),),
+        facts=frozenset({"torch", "data.train"}),
+    )
 
 
 def top1(module: nn.Module) -> float:
@@ -59,7 +69,7 @@ def top1(module: nn.Module) -> float:
 def onnx_session(module: nn.Module) -> tuple[onnx.ModelProto, ort.InferenceSession]:
     proto = export_onnx(module, state_of(module))
     onnx.checker.check_model(proto)
-    return proto, ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return proto, session(proto)
 
 
 def conv_out_channels(proto: onnx.ModelProto) -> list[int]:
@@ -70,7 +80,7 @@ def conv_out_channels(proto: onnx.ModelProto) -> list[int]:
 @pytest.fixture(scope="module")
 def concat_model() -> nn.Module:
     """DigitsConcatNet trained briefly on digits (concat of three branches)."""
-    from passes.training import TrainConfig, fit
+    from deployc.passes.training import TrainConfig, fit
 
     torch.manual_seed(0)
     model = DigitsConcatNet()
@@ -82,7 +92,9 @@ def concat_model() -> nn.Module:
 @pytest.mark.parametrize("which", ["residual", "concat"])
 def test_structured_prunes_channels_and_exports(which, digits_model, concat_model, tmp_path):
     model = digits_model if which == "residual" else concat_model
-    state = run_pass(PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)), state_of(model), make_ctx(tmp_path))
+    state = run_pass(
+        PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)), state_of(model), make_ctx(tmp_path)
+    )
     pruned, record = state.module, state.history[-1]
     assert record.modified and state.onnx is None and "pruned" in state.facts
     assert record.metrics["macs_ratio"] < 0.35  # both in- and out-channels halve
@@ -96,7 +108,7 @@ def test_structured_prunes_channels_and_exports(which, digits_model, concat_mode
     got = sess.run(None, {"image": X_TEST[:32]})[0]
     want = pruned(torch.from_numpy(X_TEST[:32])).detach().numpy()
     assert got.shape == (32, 10) and np.abs(got - want).max() < 1e-4
-    titles = [t["title"] for t in record.metrics["report_tables"]]
+    titles = [t.title for t in record.tables]
     assert "prune.structured: output channels per layer" in titles
 
 
@@ -104,14 +116,20 @@ def test_structured_round_to_global_taylor(digits_model, tmp_path):
     cfg = StructuredConfig(ratio=0.4, round_to=4, scope="global", importance="taylor", measure_onnx=False)
     pruned = run_pass(PruneStructured(cfg), state_of(digits_model), make_ctx(tmp_path)).module
     convs = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
-    assert all(c % 4 == 0 for c in convs) and sum(convs) < sum(m.out_channels for m in digits_model.modules() if isinstance(m, nn.Conv2d))
+    assert all(c % 4 == 0 for c in convs) and sum(convs) < sum(
+        m.out_channels for m in digits_model.modules() if isinstance(m, nn.Conv2d)
+    )
 
 
 def test_depthwise_model_prunes_consistently(tmp_path):
-    from examples.models import DigitsMobileNet
+    from deployc.examples.models import DigitsMobileNet
 
     torch.manual_seed(0)
-    state = run_pass(PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)), state_of(DigitsMobileNet()), make_ctx(tmp_path))
+    state = run_pass(
+        PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)),
+        state_of(DigitsMobileNet()),
+        make_ctx(tmp_path),
+    )
     for m in state.module.modules():
         if isinstance(m, nn.Conv2d) and m.groups > 1:
             assert m.groups == m.in_channels == m.out_channels  # depthwise stays depthwise
@@ -138,17 +156,25 @@ def test_attention_embed_dim_pruned_per_head_and_exports(tmp_path):
     torch.manual_seed(0)
     model = _TinyEncoder().eval()
     state = ModelState(module=model, inputs=(TensorSpec("x", ("batch", 6, 8)),), facts=frozenset({"torch"}))
-    pruned = run_pass(PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)), state, make_ctx(tmp_path)).module
+    pruned = run_pass(
+        PruneStructured(StructuredConfig(ratio=0.5, measure_onnx=False)), state, make_ctx(tmp_path)
+    ).module
     attn = pruned.attn
     assert (attn.embed_dim, attn.num_heads, attn.head_dim) == (16, 4, 4) and pruned.head.out_features == 5
     x = np.random.default_rng(0).standard_normal((3, 6, 8)).astype(np.float32)
-    sess = ort.InferenceSession(export_onnx(pruned, state).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(export_onnx(pruned, state))
     assert np.abs(sess.run(None, {"x": x})[0] - pruned(torch.from_numpy(x)).detach().numpy()).max() < 1e-4
 
 
 def test_unknown_ignored_layer_names_key_and_suggests(digits_model, tmp_path):
-    with pytest.raises(UsageError, match=r"prune\.structured\.ignore\[0\]: no layer named 'layer2.conv9'.*did you mean"):
-        run_pass(PruneStructured(StructuredConfig(ignore=["layer2.conv9"], measure_onnx=False)), state_of(digits_model), make_ctx(tmp_path))
+    with pytest.raises(
+        UsageError, match=r"prune\.structured\.ignore\[0\]: no layer named 'layer2.conv9'.*did you mean"
+    ):
+        run_pass(
+            PruneStructured(StructuredConfig(ignore=["layer2.conv9"], measure_onnx=False)),
+            state_of(digits_model),
+            make_ctx(tmp_path),
+        )
 
 
 def test_ignored_layers_keep_their_channels(digits_model, tmp_path):
@@ -161,16 +187,20 @@ def test_magnitude_80_percent_zeros_in_exported_onnx(digits_model, tmp_path):
     """Done-when: 80% sparsity → 80% zeros in the exported ONNX weights; masks are permanent."""
     state = run_pass(PruneMagnitude(MagnitudeConfig(sparsity=0.8)), state_of(digits_model), make_ctx(tmp_path))
     pruned, m = state.module, state.history[-1].metrics
-    assert not any(n.endswith(("_orig", "_mask")) for n, _ in list(pruned.named_parameters()) + list(pruned.named_buffers()))
+    assert not any(
+        n.endswith(("_orig", "_mask")) for n, _ in list(pruned.named_parameters()) + list(pruned.named_buffers())
+    )
     assert not any(mod._forward_pre_hooks for mod in pruned.modules())
     proto, sess = onnx_session(pruned)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    weights = [inits[n.input[1]] for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits]
+    weights = [
+        inits[n.input[1]] for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits
+    ]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert abs(zeros - 0.8) < 0.01 and abs(m["sparsity"] - 0.8) < 0.01
     assert m["onnx_zip_bytes_after"] < 0.6 * m["onnx_zip_bytes_before"]  # zeros compress
     assert m["onnx_bytes_after"] > 0.9 * m["onnx_bytes_before"]  # …but the raw file stays dense
-    per_layer = state.history[-1].metrics["report_tables"][0]
+    per_layer = state.history[-1].tables[0].to_json()
     assert {r[0] for r in per_layer["rows"]} >= {"stem.0", "layer1.conv1", "fc"}
     got = sess.run(None, {"image": X_TEST[:16]})[0]
     assert np.abs(got - pruned(torch.from_numpy(X_TEST[:16])).detach().numpy()).max() < 1e-4
@@ -188,7 +218,7 @@ def test_gradual_weights_reaches_target_on_schedule(digits_model, tmp_path):
     cfg = GradualConfig(sparsity=0.7, epochs=3, ramp_epochs=2, lr=1e-3, measure_onnx=False)
     state = run_pass(PruneGradual(cfg), state_of(digits_model), make_ctx(tmp_path))
     m = state.history[-1].metrics
-    rows = m["report_tables"][0]["rows"]
+    rows = state.history[-1].tables[0].rows
     assert [r[0] for r in rows] == [0, 1, 2]
     targets = [float(r[1]) for r in rows]
     assert targets[0] == 0 and 0 < targets[1] < 0.7 and targets[2] == pytest.approx(0.7)
@@ -200,9 +230,11 @@ def test_gradual_weights_reaches_target_on_schedule(digits_model, tmp_path):
 
 
 def test_gradual_channels_on_concat(concat_model, tmp_path):
-    cfg = GradualConfig(mode="channels", sparsity=0.5, epochs=2, ramp_epochs=2, schedule="linear", lr=2e-3, measure_onnx=False)
+    cfg = GradualConfig(
+        mode="channels", sparsity=0.5, epochs=2, ramp_epochs=2, schedule="linear", lr=2e-3, measure_onnx=False
+    )
     state = run_pass(PruneGradual(cfg), state_of(concat_model), make_ctx(tmp_path))
-    rows = state.history[-1].metrics["report_tables"][0]["rows"]
+    rows = state.history[-1].tables[0].rows
     assert [float(r[1]) for r in rows] == pytest.approx([0, 0.25, 0.5])
     assert float(rows[-1][2]) == pytest.approx(0.5, abs=0.05)
     assert onnx_session(state.module)[1].run(None, {"image": X_TEST[:4]})[0].shape == (4, 10)
@@ -224,7 +256,7 @@ class _BreaksExport(Pass):
     def run(self, state, ctx):
         module = copy.deepcopy(state.module)
         module.stem[2] = _Airy()
-        return state.replace(module=module, onnx=None), True, {}
+        return PassResult(state.replace(module=module, onnx=None), True)
 
 
 def test_export_check_names_pass_and_layer(digits_model, tmp_path):

@@ -4,21 +4,21 @@ ranges QAT learned, checked against the converted torch graph and the fp32 model
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from passes.export import export_onnx
-from passes.onnx_util import op_counts
-from passes.qat import Qat, QatConfig
-from pipeline.config import load_config
-from pipeline.contracts import Context
-from pipeline.data import Dataset, digits_arrays
-from pipeline.errors import UsageError
-from pipeline.instruments import Instruments
-from pipeline.manager import run_pass
-from pipeline.state import ModelState, TensorSpec
-from targets.onnx import quantize_for
+from deployc.config import load_config
+from deployc.contracts import Context
+from deployc.data import Dataset, digits_arrays
+from deployc.errors import UsageError
+from deployc.instruments import Instruments
+from deployc.manager import run_pass
+from deployc.ort import session
+from deployc.passes.export import export_onnx
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.qat import Qat, QatConfig
+from deployc.state import ModelState, TensorSpec
+from deployc.targets.onnx import quantize_for
 from tests.conftest import digits_config
 
 
@@ -26,8 +26,12 @@ from tests.conftest import digits_config
 def qat_run(digits_model, tmp_path_factory):
     x, y = digits_arrays("train")
     train = Dataset({"image": x}, y, "digits:train")
-    ctx = Context(load_config(digits_config()), train, train, None, tmp_path_factory.mktemp("qat"), Instruments(quiet=True))
-    state = ModelState(module=digits_model, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),), facts=frozenset({"torch", "data.train"}))
+    ctx = Context(
+        load_config(digits_config()), train, train, None, tmp_path_factory.mktemp("qat"), Instruments(quiet=True)
+    )
+    state = ModelState(
+        module=digits_model, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),), facts=frozenset({"torch", "data.train"})
+    )
     out = run_pass(Qat(QatConfig(epochs=1)), state, ctx)
     return out, ctx, export_onnx(out.module, out)
 
@@ -42,15 +46,15 @@ def test_qat_exports_qdq_with_the_learned_ranges(qat_run):
     assert "BatchNormalization" not in counts  # folded before fake quant
     int8_weights = [i for i in proto.graph.initializer if i.data_type == 3 and len(i.dims) == 4]
     assert len(int8_weights) == counts["Conv"]
-    table = metrics["report_tables"][0]
-    scales = [float(r[1]) for r in table["rows"]]
+    table = state.history[-1].tables[0]
+    scales = [float(r[1]) for r in table.rows]
     assert all(s > 0 for s in scales) and len(set(scales)) > 1
 
 
 def test_qat_onnx_matches_the_converted_graph_and_keeps_accuracy(qat_run, digits_model):
     state, _, proto = qat_run
     x, y = digits_arrays("test")
-    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    got = session(proto).run(None, {"image": x})[0]
     with torch.no_grad():
         want = state.module(torch.from_numpy(x)).numpy()
         fp32 = digits_model(torch.from_numpy(x)).numpy()

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
 from torch import nn
 
-from passes.export import export_onnx
-from passes.onnx_util import op_counts
-from passes.quantize import DynamicConfig, Int8Config, convert_fp16, quantize_dynamic_int8, quantize_int8
-from pipeline.data import Dataset, digits_arrays
-from pipeline.state import ModelState, TensorSpec
+from deployc.data import Dataset, digits_arrays
+from deployc.ort import session
+from deployc.passes.export import export_onnx
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.quantize import DynamicConfig, Int8Config, convert_fp16, quantize_dynamic_int8, quantize_int8
+from deployc.state import ModelState, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def calib() -> Dataset:
 
 
 def _run(proto: onnx.ModelProto, feed: dict) -> np.ndarray:
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    return session(proto).run(None, feed)[0]
 
 
 def _weight_scales(proto: onnx.ModelProto) -> list[np.ndarray]:
@@ -39,7 +39,11 @@ def _weight_scales(proto: onnx.ModelProto) -> list[np.ndarray]:
     inits = {i.name: i for i in proto.graph.initializer}
     out = []
     for n in proto.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8:
+        if (
+            n.op_type == "DequantizeLinear"
+            and n.input[0] in inits
+            and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+        ):
             out.append(numpy_helper.to_array(inits[n.input[1]]))
     return out
 
@@ -59,8 +63,13 @@ def test_int8_per_channel_qdq(digits_proto, calib):
 
 def test_calibration_methods_give_different_activation_ranges(digits_proto, calib):
     def input_scale(proto):
-        return next(numpy_helper.to_array(i) for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"
-                    for i in proto.graph.initializer if i.name == n.input[1])
+        return next(
+            numpy_helper.to_array(i)
+            for n in proto.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] == "image"
+            for i in proto.graph.initializer
+            if i.name == n.input[1]
+        )
 
     minmax = input_scale(quantize_int8(digits_proto, calib, Int8Config(calibration="minmax")))
     pct = input_scale(quantize_int8(digits_proto, calib, Int8Config(calibration="percentile", percentile=90.0)))
@@ -120,15 +129,29 @@ def test_int8_only_quantizes_the_named_node(digits_proto, calib):
 
 
 def test_latency_gate_warns_or_fails_an_int8_artifact_slower_than_fp32():
-    from passes.quantize_checks import latency_gate
-    from pipeline.contracts import Artifact
+    from deployc.contracts import Artifact
+    from deployc.gates import latency_gate
 
     def arts():
         fp32 = Artifact("onnx", "fp32", None, "onnxruntime", "1", perf={"latency_ms_batch1": 0.10})
-        int8 = Artifact("onnx", "int8", None, "onnxruntime", "1", perf={"latency_ms_batch1": 0.12},
-                        gate={"status": "pass", "reason": "ok"})
-        fast = Artifact("tflite", "int8", None, "litert", "1", perf={"latency_ms_batch1": 0.01},
-                        gate={"status": "pass", "reason": "ok"})
+        int8 = Artifact(
+            "onnx",
+            "int8",
+            None,
+            "onnxruntime",
+            "1",
+            perf={"latency_ms_batch1": 0.12},
+            gate={"status": "pass", "reason": "ok"},
+        )
+        fast = Artifact(
+            "tflite",
+            "int8",
+            None,
+            "litert",
+            "1",
+            perf={"latency_ms_batch1": 0.01},
+            gate={"status": "pass", "reason": "ok"},
+        )
         return [fp32, int8, fast]
 
     warned = arts()
@@ -139,7 +162,9 @@ def test_latency_gate_warns_or_fails_an_int8_artifact_slower_than_fp32():
     failed = arts()
     latency_gate(failed, "fail")
     assert failed[1].gate["status"] == "fail" and failed[2].gate["status"] == "pass"  # no tflite fp32 to compare
-    assert failed[1].details["warnings"] == ["onnx/int8 is not faster than onnx/fp32 on onnxruntime (batch 1; figures in timings.json)"]
+    assert failed[1].details["warnings"] == [
+        "onnx/int8 is not faster than onnx/fp32 on onnxruntime (batch 1; figures in timings.json)"
+    ]
     assert latency_gate(arts(), "off") == []
 
 
@@ -176,12 +201,16 @@ def sequences():
 def test_dynamic_int8_transformer_through_the_cli(tmp_path):
     import json
 
-    from pipeline.cli import main
+    from deployc.cli import main
 
     (tmp_path / "encoder.py").write_text(ENCODER_MODEL)
-    config = {"name": "encoder", "model": {"factory": "encoder.py:make", "inputs": [{"name": "seq", "shape": ["batch", 12, 8]}]},
-              "data": {"validation": "encoder.py:sequences", "metric": "cosine"},
-              "targets": {"onnx": {"precision": ["fp32", "dynamic"]}}, "validate": {"max_drift": 0.01, "latency_runs": 3}}
+    config = {
+        "name": "encoder",
+        "model": {"factory": "encoder.py:make", "inputs": [{"name": "seq", "shape": ["batch", 12, 8]}]},
+        "data": {"validation": "encoder.py:sequences", "metric": "cosine"},
+        "targets": {"onnx": {"precision": ["fp32", "dynamic"]}},
+        "validate": {"max_drift": 0.01, "latency_runs": 3},
+    }
     (tmp_path / "encoder.yaml").write_text(json.dumps(config))
     assert main(["build", str(tmp_path / "encoder.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -8,15 +8,15 @@ from pathlib import Path
 import onnx
 import pytest
 
-from passes.onnx_util import op_counts
-from passes.quantize import Int8Config
-from passes.quantize_tune import tune_int8
-from passes.validate import compute_reference
-from pipeline.build import BuildResult, build
-from pipeline.config import TuneSpec
-from pipeline.data import Dataset, digits_arrays
-from pipeline.metrics import BUILTIN
-from pipeline.state import ModelState, TensorSpec
+from deployc.build import BuildResult, build
+from deployc.config import TuneSpec
+from deployc.data import Dataset, digits_arrays
+from deployc.metrics import BUILTIN
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.quantize import Int8Config
+from deployc.passes.quantize_tune import tune_int8
+from deployc.state import ModelState, TensorSpec
+from deployc.validate import compute_reference
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quant_tune.yaml"
 
@@ -31,13 +31,16 @@ def _int8(result: BuildResult) -> dict:
 
 
 def _record(result: BuildResult) -> dict:
-    return _int8(result)["details"]["pass_records"][0]
+    return next(p for p in _int8(result)["passes"] if p["name"] == "quantize.tune")
 
 
 def _float_weight_convs(proto: onnx.ModelProto) -> list[str]:
     inits = {i.name: i for i in proto.graph.initializer}
-    return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits
-            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT]
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv" and n.input[1] in inits and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+    ]
 
 
 def test_trials_run_in_order_and_stop_at_the_first_within_budget(tuned):
@@ -60,7 +63,7 @@ def test_fallback_keeps_the_hostile_pair_in_fp32_and_fixes_drift(tuned):
     assert sorted(_float_weight_convs(proto)) == sorted(tuning["fallback"])  # exactly those convs stay float
     counts = op_counts(proto)
     assert counts["Conv"] == 8 and counts["QuantizeLinear"] >= 6  # the rest of the model is still int8
-    fallback_table = _record(tuned)["metrics"]["report_tables"][1]
+    fallback_table = _record(tuned)["tables"][1]
     assert {row[0].split(" (")[1].rstrip(")") for row in fallback_table["rows"]} == {"spread", "squeeze"}
 
 
@@ -72,23 +75,33 @@ def test_sensitivity_is_reported_worst_first(tuned):
 
 
 def test_max_trials_caps_the_search_and_the_best_is_still_emitted(tuned):
-    fp32 = onnx.load(str(tuned.out_dir / next(a["path"] for a in tuned.manifest["artifacts"] if a["precision"] == "fp32")))
+    fp32 = onnx.load(
+        str(tuned.out_dir / next(a["path"] for a in tuned.manifest["artifacts"] if a["precision"] == "fp32"))
+    )
     x, y = digits_arrays("test")
     data = Dataset({"image": x[:200]}, y[:200], "digits:test")
     calib = Dataset({"image": digits_arrays("train")[0][:64]}, None, "digits:train")
-    ref = compute_reference(ModelState(onnx=fp32, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),)), data,
-                            BUILTIN["top1"], 64)
+    ref = compute_reference(
+        ModelState(onnx=fp32, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),)), data, BUILTIN["top1"], 64
+    )
     result = tune_int8(fp32, calib, data, ref, Int8Config(), TuneSpec(max_trials=2), budget=0.01)
     assert len(result.trials) == 2 and not result.within_budget
     assert result.best.index == 1  # equal drift: the earlier, as-configured candidate wins
-    benign = tune_int8(fp32, calib, data, ref, Int8Config(exclude=list(_int8(tuned)["details"]["tuning"]["fallback"])),
-                       TuneSpec(), budget=0.01)
+    benign = tune_int8(
+        fp32,
+        calib,
+        data,
+        ref,
+        Int8Config(exclude=list(_int8(tuned)["details"]["tuning"]["fallback"])),
+        TuneSpec(),
+        budget=0.01,
+    )
     assert len(benign.trials) == 1 and benign.within_budget  # within budget at once: no further trials
 
 
 def test_explain_lists_layers_worst_first_and_the_fallback(tuned, tmp_path):
-    from passes.explain import explain, layer_report
-    from pipeline.errors import UsageError
+    from deployc.commands.explain import explain, layer_report
+    from deployc.errors import UsageError
 
     errors, facts = layer_report(tuned.out_dir, samples=32)
     added = [e.added for e in errors]

@@ -6,14 +6,14 @@ import numpy as np
 import onnx
 import pytest
 
-from examples.quant_hostile import hostile
-from passes.export import export_onnx
-from passes.quantize import Int8Config, quantize_int8
-from passes.quantize_checks import channel_range_warnings
-from passes.sensitivity import activation_errors, channel_nmse, single_layer_errors
-from passes.simplify import simplify_proto
-from pipeline.data import Dataset, digits_arrays
-from pipeline.state import ModelState, TensorSpec
+from deployc.data import Dataset, digits_arrays
+from deployc.examples.quant_hostile import hostile
+from deployc.passes.export import export_onnx
+from deployc.passes.quantize import Int8Config, quantize_int8
+from deployc.passes.quantize_checks import channel_range_warnings
+from deployc.passes.sensitivity import activation_errors, channel_nmse, single_layer_errors
+from deployc.passes.simplify import simplify_proto
+from deployc.state import ModelState, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_channel_nmse_sees_a_crushed_small_channel():
     ref[:, 0] *= 1000
     got = ref.copy()
     got[:, 1:] = 0  # what per-tensor int8 does to the small channels
-    global_nmse = ((ref - got) ** 2).sum() / (ref ** 2).sum()
+    global_nmse = ((ref - got) ** 2).sum() / (ref**2).sum()
     assert global_nmse < 1e-5
     assert channel_nmse(ref, got) == pytest.approx(0.75)
     assert channel_nmse(ref, ref) == 0.0
@@ -47,13 +47,15 @@ def test_single_layer_sensitivity_ranks_the_hostile_pair_first(hostile_proto, ca
     top = {e.node for e in errors[:2]}
     assert top == {_node(hostile_proto, "spread"), _node(hostile_proto, "squeeze")}
     assert errors[1].error > 1000 * errors[2].error  # the rest of the model quantizes harmlessly
-    assert {"(spread)", "(squeeze)"} <= {e.layer[e.layer.index("("):] for e in errors[:2]}
+    assert {"(spread)", "(squeeze)"} <= {e.layer[e.layer.index("(") :] for e in errors[:2]}
 
 
 def test_activation_errors_zero_for_the_same_graph_and_high_downstream_of_the_trap(hostile_proto, calib):
     same = activation_errors(hostile_proto, hostile_proto, calib)
     assert same and all(e.error == 0 for e in same)
-    errors = {e.node: e for e in activation_errors(hostile_proto, quantize_int8(hostile_proto, calib, Int8Config()), calib)}
+    errors = {
+        e.node: e for e in activation_errors(hostile_proto, quantize_int8(hostile_proto, calib, Int8Config()), calib)
+    }
     stem, spread = _node(hostile_proto, "stem.0"), _node(hostile_proto, "spread")
     assert errors[stem].error < 1e-3  # before the outlier channel, int8 is fine
     assert errors[spread].added > 0.5  # the per-tensor step wipes out 15 of 16 channels here

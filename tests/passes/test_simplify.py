@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.onnx_util import op_counts
-from passes.simplify import SimplifyConfig, simplify_proto
+from deployc.ort import session
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.simplify import SimplifyConfig, simplify_proto
 
 
 def _graph_with_foldable_parts() -> onnx.ModelProto:
@@ -33,13 +33,18 @@ def _graph_with_foldable_parts() -> onnx.ModelProto:
         helper.make_node("Relu", ["add"], ["y"], name="relu"),
         helper.make_node("Neg", ["conv"], ["dead"], name="dead"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
 def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return session(proto).run(None, {"x": x})[0]
 
 
 def test_simplify_folds_and_keeps_numbers():

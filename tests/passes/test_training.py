@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from passes.augment import build_augmenter
-from passes.training import TrainConfig, fit, lr_factor
-from pipeline.data import Dataset, digits_arrays
-from pipeline.errors import UsageError
+from deployc.data import Dataset, digits_arrays
+from deployc.errors import UsageError
+from deployc.passes.augment import build_augmenter
+from deployc.passes.training import TrainConfig, fit, lr_factor
 
 
 def factors(**kw) -> list[float]:
@@ -27,7 +27,9 @@ def test_lr_schedules_have_their_shapes():
     assert cos[0] == 1.0 and cos[50] == pytest.approx(0.5, abs=0.02) and cos[-1] < 0.01
     assert all(a >= b for a, b in zip(cos, cos[1:]))
     one = factors(schedule="onecycle")
-    assert one[0] == pytest.approx(0.04) and max(one) == pytest.approx(1.0, abs=0.01) and 25 <= one.index(max(one)) <= 32
+    assert (
+        one[0] == pytest.approx(0.04) and max(one) == pytest.approx(1.0, abs=0.01) and 25 <= one.index(max(one)) <= 32
+    )
     cyc = factors(schedule="cyclic")
     assert cyc[0] == pytest.approx(0.1) and cyc[10] == pytest.approx(1.0) and cyc[20] == pytest.approx(0.1)
     warm = factors(schedule="constant", warmup_epochs=2)
@@ -41,8 +43,15 @@ def augment(spec: dict, x: torch.Tensor, name: str | None = None, seed: int = 0)
 IMAGES = torch.from_numpy(digits_arrays("test")[0][:16])
 
 
-@pytest.mark.parametrize("spec", [{"rotate": {"degrees": 20}}, {"scale": {"low": 0.8, "high": 1.2}},
-                                  {"affine": {}}, {"color_jitter": {"brightness": 0.3, "contrast": 0.3}}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"rotate": {"degrees": 20}},
+        {"scale": {"low": 0.8, "high": 1.2}},
+        {"affine": {}},
+        {"color_jitter": {"brightness": 0.3, "contrast": 0.3}},
+    ],
+)
 def test_image_augmentations_change_each_image_differently(spec):
     out = augment(spec, IMAGES)
     assert out.shape == IMAGES.shape and out.dtype == IMAGES.dtype and torch.isfinite(out).all()
@@ -57,15 +66,19 @@ def test_rotation_by_zero_and_scale_one_is_identity():
 
 def test_series_augmentations():
     t = torch.linspace(0, 1, 50)
-    series = torch.stack([t, t ** 2, torch.sin(6 * t)])[:, None].repeat(1, 2, 1)  # (3, 2, 50)
+    series = torch.stack([t, t**2, torch.sin(6 * t)])[:, None].repeat(1, 2, 1)  # (3, 2, 50)
     warped = augment({"time_warp": {"strength": 0.5}}, series)
     assert warped.shape == series.shape
-    assert torch.allclose(warped[..., 0], series[..., 0]) and torch.allclose(warped[..., -1], series[..., -1], atol=1e-5)
+    assert torch.allclose(warped[..., 0], series[..., 0]) and torch.allclose(
+        warped[..., -1], series[..., -1], atol=1e-5
+    )
     assert (warped[0, 0, 1:] >= warped[0, 0, :-1] - 1e-6).all()  # a monotone series stays monotone
     assert not torch.allclose(warped, series, atol=1e-3)
     scaled = augment({"magnitude_scale": {"std": 0.2}}, series)
     ratio = scaled[:, :, 1:] / series[:, :, 1:]
-    assert torch.allclose(ratio[..., 10:], ratio[..., 10:11].expand_as(ratio[..., 10:]), atol=1e-4)  # one factor per channel
+    assert torch.allclose(
+        ratio[..., 10:], ratio[..., 10:11].expand_as(ratio[..., 10:]), atol=1e-4
+    )  # one factor per channel
     jittered = augment({"jitter": {"std": 0.1}}, series[:, 0])  # (N, T) works too
     assert 0.05 < float((jittered - series[:, 0]).std()) < 0.15
     assert torch.equal(augment({"jitter": {}}, IMAGES), IMAGES)  # images are not series
@@ -119,8 +132,16 @@ def _mlp() -> nn.Module:
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_optimizers_learn(optimizer):
     model = _mlp()
-    cfg = TrainConfig(epochs=4, batch_size=32, optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 1e-2, weight_decay=1e-4,
-                      label_smoothing=0.1, dropout=0.2, augment=[{"noise": {"std": 0.02}}])
+    cfg = TrainConfig(
+        epochs=4,
+        batch_size=32,
+        optimizer=optimizer,
+        lr=0.1 if optimizer == "sgd" else 1e-2,
+        weight_decay=1e-4,
+        label_smoothing=0.1,
+        dropout=0.2,
+        augment=[{"noise": {"std": 0.02}}],
+    )
     result = fit(model, _digits(), cfg, None, ["image"])
     assert result.history[-1]["loss"] < 0.7 * result.history[0]["loss"]
     assert result.history[-1]["holdout_metric"] > 0.8
@@ -152,7 +173,9 @@ def test_epoch_hook_may_replace_parameters():
         seen.append(keep)
         return True
 
-    result = fit(model, _digits(), TrainConfig(epochs=3, lr=5e-3, schedule="cosine"), None, ["image"], epoch_hook=shrink)
+    result = fit(
+        model, _digits(), TrainConfig(epochs=3, lr=5e-3, schedule="cosine"), None, ["image"], epoch_hook=shrink
+    )
     assert model[1].out_features == 16 and len(result.history) == 3
     assert not torch.equal(seen[1], model[1].weight)  # the replacement layer trained in the last epoch
     assert result.history[-1]["lr"] < result.history[0]["lr"]  # the schedule resumed where it was

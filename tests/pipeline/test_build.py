@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipeline.cli import main
-from pipeline.manifest import sha256
+from deployc.cli import main
+from deployc.manifest import sha256
 from tests.conftest import digits_config, write
 
 
@@ -57,8 +57,11 @@ def test_report_lists_every_artifact(demo_build):
 
 
 def test_gate_failure_exits_3(tmp_path: Path):
-    cfg = digits_config(data={"validation": "digits:test", "calibration": "digits:train", "metric": "mse"},
-                        targets={"onnx": {"precision": ["int8"]}}, validate={"max_drift": 0.0, "latency_runs": 1})
+    cfg = digits_config(
+        data={"validation": "digits:test", "calibration": "digits:train", "metric": "mse"},
+        targets={"onnx": {"precision": ["int8"]}},
+        validate={"max_drift": 0.0, "latency_runs": 1},
+    )
     path = write(tmp_path / "c.yaml", json.dumps(cfg))
     assert main(["build", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 3
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -80,10 +83,13 @@ def test_config_typo_exits_2_naming_key(tmp_path: Path, capsys):
 
 def test_internal_error_exits_1(tmp_path: Path, capsys):
     """A metric callable that crashes is a bug outside deployc's checks: exit 1, no traceback."""
-    write(tmp_path / "metric.py", """
+    write(
+        tmp_path / "metric.py",
+        """
         def broken(outputs, labels):
             raise ZeroDivisionError("boom")
-    """)
+    """,
+    )
     cfg = digits_config(data={"validation": "digits:test", "metric": "metric.py:broken"})
     path = write(tmp_path / "c.yaml", json.dumps(cfg))
     assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 1

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config
-from pipeline.data import calibration_source, load_dataset
-from pipeline.errors import UsageError
-from pipeline.state import TensorSpec
+from deployc.config import load_config
+from deployc.data import calibration_source, load_dataset
+from deployc.errors import UsageError
+from deployc.state import TensorSpec
 from tests.conftest import digits_npz, write
 
 SPECS = (TensorSpec("image", ("batch", 1, 8, 8)),)
@@ -22,8 +22,18 @@ def _cfg(tmp_path: Path, validation: str, **data) -> object:
 
 def test_digits_splits_are_disjoint_and_fixed():
     cfg = load_config({"model": {"factory": "x:y"}})
-    test = load_dataset(load_config({"model": {"factory": "x:y"}, "data": {"validation": "digits"}}).data.validation, cfg, SPECS, "validation")
-    train = load_dataset(cfg.data.model_fields["validation"].annotation.__args__[0].model_validate("digits:train"), cfg, SPECS, "calibration")
+    test = load_dataset(
+        load_config({"model": {"factory": "x:y"}, "data": {"validation": "digits"}}).data.validation,
+        cfg,
+        SPECS,
+        "validation",
+    )
+    train = load_dataset(
+        cfg.data.model_fields["validation"].annotation.__args__[0].model_validate("digits:train"),
+        cfg,
+        SPECS,
+        "calibration",
+    )
     assert len(test) == 450 and len(train) == 1347
     assert test.inputs["image"].shape == (450, 1, 8, 8) and test.inputs["image"].max() <= 1.0
     flat = {a.tobytes() for a in train.inputs["image"]}
@@ -47,7 +57,9 @@ def test_npz_errors_name_file_and_key(tmp_path: Path):
         load_dataset(cfg.data.validation, cfg, SPECS, "validation")
     np.savez(tmp_path / "shape.npz", image=np.zeros((4, 3, 8, 8), np.float32))
     cfg = _cfg(tmp_path, "shape.npz")
-    with pytest.raises(UsageError, match=r"input 'image' have shape \[3, 8, 8\] per sample, the model input expects \[1, 8, 8\]"):
+    with pytest.raises(
+        UsageError, match=r"input 'image' have shape \[3, 8, 8\] per sample, the model input expects \[1, 8, 8\]"
+    ):
         load_dataset(cfg.data.validation, cfg, SPECS, "validation")
     np.savez(tmp_path / "empty.npz", image=np.zeros((0, 1, 8, 8), np.float32))
     cfg = _cfg(tmp_path, "empty.npz")
@@ -60,23 +72,29 @@ def test_npz_errors_name_file_and_key(tmp_path: Path):
 
 
 def test_factory_data(tmp_path: Path):
-    write(tmp_path / "data.py", """
+    write(
+        tmp_path / "data.py",
+        """
         import numpy as np
         def samples():
             for i in range(5):
                 yield {"image": np.full((2, 1, 8, 8), i, np.float32)}, np.array([i, i])
-    """)
+    """,
+    )
     cfg = _cfg(tmp_path, "data.py:samples")
     ds = load_dataset(cfg.data.validation, cfg, SPECS, "validation")
     assert len(ds) == 10 and ds.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_label_metric_without_labels_is_rejected(tmp_path: Path, tiny_factory: Path):
-    from pipeline.build import build
+    from deployc.build import build
 
     np.savez(tmp_path / "nolabels.npz", image=np.zeros((4, 1, 8, 8), np.float32))
-    cfg = {"model": {"factory": "tiny.py:make", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
-           "data": {"validation": "nolabels.npz", "metric": "top1"}, "base_dir": tmp_path}
+    cfg = {
+        "model": {"factory": "tiny.py:make", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
+        "data": {"validation": "nolabels.npz", "metric": "top1"},
+        "base_dir": tmp_path,
+    }
     with pytest.raises(UsageError, match=r"'top1' needs labels, and data.validation \(nolabels.npz\) has none"):
         build(cfg, out=tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import xml.etree.ElementTree as ET
 
-from pipeline.ci_summary import append_step_summary
-from pipeline.junit import write_junit
+from deployc.ci_summary import append_step_summary
+from deployc.junit import write_junit
 
 
 def _with_fail_and_skip(manifest):
@@ -14,8 +14,14 @@ def _with_fail_and_skip(manifest):
     bad = copy.deepcopy(m["artifacts"][1])
     bad.update(precision="fp16", gate={"status": "fail", "reason": "drift +0.0312 exceeds budget 0.0100"})
     bad["metrics"] = dict(bad["metrics"], drift=0.0312)
-    skip = {"target": "tensorrt", "precision": "int8", "path": None, "metrics": {}, "perf": {},
-            "gate": {"status": "skipped", "reason": "TensorRT needs an NVIDIA GPU"}}
+    skip = {
+        "target": "tensorrt",
+        "precision": "int8",
+        "path": None,
+        "metrics": {},
+        "perf": {},
+        "gate": {"status": "skipped", "reason": "TensorRT needs an NVIDIA GPU"},
+    }
     m["artifacts"] += [bad, skip]
     return m
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build, check
-from pipeline.cli import main
-from pipeline.errors import PipelineError, UsageError
-from pipeline.pipeline_string import format_pipeline, parse_pipeline
+from deployc.build import build, check
+from deployc.cli import main
+from deployc.errors import PipelineError, UsageError
+from deployc.pipeline_string import format_pipeline, parse_pipeline
 from tests.conftest import digits_config, write
 
 
@@ -27,8 +27,11 @@ def test_unmet_requirement_rejected_before_running(tmp_path: Path):
 
 
 def test_onnx_model_refuses_torch_pass(tmp_path: Path, digits_onnx: Path, capsys):
-    cfg = {"model": {"onnx": str(digits_onnx)}, "data": {"validation": "digits:test"},
-           "passes": [{"simplify": {}}, {"export.onnx": {}}]}
+    cfg = {
+        "model": {"onnx": str(digits_onnx)},
+        "data": {"validation": "digits:test"},
+        "passes": [{"simplify": {}}, {"export.onnx": {}}],
+    }
     path = write(tmp_path / "c.yaml", json.dumps(cfg))
     assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -55,12 +58,15 @@ def test_target_option_typo_and_unknown_target():
 
 
 def test_int8_without_calibration_data_rejected(tmp_path: Path):
-    write(tmp_path / "data.py", """
+    write(
+        tmp_path / "data.py",
+        """
         import numpy as np
         def samples():
             for i in range(4):
                 yield np.zeros((1, 1, 8, 8), np.float32), np.array([i])
-    """)
+    """,
+    )
     cfg = digits_config(data={"validation": "data.py:samples"}, targets={"onnx": {"precision": ["int8"]}})
     cfg["base_dir"] = tmp_path
     with pytest.raises(PipelineError, match="calibration data"):
@@ -73,14 +79,24 @@ def test_missing_validation_data_is_usage_error():
 
 
 def test_pipeline_string_round_trips():
-    steps = [("prune.structured", {"ratio": 0.5, "importance": "l1"}), ("finetune", {"epochs": 3, "lr": 0.001}),
-             ("onnx", {"precision": ["fp32", "int8"], "note": "a, b|c"}), ("tflite", {})]
+    steps = [
+        ("prune.structured", {"ratio": 0.5, "importance": "l1"}),
+        ("finetune", {"epochs": 3, "lr": 0.001}),
+        ("onnx", {"precision": ["fp32", "int8"], "note": "a, b|c"}),
+        ("tflite", {}),
+    ]
     text = format_pipeline(steps)
     assert text.startswith("prune.structured{ratio=0.5,importance=l1} | finetune{epochs=3,lr=0.001} | onnx{")
     assert parse_pipeline(text) == steps
 
 
 def test_canonical_string_comes_from_resolved_config():
-    _, manager = check(digits_config(passes=[{"export.onnx": {"opset": 18}}, {"simplify": {"rewrite": False}}],
-                                     targets={"onnx": {"precision": ["fp32", "dynamic"], "threads": 1}}))
-    assert manager.pipeline_string() == "export.onnx | simplify{rewrite=false} | onnx{precision=[fp32,dynamic],threads=1}"
+    _, manager = check(
+        digits_config(
+            passes=[{"export.onnx": {"opset": 18}}, {"simplify": {"rewrite": False}}],
+            targets={"onnx": {"precision": ["fp32", "dynamic"], "threads": 1}},
+        )
+    )
+    assert (
+        manager.pipeline_string() == "export.onnx | simplify{rewrite=false} | onnx{precision=[fp32,dynamic],threads=1}"
+    )

@@ -14,10 +14,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from pipeline.build import build
-from pipeline.cli import main
-from pipeline.errors import UsageError
-from pipeline.manifest import sha256
+from deployc.build import build
+from deployc.cli import main
+from deployc.errors import UsageError
+from deployc.manifest import sha256
 from tests.conftest import digits_config, write
 
 
@@ -27,8 +27,11 @@ def _manifest_is_true(out: Path) -> bool:
     if not path.exists():
         return True
     manifest = json.loads(path.read_text())
-    return all((out / a["path"]).is_file() and sha256(out / a["path"]) == a["sha256"]
-               for a in manifest["artifacts"] if a["path"])
+    return all(
+        (out / a["path"]).is_file() and sha256(out / a["path"]) == a["sha256"]
+        for a in manifest["artifacts"]
+        if a["path"]
+    )
 
 
 def test_second_build_into_same_out_dir_is_refused(tmp_path: Path):
@@ -52,10 +55,12 @@ def test_out_dir_that_cannot_be_created(tmp_path: Path):
 
 
 def test_kill_9_never_leaves_a_manifest_naming_bad_files(tmp_path: Path):
-    config = write(tmp_path / "c.yaml", json.dumps(digits_config(targets={"onnx": {"precision": ["fp32", "int8"]}},
-                                                                 validate={"latency_runs": 200})))
+    config = write(
+        tmp_path / "c.yaml",
+        json.dumps(digits_config(targets={"onnx": {"precision": ["fp32", "int8"]}}, validate={"latency_runs": 200})),
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline.cli", "build", str(config), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "deployc.cli", "build", str(config), "--out", str(out), "--quiet"]
     env = {**os.environ, "DEPLOYC_CACHE_DIR": str(tmp_path / "cache")}
     assert subprocess.run(cmd, env=env).returncode == 0
     for delay in (0.3, 1.5, 3.0, 4.5):

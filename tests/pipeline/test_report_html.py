@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from pipeline.report import report_view
-from pipeline.report_html import pareto_front, render_html, write_html_report
+from deployc.report import report_view
+from deployc.report_html import pareto_front, render_html, write_html_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,19 +55,49 @@ def rich_manifest(demo_build):
     """The demo manifest plus a failed and a skipped artifact, a sensitivity pass and two pass tables."""
     m = copy.deepcopy(report_view(demo_build.manifest, demo_build.timings))
     failed = copy.deepcopy(m["artifacts"][1])
-    failed.update(target="tflite", path="tflite/digits.int8.tflite", bytes=20_000,
-                  gate={"status": "fail", "reason": "drift +0.0500 exceeds budget 0.0100"})
+    failed.update(
+        target="tflite",
+        path="tflite/digits.int8.tflite",
+        bytes=20_000,
+        gate={"status": "fail", "reason": "drift +0.0500 exceeds budget 0.0100"},
+    )
     failed["metrics"] = dict(failed["metrics"], metric=0.9, drift=0.05)
-    skipped = {"target": "tensorrt", "precision": "int8", "runtime": "tensorrt", "path": None, "bytes": None,
-               "metrics": {}, "perf": {}, "gate": {"status": "skipped", "reason": "no GPU <here> & no TensorRT"}}
+    skipped = {
+        "target": "tensorrt",
+        "precision": "int8",
+        "runtime": "tensorrt",
+        "path": None,
+        "bytes": None,
+        "metrics": {},
+        "perf": {},
+        "gate": {"status": "skipped", "reason": "no GPU <here> & no TensorRT"},
+    }
     m["artifacts"] += [failed, skipped]
     m["status"] = "failed"
-    m["passes"] = [{"name": "quantize.tune", "config": {}, "modified": True, "metrics": {
-        "sensitivity": [{"layer": f"conv{i}", "error": 0.1 * i} for i in range(5)],
-        "report_tables": [{"title": "Table 4.2 graph optimisation", "header": ["variant", "ms"], "rows": [["plain", 1.5]]},
-                          {"title": "Excluded layers", "header": ["layer"], "rows": [["conv4"]]}]}}]
-    m["timings"]["passes"] = [{"name": "quantize.tune", "seconds": 0.5, "cached": False}]
-    return m
+    m["passes"] = [
+        {
+            "name": "quantize.tune",
+            "config": {},
+            "modified": True,
+            "metrics": {"sensitivity": [{"layer": f"conv{i}", "error": 0.1 * i} for i in range(5)]},
+            "tables": [
+                {"title": "Table 4.2 graph optimisation", "header": ["variant"], "rows": [["plain"]]},
+                {"title": "Excluded layers", "header": ["layer"], "rows": [["conv4"]]},
+            ],
+        }
+    ]
+    m["timings"]["passes"] = [
+        {
+            "name": "quantize.tune",
+            "seconds": 0.5,
+            "cached": False,
+            "tables": [
+                {"title": "Table 4.2 graph optimisation", "header": ["variant", "ms"], "rows": [["plain", 1.5]]},
+                {"title": "Excluded layers", "header": ["layer"], "rows": [["conv4"]]},
+            ],
+        }
+    ]
+    return report_view(m, m["timings"])
 
 
 def test_demo_report_is_self_contained_with_decodable_plots(demo_build, tmp_path):
@@ -96,7 +126,7 @@ def test_fail_skip_sensitivity_and_every_pass_table_render(rich_manifest):
     titles = re.findall(r"<h2>(.*?)</h2>", page)
     assert "Table 4.2 graph optimisation" in titles and "Excluded layers" in titles
     assert "Per-layer sensitivity" in titles
-    assert ["plain", "1.5"] == parsed.cells[parsed.cells.index("plain"):parsed.cells.index("plain") + 2]
+    assert parsed.cells[parsed.cells.index("plain") : parsed.cells.index("plain") + 2] == ["plain", "1.5"]
 
 
 def test_no_sensitivity_section_without_sensitivity_metrics(demo_build):
@@ -107,15 +137,19 @@ def test_nothing_ran_means_no_plots_but_a_note(rich_manifest):
     m = copy.deepcopy(rich_manifest)
     for a in m["artifacts"]:
         a["metrics"] = {}
-    m["passes"] = []
+    m["passes"] = m["all_passes"] = []
     page = render_html(m)
     assert "<img" not in page and "nothing to plot" in page
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    pts = [{"label": "a", "metric": 0.99, "ms": 1.0}, {"label": "b", "metric": 0.98, "ms": 2.0},  # b dominated by a
-           {"label": "c", "metric": 0.95, "ms": 0.5}, {"label": "d", "metric": 0.995, "ms": 3.0},
-           {"label": "e", "metric": 0.99, "ms": None}]
+    pts = [
+        {"label": "a", "metric": 0.99, "ms": 1.0},
+        {"label": "b", "metric": 0.98, "ms": 2.0},  # b dominated by a
+        {"label": "c", "metric": 0.95, "ms": 0.5},
+        {"label": "d", "metric": 0.995, "ms": 3.0},
+        {"label": "e", "metric": 0.99, "ms": None},
+    ]
     assert [p["label"] for p in pareto_front(pts, "ms")] == ["c", "a", "d"]
     # lower-is-better metrics (mse): the smallest error at each cost wins
     assert [p["label"] for p in pareto_front(pts, "ms", higher_is_better=False)] == ["c"]

@@ -6,15 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.build import BuildResult, build
-from pipeline.errors import UsageError
-from pipeline.state import TensorSpec
-from targets.tensorrt import AxisRange, TensorrtOptions, TensorrtTarget, conform_qdq, engine_unavailable, shape_profile
-from targets.tensorrt_support import SUPPORTED_OPS, preflight
+from deployc.build import BuildResult, build
+from deployc.errors import UsageError
+from deployc.ort import session
+from deployc.state import TensorSpec
+from deployc.targets.tensorrt import (
+    AxisRange,
+    TensorrtOptions,
+    TensorrtTarget,
+    conform_qdq,
+    engine_unavailable,
+    shape_profile,
+)
+from deployc.targets.tensorrt_support import SUPPORTED_OPS, preflight
 from tests.conftest import digits_config, write
 
 PROFILE = {"image": {"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [64, 1, 8, 8]}}
@@ -23,7 +30,9 @@ PROFILE = {"image": {"min": [1, 1, 8, 8], "opt": [8, 1, 8, 8], "max": [64, 1, 8,
 @pytest.fixture(scope="module")
 def trt_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     out = tmp_path_factory.mktemp("tensorrt") / "out"
-    targets = {"tensorrt": {"precision": ["fp32", "fp16", "int8"], "profile": {"batch": {"min": 1, "opt": 8, "max": 64}}}}
+    targets = {
+        "tensorrt": {"precision": ["fp32", "fp16", "int8"], "profile": {"batch": {"min": 1, "opt": 8, "max": 64}}}
+    }
     return build(digits_config(targets=targets), out=out, quiet=True)
 
 
@@ -68,7 +77,9 @@ def test_engine_status_and_proxy_runtime_are_recorded(trt_build):
 
 
 def test_unsupported_op_fails_preflight_naming_the_node(tmp_path: Path):
-    factory = write(tmp_path / "det.py", """
+    factory = write(
+        tmp_path / "det.py",
+        """
         import torch
         from torch import nn
 
@@ -83,9 +94,13 @@ def test_unsupported_op_fails_preflight_naming_the_node(tmp_path: Path):
 
         def make():
             return DetHead().eval()
-    """)
-    config = digits_config(model={"factory": f"{factory}:make", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
-                           data={"validation": "digits:test", "metric": "mse"}, targets={"tensorrt": {}})
+    """,
+    )
+    config = digits_config(
+        model={"factory": f"{factory}:make", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
+        data={"validation": "digits:test", "metric": "mse"},
+        targets={"tensorrt": {}},
+    )
     with pytest.raises(UsageError, match=r"node '\w+' \(Det\): not supported by the TensorRT ONNX parser") as err:
         build(config, out=tmp_path / "out", quiet=True)
     assert err.value.exit_code == 2
@@ -108,20 +123,31 @@ def _conv_relu_qdq() -> onnx.ModelProto:
     """x → Conv(DQ(w int8), DQ(b int32)) → Q → DQ → Relu → y: what onnxruntime's QDQ quantizer emits."""
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 127, (4, 1, 3, 3)).astype(np.int8)
-    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
-             numpy_helper.from_array(np.zeros(4, np.int8), "w_z"),
-             numpy_helper.from_array(np.array([5, -3, 0, 7], np.int32), "b_q"),
-             numpy_helper.from_array(np.full(4, 0.02, np.float32), "b_s"),
-             numpy_helper.from_array(np.zeros(4, np.int32), "b_z"),
-             numpy_helper.from_array(np.float32(0.05), "a_s"), numpy_helper.from_array(np.int8(0), "a_z")]
-    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_dq", axis=0),
-             helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="b_dq", axis=0),
-             helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("QuantizeLinear", ["c", "a_s", "a_z"], ["cq"], name="c_q"),
-             helper.make_node("DequantizeLinear", ["cq", "a_s", "a_z"], ["cd"], name="c_dq"),
-             helper.make_node("Relu", ["cd"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])], inits)
+    inits = [
+        numpy_helper.from_array(w, "w_q"),
+        numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_z"),
+        numpy_helper.from_array(np.array([5, -3, 0, 7], np.int32), "b_q"),
+        numpy_helper.from_array(np.full(4, 0.02, np.float32), "b_s"),
+        numpy_helper.from_array(np.zeros(4, np.int32), "b_z"),
+        numpy_helper.from_array(np.float32(0.05), "a_s"),
+        numpy_helper.from_array(np.int8(0), "a_z"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_dq", axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="b_dq", axis=0),
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "a_s", "a_z"], ["cq"], name="c_q"),
+        helper.make_node("DequantizeLinear", ["cq", "a_s", "a_z"], ["cd"], name="c_dq"),
+        helper.make_node("Relu", ["cd"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -134,7 +160,10 @@ def test_conformance_folds_int32_bias_and_unquantizes_conv_output():
     assert [n.op_type for n in fixed.graph.node] == ["DequantizeLinear", "Conv", "Relu"]
     assert preflight(fixed, {"x": PROFILE["image"]}, "test")["zero_points"] == "all 0"
     x = np.random.default_rng(1).random((2, 1, 8, 8), dtype=np.float32)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    def run(m):
+        return session(m).run(None, {"x": x})[0]
+
     before, after = run(src), run(fixed)
     assert np.abs(before - after).max() <= 0.05 / 2 + 1e-6  # only the removed activation rounding differs
 
@@ -161,11 +190,23 @@ def test_support_table_matches_the_cited_operators_md():
 def test_pipeline_quantized_graph_is_emitted_as_is_and_checked(tmp_path: Path):
     quantize = {"per_channel": True, "samples": 64}
     symmetric = {"quantize.int8": {"symmetric_activations": True, "activation_type": "int8"}}
-    ok = build(digits_config(passes=[{"export.onnx": {}}, symmetric], quantize=quantize,
-                             targets={"tensorrt": {"precision": ["fp32"]}}), out=tmp_path / "sym", quiet=True)
+    ok = build(
+        digits_config(
+            passes=[{"export.onnx": {}}, symmetric], quantize=quantize, targets={"tensorrt": {"precision": ["fp32"]}}
+        ),
+        out=tmp_path / "sym",
+        quiet=True,
+    )
     (art,) = ok.manifest["artifacts"]
     assert art["precision"] == "int8" and art["details"]["preflight"]["zero_points"] == "all 0"
     assert art["details"]["conformance"]["int32_bias_folded"] == 7 and art["gate"]["status"] == "pass"
     with pytest.raises(UsageError, match=r"quantized type UINT8"):  # the default quantize.int8 is asymmetric uint8
-        build(digits_config(passes=[{"export.onnx": {}}, {"quantize.int8": {}}], quantize=quantize,
-                            targets={"tensorrt": {"precision": ["fp32"]}}), out=tmp_path / "asym", quiet=True)
+        build(
+            digits_config(
+                passes=[{"export.onnx": {}}, {"quantize.int8": {}}],
+                quantize=quantize,
+                targets={"tensorrt": {"precision": ["fp32"]}},
+            ),
+            out=tmp_path / "asym",
+            quiet=True,
+        )

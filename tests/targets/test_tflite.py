@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build import BuildResult, build, check
-from pipeline.config import load_config
-from pipeline.contracts import Context
-from pipeline.data import Dataset, digits_arrays
-from pipeline.errors import PipelineError
-from pipeline.instruments import Instruments
-from targets.tflite import TfliteOptions, TfliteTarget, npu_profile, quantize_flatbuffer
+from deployc.build import BuildResult, build, check
+from deployc.config import load_config
+from deployc.contracts import Context
+from deployc.data import Dataset, digits_arrays
+from deployc.errors import PipelineError
+from deployc.instruments import Instruments
+from deployc.targets.tflite import TfliteOptions, TfliteTarget, npu_profile, quantize_flatbuffer
 from tests.conftest import digits_config
 
 pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str(TfliteTarget.available()))
@@ -23,8 +23,9 @@ pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str
 @pytest.fixture(scope="module")
 def tflite_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     out = tmp_path_factory.mktemp("tflite") / "out"
-    config = digits_config(targets={"tflite": {"precision": ["fp32", "fp16", "dynamic", "int8"]}},
-                           quantize={"samples": 256})
+    config = digits_config(
+        targets={"tflite": {"precision": ["fp32", "fp16", "dynamic", "int8"]}}, quantize={"samples": 256}
+    )
     return build(config, out=out, quiet=True)
 
 
@@ -66,10 +67,10 @@ def test_int8_model_is_integer_only_and_its_manifest_feeds_it(tflite_build, digi
     q_in, q_out = inp["quantization"], out["quantization"]
     agree = 0
     for i in range(40):
-        xi = np.clip(np.round(x[i:i + 1] / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
+        xi = np.clip(np.round(x[i : i + 1] / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
         yi = runner(**{inp["signature_key"]: xi})[out["signature_key"]]
         logits = (yi.astype(np.float32) - q_out["zero_point"]) * q_out["scale"]
-        ref = digits_model(torch.from_numpy(x[i:i + 1])).detach().numpy()
+        ref = digits_model(torch.from_numpy(x[i : i + 1])).detach().numpy()
         agree += int(logits.argmax() == ref.argmax())
     assert agree >= 39
 
@@ -84,7 +85,10 @@ def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tfli
     fp32 = (tflite_build.out_dir / _artifact(tflite_build, "fp32")["path"]).read_bytes()
     model, details = quantize_flatbuffer(fp32, "int8", _ctx(), "float32", ["image"])
     npu = npu_profile(model)
-    assert npu["integer_only"] and sorted(e.split("#")[0] for e in npu["float_io_conversions"]) == ["DEQUANTIZE", "QUANTIZE"]
+    assert npu["integer_only"] and sorted(e.split("#")[0] for e in npu["float_io_conversions"]) == [
+        "DEQUANTIZE",
+        "QUANTIZE",
+    ]
     assert details["calibration_samples"] == 64 and details["per_channel"] is False
     float_model = npu_profile(fp32)
     assert not float_model["integer_only"]
@@ -94,8 +98,9 @@ def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tfli
 def test_int8_requires_calibration_and_torch_level():
     assert TfliteTarget.requires_for(TfliteOptions(precision=["int8"])) == {"data.calibration"}
     assert TfliteTarget.requires_for(TfliteOptions(precision=["fp32", "fp16"])) == frozenset()
-    config = digits_config(model={"onnx": "model.onnx", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]},
-                           targets={"tflite": {}})
+    config = digits_config(
+        model={"onnx": "model.onnx", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]}, targets={"tflite": {}}
+    )
     with pytest.raises(PipelineError, match="torch"):
         check(config)
     with pytest.raises(PipelineError, match="io_dtype"):
@@ -104,5 +109,7 @@ def test_int8_requires_calibration_and_torch_level():
 
 def test_available_names_the_missing_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a)
+    )
     assert "litert-torch" in TfliteTarget.available()

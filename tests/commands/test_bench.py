@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from pipeline.bench import EAGER, QSTATIC, add_bench_parser, add_ratios, run_bench
-from pipeline.errors import UsageError
+from deployc.cli import main
+from deployc.commands.bench import EAGER, QSTATIC, add_ratios, run_bench
+from deployc.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,11 @@ def test_outputs_written_and_table_complete(bench):
 
 
 def test_add_ratios_skips_rows_that_did_not_run():
-    rows = [{"name": EAGER, "p50_ms": 2.0, "throughput": 100.0, "bytes": 1000},
-            {"name": "x", "p50_ms": 0.5, "throughput": 400.0, "bytes": 250}, {"name": "y", "skipped": "no runtime"}]
+    rows = [
+        {"name": EAGER, "p50_ms": 2.0, "throughput": 100.0, "bytes": 1000},
+        {"name": "x", "p50_ms": 0.5, "throughput": 400.0, "bytes": 250},
+        {"name": "y", "skipped": "no runtime"},
+    ]
     add_ratios(rows)
     assert (rows[1]["x_eager_p50"], rows[1]["x_eager_throughput"], rows[1]["x_eager_size"]) == (0.25, 4.0, 0.25)
     assert "x_eager_p50" not in rows[2]
@@ -70,11 +73,21 @@ def test_folder_without_manifest_is_a_usage_error(tmp_path):
 
 
 def test_cli_json_goes_to_stdout(demo_build, tmp_path, capsys):
-    sub = argparse.ArgumentParser().add_subparsers(dest="command")
-    add_bench_parser(sub)
-    args = sub.choices["bench"].parse_args([str(demo_build.out_dir), "--out", str(tmp_path), "--no-baselines",
-                                            "--runs", "3", "--batch", "4", "--json"])
-    assert args.func(args) == 0
+    code = main(
+        [
+            "bench",
+            str(demo_build.out_dir),
+            "--out",
+            str(tmp_path),
+            "--no-baselines",
+            "--runs",
+            "3",
+            "--batch",
+            "4",
+            "--json",
+        ]
+    )
+    assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in printed["rows"]] == ["onnx/fp32", "onnx/int8"]
 

@@ -1,4 +1,4 @@
-"""`deployc explain BUILD_DIR`: where int8 drift comes from — per-layer error between a build's fp32
+"""`deployc explain BUILD_DIR` (a command beside the CLI): where int8 drift comes from — per-layer error between a build's fp32
 and int8 ONNX artifacts on its calibration data, worst layers first."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UsageError
-from passes.sensitivity import LayerError, activation_errors, format_errors
+from deployc.errors import UsageError
+from deployc.passes.sensitivity import LayerError, activation_errors, format_errors
 
-_HOW = ("error = squared error / squared fp32 value of the layer's output, per channel, averaged over "
-        "channels (where the next layer reads it, after int8); added = error beyond what its inputs already carried")
+_HOW = (
+    "error = squared error / squared fp32 value of the layer's output, per channel, averaged over "
+    "channels (where the next layer reads it, after int8); added = error beyond what its inputs already carried"
+)
 
 
 def _manifest(build_dir: Path) -> dict[str, Any]:
@@ -23,22 +25,29 @@ def _manifest(build_dir: Path) -> dict[str, Any]:
 
 
 def _artifact(manifest: dict[str, Any], build_dir: Path, precision: str) -> dict[str, Any]:
-    found = [a for a in manifest["artifacts"] if a.get("path", "") and a["path"].endswith(".onnx")
-             and a["precision"] == precision]
+    found = [
+        a
+        for a in manifest["artifacts"]
+        if a.get("path", "") and a["path"].endswith(".onnx") and a["precision"] == precision
+    ]
     if not found:
         have = ", ".join(f"{a['target']}/{a['precision']}" for a in manifest["artifacts"]) or "none"
-        raise UsageError(f"{build_dir}: explain compares an fp32 and an int8 ONNX artifact; this build has no "
-                         f"{precision} one (artifacts: {have}); add it to targets.onnx.precision")
+        raise UsageError(
+            f"{build_dir}: explain compares an fp32 and an int8 ONNX artifact; this build has no "
+            f"{precision} one (artifacts: {have}); add it to targets.onnx.precision"
+        )
     return found[0]
 
 
-def layer_report(build_dir: str | Path, config: str | Path | None = None, samples: int = 64) -> tuple[list[LayerError], dict[str, Any]]:
+def layer_report(
+    build_dir: str | Path, config: str | Path | None = None, samples: int = 64
+) -> tuple[list[LayerError], dict[str, Any]]:
     """(per-layer errors worst first, facts about the comparison) for a finished build."""
     import onnx
 
-    from pipeline.config import load_config
-    from pipeline.data import calibration_source, load_dataset
-    from pipeline.state import TensorSpec
+    from deployc.config import load_config
+    from deployc.data import calibration_source, load_dataset
+    from deployc.state import TensorSpec
 
     build_dir = Path(build_dir)
     manifest = _manifest(build_dir)
@@ -49,9 +58,14 @@ def layer_report(build_dir: str | Path, config: str | Path | None = None, sample
     role = "calibration" if calibration_source(cfg) else "validation"
     data = load_dataset(source, cfg, specs, role).take(samples)
     errors = activation_errors(onnx.load(str(build_dir / fp32["path"])), onnx.load(str(build_dir / int8["path"])), data)
-    facts = {"fp32": fp32["path"], "int8": int8["path"], "data": f"data.{role} ({data.source}, {len(data)} samples)",
-             "tuning": int8.get("details", {}).get("tuning"), "warnings": int8.get("details", {}).get("warnings", []),
-             "drift": (int8.get("metrics") or {}).get("drift")}
+    facts = {
+        "fp32": fp32["path"],
+        "int8": int8["path"],
+        "data": f"data.{role} ({data.source}, {len(data)} samples)",
+        "tuning": int8.get("details", {}).get("tuning"),
+        "warnings": int8.get("details", {}).get("warnings", []),
+        "drift": (int8.get("metrics") or {}).get("drift"),
+    }
     return errors, facts
 
 
@@ -65,8 +79,11 @@ def explain(build_dir: str | Path, config: str | Path | None = None, samples: in
     tuning = facts["tuning"]
     if tuning:
         kept = ", ".join(tuning["fallback"]) or "none"
-        lines += ["", f"tuning: trial {tuning['chosen_trial']} of {tuning['trials']} chosen, drift "
-                      f"{tuning['drift'] * 100:+.2f}% (budget {tuning['budget'] * 100:.2f}%), layers kept in fp32: {kept}"]
+        lines += [
+            "",
+            f"tuning: trial {tuning['chosen_trial']} of {tuning['trials']} chosen, drift "
+            f"{tuning['drift'] * 100:+.2f}% (budget {tuning['budget'] * 100:.2f}%), layers kept in fp32: {kept}",
+        ]
     lines += [f"warning: {w}" for w in facts["warnings"]]
     return "\n".join(lines)
 
@@ -74,22 +91,21 @@ def explain(build_dir: str | Path, config: str | Path | None = None, samples: in
 def _cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         errors, facts = layer_report(args.build_dir, args.config, args.samples)
-        shown = errors[:args.top] if args.top else errors
+        shown = errors[: args.top] if args.top else errors
         print(json.dumps({**facts, "layers": [e.to_json() for e in shown]}, indent=2))
     else:
         print(explain(args.build_dir, args.config, args.samples, args.top))
     return 0
 
 
-def add_explain_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
     """Register `deployc explain BUILD_DIR` on the CLI's subparsers."""
-    p = subparsers.add_parser("explain", help="per-layer error between a build's fp32 and int8 artifacts, worst first")
+    p = subparsers.add_parser(
+        "explain", parents=parents or [], help="per-layer error between a build's fp32 and int8 artifacts, worst first"
+    )
     p.add_argument("build_dir", type=Path)
     p.add_argument("--config", type=Path, help="the build's config file, when its data paths are relative to it")
     p.add_argument("--samples", type=int, default=64, help="calibration samples to compare on (default 64)")
     p.add_argument("--top", type=int, help="show only the N worst layers")
-    p.add_argument("--json", action="store_true", help="print the layers as JSON")
-    p.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
     p.set_defaults(func=_cmd_explain)
     return p

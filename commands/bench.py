@@ -14,14 +14,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from pipeline.timing import sample_ms
-from pipeline.errors import UsageError
+from deployc.errors import UsageError
+from deployc.ort import CalibrationReader, session
+from deployc.state import dynamic_shapes
+from deployc.timing import sample_ms
+from deployc.validate import as_arrays, compare, compute_reference, run_batched
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 EAGER = "torch eager fp32"
@@ -60,7 +64,7 @@ class PeakRss:
             self.peak = max(self.peak, self.rss())
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         gc.collect()
         self.start = self.peak = self.rss()
         self._thread.start()
@@ -78,21 +82,19 @@ class PeakRss:
 
 # ---- baselines -------------------------------------------------------------------------------------
 
+
 def _torch_runner(module: Any, names: list[str]) -> Runner:
     import torch
 
     def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            from passes.validate import _as_list
+            return as_arrays(module(*[torch.from_numpy(batch[n]) for n in names]))
 
-            return _as_list(module(*[torch.from_numpy(batch[n]) for n in names]))
     return run
 
 
 def _ort_runner(path: Path) -> Runner:
-    from targets.onnx import session
-
-    sess = session(str(path), None)
+    sess = session(path)
     return lambda batch: sess.run(None, batch)
 
 
@@ -113,11 +115,13 @@ def _plain_export(module: Any, state: Any, path: Path) -> Path:
     """torch.onnx.export (dynamo) with its defaults and a dynamic batch axis; no deployc passes."""
     import torch
 
-    example = tuple(torch.from_numpy(a) for a in state.example_inputs(batch=2).values())
-    batch = torch.export.Dim("batch")
-    dynamic = tuple({0: batch} for _ in example)
-    program = torch.onnx.export(module, example, dynamo=True, input_names=[s.name for s in state.inputs],
-                                dynamic_shapes=dynamic)
+    program = torch.onnx.export(
+        module,
+        state.example_tensors(batch=2),
+        dynamo=True,
+        input_names=[s.name for s in state.inputs],
+        dynamic_shapes=dynamic_shapes(state.inputs),
+    )
     program.save(str(path))
     return path
 
@@ -126,9 +130,7 @@ def _plain_quantize_static(src: Path, calibration: Any, samples: int, path: Path
     """onnxruntime.quantization.quantize_static with every option at its default."""
     from onnxruntime.quantization import quantize_static
 
-    from passes.quantize import _Reader
-
-    quantize_static(str(src), str(path), _Reader(calibration.take(samples), 16))
+    quantize_static(str(src), str(path), CalibrationReader(calibration.take(samples), 16))
     return path
 
 
@@ -147,17 +149,16 @@ def _litert_runner(path: Path) -> Runner:
         return [interp.get_tensor(o["index"]).copy() for o in outs]
 
     def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
-        rows = [one({k: v[i:i + 1] for k, v in batch.items()}) for i in range(len(next(iter(batch.values()))))]
+        rows = [one({k: v[i : i + 1] for k, v in batch.items()}) for i in range(len(next(iter(batch.values()))))]
         return [np.concatenate([r[j] for r in rows]) for j in range(len(outs))]
+
     return run
 
 
 def _litert_default(module: Any, state: Any, path: Path) -> Path:
-    import torch
     import litert_torch
 
-    example = tuple(torch.from_numpy(a) for a in state.example_inputs(batch=1).values())
-    litert_torch.convert(module.eval(), example).export(str(path))
+    litert_torch.convert(module.eval(), state.example_tensors(batch=1)).export(str(path))
     return path
 
 
@@ -212,6 +213,7 @@ def _guard(fn: Callable[[], Any]) -> str | None:
 def _skipped(name: str, kind: str, reason: str) -> Candidate:
     def unavailable() -> Runner:
         raise RuntimeError(reason)
+
     return Candidate(name, kind, unavailable, skipped=reason)
 
 
@@ -223,10 +225,11 @@ def _file_candidate(name: str, path: Path, runner: Callable[[Path], Runner], fai
 
 # ---- artifacts -------------------------------------------------------------------------------------
 
+
 def artifact_candidates(manifest: dict[str, Any], build_dir: Path) -> list[Candidate]:
     """Each artifact of the manifest, run through its Target's infer() from the registry."""
-    from pipeline.contracts import Artifact
-    from pipeline.registry import get_target
+    from deployc.contracts import Artifact
+    from deployc.registry import get_target
 
     cands = []
     for a in manifest["artifacts"]:
@@ -241,24 +244,40 @@ def artifact_candidates(manifest: dict[str, Any], build_dir: Path) -> list[Candi
         except Exception as exc:
             cands.append(_skipped(label, "artifact", str(exc.args[0] if exc.args else exc)))
             continue
-        art = Artifact(a["target"], a["precision"], build_dir / a["path"], a.get("runtime", ""),
-                       a.get("runtime_version", ""), a.get("inputs") or [], a.get("outputs") or [], a.get("details") or {})
-        cands.append(Candidate(label, "artifact", lambda t=target, x=art: (lambda b: t.infer(x, b)),
-                               a.get("bytes"), close=lambda t=target, x=art: t.close(x),
-                               extra={"gate": gate.get("status")}))
+        art = Artifact(
+            a["target"],
+            a["precision"],
+            build_dir / a["path"],
+            a.get("runtime", ""),
+            a.get("runtime_version", ""),
+            a.get("inputs") or [],
+            a.get("outputs") or [],
+            a.get("details") or {},
+        )
+        cands.append(
+            Candidate(
+                label,
+                "artifact",
+                lambda t=target, x=art: lambda b: t.infer(x, b),
+                a.get("bytes"),
+                close=lambda t=target, x=art: t.close(x),
+                extra={"gate": gate.get("status")},
+            )
+        )
     return cands
 
 
 # ---- measuring -------------------------------------------------------------------------------------
 
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def measure(cand: Candidate, data: Any, reference: Any, batch: int, runs: int, eval_batch: int,
-            min_seconds: float = 1.0) -> dict[str, Any]:
+def measure(
+    cand: Candidate, data: Any, reference: Any, batch: int, runs: int, eval_batch: int, min_seconds: float = 1.0
+) -> dict[str, Any]:
     """Metric over the validation set, batch-1 latency p50/p90/p99, throughput at `batch`, peak RSS."""
-    from passes.validate import _run_all, compare
 
     row: dict[str, Any] = {"name": cand.name, "kind": cand.kind, "bytes": cand.bytes, **cand.extra}
     if cand.skipped:
@@ -269,8 +288,13 @@ def measure(cand: Candidate, data: Any, reference: Any, batch: int, runs: int, e
     try:
         with PeakRss() as mem:
             run = cand.open()
-            row.update({k: v for k, v in compare(_run_all(run, data, eval_batch), reference).items()
-                        if k in ("metric", "drift", "agreement", "cosine")})
+            row.update(
+                {
+                    k: v
+                    for k, v in compare(run_batched(run, data, eval_batch), reference).items()
+                    if k in ("metric", "drift", "agreement", "cosine")
+                }
+            )
             times = sample_ms(lambda: run(one), runs, warmup=max(3, runs // 10))
             run(big)
             n_big, t0 = 0, time.perf_counter()
@@ -283,8 +307,13 @@ def measure(cand: Candidate, data: Any, reference: Any, batch: int, runs: int, e
     finally:
         cand.close()
         gc.collect()
-    row.update(p50_ms=_percentile(times, 50), p90_ms=_percentile(times, 90), p99_ms=_percentile(times, 99),
-               throughput=throughput, peak_mb=mem.peak_mb)
+    row.update(
+        p50_ms=_percentile(times, 50),
+        p90_ms=_percentile(times, 90),
+        p99_ms=_percentile(times, 99),
+        throughput=throughput,
+        peak_mb=mem.peak_mb,
+    )
     return row
 
 
@@ -306,33 +335,62 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def bench_table(result: dict[str, Any]) -> dict[str, Any]:
     """The bench as a {title, header, rows} table (report.md / report.html render these)."""
-    from pipeline.report import human_bytes
+    from deployc.report import human_bytes
 
     def f(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "—"
 
     metric = result["metric"]
-    header = ["candidate", "size", metric, "drift", "p50 ms", "p90 ms", "p99 ms", f"samples/s @{result['batch']}",
-              "peak MB", "×eager p50", "×eager samples/s", "×eager size", "×qstatic p50"]
+    header = [
+        "candidate",
+        "size",
+        metric,
+        "drift",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        f"samples/s @{result['batch']}",
+        "peak MB",
+        "×eager p50",
+        "×eager samples/s",
+        "×eager size",
+        "×qstatic p50",
+    ]
     rows = []
     for r in result["rows"]:
         if r.get("skipped"):
             rows.append([r["name"], human_bytes(r.get("bytes")), f"skipped: {r['skipped']}"] + ["—"] * 10)
             continue
         drift = f"{r['drift'] * 100:+.2f}%" if r.get("drift") is not None else "—"
-        rows.append([r["name"], human_bytes(r.get("bytes")), f(r, "metric", ".4f"), drift, f(r, "p50_ms", ".3f"),
-                     f(r, "p90_ms", ".3f"), f(r, "p99_ms", ".3f"), f(r, "throughput", ".1f"), f(r, "peak_mb", ".1f"),
-                     f(r, "x_eager_p50", ".3f"), f(r, "x_eager_throughput", ".2f"), f(r, "x_eager_size", ".3f"),
-                     f(r, "x_qstatic_p50", ".3f")])
-    title = (f"Benchmark: {result['model']} — batch-1 latency over {result['runs']} runs after warm-up, "
-             f"{result['cpu_count']} CPU cores, load average {result['load_average']:.1f} at start")
+        rows.append(
+            [
+                r["name"],
+                human_bytes(r.get("bytes")),
+                f(r, "metric", ".4f"),
+                drift,
+                f(r, "p50_ms", ".3f"),
+                f(r, "p90_ms", ".3f"),
+                f(r, "p99_ms", ".3f"),
+                f(r, "throughput", ".1f"),
+                f(r, "peak_mb", ".1f"),
+                f(r, "x_eager_p50", ".3f"),
+                f(r, "x_eager_throughput", ".2f"),
+                f(r, "x_eager_size", ".3f"),
+                f(r, "x_qstatic_p50", ".3f"),
+            ]
+        )
+    title = (
+        f"Benchmark: {result['model']} — batch-1 latency over {result['runs']} runs after warm-up, "
+        f"{result['cpu_count']} CPU cores, load average {result['load_average']:.1f} at start"
+    )
     return {"title": title, "header": header, "rows": rows}
 
 
-def _resolve(target_path: Path, out: Path | None, config_dir: Path | None, quiet: bool,
-             cache: bool) -> tuple[dict, Path, Any]:
+def _resolve(
+    target_path: Path, out: Path | None, config_dir: Path | None, quiet: bool, cache: bool
+) -> tuple[dict, Path, Any]:
     """(manifest, build dir, BuildConfig with paths resolving like the original) for a CONFIG or a BUILD_DIR."""
-    from pipeline.config import load_config
+    from deployc.config import load_config
 
     if target_path.is_dir():
         mpath = target_path / "manifest.json"
@@ -341,29 +399,37 @@ def _resolve(target_path: Path, out: Path | None, config_dir: Path | None, quiet
         manifest = json.loads(mpath.read_text())
         base = config_dir or Path(manifest.get("config_dir") or Path.cwd())
         return manifest, target_path, load_config(manifest["config"], base_dir=Path(base))
-    from pipeline.build import build
+    from deployc.build import build
 
     result = build(target_path, out=out, quiet=quiet, cache=cache)
     return result.manifest, result.out_dir, load_config(target_path)
 
 
-def run_bench(target_path: str | Path, out: str | Path | None = None, batch: int = 32, runs: int = 100,
-              baselines: bool = True, config_dir: str | Path | None = None, quiet: bool = False,
-              min_seconds: float = 1.0, cache: bool = True) -> dict[str, Any]:
+def run_bench(
+    target_path: str | Path,
+    out: str | Path | None = None,
+    batch: int = 32,
+    runs: int = 100,
+    baselines: bool = True,
+    config_dir: str | Path | None = None,
+    quiet: bool = False,
+    min_seconds: float = 1.0,
+    cache: bool = True,
+) -> dict[str, Any]:
     """Benchmark a build (BUILD_DIR) or build a CONFIG first; writes bench.json + bench.md to `out`
     (default: the build folder) and returns the result dict (rows, ratios, the table)."""
-    from pipeline.data import calibration_source, load_dataset
-    from pipeline.instruments import Instruments
-    from pipeline.loader import load_model
-    from pipeline.metrics import get_metric
-    from passes.validate import compute_reference
+    from deployc.data import calibration_source, load_dataset
+    from deployc.instruments import Instruments
+    from deployc.loader import load_model
+    from deployc.metrics import get_metric
 
     log = Instruments(quiet=quiet).log
     target_path = Path(target_path)
     if not target_path.exists():
         raise UsageError(f"{target_path}: no such config file or build folder")
-    manifest, build_dir, config = _resolve(target_path, Path(out) if out else None,
-                                           Path(config_dir) if config_dir else None, quiet, cache)
+    manifest, build_dir, config = _resolve(
+        target_path, Path(out) if out else None, Path(config_dir) if config_dir else None, quiet, cache
+    )
     state = load_model(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
     calib_src = calibration_source(config)
@@ -379,35 +445,56 @@ def run_bench(target_path: str | Path, out: str | Path | None = None, batch: int
         cands += artifact_candidates(manifest, build_dir)
         for cand in cands:
             row = measure(cand, validation, reference, batch, runs, config.data.batch_size, min_seconds)
-            log(f"bench: {cand.name}: " + (f"skipped ({row['skipped']})" if "skipped" in row else
-                                           f"p50 {row['p50_ms']:.3f} ms, {row['throughput']:.0f} samples/s"))
+            log(
+                f"bench: {cand.name}: "
+                + (
+                    f"skipped ({row['skipped']})"
+                    if "skipped" in row
+                    else f"p50 {row['p50_ms']:.3f} ms, {row['throughput']:.0f} samples/s"
+                )
+            )
             rows.append(row)
     add_ratios(rows)
-    result = {"model": manifest["name"], "build_dir": str(build_dir), "metric": reference.metric.name,
-              "reference": reference.value, "batch": batch, "runs": runs, "cpu_count": os.cpu_count(),
-              "load_average": load, "rows": rows}
+    result = {
+        "model": manifest["name"],
+        "build_dir": str(build_dir),
+        "metric": reference.metric.name,
+        "reference": reference.value,
+        "batch": batch,
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+        "load_average": load,
+        "rows": rows,
+    }
     result["table"] = bench_table(result)
     _write(result, Path(out) if out else build_dir, manifest)
     return result
 
 
 def _write(result: dict[str, Any], out_dir: Path, manifest: dict[str, Any]) -> None:
-    from pipeline.manifest import write_json_atomic
-    from pipeline.report import _table
-    from pipeline.report_html import write_html_report
+    from deployc.manifest import write_json_atomic
+    from deployc.report import markdown_table
+    from deployc.report_html import write_html_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "bench.json", result)
     t = result["table"]
-    (out_dir / "bench.md").write_text(f"## {t['title']}\n\n{_table(t['header'], t['rows'])}\n")
+    (out_dir / "bench.md").write_text(f"## {t['title']}\n\n{markdown_table(t['header'], t['rows'])}\n")
     if (out_dir / "manifest.json").is_file():
         write_html_report(manifest, out_dir, extra_tables=[t])  # the report shows the bench beside the build
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(args.target, out=args.out, batch=args.batch, runs=args.runs, baselines=not args.no_baselines,
-                       config_dir=args.config_dir, quiet=args.quiet or args.json,
-                       cache=not getattr(args, "no_cache", False))
+    result = run_bench(
+        args.target,
+        out=args.out,
+        batch=args.batch,
+        runs=args.runs,
+        baselines=not args.no_baselines,
+        config_dir=args.config_dir,
+        quiet=args.quiet or args.json,
+        cache=not getattr(args, "no_cache", False),
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2, default=str))
     elif not args.quiet:
@@ -424,20 +511,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
     """Register `deployc bench`; `parents` are the CLI's common options (--quiet/--json/--debug/...)."""
-    p = subparsers.add_parser("bench", parents=parents or [],
-                              help="benchmark a build's artifacts against eager/ORT/quantize_static/litert baselines")
+    p = subparsers.add_parser(
+        "bench",
+        parents=parents or [],
+        help="benchmark a build's artifacts against eager/ORT/quantize_static/litert baselines",
+    )
     p.add_argument("target", type=Path, help="a config file (built first) or a finished build folder")
     p.add_argument("--out", type=Path, help="where bench.json/bench.md go (default: the build folder)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the throughput run (default 32)")
     p.add_argument("--runs", type=int, default=100, help="timed batch-1 runs per candidate (default 100)")
     p.add_argument("--no-baselines", action="store_true", help="time the artifacts only")
-    p.add_argument("--config-dir", type=Path, help="folder the build's config paths are relative to "
-                                                   "(default: manifest config_dir, else the current folder)")
-    if not parents:
-        p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-        p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        help="folder the build's config paths are relative to (default: manifest config_dir, else the current folder)",
+    )
     p.set_defaults(func=_cmd_bench)
     return p

@@ -1,4 +1,4 @@
-"""The validation pass: the reference (from the model as loaded, before any pass) and the gate that
+"""Validation, the driver's own: the reference (from the model as loaded, before any pass) and the gate that
 runs every artifact on its own runtime over the validation set and compares it with that reference."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.contracts import Artifact, Target
-from pipeline.data import Dataset
-from pipeline.errors import UsageError
-from pipeline.metrics import Metric, cosine_rows
-from pipeline.state import ModelState
-from pipeline.timing import median_ms
+from deployc.contracts import Artifact, Target
+from deployc.data import Dataset
+from deployc.errors import UsageError
+from deployc.metrics import Metric, cosine_rows
+from deployc.ort import session
+from deployc.state import ModelState
+from deployc.timing import median_ms
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Reference:
     targets: np.ndarray  # what the metric compares against: labels, or the reference's first output
 
 
-def _as_list(out: Any) -> list[np.ndarray]:
+def as_arrays(out: Any) -> list[np.ndarray]:
+    """A model's output (tensor, tuple, list or dict of them) as a list of numpy arrays."""
     import torch
 
     if isinstance(out, torch.Tensor):
@@ -34,7 +36,8 @@ def _as_list(out: Any) -> list[np.ndarray]:
     return [o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out]
 
 
-def _run_all(run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
+def run_batched(run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
+    """Every output of `run_batch` over `data` in batches of `batch_size`, concatenated."""
     parts: list[list[np.ndarray]] = []
     for x, _ in data.batches(batch_size):
         parts.append([np.asarray(o) for o in run_batch(x)])
@@ -48,15 +51,14 @@ def reference_outputs(state: ModelState, data: Dataset, batch_size: int) -> list
 
         def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
             with torch.no_grad():
-                return _as_list(state.module(*[torch.from_numpy(x[s.name]) for s in state.inputs]))
+                return as_arrays(state.module(*[torch.from_numpy(x[s.name]) for s in state.inputs]))
     else:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(state.onnx.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = session(state.onnx)
 
         def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
             return sess.run(None, x)
-    return _run_all(run_batch, data, batch_size)
+
+    return run_batched(run_batch, data, batch_size)
 
 
 def compute_reference(state: ModelState, data: Dataset, metric: Metric, batch_size: int) -> Reference:
@@ -72,9 +74,13 @@ def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, float]:
     """Artifact vs reference: metric, drift, top-1 agreement (for class scores), max abs error, cosine."""
     value = float(ref.metric.fn(outputs, ref.targets))
     a, b = outputs[0].astype(np.float64), ref.outputs[0].astype(np.float64)
-    result = {"metric_ref": ref.value, "metric": value, "drift": ref.metric.drift(ref.value, value),
-              "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
-              "cosine": float(cosine_rows(a, b).mean())}
+    result = {
+        "metric_ref": ref.value,
+        "metric": value,
+        "drift": ref.metric.drift(ref.value, value),
+        "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
+        "cosine": float(cosine_rows(a, b).mean()),
+    }
     if a.ndim == 2 and a.shape[1] > 1:
         result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
     return result
@@ -86,13 +92,20 @@ def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: i
     return median_ms(lambda: target.infer(artifact, sample), runs, warmup=3)
 
 
-def validate_artifact(target: Target, artifact: Artifact, data: Dataset, ref: Reference, max_drift: float,
-                      batch_size: int, latency_runs: int) -> None:
+def validate_artifact(
+    target: Target,
+    artifact: Artifact,
+    data: Dataset,
+    ref: Reference,
+    max_drift: float,
+    batch_size: int,
+    latency_runs: int,
+) -> None:
     """Fill artifact.metrics, .perf and .gate; an artifact that cannot run here is 'skipped', never 'pass'."""
     if artifact.skipped:
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return
-    outputs = _run_all(lambda x: target.infer(artifact, x), data, batch_size)
+    outputs = run_batched(lambda x: target.infer(artifact, x), data, batch_size)
     artifact.metrics = compare(outputs, ref)
     artifact.metrics["samples"] = len(data)
     artifact.perf = {"latency_ms_batch1": batch1_latency_ms(target, artifact, data, latency_runs)}

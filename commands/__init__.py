@@ -1,0 +1,1 @@
+"""Commands beside the CLI (bench, explain, demo): found through the `deployc.commands` entry points."""

@@ -1,0 +1,109 @@
+"""The package layout and its layering: one installed namespace, import-linter contracts, no private imports,
+and the pass/target plugins found through entry points. (ruff runs in `make test` itself.)"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]
+
+
+def installed_layout(dest: Path) -> Path:
+    """The source tree laid out as pip installs it (deployc/, deployc/passes/, ...), from the package-dir map.
+
+    import-linter reads packages from disk; with the editable install's mapping the sub-packages live in
+    other folders, so the layout it checks is rebuilt here exactly as the wheel ships it.
+    """
+    for package, folder in PACKAGE_DIRS.items():
+        target = dest.joinpath(*package.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for src in (ROOT / folder).glob("*.py"):
+            shutil.copy2(src, target / src.name)
+    return dest
+
+
+def test_import_linter_contracts_hold(tmp_path):
+    lint = Path(sys.executable).with_name("lint-imports")
+    tree = installed_layout(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    run = subprocess.run(
+        [str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 kept, 0 broken" in run.stdout
+
+
+def test_contracts_catch_a_driver_that_imports_a_pass(tmp_path):
+    """The layering check can fail: a driver module importing a pass breaks the first contract."""
+    tree = installed_layout(tmp_path / "site")
+    (tree / "deployc" / "sneaky.py").write_text("from deployc.passes import export  # noqa\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run(
+        [str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1 and "deployc.sneaky -> deployc.passes.export" in run.stdout
+
+
+def test_one_installed_namespace_from_a_neutral_folder(tmp_path):
+    code = (
+        "import importlib.util, deployc, deployc.passes, deployc.targets, deployc.commands, deployc.examples;"
+        "print([importlib.util.find_spec(n) for n in ('pipeline', 'passes', 'targets', 'examples', 'commands')])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[None, None, None, None, None]"
+
+
+def _private_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {node.module}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deployc")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+
+
+def test_no_private_name_is_imported_across_modules():
+    found = [
+        hit
+        for folder in PACKAGE_DIRS.values()
+        for path in sorted((ROOT / folder).glob("*.py"))
+        for hit in _private_imports(path)
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize("group", ["deployc.passes", "deployc.targets"])
+def test_every_entry_point_loads_and_names_itself(group):
+    from deployc import registry
+
+    names = registry.names(group)
+    assert names, f"no {group} entry points: is deployc installed (pip install -e .)?"
+    for name in names:
+        assert registry.get(group, name).name == name
