@@ -74,6 +74,7 @@ def last_error(stderr: str) -> str:
 def build(model: ZooModel, config: Path, timeout: int) -> dict:
     """Run deployc on one config; exit code, wall time, the tail of stderr."""
     out = config.parent / "build"
+    (out / "manifest.json").unlink(missing_ok=True)  # a build that stops early must not show an old run's rows
     cmd = deployc_command() + ["build", str(config), "--out", str(out), "--no-cache"]
     t0 = time.perf_counter()
     try:
@@ -102,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(catalog.BY_NAME)}")
     out, cache = Path(args.out).resolve(), fetch.cache_dir(args.cache)
     command = "python benchmarks/zoo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    summaries, rows = [], []
+    # models of an earlier run into the same --out that this run does not redo stay in the table
+    previous = json.loads((out / "zoo.json").read_text()) if (out / "zoo.json").is_file() else {}
+    kept = [m for m in previous.get("models", []) if m["name"] not in names and m["name"] in catalog.BY_NAME]
+    earlier = previous.get("commands") or ([previous["command"]] if "command" in previous else [])
+    commands = (earlier if kept else []) + [command]
+    summaries: list[dict] = []
     for name in names:
         model = catalog.BY_NAME[name]
         if args.fresh:
@@ -122,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append({"name": name, "requirement": model.requirement, "source": model.source,
                           "architecture": model.architecture, "metric": model.metric, "data_note": model.data_note,
                           "files": model.files, **run})
-        rows += report.rows_for(name, run, out)
-        (out / "zoo.json").write_text(json.dumps({"command": command, "models": summaries, "rows": rows}, indent=2))
-        (out / "zoo.md").write_text(report.render(summaries, rows, command))
+        everything = sorted(kept + summaries, key=lambda m: list(catalog.BY_NAME).index(m["name"]))
+        rows = [r for m in everything for r in report.rows_for(m["name"], m, out)]
+        (out / "zoo.json").write_text(json.dumps({"commands": commands, "models": everything, "rows": rows}, indent=2))
+        (out / "zoo.md").write_text(report.render(everything, rows, commands))
     print(f"[zoo] wrote {out / 'zoo.md'} and zoo.json", file=sys.stderr)
     return 0
 

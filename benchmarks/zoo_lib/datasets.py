@@ -25,14 +25,16 @@ def _split(val: Arrays, calib: Arrays, labels: np.ndarray | None) -> Arrays:
 # ---- audio ---------------------------------------------------------------------------------------------------
 
 def _crepe_frames(freqs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """1024-sample 16 kHz frames, each normalised to zero mean and unit std as torchcrepe.preprocess does."""
-    frames = np.stack([audio.tone(f, 1024, 16000, rng) for f in freqs]).astype(np.float64)
+    """1024-sample 16 kHz frames at 1-30 dB SNR, each normalised to zero mean and unit std as
+    torchcrepe.preprocess does."""
+    noise = rng.uniform(0.01, 0.3, len(freqs))
+    frames = np.stack([audio.tone(f, 1024, 16000, rng, noise=a) for f, a in zip(freqs, noise)]).astype(np.float64)
     frames -= frames.mean(1, keepdims=True)
     return (frames / np.maximum(frames.std(1, keepdims=True), 1e-10)).astype(np.float32)
 
 
 def crepe(files: dict[str, Path], n: int = 120, n_calib: int = 64) -> Arrays:
-    """Harmonic tones log-spaced over 50-1400 Hz (CREPE covers 32-1975 Hz); labels are their frequencies."""
+    """Noisy harmonic tones log-spaced over 50-1400 Hz (CREPE covers 32-1975 Hz); labels are their frequencies."""
     rng = np.random.default_rng(0)
     freqs = np.exp(rng.uniform(np.log(50), np.log(1400), n + n_calib))
     x = _crepe_frames(freqs, rng)

@@ -44,6 +44,10 @@ def phrases() -> tuple[str, ...]:
 
 def background(photo: np.ndarray, h: int, w: int, rng: np.random.Generator, light: bool = True) -> Image.Image:
     """A random h×w crop of `photo`, washed out towards white so dark text stays readable on it."""
+    if photo.shape[0] < h or photo.shape[1] < w:  # upscale photos smaller than the crop
+        r = max(h / photo.shape[0], w / photo.shape[1])
+        size = (int(np.ceil(photo.shape[1] * r)), int(np.ceil(photo.shape[0] * r)))
+        photo = np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR))
     y = rng.integers(0, photo.shape[0] - h + 1)
     x = rng.integers(0, photo.shape[1] - w + 1)
     crop = photo[y:y + h, x:x + w].astype(np.float32)

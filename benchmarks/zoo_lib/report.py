@@ -98,14 +98,15 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
-def render(models: list[dict[str, Any]], rows: list[dict[str, Any]], command: str) -> str:
-    lines = ["# deployc model zoo", "", f"Command: `{command}`", "",
+def render(models: list[dict[str, Any]], rows: list[dict[str, Any]], commands: list[str]) -> str:
+    lines = ["# deployc model zoo", "", "Command(s), in order:", ""] + [f"    {c}" for c in commands] + ["",
              "## Models", "", "| model | wheel | source | architecture | metric | data | exit | wall s | error |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m in models:
+        error = (m.get("error") or "") if m.get("exit_code") not in (0, 3) else ""  # 3: built, a gate failed
         lines.append(f"| {m['name']} | {m['requirement']} | {m['source']} | {m['architecture']} | {m['metric']} | "
                      f"{m['data_note']} | {m.get('exit_code', '—')} | {_num(m.get('seconds'), '.0f')} | "
-                     f"{(m.get('error') or '').replace('|', '/')[:160]} |")
+                     f"{error.replace('|', '/')[:160]} |")
     lines += ["", "## Artifacts", "",
               "Latency ratio: batch-1 latency / the same target's fp32 (timings.json). int8 coverage: weighted ops "
               "with int8 weights / weighted ops (counted by the zoo; deployc reports none).", "",

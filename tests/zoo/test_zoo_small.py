@@ -20,10 +20,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from zoo_lib import catalog, fetch  # noqa: E402
 
-try:
-    from deployc.build import build  # the package name after the restructuring
+try:  # the package name after the restructuring
+    from deployc.build import build
+    from deployc.errors import DeploycError, UsageError
 except ImportError:
     from pipeline.build import build
+    from pipeline.errors import DeploycError, UsageError
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +67,7 @@ def test_crepe_tiny_onnx_keeps_pitch_accuracy(tmp_path: Path, zoo_cache: Path) -
     result = build(config, out=tmp_path / "out", quiet=True)
     assert result.exit_code == 0
     ref = result.manifest["reference"]["value"]
-    assert ref >= 0.95, f"the original model should find ≥95% of tones within 50 cents, got {ref:.3f}"
+    assert ref >= 0.9, f"the original model should find ≥90% of the noisy tones within 50 cents, got {ref:.3f}"
     fp32 = artifact(result, "onnx/fp32")["metrics"]
     assert abs(fp32["metric"] - ref) <= 0.005 and fp32["max_abs_err"] < 1e-3
     assert artifact(result, "onnx/int8")["metrics"]["metric"] >= ref - 0.02
@@ -84,8 +86,6 @@ def test_paddleocr_cls_onnx_fp32_classifies_orientation(tmp_path: Path, zoo_cach
                    "an opset-11 graph; onnxruntime rejects the model and the build dies with exit 1 (internal "
                    "error) instead of upgrading the opset, using per-tensor, or exiting 2")
 def test_paddleocr_cls_onnx_int8_builds(tmp_path: Path, zoo_cache: Path) -> None:
-    from pipeline.errors import DeploycError
-
     config = zoo_config("paddleocr-cls", tmp_path / "cls", zoo_cache, {"onnx": {"precision": ["int8"]}})
     try:
         result = build(config, out=tmp_path / "out", quiet=True)
@@ -103,3 +103,24 @@ def test_silero_vad_torch_onnx_fp32_separates_speech_from_silence(tmp_path: Path
     assert result.exit_code == 0
     assert result.manifest["reference"]["value"] >= 0.85
     assert artifact(result, "onnx/fp32")["metrics"]["drift"] <= 0.005
+
+
+@pytest.mark.xfail(strict=True, reason="deployc bug: pipeline/numerics.py check_onnx_finite refuses any initializer "
+                   "holding ±inf, but Magika's scalar -inf is the identity of a Max (a clamp), not a corrupt weight: "
+                   "exit 2 'contains NaN or Inf' for a valid model")
+def test_magika_onnx_with_inf_constant_loads(tmp_path: Path, zoo_cache: Path) -> None:
+    config = zoo_config("magika", tmp_path / "magika", zoo_cache, {"onnx": {"precision": ["fp32"]}})
+    result = build(config, out=tmp_path / "out", quiet=True)
+    assert artifact(result, "onnx/fp32")["metrics"]["drift"] <= 1e-6
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.xfail(strict=True, reason="deployc bug: inputs whose batch axis is not axis 0 (Silero's state "
+                   "[2, batch, 128]) and scalar inputs (sr: int64 []) pass pipeline/data.py's shape check, are "
+                   "sliced on axis 0, and onnxruntime's rejection escapes as an internal error (exit 1), not exit 2")
+def test_silero_onnx_state_input_is_refused_as_usage_error(tmp_path: Path, zoo_cache: Path) -> None:
+    config = zoo_config("silero-vad-op15", tmp_path / "vad", zoo_cache, {"onnx": {"precision": ["fp32"]}})
+    try:
+        build(config, out=tmp_path / "out", quiet=True)
+    except UsageError:
+        return  # refused with a message, exit 2: acceptable until such inputs are supported
