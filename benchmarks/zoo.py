@@ -78,7 +78,8 @@ def build(model: ZooModel, config: Path, timeout: int) -> dict:
     cmd = deployc_command() + ["build", str(config), "--out", str(out), "--no-cache"]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        # cwd: the model's folder, so temp files a build leaves behind (zoo_findings.md #17) stay there
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=config.parent)
         code, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as exc:
         code, stderr = "timeout", (exc.stderr or b"").decode(errors="replace") + f"\ntimed out after {timeout} s"
