@@ -29,7 +29,7 @@ def wheel(requirement: str, cache: Path) -> Path:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", requirement, "-d", str(folder)]
+           "--disable-pip-version-check", "--timeout", "30", "--retries", "2", requirement, "-d", str(folder)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
