@@ -102,16 +102,23 @@ def build(
                 built = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
             else:
                 built = target.build(state, ctx)
+                for art in built:
+                    if art.error:
+                        instruments.log(f"{art.label}: not built: {art.error}")
             for art in built:
-                validate_artifact(
-                    target,
-                    art,
-                    validation,
-                    reference,
-                    config.validate_.max_drift,
-                    config.data.batch_size,
-                    config.validate_.latency_runs,
-                )
+                try:
+                    validate_artifact(
+                        target,
+                        art,
+                        validation,
+                        reference,
+                        config.validate_.max_drift,
+                        config.data.batch_size,
+                        config.validate_.latency_runs,
+                    )
+                except Exception as exc:
+                    art.error = art.failed_reason(exc)
+                    art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
                 target.close(art)
                 instruments.log(f"{art.label}: {art.gate['status']} — {art.gate['reason']}")
             artifacts.extend(built)
@@ -148,7 +155,7 @@ def _manifest(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Everything deterministic about the build: same inputs give a byte-identical manifest.json."""
-    failed = any(a.gate.get("status") == "fail" for a in artifacts)
+    failed = any(a.gate.get("status") in ("fail", "error") for a in artifacts) or not artifacts
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from deployc.errors import PipelineError
 from deployc.state import ModelState, PassRecord, Table, TensorSpec
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Artifact:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # target-specific facts (op counts, engine status...)
     skipped: str | None = None  # reason this artifact cannot be run here; it is then never validated
+    error: str | None = None  # why the target could not make it (converter/quantizer refused); gate 'error'
     metrics: dict[str, Any] = field(default_factory=dict)
     perf: dict[str, Any] = field(default_factory=dict)  # wall-clock figures: timings.json, never manifest.json
     gate: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +101,12 @@ class Artifact:
     @property
     def label(self) -> str:
         return f"{self.target}/{self.precision}"
+
+    @staticmethod
+    def failed_reason(exc: BaseException) -> str:
+        """'TypeName: first line of the message', short enough for a table cell."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {text}"[:500]
 
 
 class Target(abc.ABC):
@@ -125,8 +133,36 @@ class Target(abc.ABC):
         return list(getattr(self.options, "precision", ["fp32"]))
 
     @abc.abstractmethod
+    def lower(self, state: ModelState, ctx: Context) -> Any:
+        """The work every precision shares (export, simplify, conversion); its result goes to emit()."""
+
+    @abc.abstractmethod
+    def emit(self, state: ModelState, lowered: Any, ctx: Context, precision: str) -> Artifact:
+        """Run the target's passes for one precision and write its file under ctx.work_dir."""
+
     def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
-        """Lower, run target passes, emit files under ctx.work_dir; one Artifact per precision."""
+        """One Artifact per precision. A precision the target cannot make (its converter or quantizer refuses the
+        model) becomes an artifact with `error` set, so the other precisions and targets still ship."""
+        try:
+            lowered = self.lower(state, ctx)
+        except PipelineError:
+            raise  # the config asks for something this target cannot do: exit 2, nothing built
+        except Exception as exc:
+            return [self.failed(p, exc) for p in self.precisions()]
+        artifacts: list[Artifact] = []
+        for precision in self.precisions():
+            try:
+                art = self.emit(state, lowered, ctx, precision)
+            except PipelineError:
+                raise
+            except Exception as exc:
+                art = self.failed(precision, exc)
+            if all(a.precision != art.precision for a in artifacts):  # e.g. fp32 and int8 after qat: one QDQ graph
+                artifacts.append(art)
+        return artifacts
+
+    def failed(self, precision: str, exc: BaseException) -> Artifact:
+        return Artifact(self.name, precision, None, self.name, "", error=Artifact.failed_reason(exc))
 
     @abc.abstractmethod
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -54,6 +54,8 @@ def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) 
             failure.text = gate.get("reason", "")
         elif status == "skipped":
             ET.SubElement(case, "skipped", message=gate.get("reason") or "skipped")
+        elif status == "error":  # the target could not make or run it: not a drift, an error
+            ET.SubElement(case, "error", message=gate.get("reason") or "not built", type="NotBuilt")
         elif status != "pass":
             ET.SubElement(case, "error", message=f"no gate result (status {status!r})", type="NoGate")
         shown = {k: m[k] for k in ("metric_ref", "metric", "drift", "agreement", "max_abs_err", "cosine") if k in m}

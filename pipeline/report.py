@@ -60,7 +60,7 @@ def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, 
     return dict(manifest, artifacts=arts, passes=passes, all_passes=all_passes, timings=timings)
 
 
-GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped"}
+GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped", "error": "⚠️ error"}
 
 
 def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:

@@ -102,6 +102,9 @@ def validate_artifact(
     latency_runs: int,
 ) -> None:
     """Fill artifact.metrics, .perf and .gate; an artifact that cannot run here is 'skipped', never 'pass'."""
+    if artifact.error:
+        artifact.gate = {"status": "error", "reason": f"not built: {artifact.error}"}
+        return
     if artifact.skipped:
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return

@@ -98,42 +98,37 @@ class OnnxTarget(Target):
         super().__init__(options)
         self._sessions: dict[str, Any] = {}
 
-    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+    def lower(self, state: ModelState, ctx: Context) -> ModelState:
+        return lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
+
+    def emit(self, state: ModelState, base: ModelState, ctx: Context, precision: str) -> Artifact:
         import onnx
         import onnxruntime
 
-        base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
-        artifacts = []
-        for precision in self.options.precision:
-            done = quantize_for(precision, base, ctx)
-            label = already if precision == "fp32" and already else precision
-            if any(a.precision == label for a in artifacts):
-                continue  # e.g. fp32 and int8 after qat: the same QDQ graph, emitted once
-            path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(done.onnx, str(path))
-            ins, outs = io_specs(done.onnx)
-            artifacts.append(
-                Artifact(
-                    target=self.name,
-                    precision=label,
-                    path=path,
-                    runtime="onnxruntime",
-                    runtime_version=onnxruntime.__version__,
-                    inputs=ins,
-                    outputs=outs,
-                    details={
-                        "opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
-                        "ops": op_counts(done.onnx),
-                        "execution_provider": "CPUExecutionProvider",
-                        "threads": self.options.threads,
-                        **_int8_notes(label, base, done, ctx),
-                    },
-                    history=done.history[len(state.history) :],
-                )
-            )
-        return artifacts
+        done = quantize_for(precision, base, ctx)
+        label = already if precision == "fp32" and already else precision
+        path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(done.onnx, str(path))
+        ins, outs = io_specs(done.onnx)
+        return Artifact(
+            target=self.name,
+            precision=label,
+            path=path,
+            runtime="onnxruntime",
+            runtime_version=onnxruntime.__version__,
+            inputs=ins,
+            outputs=outs,
+            details={
+                "opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
+                "ops": op_counts(done.onnx),
+                "execution_provider": "CPUExecutionProvider",
+                "threads": self.options.threads,
+                **_int8_notes(label, base, done, ctx),
+            },
+            history=done.history[len(state.history) :],
+        )
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         key = str(artifact.path)

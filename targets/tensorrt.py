@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployc.contracts import Artifact, Context, Target
-from deployc.errors import UsageError
+from deployc.errors import PipelineError, UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
 from deployc.passes.onnx_util import io_specs, op_counts
@@ -297,63 +297,63 @@ class TensorrtTarget(Target):
         proto, stats = conform_qdq(done.onnx)
         return done.replace(onnx=proto), stats
 
-    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+    def lower(self, state: ModelState, ctx: Context) -> ModelState:
+        base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
+        already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
+        if already and self.options.precision != ["fp32"]:
+            raise PipelineError(
+                f"targets.tensorrt.precision: a pass already quantized the graph ({already}); "
+                "ask for [fp32] to emit it as is (preflight then checks its Q/DQ)",
+                pass_name=self.name,
+            )
+        return base
+
+    def emit(self, state: ModelState, base: ModelState, ctx: Context, precision: str) -> Artifact:
         import onnx
         import onnxruntime
 
-        base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
         no_engine = engine_unavailable() if self.options.engine else "disabled by targets.tensorrt.engine: false"
         profile = shape_profile(state.inputs, self.options.profile, ctx.config.data.batch_size)
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
-        if already and self.options.precision != ["fp32"]:
-            raise UsageError(
-                f"targets.tensorrt.precision: a pass already quantized the graph ({already}); "
-                "ask for [fp32] to emit it as is (preflight then checks its Q/DQ)"
+        done, stats = self._network(precision, base, ctx)
+        label = already or precision
+        report = preflight(done.onnx, profile, f"targets.tensorrt ({label})")
+        path = ctx.work_dir / "tensorrt" / f"{ctx.config.name}.{label}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(done.onnx, str(path))
+        ins, outs = io_specs(done.onnx)
+        details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
+        if stats:
+            details["conformance"] = stats
+        runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
+        perf: dict[str, Any] = {}
+        if no_engine is None:
+            # kept across builds in the pass cache's folder when there is one: it makes rebuilds fast
+            enabled = ctx.cache is not None and ctx.cache.enabled
+            cache = (ctx.cache.root if enabled else path.parent) / "tensorrt.timing-cache"
+            built = build_engine(path, path.with_suffix(".engine"), profile, cache, self.options.workspace_mb)
+            built["timing_cache"] = str(cache) if enabled else f"tensorrt/{cache.name}"
+            details["engine"] = (
+                f"built: {built['file']} (TensorRT {built['tensorrt_version']}, "
+                f"compute capability {built['compute_capability']})"
             )
-        artifacts = []
-        for precision in self.options.precision:
-            done, stats = self._network(precision, base, ctx)
-            label = already or precision
-            report = preflight(done.onnx, profile, f"targets.tensorrt ({label})")
-            path = ctx.work_dir / "tensorrt" / f"{ctx.config.name}.{label}.onnx"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(done.onnx, str(path))
-            ins, outs = io_specs(done.onnx)
-            details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
-            if stats:
-                details["conformance"] = stats
-            runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
-            perf: dict[str, Any] = {}
-            if no_engine is None:
-                # kept across builds in the pass cache's folder when there is one: it makes rebuilds fast
-                enabled = ctx.cache is not None and ctx.cache.enabled
-                cache = (ctx.cache.root if enabled else path.parent) / "tensorrt.timing-cache"
-                built = build_engine(path, path.with_suffix(".engine"), profile, cache, self.options.workspace_mb)
-                built["timing_cache"] = str(cache) if enabled else f"tensorrt/{cache.name}"
-                details["engine"] = (
-                    f"built: {built['file']} (TensorRT {built['tensorrt_version']}, "
-                    f"compute capability {built['compute_capability']})"
-                )
-                perf["engine_build_seconds"] = built.pop("build_seconds")
-                details["engine_build"] = built
-                runtime, version = "tensorrt", built["tensorrt_version"]
-            else:
-                details["engine"] = f"not built ({no_engine})"
-            artifacts.append(
-                Artifact(
-                    target=self.name,
-                    precision=label,
-                    path=path,
-                    runtime=runtime,
-                    runtime_version=version,
-                    inputs=ins,
-                    outputs=outs,
-                    details=details,
-                    perf=perf,
-                    history=done.history[len(state.history) :],
-                )
-            )
-        return artifacts
+            perf["engine_build_seconds"] = built.pop("build_seconds")
+            details["engine_build"] = built
+            runtime, version = "tensorrt", built["tensorrt_version"]
+        else:
+            details["engine"] = f"not built ({no_engine})"
+        return Artifact(
+            target=self.name,
+            precision=label,
+            path=path,
+            runtime=runtime,
+            runtime_version=version,
+            inputs=ins,
+            outputs=outs,
+            details=details,
+            perf=perf,
+            history=done.history[len(state.history) :],
+        )
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         key = str(artifact.path)

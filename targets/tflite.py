@@ -37,7 +37,9 @@ class TfliteOptions(BaseModel):
         description="fp32 | fp16 (weights) | dynamic (int8 weights) | int8 (full integer)",
     )
     io_dtype: Literal["int8", "float32"] = Field("int8", description="input/output type of the full-int8 model")
-    npu_strict: bool = Field(False, description="fail the build (exit 2) when a full-int8 model keeps float ops")
+    npu_strict: bool = Field(
+        False, description="refuse a full-int8 model that keeps float ops: its artifact gets gate 'error'"
+    )
     threads: int | None = Field(None, ge=1, description="interpreter threads; default: the runtime's choice")
 
 
@@ -290,64 +292,58 @@ class TfliteTarget(Target):
         super().__init__(options)
         self._runners: dict[str, Any] = {}
 
-    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+    def lower(self, state: ModelState, ctx: Context) -> tuple[bytes, PassRecord]:
         if state.module is None:
             raise UsageError("targets.tflite: needs the torch model (model.factory or model.exported)")
-        _, runtime, version = _interpreter_module()
         t0 = time.perf_counter()
         fp32 = convert_fp32(state)
         # the target's own passes enter each artifact's history like the pipeline's (the report lists them)
-        converted = PassRecord(
+        return fp32, PassRecord(
             "litert.convert", {"batch": 1}, True, {"bytes": len(fp32)}, seconds=time.perf_counter() - t0
         )
-        artifacts = []
-        for precision in self.options.precision:
-            t0 = time.perf_counter()
-            model, details = quantize_flatbuffer(
-                fp32, precision, ctx, self.options.io_dtype, [s.name for s in state.inputs]
-            )
-            history: tuple[PassRecord, ...] = (converted,)
-            if precision != "fp32":
-                spec = ctx.config.quantize
-                config = {"precision": precision, "per_channel": spec.per_channel, "calibration": spec.calibration}
-                if precision == "int8":
-                    config["io_dtype"] = self.options.io_dtype
-                facts = {k: details[k] for k in ("calibration_samples", "notes") if k in details}
-                history += (
-                    PassRecord(
-                        "ai_edge_quantizer",
-                        config,
-                        True,
-                        {"bytes": len(model), **facts},
-                        seconds=time.perf_counter() - t0,
-                    ),
-                )
-            path = ctx.work_dir / "tflite" / f"{ctx.config.name}.{precision}.tflite"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(model)
-            ops, _, _ = op_report(model)
-            details = {"converter": f"litert-torch {importlib.metadata.version('litert-torch')}", "ops": ops, **details}
+
+    def emit(self, state: ModelState, lowered: tuple[bytes, PassRecord], ctx: Context, precision: str) -> Artifact:
+        fp32, converted = lowered
+        _, runtime, version = _interpreter_module()
+        t0 = time.perf_counter()
+        model, details = quantize_flatbuffer(
+            fp32, precision, ctx, self.options.io_dtype, [s.name for s in state.inputs]
+        )
+        history: tuple[PassRecord, ...] = (converted,)
+        if precision != "fp32":
+            spec = ctx.config.quantize
+            config = {"precision": precision, "per_channel": spec.per_channel, "calibration": spec.calibration}
             if precision == "int8":
-                details["io_dtype"] = self.options.io_dtype
-                details["npu"] = npu = npu_profile(model)
-                if self.options.npu_strict and not npu["integer_only"]:
-                    listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"])
-                    raise UsageError(f"targets.tflite.npu_strict: the int8 model keeps float ops: {listed}")
-            ins, outs = io_entries(model, state)
-            artifacts.append(
-                Artifact(
-                    target=self.name,
-                    precision=precision,
-                    path=path,
-                    runtime=runtime,
-                    runtime_version=version,
-                    inputs=ins,
-                    outputs=outs,
-                    details=details,
-                    history=history,
-                )
+                config["io_dtype"] = self.options.io_dtype
+            facts = {k: details[k] for k in ("calibration_samples", "notes") if k in details}
+            history += (
+                PassRecord(
+                    "ai_edge_quantizer", config, True, {"bytes": len(model), **facts}, seconds=time.perf_counter() - t0
+                ),
             )
-        return artifacts
+        path = ctx.work_dir / "tflite" / f"{ctx.config.name}.{precision}.tflite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(model)
+        ops, _, _ = op_report(model)
+        details = {"converter": f"litert-torch {importlib.metadata.version('litert-torch')}", "ops": ops, **details}
+        if precision == "int8":
+            details["io_dtype"] = self.options.io_dtype
+            details["npu"] = npu = npu_profile(model)
+            if self.options.npu_strict and not npu["integer_only"]:
+                listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"])
+                raise UsageError(f"targets.tflite.npu_strict: the int8 model keeps float ops: {listed}")
+        ins, outs = io_entries(model, state)
+        return Artifact(
+            target=self.name,
+            precision=precision,
+            path=path,
+            runtime=runtime,
+            runtime_version=version,
+            inputs=ins,
+            outputs=outs,
+            details=details,
+            history=history,
+        )
 
     def _runner(self, artifact: Artifact) -> Any:
         key = str(artifact.path)

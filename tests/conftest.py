@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deployc.build import BuildResult, build
 
@@ -19,6 +20,9 @@ _CACHES = tempfile.mkdtemp(prefix="deployc-tests-")
 atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
 for _var in ("DEPLOYC_CACHE_DIR", "MPLCONFIGDIR", "HF_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_CACHES, _var.lower())
+# One torch thread: the suite's models are tiny, and on a busy machine OpenMP's spinning threads cost 10-25x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 DIGITS_INPUT = [{"name": "image", "shape": ["batch", 1, 8, 8]}]

@@ -18,7 +18,7 @@ from deployc import registry
 from deployc.build import build
 from deployc.cli import main
 from deployc.config import load_config
-from deployc.contracts import Context, Pass, PassResult
+from deployc.contracts import Artifact, Context, Pass, PassResult, Target
 from deployc.errors import PassError
 from deployc.instruments import Instruments
 from deployc.manager import run_pass
@@ -185,3 +185,46 @@ def test_a_third_party_package_adds_a_pass_through_entry_points(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "acme.noop{strength=2} | onnx" in run.stdout
+
+
+class _TargetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    precision: list[str] = ["fp32"]
+
+
+class _HalfBrokenTarget(Target):
+    """fp32 works; int8's 'quantizer' refuses the model; fp16 builds a file its runtime cannot load."""
+
+    name = "test.halfbroken"
+    Options = _TargetOptions
+
+    def lower(self, state, ctx):
+        return state
+
+    def emit(self, state, lowered, ctx, precision):
+        if precision == "int8":
+            raise ValueError("quantizer rejects INT64 input 0")
+        path = ctx.work_dir / "halfbroken" / f"m.{precision}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(precision.encode())
+        return Artifact(self.name, precision, path, "torch", torch.__version__)
+
+    def infer(self, artifact, batch):
+        if artifact.precision == "fp16":
+            raise RuntimeError("InvalidGraph: unrecognized attribute axis")
+        with torch.no_grad():
+            return [self.module(torch.from_numpy(batch["image"])).numpy()]
+
+
+def test_one_artifacts_failure_never_discards_the_others(tmp_path, digits_model):
+    _HalfBrokenTarget.module = digits_model
+    registry.register(registry.TARGETS, "test.halfbroken", _HalfBrokenTarget)
+    config = digits_config(targets={"test.halfbroken": {"precision": ["fp32", "int8", "fp16"]}})
+    result = build(config, out=tmp_path / "o", quiet=True)
+    gates = {a["precision"]: a["gate"] for a in result.manifest["artifacts"]}
+    assert gates["fp32"]["status"] == "pass" and result.exit_code == 3
+    assert gates["int8"] == {"status": "error", "reason": "not built: ValueError: quantizer rejects INT64 input 0"}
+    assert gates["fp16"]["status"] == "error" and "InvalidGraph" in gates["fp16"]["reason"]
+    assert (tmp_path / "o" / "halfbroken" / "m.fp32.bin").is_file()
+    junit = (tmp_path / "o" / "junit.xml").read_text()
+    assert junit.count('type="NotBuilt"') == 2 and 'errors="2"' in junit
