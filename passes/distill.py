@@ -112,6 +112,7 @@ class Distill(Pass):
     requires = frozenset({"torch", "data.train"})
     produces = frozenset({"distilled"})
     invalidates = frozenset({"onnx", "simplified", "quantized"})
+    reads_config = frozenset()
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         import torch

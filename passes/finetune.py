@@ -48,6 +48,7 @@ class Finetune(Pass):
     Config = FinetuneConfig
     requires = frozenset({"torch", "data.train"})
     invalidates = frozenset({"onnx"})
+    reads_config = frozenset()
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         cfg: FinetuneConfig = self.config

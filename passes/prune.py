@@ -87,6 +87,7 @@ class PruneMagnitude(Pass):
     requires = frozenset({"torch"})
     produces = frozenset({"pruned"})
     invalidates = frozenset({"onnx"})
+    reads_config = frozenset()
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         from torch.nn.utils import prune
@@ -271,6 +272,7 @@ class PruneStructured(Pass):
     requires = frozenset({"torch"})
     produces = frozenset({"pruned"})
     invalidates = frozenset({"onnx"})
+    reads_config = frozenset()
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         cfg: StructuredConfig = self.config

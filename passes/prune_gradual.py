@@ -129,6 +129,7 @@ class PruneGradual(Pass):
     requires = frozenset({"torch", "data.train"})
     produces = frozenset({"pruned"})
     invalidates = frozenset({"onnx"})
+    reads_config = frozenset()
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         cfg: GradualConfig = self.config

@@ -140,6 +140,7 @@ class Qat(Pass):
     requires = frozenset({"torch", "data.train"})
     produces = frozenset({"qat", "quantized"})
     invalidates = frozenset({"onnx", "simplified"})
+    reads_config = frozenset({"quantize"})  # per_channel defaults to quantize.per_channel
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         per_channel = ctx.config.quantize.per_channel if self.config.per_channel is None else self.config.per_channel

@@ -6,6 +6,7 @@ checked before the model loads; nothing is written to the out dir until the mode
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,12 @@ from deployc.manager import PassManager
 from deployc.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
 from deployc.metrics import get_metric
 from deployc.outdir import OutDir, check_writable
+from deployc.prefix import PassPrefix, capture, resume
 from deployc.registry import instruments as plugin_instruments
 from deployc.report import render_report, report_view
 from deployc.report_html import write_html_report
-from deployc.validate import compute_reference, validate_artifact
+from deployc.state import ModelState
+from deployc.validate import Reference, compute_reference, validate_artifact
 
 
 @dataclass
@@ -57,23 +60,24 @@ def check(
     return config, manager
 
 
-def build(
-    config_or_path: str | Path | dict | BuildConfig,
-    out: str | Path | None = None,
-    targets: list[str] | None = None,
-    quiet: bool = False,
-    instruments: Instruments | None = None,
-    cache: bool = True,
-) -> BuildResult:
-    """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
-    t_start = time.perf_counter()
-    config, manager = check(config_or_path, targets)
-    instruments = instruments or Instruments(quiet=quiet)
-    instruments.extra.extend(plugin_instruments())
-    out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
-    check_writable(out_dir)
-    instruments.log(f"pipeline: {manager.pipeline_string()}")
+@dataclass
+class Loaded:
+    """What a build reads before any pass runs: the model as loaded, its data, and the reference on it."""
 
+    state: ModelState
+    metric: Any
+    validation: Any
+    calibration: Any
+    train: Any
+    reference: Reference
+
+    def context(self, config: BuildConfig, work_dir: Path, instruments: Instruments, cache: PassCache) -> Context:
+        return Context(
+            config, self.train, self.calibration, self.validation, work_dir, instruments, cache, self.reference
+        )
+
+
+def load_inputs(config: BuildConfig, manager: PassManager, instruments: Instruments) -> Loaded:
     state = load_model(config)
     state = state.replace(facts=state.facts | initial_facts(config))
     metric = get_metric(config)
@@ -87,13 +91,53 @@ def build(
     instruments.log(
         f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
     )
+    return Loaded(state, metric, validation, calibration, train, reference)
+
+
+def run_prefix(
+    config_or_path: str | Path | dict | BuildConfig, passes: int, start: PassPrefix | None = None, cache: bool = True
+) -> PassPrefix:
+    """Run only the first `passes` passes of a config's pipeline (continuing from `start` when given); writes
+    nothing but temporary files. build(start=...) finishes it exactly as a whole build would."""
+    config, manager = check(config_or_path)
+    instruments = Instruments(quiet=True, extra=plugin_instruments())
+    loaded = load_inputs(config, manager, instruments)
+    state = resume(start, manager.passes, loaded.state) if start is not None else loaded.state
+    with tempfile.TemporaryDirectory(prefix="deployc-prefix-") as work:
+        ctx = loaded.context(config, Path(work), instruments, PassCache(enabled=cache))
+        state = manager.run(state, ctx, first=len(state.history), stop=passes)
+    return capture(state)
+
+
+def build(
+    config_or_path: str | Path | dict | BuildConfig,
+    out: str | Path | None = None,
+    targets: list[str] | None = None,
+    quiet: bool = False,
+    instruments: Instruments | None = None,
+    cache: bool = True,
+    start: PassPrefix | None = None,
+) -> BuildResult:
+    """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1).
+
+    `start`: the first passes' result, from run_prefix() on a config with the same model, data and first passes
+    (a sweep shares one between variants); the manifest and artifacts are the same as without it."""
+    t_start = time.perf_counter()
+    config, manager = check(config_or_path, targets)
+    instruments = instruments or Instruments(quiet=quiet)
+    instruments.extra.extend(plugin_instruments())
+    out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
+    check_writable(out_dir)
+    instruments.log(f"pipeline: {manager.pipeline_string()}")
+
+    loaded = load_inputs(config, manager, instruments)
+    state = resume(start, manager.passes, loaded.state) if start is not None else loaded.state
+    metric, validation, reference = loaded.metric, loaded.validation, loaded.reference
 
     with OutDir(out_dir) as outdir:
         staging = outdir.staging
-        ctx = Context(
-            config, train, calibration, validation, staging, instruments, PassCache(enabled=cache), reference=reference
-        )
-        state = manager.run(state, ctx)
+        ctx = loaded.context(config, staging, instruments, PassCache(enabled=cache))
+        state = manager.run(state, ctx, first=len(state.history))
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
             target = planned.cls(planned.options)

@@ -70,6 +70,9 @@ class Pass(abc.ABC):
     produces: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()  # facts that stop holding after this pass
     cacheable: ClassVar[bool] = False  # True when the pass's whole output is state.onnx (see deployc/cache.py)
+    # config sections run() reads through ctx.config besides model, data and its own options (e.g. {'quantize'});
+    # None: unknown, maybe any. A sweep shares a pass's result between variants only where these agree.
+    reads_config: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, config: BaseModel):
         self.config = config

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from deployc.manifest import write_text_atomic
 
 
 def _drift_message(artifact: dict[str, Any], metric: str, budget: float) -> str:
@@ -72,8 +73,4 @@ def render_junit(manifest: dict[str, Any], timings: dict[str, Any] | None = None
 
 def write_junit(manifest: dict[str, Any], out_dir: str | Path, timings: dict[str, Any] | None = None) -> Path:
     """Write OUT/junit.xml (temp file + rename) and return its path."""
-    path = Path(out_dir) / "junit.xml"
-    tmp = path.with_name(f".junit.xml.tmp-{os.getpid()}")
-    tmp.write_text(render_junit(manifest, timings), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out_dir) / "junit.xml", render_junit(manifest, timings))

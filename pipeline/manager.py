@@ -115,8 +115,9 @@ class PassManager:
         steps += [(name, t.option_dict) for name, t in self.targets.items()]
         return format_pipeline(steps)
 
-    def run(self, state: ModelState, ctx: Context) -> ModelState:
-        for planned in self.passes:
+    def run(self, state: ModelState, ctx: Context, first: int = 0, stop: int | None = None) -> ModelState:
+        """Run passes[first:stop]; `first` > 0 when `state` already went through the earlier ones (a shared prefix)."""
+        for planned in self.passes[first:stop]:
             state = run_pass(planned.cls(planned.config), state, ctx)
         return state
 

@@ -8,9 +8,12 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from deployc.errors import UsageError
+
+USER_MODULE_PREFIX = "deployc_user_"  # modules imported from users' .py files are registered under this prefix
 
 
 def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
@@ -22,7 +25,7 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
         path = Path(target) if Path(target).is_absolute() else base_dir / target
         if not path.is_file():
             raise UsageError(f"{key}: file '{path}' not found")
-        mod_name = "deployc_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        mod_name = USER_MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
         module = sys.modules.get(mod_name)
         if module is None:
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -44,6 +47,11 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
     if not callable(fn):
         raise UsageError(f"{key}: '{attr}' is not a callable in '{target}'")
     return fn
+
+
+def user_modules() -> list[ModuleType]:
+    """Every module deployc imported from a user's .py file (model factories, metrics, data) in this process."""
+    return [m for name, m in sorted(sys.modules.items()) if name.startswith(USER_MODULE_PREFIX)]
 
 
 # deployc's own modules before they moved under the one `deployc` package (old name prefix -> new)

@@ -8,10 +8,10 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from deployc.manifest import write_text_atomic
 from deployc.report import GATE_MARK, human_bytes
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
@@ -40,7 +40,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = (0,), raw: bool = False) -> str:
+def html_table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = (0,), raw: bool = False) -> str:
     """An HTML table; columns in `left` are left-aligned (names, text), the rest right (numbers)."""
     cls = [' class="l"' if i in left else "" for i in range(max([len(header)] + [len(r) for r in rows]))]
     head = "".join(f"<th{cls[i]}>{_e(h)}</th>" for i, h in enumerate(header))
@@ -74,20 +74,24 @@ def points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def pareto_front(pts: list[dict[str, Any]], cost: str, higher_is_better: bool = True) -> list[dict[str, Any]]:
-    """Points no other point beats on both cost (lower) and metric; sorted by cost."""
-    usable = [p for p in pts if p.get(cost) is not None]
+def pareto_front(
+    pts: list[dict[str, Any]], cost: str | tuple[str, ...], higher_is_better: bool = True
+) -> list[dict[str, Any]]:
+    """Points no other point beats on every cost (lower) and the metric at once; sorted by the first cost."""
+    costs = (cost,) if isinstance(cost, str) else tuple(cost)
+    usable = [p for p in pts if all(p.get(c) is not None for c in costs)]
     sign = 1 if higher_is_better else -1
 
+    def losses(p: dict[str, Any]) -> list[float]:  # every coordinate lower-is-better
+        return [p[c] for c in costs] + [-sign * p["metric"]]
+
     def dominated(p: dict[str, Any]) -> bool:
+        mine = losses(p)
         return any(
-            q[cost] <= p[cost]
-            and sign * q["metric"] >= sign * p["metric"]
-            and (q[cost] < p[cost] or sign * q["metric"] > sign * p["metric"])
-            for q in usable
+            all(a <= b for a, b in zip(theirs, mine)) and theirs != mine for theirs in (losses(q) for q in usable)
         )
 
-    return sorted((p for p in usable if not dominated(p)), key=lambda p: p[cost])
+    return sorted((p for p in usable if not dominated(p)), key=lambda p: p[costs[0]])
 
 
 def _png(fig: Any) -> str:
@@ -96,7 +100,18 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _scatter(pts: list[dict[str, Any]], cost: str, xlabel: str, metric: str, higher_is_better: bool) -> str | None:
+def scatter_png(
+    pts: list[dict[str, Any]],
+    cost: str,
+    xlabel: str,
+    metric: str,
+    higher_is_better: bool,
+    front: list[dict[str, Any]] | None = None,
+    chosen: dict[str, Any] | None = None,
+    label_all: bool = True,
+) -> str | None:
+    """A base64 PNG of metric vs `cost`, green passed / red failed, the Pareto front (default: of every point)
+    ringed, `chosen` starred. Every cluster of points is labelled, or (label_all=False) only the chosen one."""
     from matplotlib.figure import Figure  # Figure without pyplot: no global state, Agg canvas on savefig
 
     usable = [p for p in pts if p.get(cost) is not None]
@@ -109,8 +124,14 @@ def _scatter(pts: list[dict[str, Any]], cost: str, xlabel: str, metric: str, hig
     colours = {"pass": "#1a7f37", "fail": "#cf222e"}
     for p in usable:
         ax.scatter(p[cost], p["metric"], s=60, color=colours.get(p["status"], "#6e7781"), zorder=3)
-    groups = _label_groups(usable, cost)
-    xs = [g[0] for g in groups]
+    groups = (
+        _label_groups(usable, cost)
+        if label_all
+        else [(chosen[cost], chosen["metric"], chosen["label"])]
+        if chosen and chosen.get(cost) is not None
+        else []
+    )
+    xs = [g[0] for g in groups] if label_all else [p[cost] for p in usable]
     dx = (max(xs) - min(xs)) or 1.0
     for x, y, label in groups:
         # below when a close neighbour sits higher (its label goes above); left of points near the right edge
@@ -124,7 +145,7 @@ def _scatter(pts: list[dict[str, Any]], cost: str, xlabel: str, metric: str, hig
             ha="right" if right_edge else "left",
             fontsize=8,
         )
-    front = pareto_front(usable, cost, higher_is_better)
+    front = pareto_front(usable, cost, higher_is_better) if front is None else front
     ax.step(
         [p[cost] for p in front],
         [p["metric"] for p in front],
@@ -144,6 +165,8 @@ def _scatter(pts: list[dict[str, Any]], cost: str, xlabel: str, metric: str, hig
         label="Pareto front",
         zorder=4,
     )  # ringed: visible even alone
+    if chosen is not None and chosen.get(cost) is not None:
+        ax.scatter([chosen[cost]], [chosen["metric"]], s=260, marker="*", color="#bf8700", label="chosen", zorder=5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
@@ -189,7 +212,7 @@ def _sensitivity_chart(rows: list[dict[str, Any]], title: str) -> str:
     return _png(fig)
 
 
-def _figure(b64: str | None, caption: str) -> str:
+def html_figure(b64: str | None, caption: str) -> str:
     if b64 is None:
         return ""
     return f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}"><figcaption>{_e(caption)}</figcaption></figure>'
@@ -216,7 +239,7 @@ def _artifact_section(manifest: dict[str, Any]) -> str:
             ]
         )
     header = ["target", "format", "precision", "size", metric, "drift", "ms (batch 1)", "gate", "why"]
-    return "<h2>Artifacts</h2>" + _table(header, rows, left=(0, 1, 2, 7, 8), raw=True)
+    return "<h2>Artifacts</h2>" + html_table(header, rows, left=(0, 1, 2, 7, 8), raw=True)
 
 
 def _plots_section(manifest: dict[str, Any]) -> str:
@@ -230,8 +253,8 @@ def _plots_section(manifest: dict[str, Any]) -> str:
     for p in pts:
         p["size"] = None if p["bytes"] is None else p["bytes"] / scale
     figs = [
-        _figure(_scatter(pts, "ms", "batch-1 latency (ms)", ref["metric"], hib), f"{ref['metric']} vs latency"),
-        _figure(_scatter(pts, "size", f"size ({unit})", ref["metric"], hib), f"{ref['metric']} vs size"),
+        html_figure(scatter_png(pts, "ms", "batch-1 latency (ms)", ref["metric"], hib), f"{ref['metric']} vs latency"),
+        html_figure(scatter_png(pts, "size", f"size ({unit})", ref["metric"], hib), f"{ref['metric']} vs size"),
     ]
     note = (
         "Ringed and dashed: the Pareto front — artifacts no other artifact beats on both cost and "
@@ -246,14 +269,14 @@ def _sensitivity_section(manifest: dict[str, Any]) -> str:
         rows = [r for r in (p.get("metrics") or {}).get("sensitivity") or [] if "layer" in r and "error" in r]
         if rows:
             chart = _sensitivity_chart(rows, f"pass {p['name']}: {len(rows)} layers")
-            parts.append(_figure(chart, f"per-layer sensitivity measured by {p['name']}"))
+            parts.append(html_figure(chart, f"per-layer sensitivity measured by {p['name']}"))
     return "<h2>Per-layer sensitivity</h2>" + "".join(parts) if parts else ""
 
 
 def _tables_section(manifest: dict[str, Any], extra_tables: list[dict[str, Any]]) -> str:
     tables = [t for p in manifest.get("all_passes", manifest["passes"]) for t in p.get("tables", [])]
     return "".join(
-        f"<h2>{_e(t['title'])}</h2>" + _table(list(t["header"]), [list(r) for r in t["rows"]])
+        f"<h2>{_e(t['title'])}</h2>" + html_table(list(t["header"]), [list(r) for r in t["rows"]])
         for t in tables + list(extra_tables)
     )
 
@@ -272,7 +295,7 @@ def _passes_section(manifest: dict[str, Any]) -> str:
         ]
         for p in passes
     ]
-    return "<h2>Passes</h2>" + _table(["pass", "for", "modified", "seconds", "metrics"], rows, left=(0, 1, 2, 4))
+    return "<h2>Passes</h2>" + html_table(["pass", "for", "modified", "seconds", "metrics"], rows, left=(0, 1, 2, 4))
 
 
 def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | None = None) -> str:
@@ -300,8 +323,13 @@ def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | N
         + _tables_section(manifest, extra_tables or [])
         + f"<h2>Versions</h2><p class=meta>{_e(versions)}</p>"
     )
+    return html_page(f"deployc: {manifest['name']}", body)
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained page with the reports' style around `body` (HTML)."""
     return (
-        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>deployc: {_e(manifest['name'])}</title>"
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
         f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
         f"<body>{body}</body></html>\n"
     )
@@ -324,8 +352,4 @@ def write_html_report(
         timings = json.loads((Path(out_dir) / "timings.json").read_text())
     if timings is not None:
         manifest = report_view(manifest, timings)
-    path = Path(out_dir) / "report.html"
-    tmp = path.with_name(f".report.html.tmp-{os.getpid()}")
-    tmp.write_text(render_html(manifest, extra_tables), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out_dir) / "report.html", render_html(manifest, extra_tables))
