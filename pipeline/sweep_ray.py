@@ -22,8 +22,8 @@ from deployc.sweep_search import Search
 
 
 def start_ray(address: str | None, temp_dir: str | Path | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to the cluster at `address`, else start an embedded one with `num_cpus` (default: this machine's
-    cores). Returns whether this call started Ray (the caller then shuts it down). Ray's logs stay in its temp dir."""
+    """Connect to the cluster at `address`, else start an embedded one with `num_cpus` (default: the cores Ray
+    finds, CPU quotas included). Returns whether this call started Ray (the caller then shuts it down)."""
     import ray
 
     if address:
@@ -41,7 +41,7 @@ def start_ray(address: str | None, temp_dir: str | Path | None = None, num_cpus:
         else:
             ray.init(
                 address="local",
-                num_cpus=num_cpus or os.cpu_count(),
+                num_cpus=num_cpus,
                 _temp_dir=str(temp_dir) if temp_dir else None,
                 **kwargs,
             )
@@ -100,6 +100,8 @@ def _worker_setup(threads: int) -> None:
 
 def prefix_task(raw: dict, base_dir: str, passes: int, parent: list, cache: bool, threads: int) -> tuple[dict, Any]:
     """(a small summary for the driver, the PassPrefix for the variants): the driver never loads the model."""
+    # the model goes through Ray's object store, which holds only objects this run made (not a user's pickle);
+    # a torch.export round trip would change the graph each variant exports, and outputs would differ from a build
     import ray
 
     _worker_setup(threads)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.build import check
+from deployc.config import load_config
 from deployc.errors import DeploycError, UsageError
 from deployc.manifest import library_versions, sha256
 from deployc.report_html import pareto_front
@@ -20,8 +21,6 @@ SWEEP_VERSION = 1
 
 def check_variant(sweep: Sweep, variant: Variant) -> Planned:
     """The variant's config and pipeline, checked in milliseconds; errors name the sweep file and the overrides."""
-    from deployc.config import load_config
-
     try:
         config, manager = check(load_config(variant.raw, base_dir=sweep.base_dir))
     except DeploycError as exc:

@@ -79,6 +79,10 @@ class SweepConfig(StrictModel):
         for key, values in vary.items():
             if not values:
                 raise ValueError(f"'{key}' has no values")
+            seen = [json.dumps(v, sort_keys=True, default=str) for v in values]
+            twice = next((v for i, v in enumerate(seen) if v in seen[:i]), None)
+            if twice is not None:
+                raise ValueError(f"'{key}' lists {twice} twice (two variants would be one build)")
         return vary
 
 

@@ -86,6 +86,9 @@ def test_sweep_file_errors_exit_2_naming_the_file(tmp_path: Path):
     path = sweep_file(tmp_path, {"targets.onnx.precision": []})
     with pytest.raises(UsageError, match=r"sweep\.yaml: vary: .*'targets.onnx.precision' has no values"):
         load_sweep(path)
+    write(path, json.dumps({"base": "base.yaml", "vary": {"targets.onnx.precision": [["int8"], ["int8"]]}}))
+    with pytest.raises(UsageError, match=r'lists \["int8"\] twice'):
+        load_sweep(path)
     write(path, json.dumps({"base": "missing.yaml", "vary": {"name": ["a"]}}))
     with pytest.raises(UsageError, match=r"missing\.yaml: base config .* not found"):
         load_sweep(path)
