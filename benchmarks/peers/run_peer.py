@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -62,18 +63,23 @@ def _plain(value):
     return value.name if hasattr(value, "name") and not isinstance(value, type) else value
 
 
+def _ort_enums(options: dict) -> dict:
+    """onnxruntime-style keywords given by name on the command line ("QUInt8") as the enums it takes."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    enums = {"calibrate_method": CalibrationMethod, "quant_format": QuantFormat,
+             "activation_type": QuantType, "weight_type": QuantType}
+    return {k: enums[k][v] if k in enums and isinstance(v, str) else v for k, v in options.items()}
+
+
 def quantize_ort(model: Path, arrays: dict, out: Path, options: dict) -> dict:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     keys = ["quant_format", "per_channel", "reduce_range", "activation_type", "weight_type",
             "calibrate_method", "extra_options"]
     used = {**_defaults(quantize_static, keys), **options}
-    kwargs = dict(options)
-    for key, enum in (("calibrate_method", CalibrationMethod), ("quant_format", QuantFormat),
-                      ("activation_type", QuantType), ("weight_type", QuantType)):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = enum[kwargs[key]]
+    kwargs = _ort_enums(options)
     # quantize_static forwards no num_bins/num_quantized_bins to the calibrator, so histogram settings
     # need create_calibrator directly; its ranges reach quantize_static as a calibration cache.
     calibrator_options = kwargs.pop("calibrator_options", None)
@@ -152,14 +158,7 @@ def quantize_inc(model: Path, arrays: dict, out: Path, options: dict) -> dict:
     keys = ["quant_format", "activation_type", "weight_type", "per_channel", "reduce_range", "calibrate_method",
             "calibration_sampling_size"]
     used = {**_defaults(config.StaticQuantConfig.__init__, keys), **options}
-    kwargs = dict(options)
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-    for key, enum in (("calibrate_method", CalibrationMethod), ("quant_format", QuantFormat),
-                      ("activation_type", QuantType), ("weight_type", QuantType)):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = enum[kwargs[key]]
-    quant_config = config.StaticQuantConfig(calibration_data_reader=Reader(arrays), **kwargs)
+    quant_config = config.StaticQuantConfig(calibration_data_reader=Reader(arrays), **_ort_enums(options))
     quantize(str(model), str(out), quant_config)
     return used
 
@@ -235,6 +234,10 @@ def main(argv=None) -> int:
         with np.load(args.calib) as npz:
             arrays = {k: np.asarray(npz[k], np.float32)[: args.samples] for k in npz.files}
         report["samples"] = len(next(iter(arrays.values())))
+        graph = onnx.load(str(args.onnx), load_external_data=False).graph
+        inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+        if sorted(inputs) != sorted(arrays):
+            raise ValueError(f"{args.calib} holds {sorted(arrays)}, the model's inputs are {sorted(inputs)}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with stdout_to_stderr():
@@ -246,7 +249,9 @@ def main(argv=None) -> int:
         report.update(ok=True, bytes=args.out.stat().st_size, **op_counts(args.out),
                       options={k: _plain(v) for k, v in used.items()})
     except (Exception, SystemExit) as exc:  # a peer rejecting a model is a result to report, not a crash
-        report.update(ok=False, error=f"{type(exc).__name__}: {exc}".strip()[:2000])
+        where = traceback.extract_tb(exc.__traceback__)[-1]  # a bare assert says nothing but its line
+        report.update(ok=False, error=f"{type(exc).__name__}: {exc}".strip()[:2000],
+                      at=f"{where.filename}:{where.lineno}")
     print(json.dumps(report, default=str))
     return 0 if report["ok"] else 1
 
