@@ -57,4 +57,5 @@ done
       | tr '\n' ' '
     echo
   done
-} | tee "$here/versions.txt"
+} > "$here/versions.txt"
+cat "$here/versions.txt"
