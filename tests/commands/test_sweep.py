@@ -140,7 +140,8 @@ def test_shared_prefix_runs_once_and_variants_equal_plain_builds(shared_sweep, p
     config = json.loads((sweep_out / "manifest.json").read_text())["config"]
     write(project / "int8.yaml", json.dumps(config))
     before = steps(project)
-    assert main(["build", str(project / "int8.yaml"), "--out", str(project / "plain"), "--quiet"]) == 0
+    plain = ["build", str(project / "int8.yaml"), "--out", str(project / "plain"), "--quiet", "--no-cache"]
+    assert main(plain) == 0  # no pass cache: export and quantization run again here
     one_finetune = steps(project) - before
 
     # the sweep trained exactly as much as one build does, not once per variant
@@ -253,6 +254,25 @@ def test_address_runs_on_a_running_cluster_and_json_keeps_stdout_clean(ray_local
     summary = json.loads(proc.stdout)  # nothing but the summary on stdout
     assert summary["executor"] == {"name": "ray", "version": ray.__version__, "nodes": 1, "cpus": 2, "address": address}
     assert [v["status"] for v in summary["variants"]] == ["passed"]
+
+
+def test_tpe_asks_optuna_for_one_variant_at_a_time(ray_local, tmp_path: Path):
+    write(tmp_path / "tiny.py", TINY)
+    write(tmp_path / "base.yaml", json.dumps(base_config([])))
+    sweep = {
+        "base": "base.yaml",
+        "vary": {"quantize.samples": [16, 32, 64], "targets.onnx.precision": [["fp32"], ["int8"]]},
+        "search": {"method": "tpe", "trials": 3, "seed": 1},
+        "objective": {"minimize": "bytes"},
+    }
+    write(tmp_path / "sweep.yaml", json.dumps(sweep))
+    out = tmp_path / "out"
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out), "--max-parallel", "1", "--quiet"]) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    ids = [v["id"] for v in summary["variants"]]
+    assert len(ids) == len(set(ids)) == 3 and all(v["status"] == "passed" for v in summary["variants"])
+    smallest = min((a["bytes"], v["id"]) for v in summary["variants"] for a in v["artifacts"])
+    assert (summary["chosen"]["bytes"], summary["chosen"]["variant"]) == smallest
 
 
 def test_unreachable_address_exits_2_in_seconds(tmp_path: Path, capsys):
