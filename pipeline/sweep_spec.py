@@ -219,11 +219,14 @@ def _leaf(key: str) -> str:
     return re.sub(r"\W", "", key.rsplit(".", 1)[-1])
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, keys: bool = True) -> str:
+    """[fp32, int8] -> 'fp32+int8'; {onnx: {precision: [int8]}} -> 'onnx.int8' (inner mappings by their values)."""
     if isinstance(value, list):
-        return "+".join(_short(v) for v in value)
+        return "+".join(_short(v, keys) for v in value)
     if isinstance(value, dict):
-        return "+".join(str(k) for k in value)
+        if not keys:
+            return "+".join(_short(v, False) for v in value.values())
+        return "+".join(f"{k}.{_short(v, False)}" if v else str(k) for k, v in value.items())
     return str(value)
 
 
