@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +137,11 @@ class PassCache:
             return
         model_path, meta_path = self._paths(key)
         model_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = model_path.with_suffix(f".tmp-{os.getpid()}")
+        writer = f".tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the machines sharing a cache folder
+        tmp = model_path.with_suffix(writer)
         onnx.save(proto, str(tmp))
         os.replace(tmp, model_path)
-        tmp = meta_path.with_suffix(f".tmp-{os.getpid()}")
+        tmp = meta_path.with_suffix(writer)
         saved = [{**t.to_json(), "timed": sorted(t.timed)} for t in tables]
         meta = {"modified": modified, "metrics": metrics, "tables": saved, "facts_added": facts_added}
         tmp.write_text(json.dumps(meta, default=str))

@@ -110,7 +110,7 @@ def prefix_task(raw: dict, base_dir: str, passes: int, parent: list, cache: bool
     for module in user_modules():  # the model's class travels with it: the reading worker never imported that file
         ray.cloudpickle.register_pickle_by_value(module)
     ran = prefix.state.history[start.passes if start else 0 :]
-    return {"seconds": round(sum(r.seconds for r in ran), 3), "passes": [r.name for r in ran]}, prefix
+    return {"seconds": round(sum(r.seconds for r in ran), 3)}, prefix
 
 
 def variant_task(raw: dict, base_dir: str, out: str, prefix: list, cache: bool, threads: int) -> dict[str, Any]:
