@@ -18,6 +18,11 @@ def _label(a: dict[str, Any]) -> str:
     return f"{a['variant']} {a['target']}/{a['precision']}"
 
 
+def _metric_name(ref: dict[str, Any]) -> str:
+    """'top1', or a custom metric's callable name without its file path (an axis label)."""
+    return ref["metric"].rsplit(":", 1)[-1]
+
+
 def _plots(summary: dict[str, Any]) -> str:
     ref = summary["reference"] or {"metric": "metric", "higher_is_better": True}
     hib = bool(ref["higher_is_better"])
@@ -40,8 +45,8 @@ def _plots(summary: dict[str, Any]) -> str:
     figs = []
     for cost, xlabel in (("latency_ms", "batch-1 latency (ms)"), ("kb", "size (KB)")):
         front = pareto_front([p for p in pts if p["status"] == "pass"], cost, hib)
-        png = scatter_png(pts, cost, xlabel, ref["metric"], hib, front=front, chosen=star, label_all=False)
-        figs.append(html_figure(png, f"{ref['metric']} vs {xlabel}"))
+        png = scatter_png(pts, cost, xlabel, _metric_name(ref), hib, front=front, chosen=star, label_all=False)
+        figs.append(html_figure(png, f"{_metric_name(ref)} vs {xlabel}"))
     return f"<div class=plots>{''.join(figs)}</div>"
 
 
@@ -66,7 +71,7 @@ def render_sweep_html(summary: dict[str, Any]) -> str:
         + "</p>"
         + (f"<p class=meta>Reference ({e(ref['source'])}): {e(ref['metric'])} = {ref['value']:.4f}</p>" if ref else "")
     )
-    metric = ref["metric"] if ref else "metric"
+    metric = _metric_name(ref) if ref else "metric"
     front = {_label(a) for a in summary["pareto"]}
     rows = []
     for v in summary["variants"]:
