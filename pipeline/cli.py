@@ -84,9 +84,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_validate_config(args: argparse.Namespace) -> int:
     from deployc.build import check
     from deployc.preflight import preflight
+    from deployc.quiet import ThirdPartyOutput
 
     _, manager = check(args.config)
-    preflight(args.config)
+    with ThirdPartyOutput(enabled=not args.debug):
+        preflight(args.config)
     if args.json:
         print(json.dumps({"valid": True, "pipeline": manager.pipeline_string()}))
     elif not args.quiet:
