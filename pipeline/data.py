@@ -148,16 +148,18 @@ def _factory_items(fn: Any, spec: str, where: str) -> Iterator[Any]:
     """The factory's items, read one at a time (the caller stops at its cap); its exceptions name it."""
     try:
         items = iter(fn())
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            yield item
+    except SystemExit as exc:
+        raise UsageError(f"{where}: factory '{spec}' called sys.exit({exc.code!r})") from None
+    except (UsageError, GeneratorExit):
+        raise
     except Exception as exc:
         raise UsageError(f"{where}: factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except Exception as exc:
-            raise UsageError(f"{where}: factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
-        yield item
 
 
 def _load_factory(

@@ -72,6 +72,9 @@ def check_out_dir(out: Path, force: bool = False, subdirs: tuple[str, ...] = ())
             )
     marker = read_marker(out)
     if marker is not None:
+        foreign = [n for n in FIXED_NAMES if (out / n).exists() and n not in marker["files"]]
+        if foreign:
+            raise UsageError(f"--out: '{out / foreign[0]}' was not written by deployc; it is never replaced")
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_NAME, MARKER_NAME))
     if not foreign:
@@ -159,6 +162,8 @@ class OutDir:
         for parent in list(Path(rel).parents)[:-1]:
             if _is_link(self.path / parent):
                 raise UsageError(f"--out: '{self.path / parent}' is a symbolic link; deployc never follows it")
+            if (self.path / parent).exists() and not (self.path / parent).is_dir():
+                raise UsageError(f"--out: '{self.path / parent}' is a file where deployc needs a folder")
         if _is_link(dst) or dst.exists():
             if rel not in self._owned:
                 raise UsageError(f"--out: '{dst}' was not written by deployc; it is never replaced")
