@@ -49,6 +49,7 @@ class ThirdPartyOutput:
         self._root: tuple[list[logging.Handler], int] | None = None
         self._warnings: Any = None
         self._recorded: list[warnings.WarningMessage] = []
+        self._streams: tuple[Any, Any] = (None, None)
 
     def write(self, text: str) -> None:
         if self._file is not None:
@@ -63,7 +64,7 @@ class ThirdPartyOutput:
             return self
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        self._file = tempfile.TemporaryFile()
+        self._file = tempfile.TemporaryFile(buffering=0)
         try:
             self._saved = {fd: os.dup(fd) for fd in (1, 2)}
         except OSError:  # no fd 1/2 (a daemon): Python-level capture only
@@ -77,6 +78,13 @@ class ThirdPartyOutput:
             )
         for fd in self._saved:
             os.dup2(self._file.fileno(), fd)
+        self._streams = (sys.stdout, sys.stderr)  # Python-level writers that may not go through fd 1/2
+        sys.stdout = sys.stderr = io.TextIOWrapper(
+            os.fdopen(os.dup(self._file.fileno()), "wb", buffering=0),
+            encoding="utf-8",
+            errors="replace",
+            write_through=True,
+        )
         root = logging.getLogger()
         self._root = (list(root.handlers), root.level)
         root.handlers = [_Records(self)]
@@ -91,6 +99,9 @@ class ThirdPartyOutput:
         self._warnings.__exit__(None, None, None)
         root = logging.getLogger()
         root.handlers, root.level = self._root
+        sys.stdout.flush()
+        captured_stream, (sys.stdout, sys.stderr) = sys.stdout, self._streams
+        captured_stream.close()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         for fd, saved in self._saved.items():

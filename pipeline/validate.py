@@ -244,25 +244,36 @@ def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
     return None, ""
 
 
+def _float_ops(artifact: Artifact) -> str:
+    ops = (artifact.details.get("int8_coverage") or {}).get("float_ops") or {}
+    return ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())) or "unknown"
+
+
 def coverage_warning(artifact: Artifact) -> str | None:
     """A warning for an int8/dynamic artifact that is mostly float, naming the float ops."""
     share, unit = coverage_of(artifact)
     if artifact.precision not in ("int8", "dynamic") or share is None or share >= LOW_INT8_COVERAGE:
         return None
-    ops = (artifact.details.get("int8_coverage") or {}).get("float_ops") or {}
-    shown = ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())) or "unknown"
-    return f"{artifact.label} runs only {share:.0%} of its {unit} in int8; float ops: {shown}"
+    return f"{artifact.label} runs only {share:.0%} of its {unit} in int8; float ops: {_float_ops(artifact)}"
+
+
+def coverage_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] | None:
+    """A failed gate for an int8/dynamic artifact below validate.min_int8_coverage; None when it holds or is unset."""
+    share, unit = coverage_of(artifact)
+    if minimum is None or share is None or share >= minimum or artifact.precision not in ("int8", "dynamic"):
+        return None
+    reason = (
+        f"int8 coverage {share:.0%} of {unit} is below validate.min_int8_coverage {minimum:.0%} "
+        f"(float ops: {_float_ops(artifact)})"
+    )
+    return {"status": "fail", "reason": reason}
 
 
 def _gate(artifact: Artifact, outputs: list[np.ndarray], ref: Reference, rules: ValidateConfig) -> dict[str, str]:
     drift = artifact.metrics["drift"]
-    share, unit = coverage_of(artifact)
-    low = rules.min_int8_coverage is not None and share is not None and share < rules.min_int8_coverage
-    if low and artifact.precision in ("int8", "dynamic"):
-        reason = (
-            f"int8 coverage {share:.0%} of {unit} is below validate.min_int8_coverage {rules.min_int8_coverage:.0%}"
-        )
-        return {"status": "fail", "reason": reason}
+    low = coverage_gate(artifact, rules.min_int8_coverage)
+    if low:
+        return low
     shown = f"{ref.metric.name} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.name} units)"
     if matches_reference(outputs, ref):
         return {"status": "pass", "reason": f"outputs equal the reference within fp32 rounding; {shown}"}
