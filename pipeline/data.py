@@ -20,12 +20,14 @@ MAX_DATA_BYTES = 8 << 30  # one data source in memory; a factory past it is refu
 
 
 def batch_axis(spec: TensorSpec) -> int | None:
-    """Where the model takes the samples of a batch: the dynamic axis named like 'batch' (else the first dynamic
-    axis), axis 0 of a fixed shape, None for a scalar input (fed as is, shared by every sample)."""
+    """Where the model takes the samples of a batch: the dynamic axis named like 'batch', else axis 0 when it is
+    dynamic or every axis is fixed, else the first dynamic axis; None for a scalar input (fed as is, shared by
+    every sample)."""
     if not spec.shape:
         return None
     named = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
-    return next((i for i in named if "batch" in str(spec.shape[i]).lower()), named[0] if named else 0)
+    default = 0 if not named or named[0] == 0 else named[0]
+    return next((i for i in named if "batch" in str(spec.shape[i]).lower()), default)
 
 
 def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:

@@ -238,7 +238,7 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
         if vi.name in init_names:
             continue
         t = vi.type.tensor_type
-        dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in t.shape.dim)
+        dims = tuple(_onnx_dim(d, i) for i, d in enumerate(t.shape.dim))
         specs.append(TensorSpec(vi.name, dims, onnx_dtype_name(t.elem_type)))
     from deployc.numerics import check_onnx_no_nan
 
@@ -270,6 +270,16 @@ def _match_onnx_inputs(declared: tuple[TensorSpec, ...], found: tuple[TensorSpec
             )
         if s.dtype != g.dtype:
             raise UsageError(f"model.inputs: '{s.name}' is declared {s.dtype}, the ONNX graph takes {g.dtype}")
+
+
+def _onnx_dim(dim: Any, axis: int) -> int | str:
+    """A fixed size, or a dynamic axis name; unnamed dynamic axes (no param, '?', or paddle's -1) get one from their
+    position, 'batch' for axis 0."""
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return dim.dim_value
+    if dim.dim_param and dim.dim_param != "?":
+        return dim.dim_param
+    return "batch" if axis == 0 else f"dim_{axis}"
 
 
 def _load_external_data_safely(proto: Any, path: Path) -> None:
