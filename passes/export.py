@@ -90,8 +90,8 @@ def describe_export_failure(exc: Exception, module: Any, example: tuple = ()) ->
             parts.append(f"in layer {layer}")
     summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else 0
     cause = re.sub(r"^<class '[\w.]+'>: ", "", lines[summary]) if len(lines) > summary else type(exc).__name__
-    where = user_location(exc, module)
-    return " ".join(parts) + f": {cause[:300]}" + (f" — at {where}" if where else "")
+    where = user_location(exc, module)  # first: a table cell may cut the message's tail
+    return " ".join(parts) + (f" — at {where} —" if where else ":") + f" {cause[:300]}"
 
 
 class ExportOnnx(Pass):

@@ -88,7 +88,7 @@ def build(
             if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT_ERRNOS:
                 where = cause.filename or out_dir
                 raise UsageError(
-                    f"cannot write '{where}' ({cause.strerror}); nothing new was published to '{out_dir}'"
+                    f"cannot write '{where}' ({cause.strerror}); the build did not finish: no new manifest.json in '{out_dir}'"
                 ) from exc
             raise
 

@@ -53,6 +53,7 @@ def _traces(state: ModelState) -> None:
     except Exception as exc:
         where = user_location(exc, state.module)
         raise UsageError(
-            f"model: torch.export cannot trace the model, so no target can export it: {first_line(exc)}"
-            + (f" — at {where}" if where else "")
+            "model: torch.export cannot trace the model, so no target can export it"
+            + (f" — at {where} —" if where else ":")
+            + f" {first_line(exc)}"
         ) from None

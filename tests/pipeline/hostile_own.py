@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.pipeline.hostile_cases import (
+from tests.pipeline.hostile_support import (
     MODELS,
     Env,
     _built_out,
@@ -17,7 +17,9 @@ from tests.pipeline.hostile_cases import (
     onnx_cfg,
     onnx_model,
     snapshot,
+    symlinked,
     vc,
+    victim_intact,
     write_config,
 )
 
@@ -36,15 +38,6 @@ def symlinked_target_dir(env: Env) -> None:
 
 def elsewhere_empty(env: Env) -> None:
     assert not any((env.tmp / "elsewhere").iterdir())
-
-
-def symlinked_marker(env: Env) -> None:
-    env.out.mkdir()
-    env.out_existed = True
-    (env.tmp / "victim.txt").write_text("precious")
-    (env.out / ".deployc-out.json").symlink_to(env.tmp / "victim.txt")
-    data_npz(env.tmp)
-    env.build(config(env.tmp))
 
 
 def user_staging_named_folder(env: Env) -> None:
@@ -251,7 +244,7 @@ def near_zero_outputs(env: Env) -> None:
         helper.make_node("Sigmoid", ["d"], ["p"]),
         helper.make_node("Mul", ["p", "tiny"], ["y"]),
     ]
-    path = onnx_model(env, nodes=nodes, initializers=[shift, tiny])
+    path = onnx_model(env, nodes=nodes, initializers=[shift, tiny], opset=12)  # as the paddle2onnx detector
     env.build(onnx_cfg(env, path))
 
 
@@ -292,7 +285,13 @@ def target_not_in_config(env: Env) -> None:
 
 OWN_ROWS = [
     ("symlinked_target_folder", symlinked_target_dir, 2, r"out/onnx' is a symbolic link", elsewhere_empty),
-    ("symlinked_marker_file", symlinked_marker, 2, r"\.deployc-out\.json' is a symbolic link"),
+    (
+        "symlinked_marker_file",
+        symlinked(".deployc-out.json"),
+        2,
+        r"\.deployc-out\.json' is a symbolic link",
+        victim_intact,
+    ),
     ("user_folder_named_like_staging_kept", user_staging_named_folder, 0, r"onnx/fp32: pass", user_staging_kept),
     ("killed_build_staging_removed", leftover_staging, 0, r"onnx/fp32: pass", leftover_gone),
     ("stale_artifact_removed_user_file_kept", stale_artifact, 0, r"onnx/fp32: pass", stale_removed_user_kept),

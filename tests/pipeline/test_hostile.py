@@ -17,15 +17,16 @@ import pytest
 
 from deployc.cli import main
 from tests.pipeline import hostile_cases as hc
+from tests.pipeline.hostile_support import Env
 
 
 @dataclass
 class Row:
     id: str
-    run: Callable[[hc.Env], None]  # sets up tmp files and calls env.cli(...)
+    run: Callable[[Env], None]  # sets up tmp files and calls env.cli(...)
     code: int
     message: str  # regex that stderr must match
-    check: Callable[[hc.Env], None] | None = None  # what must hold on disk afterwards
+    check: Callable[[Env], None] | None = None  # what must hold on disk afterwards
 
 
 ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS]
@@ -37,7 +38,7 @@ def test_hostile(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     monkeypatch.setenv("DEPLOYC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.chdir(tmp_path)
-    env = hc.Env(tmp_path, monkeypatch, lambda argv: _cli(argv, capsys))
+    env = Env(tmp_path, monkeypatch, lambda argv: _cli(argv, capsys))
     row.run(env)
     assert env.code == row.code, f"exit {env.code}, expected {row.code}; stderr:\n{env.err}"
     assert __import__("re").search(row.message, env.err), f"stderr does not match {row.message!r}:\n{env.err}"
