@@ -39,9 +39,32 @@ def _is_link(path: Path) -> bool:
         return False
 
 
+def _legacy_marker(out: Path) -> dict | None:
+    """An out dir written by a deployc from before the marker: its manifest.json is deployc's when every artifact it
+    lists is on disk with the hash it records; then that manifest, its artifacts and its reports are deployc's."""
+    from deployc.manifest import sha256
+
+    path = out / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not _is_link(path) else None
+        artifacts = [a for a in manifest["artifacts"] if a.get("path")] if isinstance(manifest, dict) else []
+        if not artifacts or not isinstance(manifest.get("manifest_version"), int):
+            return None
+        for a in artifacts:
+            file = out / a["path"]
+            if ".." in Path(a["path"]).parts or _is_link(file) or not file.is_file() or sha256(file) != a["sha256"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    files = [MANIFEST, *(n for n in REPORTS if (out / n).is_file())] + [a["path"] for a in artifacts]
+    return {"written_by": "deployc", "files": files, "staging": []}
+
+
 def read_marker(out: Path) -> dict | None:
     """The ownership record of an out dir deployc made, or None (no marker, a link, or not ours)."""
     path = out / MARKER_NAME
+    if not _is_link(path) and not path.exists():
+        return _legacy_marker(out)
     if _is_link(path) or not path.is_file():
         return None
     try:

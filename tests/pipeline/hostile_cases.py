@@ -22,6 +22,7 @@ from tests.pipeline.hostile_support import (
     ok_build,
     onnx_cfg,
     onnx_model,
+    out_untouched,
     snapshot,
     symlinked,
     vc,
@@ -42,10 +43,6 @@ def foreign_out(env: Env, *flags: str) -> None:
     env.out_existed = True
     data_npz(env.tmp)
     env.build(config(env.tmp), *flags)
-
-
-def out_untouched(env: Env) -> None:
-    assert snapshot(env.out) == env.before
 
 
 def home_like(env: Env) -> None:

@@ -16,6 +16,7 @@ from tests.pipeline.hostile_support import (
     ok_build,
     onnx_cfg,
     onnx_model,
+    out_untouched,
     snapshot,
     symlinked,
     vc,
@@ -84,7 +85,20 @@ def file_where_folder_goes(env: Env) -> None:
         p.unlink()
     (env.out / "onnx").rmdir()
     (env.out / "onnx").write_text("the user's file")
-    env.before = snapshot(env.out)
+    env.build(config(env.tmp))
+
+
+def users_file_intact(env: Env) -> None:
+    assert (env.out / "onnx").read_text() == "the user's file" and (env.out / "manifest.json").is_file()
+
+
+def legacy_out(env: Env, tamper: bool) -> None:
+    """An out dir from a deployc without the marker: adopted when its manifest's hashes match the files on disk."""
+    _built_out(env)
+    (env.out / ".deployc-out.json").unlink()
+    if tamper:
+        (env.out / "onnx" / "h.fp32.onnx").write_bytes(b"someone else's file")
+        env.before = snapshot(env.out)
     env.build(config(env.tmp))
 
 
@@ -295,7 +309,21 @@ OWN_ROWS = [
     ("user_folder_named_like_staging_kept", user_staging_named_folder, 0, r"onnx/fp32: pass", user_staging_kept),
     ("killed_build_staging_removed", leftover_staging, 0, r"onnx/fp32: pass", leftover_gone),
     ("stale_artifact_removed_user_file_kept", stale_artifact, 0, r"onnx/fp32: pass", stale_removed_user_kept),
-    ("file_where_target_folder_goes", file_where_folder_goes, 2, r"out/onnx' is a file where deployc needs a folder"),
+    (
+        "file_where_target_folder_goes",
+        file_where_folder_goes,
+        2,
+        r"out/onnx' is a file where deployc needs a folder",
+        users_file_intact,
+    ),
+    ("legacy_out_dir_adopted", lambda e: legacy_out(e, tamper=False), 0, r"onnx/fp32: pass"),
+    (
+        "legacy_out_dir_with_foreign_file_refused",
+        lambda e: legacy_out(e, tamper=True),
+        2,
+        r"already holds files deployc did not write",
+        out_untouched,
+    ),
     ("out_is_a_file", out_is_file, 2, r"--out: '.*out' exists and is not a folder"),
     ("config_is_a_folder", config_folder, 2, r"cfgdir: is a folder, not a config file"),
     ("config_over_1_mib", big_config, 2, r"a config file over 1024 KiB is refused"),

@@ -142,3 +142,8 @@ def vc(mutate: Callable[[Env, dict], None]) -> Callable[[Env], None]:
         env.validate(cfg)
 
     return run
+
+
+def out_untouched(env: Env) -> None:
+    """The out dir holds exactly what it held before the refused build (env.before)."""
+    assert snapshot(env.out) == env.before
