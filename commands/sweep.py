@@ -16,7 +16,7 @@ from typing import Any
 from deployc.errors import UsageError
 from deployc.instruments import Instruments
 from deployc.manifest import write_json_atomic
-from deployc.outdir import OutDir, check_writable
+from deployc.outdir import OutDir, check_out_dir, read_marker
 from deployc.sweep_plan import Planned
 from deployc.sweep_ray import Outcome, RayExecutor, executor_info, start_ray
 from deployc.sweep_report import write_sweep_reports
@@ -56,9 +56,12 @@ def run_sweep(
         search = FixedSearch(variants)
     checked = {v.id: check_variant(sweep, v) for v in variants}
     out = Path(out).resolve()
-    check_writable(out)
+    check_out_dir(out)  # a new or empty folder, or one deployc wrote (an earlier sweep)
     if (out / "manifest.json").exists():
         raise UsageError(f"--out: '{out}' holds a deployc build; a sweep writes one build per variant below it")
+    marker = read_marker(out) if out.exists() else None
+    if (out / "sweep.json").exists() and (marker is None or "sweep.json" not in marker["files"]):
+        raise UsageError(f"--out: '{out / 'sweep.json'}' was not written by deployc; it is never replaced")
     total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(variants)
     instruments = Instruments(quiet=quiet)
     entries: dict[str, dict[str, Any]] = {}
