@@ -27,6 +27,7 @@ from deployc.outdir import OutDir, check_writable
 from deployc.registry import instruments as plugin_instruments
 from deployc.report import render_report, report_view
 from deployc.report_html import write_html_report
+from deployc.uptodate import build_key, write_key
 from deployc.validate import compute_reference, validate_artifact
 
 
@@ -68,6 +69,7 @@ def build(
     """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
+    key = build_key(config, targets)  # the inputs as they are now; stored with the outputs for no-op rebuilds
     instruments = instruments or Instruments(quiet=quiet)
     instruments.extra.extend(plugin_instruments())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
@@ -132,7 +134,7 @@ def build(
         timings = {
             "passes": [r.timing_json() for r in state.history],
             "artifact_passes": {a.label: [r.timing_json() for r in a.history] for a in artifacts},
-            "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
+            "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses, "memo_hits": ctx.cache.memo_hits},
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "artifacts": {a.label: a.perf for a in artifacts},
         }
@@ -141,6 +143,7 @@ def build(
         write_junit(manifest, out_dir, timings)
         write_json_atomic(out_dir / "timings.json", timings)
         write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
+        write_key(out_dir, key)
     return BuildResult(out_dir, manifest, artifacts, timings)
 
 

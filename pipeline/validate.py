@@ -14,7 +14,7 @@ from deployc.errors import UsageError
 from deployc.metrics import Metric, cosine_rows
 from deployc.ort import session
 from deployc.state import ModelState
-from deployc.timing import median_ms
+from deployc.timing import Stats, measure
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,10 @@ def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, float]:
     return result
 
 
-def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> float:
-    """Median wall time of one batch-1 inference, after warm-up runs."""
+def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> Stats:
+    """Wall ms of one batch-1 inference (median and spread), after at least 0.1 s of warm-up runs."""
     sample = {k: v[:1] for k, v in data.inputs.items()}
-    return median_ms(lambda: target.infer(artifact, sample), runs, warmup=3)
+    return measure(lambda: target.infer(artifact, sample), runs, warmup=3, min_warmup_s=0.1)
 
 
 def validate_artifact(
@@ -111,7 +111,8 @@ def validate_artifact(
     outputs = run_batched(lambda x: target.infer(artifact, x), data, batch_size)
     artifact.metrics = compare(outputs, ref)
     artifact.metrics["samples"] = len(data)
-    artifact.perf = {"latency_ms_batch1": batch1_latency_ms(target, artifact, data, latency_runs)}
+    latency = batch1_latency_ms(target, artifact, data, latency_runs)
+    artifact.perf.update(latency_ms_batch1=latency.median, latency_iqr_ms_batch1=latency.iqr)
     drift = artifact.metrics["drift"]
     if not np.isfinite(drift):
         artifact.gate = {"status": "fail", "reason": f"metric is {drift} (non-finite outputs)"}
