@@ -27,6 +27,7 @@ from deployc.outdir import OutDir, check_writable
 from deployc.registry import instruments as plugin_instruments
 from deployc.report import render_report, report_view
 from deployc.report_html import write_html_report
+from deployc.timing import machine
 from deployc.uptodate import build_key, write_key
 from deployc.validate import compute_reference, validate_artifact
 
@@ -137,6 +138,7 @@ def build(
             "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses, "memo_hits": ctx.cache.memo_hits},
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "artifacts": {a.label: a.perf for a in artifacts},
+            "machine": machine(),
         }
         (out_dir / "report.md").write_text(render_report(report_view(manifest, timings)))
         write_html_report(manifest, out_dir, timings)

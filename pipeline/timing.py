@@ -11,6 +11,7 @@ work that runs on that thread (one intra-op thread), and blind to time spent wai
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -69,6 +70,17 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+
+
+def machine() -> dict[str, Any]:
+    """Where figures were measured: CPU model, core count, load average (timings.json and the reports)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "load_average": round(load_average(), 2)}
 
 
 def warm_up(fn: Callable[[], Any], calls: int, min_seconds: float = 0.0) -> None:

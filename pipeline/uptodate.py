@@ -120,10 +120,10 @@ def _deployc_sources() -> list[Path]:
 
 
 def _distributions() -> list[str]:
-    """Name-version of every installed distribution, from the *.dist-info folder names (no metadata parsing)."""
-    return sorted(
-        n for p in sys.path if p and os.path.isdir(p) for n in os.listdir(p) if n.endswith((".dist-info", ".egg-info"))
-    )
+    """Name-version of every installed distribution, from the *.dist-info folder names in site-packages (no
+    metadata parsing; other sys.path entries, e.g. the current folder, would make the key depend on the caller)."""
+    folders = {p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and os.path.isdir(p)}
+    return sorted(n for p in folders for n in os.listdir(p) if n.endswith((".dist-info", ".egg-info")))
 
 
 def _cpu() -> str:
