@@ -29,24 +29,13 @@ sys.path.insert(0, str(HERE))
 
 
 def config(prune: float | None) -> dict:
-    passes = [{"prune.structured": {"ratio": prune, "measure_onnx": False}}] if prune else []
-    return {
-        "name": "resnet18",
-        "model": {
-            "factory": "deployc.examples.models:ResNet18",
-            "inputs": [{"name": "image", "shape": ["batch", 3, 224, 224]}],
-        },
-        "data": {
-            "validation": "three_target_build.py:validation_images",
-            "calibration": "three_target_build.py:calibration_images",
-            "metric": "cosine",
-            "batch_size": 16,
-        },
-        "passes": passes,
-        "quantize": {"samples": 64},
-        "targets": {"onnx": {"precision": ["fp32", "int8"]}},
-        "validate": {"max_drift": 1.0 if prune else 0.02, "latency_runs": 5},
-    }
+    """three_target_build.py's ResNet-18 config, onnx only; with `prune`, structured pruning first."""
+    from three_target_build import config as three_target_config
+
+    raw = three_target_config({"onnx": {"precision": ["fp32", "int8"]}})
+    raw["passes"] = [{"prune.structured": {"ratio": prune, "measure_onnx": False}}] if prune else []
+    raw["validate"] = {"max_drift": 1.0 if prune else 0.02, "latency_runs": 5}
+    return raw
 
 
 def main(argv: list[str] | None = None) -> int:

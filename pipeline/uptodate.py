@@ -52,22 +52,21 @@ def _sources_in(folder: Path) -> list[Path]:
 
 
 def _module_file(name: str) -> Path | None:
-    """The file of module `name`, found without running any code of it (only its top-level package's spec)."""
+    """The file of module `name`: looked up below its top-level package's folders without running any of its
+    code; when that fails (namespace tricks, custom finders), found by the import system, which runs the
+    parent packages' __init__ (a cost, never a wrong answer)."""
     top, *rest = name.split(".")
     try:
         spec = find_spec(top)
+        for base in (spec.submodule_search_locations or ()) if spec and rest else ():
+            path = Path(base, *rest)
+            for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+                if candidate.is_file():
+                    return candidate
+        spec = spec if not rest else find_spec(name)
     except (ImportError, ValueError):
         return None
-    if spec is None:
-        return None
-    if not rest:
-        return Path(spec.origin) if spec.origin and spec.origin != "built-in" else None
-    for base in spec.submodule_search_locations or ():
-        path = Path(base, *rest)
-        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
+    return Path(spec.origin) if spec and spec.origin and spec.origin not in ("built-in", "frozen") else None
 
 
 def _factory_sources(spec: str | None, base_dir: Path) -> list[Path]:

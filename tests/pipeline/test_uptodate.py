@@ -150,3 +150,27 @@ def test_a_failed_build_stays_failed_when_up_to_date(project):
     stamp = (project / "out" / "manifest.json").stat().st_mtime_ns
     assert _build(project) == 3  # the stored build's status, not a blanket 0
     assert (project / "out" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_an_onnx_models_external_data_is_part_of_the_key(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((8, 8), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["batch", 8])],
+        [helper.make_tensor_value_info("y", 1, ["batch", 8])],
+        [weight],
+    )
+    onnx.save(
+        helper.make_model(graph), tmp_path / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    (tmp_path / "unrelated.bin").write_bytes(b"not the model's")
+    raw = {"model": {"onnx": "m.onnx"}, "data": {"validation": "data.npz"}}
+    key = build_key(load_config(raw, base_dir=tmp_path))
+    (tmp_path / "unrelated.bin").write_bytes(b"changed")
+    assert build_key(load_config(raw, base_dir=tmp_path)) == key  # only the files the model names count
+    (tmp_path / "w.bin").write_bytes((tmp_path / "w.bin").read_bytes()[::-1])
+    assert build_key(load_config(raw, base_dir=tmp_path)) != key
