@@ -10,11 +10,11 @@ from typing import Any
 from deployc.build import check
 from deployc.config import load_config
 from deployc.errors import DeploycError, UsageError
-from deployc.manifest import library_versions, sha256
 from deployc.report_html import pareto_front
 from deployc.sweep_plan import Planned
 from deployc.sweep_ray import Outcome
 from deployc.sweep_spec import ObjectiveConfig, Sweep, Variant
+from deployc.uptodate import build_key, stale_reason
 
 SWEEP_VERSION = 1
 
@@ -30,25 +30,14 @@ def check_variant(sweep: Sweep, variant: Variant) -> Planned:
 
 
 def verified_build(out: Path, planned: Planned) -> Outcome | None:
-    """--resume: the finished build in `out` when its manifest is for this config and these library versions
-    and every file it names has its recorded size and sha256; else None (the variant is built again)."""
-    path = out / "manifest.json"
-    if path.is_symlink() or not path.is_file():
+    """--resume: the finished build in `out` when `deployc build` would call it up to date (same build key: config,
+    input files, code and library versions; every artifact and report matching its recorded hash), else None."""
+    if stale_reason(out, build_key(planned.config)) is not None:
         return None
     try:
-        manifest = json.loads(path.read_text())
-        wanted = planned.config.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
-        if manifest.get("config") != wanted or manifest.get("versions") != library_versions():
-            return None
-        for art in manifest["artifacts"]:
-            if art.get("path") is None:
-                continue
-            f = out / art["path"]
-            if not f.is_file() or f.stat().st_size != art["bytes"] or sha256(f) != art["sha256"]:
-                return None
-        timings_path = out / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = json.loads((out / "manifest.json").read_text())
+        timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    except (OSError, ValueError):
         return None
     return Outcome(0 if manifest.get("status") == "passed" else 3, manifest=manifest, timings=timings, resumed=True)
 
