@@ -93,6 +93,7 @@ def build(
         ctx = Context(
             config, train, calibration, validation, staging, instruments, PassCache(enabled=cache), reference=reference
         )
+        ctx.loaded = state
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
