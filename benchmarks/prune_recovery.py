@@ -114,7 +114,9 @@ def main() -> None:
                     f"{statistics.median(seconds):.1f}",
                 )
             )
-    data_note = f"{len(train)} training samples" + (f", {args.label_noise:.0%} labels randomised" if args.label_noise else "")
+    data_note = f"{len(train)} training samples" + (
+        f", {args.label_noise:.0%} labels randomised" if args.label_noise else ""
+    )
     lines = [
         f"MobileNetV3-style digits model: {p['params_before']:,} params; prune.structured "
         f"{' '.join(f'{k}={v}' for k, v in prune_cfg.items())} → {p['params_after']:,} params, "

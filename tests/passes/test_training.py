@@ -10,8 +10,8 @@ from torch import nn
 
 from deployc.data import Dataset, digits_arrays
 from deployc.errors import UsageError
-from deployc.passes.augment import build_augmenter
 from deployc.examples.models import DigitsResNet
+from deployc.passes.augment import build_augmenter
 from deployc.passes.training import RANGE_LO, RANGE_STEPS, TrainConfig, fit, lr_factor
 
 
