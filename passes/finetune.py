@@ -23,10 +23,10 @@ DistillLoss = Literal["soft", "embedding", "mse"]
 class FinetuneConfig(TrainConfig):
     """Every option of the shared training loop (passes/training.py: TrainConfig), plus the teacher.
 
-    With a teacher, the loss follows the build's metric: class labels with a label metric (top1, top5) give
-    alpha × T²·KL(teacher ‖ student at temperature T) + (1 − alpha) × cross-entropy on the labels; the cosine
-    metric gives 1 − cosine to the teacher's outputs; any other metric, MSE to the teacher's outputs (no labels
-    needed for these two).
+    With a teacher, the loss follows the build's metric: a label metric (top1, top5) gives
+    alpha × T²·KL(teacher ‖ student at temperature T) + (1 − alpha) × cross-entropy on the class labels (the KL
+    term alone when data.train has none); the cosine metric gives 1 − cosine to the teacher's outputs; any other
+    metric, MSE to the teacher's outputs.
     """
 
     lr: PositiveFloat | Literal["auto"] = Field(
@@ -81,16 +81,14 @@ def choose_teacher(cfg: FinetuneConfig, state: ModelState, ctx: Context) -> tupl
     return ctx.loaded.module.eval(), "distilled from the model as loaded"
 
 
-def distill_kind(ctx: Context, labels: np.ndarray | None) -> DistillLoss:
-    """soft with class labels and a label metric; otherwise the student matches the teacher's outputs alone."""
+def distill_kind(ctx: Context) -> DistillLoss:
+    """soft targets for a label metric (classes); a label-free metric compares outputs, so the loss does too."""
     from deployc.metrics import get_metric
 
     metric = get_metric(ctx.config)
     if metric.name == "cosine":
         return "embedding"
-    if metric.needs_labels and labels is not None and np.issubdtype(labels.dtype, np.integer):
-        return "soft"
-    return "mse"
+    return "soft" if metric.needs_labels else "mse"
 
 
 def distillation_loss(teacher: Any, kind: DistillLoss, cfg: FinetuneConfig) -> LossFn:
@@ -105,7 +103,8 @@ def distillation_loss(teacher: Any, kind: DistillLoss, cfg: FinetuneConfig) -> L
             target = first_tensor(teacher(*inputs))
         out = first_tensor(module(*inputs))
         if kind == "soft":
-            return knowledge_distillation_loss(out, target, labels, cfg.temperature, cfg.alpha)
+            hard = None if labels.dtype.is_floating_point else labels  # unlabelled data: soft targets alone
+            return knowledge_distillation_loss(out, target, hard, cfg.temperature, cfg.alpha if hard is not None else 1)
         if kind == "embedding":
             return embedding_loss(out, target)
         return F.mse_loss(out, target)
@@ -130,14 +129,15 @@ class Finetune(Pass):
             from deployc.passes.distill import run_model
             from deployc.passes.student import count_params
 
-            kind = distill_kind(ctx, data.labels)
-            if kind != "soft":  # the teacher's outputs stand in for labels: fit() scores its holdout against them
-                data = Dataset(data.inputs, run_model(teacher, data, names), data.source)
             _check_outputs(teacher, module, state)
+            kind = distill_kind(ctx)
+            hard_labels = kind == "soft" and data.labels is not None and np.issubdtype(data.labels.dtype, np.integer)
+            if not hard_labels:  # the teacher's outputs stand in for labels: fit() scores its holdout against them
+                data = Dataset(data.inputs, run_model(teacher, data, names), data.source)
             loss_fn = distillation_loss(teacher, kind, cfg)
             metrics.update(teacher_params=count_params(teacher), distill_loss=kind)
             if kind == "soft":
-                metrics.update(temperature=cfg.temperature, alpha=cfg.alpha)
+                metrics.update(temperature=cfg.temperature, alpha=cfg.alpha if hard_labels else 1.0)
         before = validation_metric(module, state, ctx)
         result = fit(module, data, cfg, ctx, names, loss_fn=loss_fn, description="finetune")
         after = validation_metric(module, state, ctx)

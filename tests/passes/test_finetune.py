@@ -163,3 +163,13 @@ def test_label_free_metric_distils_outputs_without_labels(digits_model, pruned_s
     with torch.no_grad():
         ref, before, after = (m(x).numpy() for m in (digits_model, pruned_state.module, tuned.module))
     assert cosine_rows(before, ref).mean() < 0.8 < 0.97 < cosine_rows(after, ref).mean()
+
+
+def test_unlabelled_training_data_distils_soft_targets_alone(digits_model, pruned_state, tmp_path):
+    """metric: top1 but data.train without labels: the KL term alone (alpha 1) still recovers the classes."""
+    ctx = make_ctx(tmp_path)
+    ctx.train = Dataset(ctx.train.inputs, None, "digits:train (unlabelled)")
+    ctx.loaded = state_of(digits_model)
+    m = run_pass(Finetune(FinetuneConfig(epochs=4, lr=3e-3)), pruned_state, ctx).history[-1].metrics
+    assert (m["distill_loss"], m["alpha"]) == ("soft", 1.0)
+    assert m["metric_before"] < 0.5 and top1(digits_model) - m["metric_after"] <= 0.03
