@@ -65,20 +65,37 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 project; residual add when shapes allow."""
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-and-excite: global pool, 1×1 reduce (ReLU), 1×1 expand, hard-sigmoid gate."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    def __init__(self, channels: int, reduce: int = 4):
         super().__init__()
-        hidden = cin * expand
+        hidden = max(8, channels // reduce)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+
+class Bneck(nn.Module):
+    """MobileNetV3 bottleneck: 1×1 expand, k×k depthwise, optional squeeze-excite, 1×1 project; residual add
+    when shapes allow. `act` is ReLU or hardswish, as in the paper's table."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, se: bool, act: type[nn.Module]):
+        super().__init__()
         self.use_residual = stride == 1 and cin == cout
         self.block = nn.Sequential(
             nn.Conv2d(cin, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            act(),
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
             nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
+            act(),
+            *([SqueezeExcite(hidden)] if se else []),
             nn.Conv2d(hidden, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         )
@@ -86,6 +103,13 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
         return x + y if self.use_residual else y
+
+
+class InvertedResidual(Bneck):
+    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 project with ReLU6; residual add when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__(cin, cin * expand, cout, 3, stride, False, nn.ReLU6)
 
 
 class DigitsMobileNet(nn.Module):
@@ -124,46 +148,6 @@ class DigitsConcatNet(nn.Module):
         s = self.stem(x)
         y = self.mix(torch.cat([s, self.branch3(s), self.branch1(s)], dim=1))
         return self.fc(torch.flatten(self.pool(y), 1))
-
-
-class SqueezeExcite(nn.Module):
-    """MobileNetV3's squeeze-and-excite: global pool, 1×1 reduce (ReLU), 1×1 expand, hard-sigmoid gate."""
-
-    def __init__(self, channels: int, reduce: int = 4):
-        super().__init__()
-        hidden = max(8, channels // reduce)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = nn.Conv2d(channels, hidden, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.expand = nn.Conv2d(hidden, channels, 1)
-        self.gate = nn.Hardsigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
-
-
-class Bneck(nn.Module):
-    """MobileNetV3 bottleneck: 1×1 expand, k×k depthwise, optional squeeze-excite, 1×1 project; residual add
-    when shapes allow. `act` is ReLU or hardswish, as in the paper's table."""
-
-    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, se: bool, act: type[nn.Module]):
-        super().__init__()
-        self.use_residual = stride == 1 and cin == cout
-        self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden),
-            act(),
-            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            act(),
-            SqueezeExcite(hidden) if se else nn.Identity(),
-            nn.Conv2d(hidden, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.use_residual else y
 
 
 class DigitsMobileNetV3(nn.Module):
