@@ -104,7 +104,8 @@ def distillation_loss(teacher: Any, kind: DistillLoss, cfg: FinetuneConfig) -> L
         out = first_tensor(module(*inputs))
         if kind == "soft":
             hard = None if labels.dtype.is_floating_point else labels  # unlabelled data: soft targets alone
-            return knowledge_distillation_loss(out, target, hard, cfg.temperature, cfg.alpha if hard is not None else 1)
+            alpha = cfg.alpha if hard is not None else 1.0
+            return knowledge_distillation_loss(out, target, hard, cfg.temperature, alpha, cfg.label_smoothing)
         if kind == "embedding":
             return embedding_loss(out, target)
         return F.mse_loss(out, target)
