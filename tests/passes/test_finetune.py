@@ -103,7 +103,7 @@ def noisy_labels(ctx, fraction: float):
 
 def test_distilled_recovery_beats_plain_finetuning(digits_model, pruned_state, tmp_path):
     """Same pruned model, epochs, lr and seed; 30% of the recovery labels are wrong (the model as loaded learnt
-    from clean ones). The soft targets carry what the labels lost: measured 0.984 vs 0.958 top-1."""
+    from clean ones). The soft targets carry what the labels lost: measured 0.991 vs 0.958 top-1."""
     ctx = noisy_labels(make_ctx(tmp_path), 0.3)
     ctx.loaded = state_of(digits_model)
     scores = {}
@@ -121,7 +121,7 @@ def test_default_teacher_follows_a_pruning_pass(digits_model, pruned_state, tmp_
     quick = FinetuneConfig(epochs=1, lr=1e-3, holdout=0)
     after_prune = run_pass(Finetune(quick), pruned_state, ctx).history[-1].metrics
     assert after_prune["teacher"] == "loaded" and after_prune["distill_loss"] == "soft"
-    assert (after_prune["temperature"], after_prune["alpha"]) == (4.0, 0.9)
+    assert (after_prune["temperature"], after_prune["alpha"]) == (2.0, 0.5)
     unpruned = run_pass(Finetune(quick), state_of(copy.deepcopy(digits_model)), ctx).history[-1].metrics
     assert unpruned["teacher"] == "none" and unpruned["teacher_reason"] == "no pruning pass before finetune"
     forced = run_pass(Finetune(quick.model_copy(update={"teacher": "loaded"})), state_of(digits_model), ctx)
