@@ -5,6 +5,7 @@ label-free metrics, and rejects bad training options before anything runs."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,9 @@ def test_unlabelled_training_data_distils_soft_targets_alone(digits_model, prune
     m = run_pass(Finetune(FinetuneConfig(epochs=4, lr=3e-3)), pruned_state, ctx).history[-1].metrics
     assert (m["distill_loss"], m["alpha"]) == ("soft", 1.0)
     assert m["metric_before"] < 0.5 and top1(digits_model) - m["metric_after"] <= 0.03
+
+
+def test_mobilenetv3_example_config_checks():
+    """examples/prune_mobilenetv3.yaml (the issue's case; benchmarks/prune_recovery.py measures it) stays valid."""
+    _, manager = check(Path(__file__).resolve().parents[2] / "examples" / "prune_mobilenetv3.yaml")
+    assert manager.pipeline_string().startswith("prune.structured{ratio=0.5} | finetune{epochs=8} | onnx")
