@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from deployc.config import BuildConfig, load_config
+from deployc.outdir import BUILD_KEY, LOCK_NAME, MARKER_NAME, read_marker
 
-KEY_FILE = ".deployc-build-key.json"
+KEY_FILE = BUILD_KEY
 KEY_VERSION = 1
 REPORT_FILES = ("report.md", "report.html", "junit.xml", "timings.json", "manifest.json")
 _DEPLOYC_PACKAGES = ("deployc", "deployc.passes", "deployc.targets", "deployc.commands", "deployc.examples")
@@ -200,6 +201,22 @@ class UpToDate:
         return 3 if self.manifest.get("status") == "failed" else 0
 
 
+def _not_owned(out_dir: Path) -> str | None:
+    """Why the out dir is not exactly what deployc left there: no ownership marker (a folder from an older
+    deployc), a staging folder of a killed build, or a file deployc did not write; None when clean."""
+    marker_path = out_dir / MARKER_NAME
+    marker = read_marker(out_dir) if _regular(marker_path) else None
+    if marker is None:
+        return "no ownership marker"
+    if any((out_dir / s).exists() for s in marker.get("staging", [])):
+        return "a killed build left its staging folder"
+    owned = set(marker["files"]) | {MARKER_NAME, LOCK_NAME, KEY_FILE}
+    for path in out_dir.rglob("*"):
+        if (path.is_symlink() or not path.is_dir()) and path.relative_to(out_dir).as_posix() not in owned:
+            return f"{path.relative_to(out_dir)} was not written by deployc"
+    return None
+
+
 def stale_reason(out_dir: Path, key: str) -> str | None:
     """None when the out dir holds a finished build with this key and intact files, else why not."""
     key_path, manifest_path = out_dir / KEY_FILE, out_dir / "manifest.json"
@@ -214,6 +231,9 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
         return "inputs changed"
     if _locked(out_dir):
         return "another build is writing it"
+    foreign = _not_owned(out_dir)
+    if foreign is not None:
+        return foreign  # the full build then applies the out-dir rules (refuse, or --force) and cleans up
     for name, digest in stored.get("files", {}).items():
         path = out_dir / name
         if not _regular(path) or file_digest(path) != digest:
