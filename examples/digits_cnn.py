@@ -1,17 +1,19 @@
-"""The embedded demo model: DigitsResNet trained on scikit-learn's digits, once, then cached."""
+"""The embedded demo model (DigitsResNet) and the MobileNetV3-style digits model, each trained on
+scikit-learn's digits once, then cached."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from deployc.data import digits_arrays
-from deployc.examples.models import DigitsResNet
+from deployc.examples.models import DigitsMobileNetV3, DigitsResNet
 
 EPOCHS = 25
 SEED = 0
@@ -32,11 +34,11 @@ def _cache_key() -> str:
     return hashlib.sha256(b"\0".join(sources)).hexdigest()[:16]
 
 
-def train(epochs: int = EPOCHS, seed: int = SEED) -> DigitsResNet:
+def train(epochs: int = EPOCHS, seed: int = SEED, make: Callable[[], nn.Module] = DigitsResNet) -> nn.Module:
     """Deterministic training: fixed seed, fixed shuffling, Adam with cosine decay."""
     torch.manual_seed(seed)
     x, y = (torch.from_numpy(a) for a in digits_arrays("train"))
-    model = DigitsResNet()
+    model = make()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
@@ -53,15 +55,24 @@ def train(epochs: int = EPOCHS, seed: int = SEED) -> DigitsResNet:
 
 def pretrained() -> DigitsResNet:
     """The trained demo model, from the cache when present (safetensors), else trained now (~10 s)."""
+    return _cached("digits_resnet", DigitsResNet)
+
+
+def mobilenetv3() -> DigitsMobileNetV3:
+    """The trained MobileNetV3-style digits model (depthwise, squeeze-excite, hardswish, concat), cached likewise."""
+    return _cached("digits_mobilenetv3", DigitsMobileNetV3)
+
+
+def _cached(name: str, make: Callable[[], nn.Module]) -> nn.Module:
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / f"digits_resnet-{_cache_key()}.safetensors"
-    model = DigitsResNet()
+    path = cache_dir() / f"{name}-{_cache_key()}.safetensors"
+    model = make()
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    print(f"training the demo model on digits (once; cached in {path.parent})", file=sys.stderr)
-    model = train()
+    print(f"training {name} on digits (once; cached in {path.parent})", file=sys.stderr)
+    model = train(make=make)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

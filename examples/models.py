@@ -65,20 +65,37 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 project; residual add when shapes allow."""
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-and-excite: global pool, 1×1 reduce (ReLU), 1×1 expand, hard-sigmoid gate."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    def __init__(self, channels: int, reduce: int = 4):
         super().__init__()
-        hidden = cin * expand
+        hidden = max(8, channels // reduce)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+
+class Bneck(nn.Module):
+    """MobileNetV3 bottleneck: 1×1 expand, k×k depthwise, optional squeeze-excite, 1×1 project; residual add
+    when shapes allow. `act` is ReLU or hardswish, as in the paper's table."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, se: bool, act: type[nn.Module]):
+        super().__init__()
         self.use_residual = stride == 1 and cin == cout
         self.block = nn.Sequential(
             nn.Conv2d(cin, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            act(),
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
             nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
+            act(),
+            *([SqueezeExcite(hidden)] if se else []),
             nn.Conv2d(hidden, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         )
@@ -86,6 +103,13 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
         return x + y if self.use_residual else y
+
+
+class InvertedResidual(Bneck):
+    """MobileNetV2 block: 1×1 expand, 3×3 depthwise, 1×1 project with ReLU6; residual add when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__(cin, cin * expand, cout, 3, stride, False, nn.ReLU6)
 
 
 class DigitsMobileNet(nn.Module):
@@ -124,3 +148,37 @@ class DigitsConcatNet(nn.Module):
         s = self.stem(x)
         y = self.mix(torch.cat([s, self.branch3(s), self.branch1(s)], dim=1))
         return self.fc(torch.flatten(self.pool(y), 1))
+
+
+class DigitsMobileNetV3(nn.Module):
+    """A MobileNetV3-style network for 1×8×8 digits: hardswish stem, bottlenecks with depthwise convs and
+    squeeze-excite, a side branch from the 4×4 features concatenated before the head, hardswish classifier."""
+
+    def __init__(self, width: int = 16, classes: int = 10):
+        super().__init__()
+        hs, relu = nn.Hardswish, nn.ReLU
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), hs())
+        self.stage1 = nn.Sequential(
+            Bneck(width, 2 * width, width, 3, 1, True, relu),
+            Bneck(width, 4 * width, 24, 3, 2, False, relu),
+        )
+        self.stage2 = nn.Sequential(
+            Bneck(24, 72, 24, 5, 1, True, hs),
+            Bneck(24, 96, 40, 3, 1, True, hs),
+        )
+        self.branch = nn.Sequential(  # a cheap depthwise path beside stage2, joined by concat
+            nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False),
+            nn.BatchNorm2d(24),
+            hs(),
+            nn.Conv2d(24, 24, 1, bias=False),
+            nn.BatchNorm2d(24),
+            hs(),
+        )
+        self.head = nn.Sequential(nn.Conv2d(40 + 24, 128, 1, bias=False), nn.BatchNorm2d(128), hs())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(128, 128), hs(), nn.Dropout(0.2), nn.Linear(128, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stage1(self.stem(x))
+        y = self.head(torch.cat([self.stage2(s), self.branch(s)], dim=1))
+        return self.classifier(torch.flatten(self.pool(y), 1))

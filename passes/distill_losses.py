@@ -38,12 +38,17 @@ def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: 
 
 
 def knowledge_distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None, temperature: float, alpha: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """alpha × soft-target loss + (1 − alpha) × cross-entropy on the hard labels."""
     loss = alpha * soft_target_loss(student, teacher, temperature)
     if alpha < 1:
-        loss = loss + (1 - alpha) * F.cross_entropy(student, labels)
+        loss = loss + (1 - alpha) * F.cross_entropy(student, labels, label_smoothing=label_smoothing)
     return loss
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
 from deployc.contracts import Context
 from deployc.data import Dataset
@@ -30,7 +30,9 @@ class TrainConfig(BaseModel):
     epochs: int = Field(5, ge=0)
     batch_size: int = Field(64, gt=0)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: PositiveFloat | Literal["auto"] = Field(
+        1e-3, description="learning rate, or auto: a learning-rate range test on the training loss picks it"
+    )
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights, added to the loss")
@@ -64,6 +66,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, holdout_metric, lr
     best_epoch: int = -1
     stopped_early: bool = False
+    lr: float = 0.0  # the peak learning rate used: the configured one, or what the range test picked
+    lr_range: list[tuple[float, float]] = field(default_factory=list)  # range test: (lr, smoothed loss) per step
 
     def epochs_to_converge(self, tolerance: float = 0.005) -> int:
         """First epoch whose holdout metric is within `tolerance` of the best one (1-based)."""
@@ -74,14 +78,14 @@ class FitResult:
         return next(i + 1 for i, s in enumerate(scores) if s >= best - tolerance)
 
 
-def _optimizer(params: Any, cfg: TrainConfig) -> Any:
+def _optimizer(params: Any, cfg: TrainConfig, lr: float) -> Any:
     import torch
 
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -168,18 +172,27 @@ def fit(
 
     if data.labels is None:
         raise UsageError(f"data.train ({data.source}) has no labels; training passes need them")
-    torch.manual_seed(cfg.seed)
     train, holdout = split_holdout(data, cfg.holdout, cfg.seed)
-    augment = build_augmenter(cfg.augment, cfg.seed)
     loss_fn = loss_fn or default_loss(cfg)
     if cfg.dropout is not None:
         for m in module.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    x_all = {k: torch.from_numpy(v) for k, v in train.inputs.items()}
+    y_all = torch.from_numpy(train.labels)
+    result, best, best_state, waited = FitResult(), -math.inf, None, 0
+    if cfg.lr == "auto":
+        result.lr_range = lr_range_test(module, x_all, y_all, names, cfg, loss_fn, extra_params or [])
+        result.lr = suggest_lr(result.lr_range)
+    else:
+        result.lr = cfg.lr
+    torch.manual_seed(cfg.seed)  # after the range test: training draws the same numbers whatever the lr setting
+    augment = build_augmenter(cfg.augment, cfg.seed)
 
     def optimizer_and_schedule(step: int) -> tuple[Any, Any]:
-        opt = _optimizer([p for p in module.parameters() if p.requires_grad] + list(extra_params or []), cfg)
+        params = [p for p in module.parameters() if p.requires_grad] + list(extra_params or [])
+        opt = _optimizer(params, cfg, result.lr)
         for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])  # lets LambdaLR resume at `step`
         return opt, torch.optim.lr_scheduler.LambdaLR(
@@ -188,9 +201,6 @@ def fit(
 
     opt, sched = optimizer_and_schedule(0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x_all = {k: torch.from_numpy(v) for k, v in train.inputs.items()}
-    y_all = torch.from_numpy(train.labels)
-    result, best, best_state, waited = FitResult(), -math.inf, None, 0
     progress = ctx.instruments.progress(description, cfg.epochs) if ctx else _null_progress()
     with progress as advance:
         for epoch in range(cfg.epochs):
@@ -229,6 +239,67 @@ def fit(
         module.load_state_dict(best_state)
     module.eval()
     return result
+
+
+RANGE_STEPS, RANGE_LO, RANGE_HI = 60, 1e-6, 1.0  # ten steps per decade
+
+
+def lr_range_test(
+    module: Any,
+    x_all: dict[str, Any],
+    y_all: Any,
+    names: list[str],
+    cfg: TrainConfig,
+    loss_fn: LossFn,
+    extra_params: list[Any],
+) -> list[tuple[float, float]]:
+    """Smith's learning-rate range test (fastai's lr_find): from the current weights, train RANGE_STEPS batches
+    at an exponentially rising rate and record the smoothed loss until it diverges; then restore every weight
+    and buffer. Written here because torch-lr-finder calls model(x) and criterion(out, y): neither fits
+    multi-input models nor a loss that needs the teacher's outputs for the same batch."""
+    import torch
+
+    from deployc.passes.augment import build_augmenter
+
+    saved = copy.deepcopy(module.state_dict())
+    saved_extra = [p.detach().clone() for p in extra_params]
+    opt = _optimizer([p for p in module.parameters() if p.requires_grad] + extra_params, cfg, RANGE_LO)
+    augment = build_augmenter(cfg.augment, cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    batches: Any = iter(())
+    curve: list[tuple[float, float]] = []
+    avg, lowest = 0.0, math.inf
+    module.train()
+    for i in range(RANGE_STEPS):
+        idx = next(batches, None)
+        if idx is None:
+            batches = iter(torch.randperm(len(y_all), generator=gen).split(cfg.batch_size))
+            idx = next(batches)
+        lr = RANGE_LO * (RANGE_HI / RANGE_LO) ** (i / (RANGE_STEPS - 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(module, [augment(x_all[k][idx], k) for k in names], y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        avg = 0.9 * avg + 0.1 * float(loss.detach())
+        smooth = avg / (1 - 0.9 ** (i + 1))  # bias-corrected moving average
+        if not math.isfinite(smooth) or smooth > 4 * lowest:
+            break  # diverged: higher rates only do worse
+        curve.append((lr, smooth))
+        lowest = min(lowest, smooth)
+    with torch.no_grad():
+        module.load_state_dict(saved)
+        for p, v in zip(extra_params, saved_extra):
+            p.copy_(v)
+    if not curve:
+        raise UsageError(f"lr: auto: the training loss is not finite at lr {RANGE_LO:g}; the model or data is broken")
+    return curve
+
+
+def suggest_lr(curve: list[tuple[float, float]]) -> float:
+    """A tenth of the rate at the lowest smoothed loss (fastai's classic rule: well inside the stable region)."""
+    return min(curve, key=lambda point: point[1])[0] / 10
 
 
 class _null_progress:

@@ -76,7 +76,15 @@ class Loaded:
 
     def context(self, config: BuildConfig, work_dir: Path, instruments: Instruments, cache: PassCache) -> Context:
         return Context(
-            config, self.train, self.calibration, self.validation, work_dir, instruments, cache, self.reference
+            config,
+            self.train,
+            self.calibration,
+            self.validation,
+            work_dir,
+            instruments,
+            cache,
+            reference=self.reference,
+            loaded=self.state,  # recovery fine-tuning distils from the model as loaded, in a prefix run too
         )
 
 

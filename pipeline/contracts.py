@@ -33,6 +33,7 @@ class Context:
     instruments: Instruments
     cache: PassCache | None = None
     reference: Reference | None = None  # outputs and metric of the model as loaded (tuning scores against it)
+    loaded: ModelState | None = None  # the model as loaded, before any pass (recovery training distils from it)
 
     def dataset_for(self, fact: str) -> Dataset | None:
         """The dataset behind a data.* fact (what a pass that requires it reads)."""

@@ -10,8 +10,9 @@ from torch import nn
 
 from deployc.data import Dataset, digits_arrays
 from deployc.errors import UsageError
+from deployc.examples.models import DigitsResNet
 from deployc.passes.augment import build_augmenter
-from deployc.passes.training import TrainConfig, fit, lr_factor
+from deployc.passes.training import RANGE_LO, RANGE_STEPS, TrainConfig, fit, lr_factor
 
 
 def factors(**kw) -> list[float]:
@@ -34,6 +35,22 @@ def test_lr_schedules_have_their_shapes():
     assert cyc[0] == pytest.approx(0.1) and cyc[10] == pytest.approx(1.0) and cyc[20] == pytest.approx(0.1)
     warm = factors(schedule="constant", warmup_epochs=2)
     assert warm[0] == pytest.approx(0.05) and warm[19] == 1.0 and all(a < b for a, b in zip(warm[:19], warm[1:20]))
+
+
+def test_lr_auto_range_test_picks_a_rate_and_restores_the_model():
+    """lr: auto runs the range test from the current weights, then puts every weight and BN statistic back."""
+    torch.manual_seed(0)
+    module = DigitsResNet()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x, y = digits_arrays("train")
+    result = fit(module, Dataset({"image": x}, y, "digits:train"), TrainConfig(epochs=0, lr="auto"), None, ["image"])
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    lrs = [lr for lr, _ in result.lr_range]
+    assert lrs == sorted(lrs) and lrs[0] == RANGE_LO and len(lrs) <= RANGE_STEPS
+    lowest = min(result.lr_range, key=lambda point: point[1])
+    assert result.lr == pytest.approx(lowest[0] / 10) and 1e-3 < result.lr < 1e-1
+    assert lowest[1] < result.lr_range[0][1] - 0.5  # the loss fell on the way: the rate found trains
+    assert result.lr_range[-1][1] > lowest[1] + 0.5  # and rose again past it: the picked rate is below the cliff
 
 
 def augment(spec: dict, x: torch.Tensor, name: str | None = None, seed: int = 0) -> torch.Tensor:
