@@ -14,8 +14,9 @@ from torch import nn
 from deployc.data import Dataset, digits_arrays
 from deployc.ort import session
 from deployc.passes.export import export_onnx
+from deployc.passes.fp16 import convert_fp16
 from deployc.passes.onnx_util import op_counts
-from deployc.passes.quantize import DynamicConfig, Int8Config, convert_fp16, quantize_dynamic_int8, quantize_int8
+from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
 from deployc.state import ModelState, TensorSpec
 
 
