@@ -16,6 +16,7 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.registry import get_pass
 from deployc.state import ModelState
+from deployc.targets.quantized_details import DYNAMIC_HINT, int8_coverage_of, merged, quantized_details
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 
@@ -108,6 +109,18 @@ class OnnxTarget(Target):
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
         done = quantize_for(precision, base, ctx)
         label = already if precision == "fp32" and already else precision
+        coverage = int8_coverage_of(label, done, ctx)
+        if label == "dynamic" and coverage is not None and not coverage.int8_ops:
+            return Artifact(
+                self.name,
+                label,
+                None,
+                "onnxruntime",
+                onnxruntime.__version__,
+                details={"int8_coverage": coverage.to_json()},
+                skipped=f"not emitted: no weight of this graph becomes int8 ({DYNAMIC_HINT}); it would be the fp32 "
+                "graph under another name",
+            )
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(done.onnx, str(path))
@@ -125,7 +138,9 @@ class OnnxTarget(Target):
                 "ops": op_counts(done.onnx),
                 "execution_provider": "CPUExecutionProvider",
                 "threads": self.options.threads,
-                **_int8_notes(label, base, done, ctx),
+                **merged(
+                    _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
+                ),
             },
             history=done.history[len(state.history) :],
         )
