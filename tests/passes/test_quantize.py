@@ -219,3 +219,53 @@ def test_dynamic_int8_transformer_through_the_cli(tmp_path):
     assert dyn["details"]["ops"].get("DynamicQuantizeLinear", 0) >= 4  # every projection's input, quantized at run time
     assert dyn["details"]["ops"].get("MatMulInteger", 0) >= 4 and "MatMulInteger" not in fp32["details"]["ops"]
     assert dyn["metrics"]["cosine"] > 0.999 and dyn["bytes"] < 0.5 * fp32["bytes"]
+
+
+def _unet_block() -> onnx.ModelProto:
+    """x → strided Conv → Resize ×2 → Concat with x → Conv, with symbolic height/width: onnxruntime's symbolic shape
+    inference cannot prove the two Concat inputs the same size (as in YOLOv8's neck) and gives up."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([], np.float32), "roi"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["down"], strides=[2, 2], pads=[1, 1, 1, 1], name="down"),
+        helper.make_node("Resize", ["down", "roi", "scales"], ["up"], mode="nearest", name="up"),
+        helper.make_node("Concat", ["x", "up"], ["cat"], axis=1, name="skip"),
+        helper.make_node("Conv", ["cat", "w2"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "unet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "height", "width"])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantization_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files for big models)
+    into the CWD when it gives up; deployc's quantizers run in their own scratch folder."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = _unet_block()
+    work = tmp_path / "user-project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    onnx.save(proto, tmp_path / "in.onnx")
+    with pytest.raises(Exception, match="Incomplete symbolic shape inference"):  # the library's own behaviour
+        quant_pre_process(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), skip_symbolic_shape=False)
+    assert [p.name for p in work.iterdir()] == ["sym_shape_infer_temp.onnx"]
+    (work / "sym_shape_infer_temp.onnx").unlink()
+
+    x = np.random.default_rng(1).standard_normal((8, 4, 12, 12)).astype(np.float32)
+    q = quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config())
+    d = quantize_dynamic_int8(proto, DynamicConfig())
+    assert list(work.iterdir()) == []
+    assert op_counts(q)["QuantizeLinear"] >= 3 and _run(d, {"x": x}).shape == (8, 2, 12, 12)
