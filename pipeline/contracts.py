@@ -105,9 +105,9 @@ class Artifact:
 
     @staticmethod
     def failed_reason(exc: BaseException) -> str:
-        """'TypeName: first line of the message', short enough for a table cell."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {text}"[:500]
+        """'TypeName: message' on one line (its lines joined by '; '), short enough for a table cell."""
+        text = "; ".join(line.strip(" -") for line in str(exc).splitlines() if line.strip(" -"))
+        return f"{type(exc).__name__}: {text}".rstrip(": ")[:600]
 
 
 class Target(abc.ABC):

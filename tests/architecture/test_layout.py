@@ -107,3 +107,23 @@ def test_every_entry_point_loads_and_names_itself(group):
     assert names, f"no {group} entry points: is deployc installed (pip install -e .)?"
     for name in names:
         assert registry.get(group, name).name == name
+
+
+def test_old_module_names_in_configs_get_a_did_you_mean(tmp_path):
+    """A config written before the move (`examples.digits_cnn:pretrained`) says what the name is now."""
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        "model: {factory: 'examples.digits_cnn:pretrained', inputs: [{name: image, shape: [batch, 1, 8, 8]}]}\n"
+        "data: {validation: digits}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-m", "deployc.cli", "build", str(config), "--out", str(tmp_path / "o")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "did you mean 'deployc.examples.digits_cnn:pretrained'?" in run.stderr
+    assert not (tmp_path / "o").exists()
