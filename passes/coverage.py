@@ -70,6 +70,35 @@ class Int8Coverage:
         return text + (f"; {hint}" if hint else "")
 
 
+class CoverageTally:
+    """Adds weighted ops up into an Int8Coverage (shared by the ONNX and TFLite counts)."""
+
+    def __init__(self) -> None:
+        self.macs = {True: 0, False: 0}
+        self.weights = {True: 0, False: 0}
+        self.known = True
+        self.floats: collections.Counter[str] = collections.Counter()
+        self.int8_ops = 0
+
+    def add(self, op_type: str, is_int8: bool, macs: int | None, weights: int) -> None:
+        """One weighted op: its MACs (None when unknown) and its constant weight elements."""
+        self.int8_ops += is_int8
+        if not is_int8:
+            self.floats[op_type] += 1
+        self.known = self.known and macs is not None
+        self.macs[is_int8] += macs or 0
+        self.weights[is_int8] += weights
+
+    def coverage(self) -> Int8Coverage:
+        total_macs, total_weights = sum(self.macs.values()), sum(self.weights.values())
+        return Int8Coverage(
+            self.macs[True] / total_macs if self.known and total_macs else None,
+            self.weights[True] / total_weights if total_weights else None,
+            dict(self.floats),
+            self.int8_ops,
+        )
+
+
 def _shapes(proto: Any) -> dict[str, list[int]]:
     """Static shapes of every tensor at batch 1 (symbolic axes set to 1), from onnx shape inference."""
     import onnx
@@ -171,28 +200,11 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     if missing and feeds:
         with contextlib.suppress(Exception):  # shapes stay unknown: the MAC share is then None
             shapes.update(_run_shapes(proto, missing, feeds))
-    macs = {True: 0, False: 0}
-    weights = {True: 0, False: 0}
-    known, floats, int8_ops = True, collections.Counter(), 0
+    tally = CoverageTally()
     for n, is_int8, w in weighted:
-        int8_ops += is_int8
-        if not is_int8:
-            floats[n.op_type] += 1
-        m = _macs(n, w, shapes)
-        known = known and m is not None
-        macs[is_int8] += m or 0
-        weight_inputs = (w, 2) if n.op_type in RECURRENT else (w,)  # recurrent ops: W and R
-        for i in weight_inputs:
-            const = constant(n.input[i]) if i < len(n.input) else None
-            if const is not None:
-                weights[is_int8] += prod(list(inits[const].dims))
-    total_macs, total_weights = sum(macs.values()), sum(weights.values())
-    return Int8Coverage(
-        macs[True] / total_macs if known and total_macs else None,
-        weights[True] / total_weights if total_weights else None,
-        dict(floats),
-        int8_ops,
-    )
+        consts = [constant(n.input[i]) for i in ((w, 2) if n.op_type in RECURRENT else (w,)) if i < len(n.input)]
+        tally.add(n.op_type, is_int8, _macs(n, w, shapes), sum(prod(list(inits[c].dims)) for c in consts if c))
+    return tally.coverage()
 
 
 def coverage_details(coverage: Int8Coverage, label: str, log: Any, hint: str = "") -> dict[str, Any]:

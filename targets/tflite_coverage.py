@@ -3,10 +3,9 @@ int8, counting hybrid (dynamic-range) kernels as int8 like full-integer ones; th
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
-from deployc.passes.coverage import Int8Coverage, prod
+from deployc.passes.coverage import CoverageTally, Int8Coverage, prod
 
 # op → index of its weight tensor; MACs below are per op
 WEIGHTED = {
@@ -53,29 +52,15 @@ def tflite_int8_coverage(model: bytes) -> Int8Coverage:
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
     m = fb.convert_bytearray_to_object(bytearray(model))
-    macs = {True: 0, False: 0}
-    weights = {True: 0, False: 0}
-    known, floats, int8_ops = True, collections.Counter(), 0
+    tally = CoverageTally()
     for sg in m.subgraphs:
         for op in sg.operators:
             name = fb.opcode_to_name(m, op.opcodeIndex) or ""
             if name not in WEIGHTED or len(op.inputs) <= WEIGHTED[name]:
                 continue
             weight = sg.tensors[op.inputs[WEIGHTED[name]]]
-            is_int8 = fb.type_to_name(weight.type) in INT8_TYPES
-            int8_ops += is_int8
-            if not is_int8:
-                floats[name] += 1
-            count = _macs(name, op, sg)
-            known = known and count is not None
-            macs[is_int8] += count or 0
             buffer = m.buffers[weight.buffer] if weight.buffer else None
-            if buffer is not None and (buffer.data is not None or buffer.size):  # a constant (inline or by offset)
-                weights[is_int8] += prod([int(d) for d in weight.shape])
-    total_macs, total_weights = sum(macs.values()), sum(weights.values())
-    return Int8Coverage(
-        macs[True] / total_macs if known and total_macs else None,
-        weights[True] / total_weights if total_weights else None,
-        dict(floats),
-        int8_ops,
-    )
+            constant = buffer is not None and (buffer.data is not None or buffer.size)  # inline or by offset
+            elements = prod([int(d) for d in weight.shape]) if constant else 0
+            tally.add(name, fb.type_to_name(weight.type) in INT8_TYPES, _macs(name, op, sg), elements)
+    return tally.coverage()
