@@ -163,8 +163,11 @@ def finite_fp16(proto: Any, feeds: dict[str, np.ndarray] | None) -> Fp16Result:
         return Fp16Result(convert_fp16(proto))
     proto = _named(proto)
     names = [v.name for v in graph_inputs(proto)] + [o for n in proto.graph.node for o in n.output[:1]]
-    stats = intermediate_stats(proto, feeds, names)
-    reference = run_outputs(proto, feeds)
+    try:
+        stats = intermediate_stats(proto, feeds, names)
+        reference = run_outputs(proto, feeds)
+    except Exception:  # samples the graph does not take (e.g. an input batched on axis 1): convert unguided
+        return Fp16Result(convert_fp16(proto))
     kept = predicted_fp32_nodes(proto, stats)
     float_inputs = {v.name for v in graph_inputs(proto) if v.type.tensor_type.elem_type == 1}
     for _ in range(MAX_ROUNDS + 1):
