@@ -66,8 +66,13 @@ class Int8Coverage:
             return None
         what = "MACs" if self.macs is not None else "weights"
         floats = ", ".join(f"{op}×{n}" for op, n in sorted(self.float_ops.items(), key=lambda kv: -kv[1]))
-        text = f"{label}: only {share:.0%} of {what} run in int8 (float: {floats or 'none'})"
+        text = f"{label}: only {percent(share)} of {what} run in int8 (float: {floats or 'none'})"
         return text + (f"; {hint}" if hint else "")
+
+
+def percent(share: float) -> str:
+    """'37%', or '0.04%' for a share too small to round to a whole percent."""
+    return f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.2%}"
 
 
 class CoverageTally:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from deployc.passes.coverage import percent
+
 
 def int8_coverage(art: dict[str, Any]) -> str:
     """deployc's int8 coverage of an int8/dynamic artifact (details.int8_coverage): MAC share, else weight share."""
@@ -13,8 +15,8 @@ def int8_coverage(art: dict[str, Any]) -> str:
     if not own:
         return "—"
     if own.get("macs") is not None:
-        return f"{own['macs']:.0%} of MACs"
-    return f"{own['weights']:.0%} of weights" if own.get("weights") is not None else "none"
+        return f"{percent(own['macs'])} of MACs"
+    return f"{percent(own['weights'])} of weights" if own.get("weights") is not None else "none"
 
 
 def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:

@@ -95,7 +95,7 @@ def test_lstm_static_int8_keeps_the_lstm_float_and_says_so():
     # MACs: LSTM 20 steps × 4·64·(16+64) = 409,600; head 64·4 = 256 (the only int8 op)
     assert int8.macs == pytest.approx(256 / (409_600 + 256), rel=1e-6)
     assert int8.float_ops == {"LSTM": 1}
-    assert "only 0% of MACs run in int8 (float: LSTM×1)" in int8.warning("onnx/int8")
+    assert "only 0.06% of MACs run in int8 (float: LSTM×1)" in int8.warning("onnx/int8")
     dynamic = onnx_int8_coverage(quantize_dynamic_int8(proto, DynamicConfig()), {"x": x[:1]})
     assert dynamic.macs == 1.0 and dynamic.float_ops == {} and dynamic.warning("onnx/dynamic") is None
     assert onnx_int8_coverage(proto).macs == 0.0  # the fp32 graph: nothing in int8
@@ -117,7 +117,7 @@ def test_coverage_in_the_manifest_with_a_warning(models_dir: Path, tmp_path: Pat
     arts = {a["precision"]: a for a in json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]}
     int8, dynamic = arts["int8"]["details"], arts["dynamic"]["details"]
     assert int8["int8_coverage"]["float_ops"] == {"LSTM": 1} and int8["int8_coverage"]["macs"] < 0.01
-    assert any("only 0% of MACs run in int8 (float: LSTM×1)" in w and "'dynamic'" in w for w in int8["warnings"])
+    assert any("only 0.06% of MACs run in int8 (float: LSTM×1)" in w and "'dynamic'" in w for w in int8["warnings"])
     assert dynamic["int8_coverage"] == {"macs": 1.0, "weights": 1.0, "float_ops": {}}
     assert "int8_coverage" not in arts["fp32"]["details"]
     assert result.exit_code == 0
