@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.contracts import Context, Pass, PassResult
 from deployc.errors import UsageError
+from deployc.export_errors import user_location
 from deployc.passes.onnx_util import op_counts
 from deployc.state import ModelState, dynamic_shapes
 
@@ -76,7 +77,8 @@ def _layer_of(module: Any, example: tuple, op: str) -> str | None:
 
 
 def describe_export_failure(exc: Exception, module: Any, example: tuple = ()) -> str:
-    """The failing op, the layer that calls it, and the first line of the exporter's message."""
+    """The failing op, the layer that calls it, the first line of the exporter's message, and the module path and
+    source line of the user's code where tracing broke (shown without --debug)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(exc).__name__}: {exc}")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     op = next((m.group(0) for ln in lines for m in [re.search(r"(aten|prims)\.[\w]+(\.\w+)?", ln)] if m), None)
@@ -88,7 +90,8 @@ def describe_export_failure(exc: Exception, module: Any, example: tuple = ()) ->
             parts.append(f"in layer {layer}")
     summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else 0
     cause = re.sub(r"^<class '[\w.]+'>: ", "", lines[summary]) if len(lines) > summary else type(exc).__name__
-    return " ".join(parts) + f": {cause[:300]}"
+    where = user_location(exc, module)  # first: a table cell may cut the message's tail
+    return " ".join(parts) + (f" — at {where} —" if where else ":") + f" {cause[:300]}"
 
 
 class ExportOnnx(Pass):

@@ -6,6 +6,7 @@ checked before the model loads; nothing is written to the out dir until the mode
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from deployc.cache import PassCache
 from deployc.config import BuildConfig, load_config
 from deployc.contracts import Artifact, Context
 from deployc.data import calibration_source, load_dataset, train_source
-from deployc.errors import UsageError
+from deployc.errors import DeploycError, UsageError
 from deployc.gates import latency_gate
 from deployc.instruments import Instruments
 from deployc.junit import write_junit
@@ -23,11 +24,11 @@ from deployc.loader import initial_facts, load_model
 from deployc.manager import PassManager
 from deployc.manifest import MANIFEST_VERSION, artifact_entry, library_versions, write_json_atomic
 from deployc.metrics import get_metric
-from deployc.outdir import OutDir, check_writable
+from deployc.outdir import OutDir, check_out_dir
 from deployc.registry import instruments as plugin_instruments
-from deployc.report import render_report, report_view
+from deployc.report import gate_text, render_report, report_view
 from deployc.report_html import write_html_report
-from deployc.validate import compute_reference, validate_artifact
+from deployc.validate import compute_reference, coverage_warning, validate_artifact
 
 
 @dataclass
@@ -64,17 +65,42 @@ def build(
     quiet: bool = False,
     instruments: Instruments | None = None,
     cache: bool = True,
+    force: bool = False,
+    debug: bool = False,
 ) -> BuildResult:
-    """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1)."""
+    """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1).
+
+    force: build into a folder that holds files deployc did not write (they are never replaced or removed).
+    debug: let third-party libraries print to the terminal instead of capturing their output.
+    """
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
     instruments = instruments or Instruments(quiet=quiet)
     instruments.extra.extend(plugin_instruments())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
-    check_writable(out_dir)
+    check_out_dir(out_dir, force, tuple(manager.targets))
     instruments.log(f"pipeline: {manager.pipeline_string()}")
+    with instruments.third_party_quiet(enabled=not debug):
+        try:
+            return _build(config, manager, out_dir, instruments, cache, t_start)
+        except (OSError, DeploycError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT_ERRNOS:
+                where = cause.filename or out_dir
+                raise UsageError(
+                    f"cannot write '{where}' ({cause.strerror}); the build did not finish: no new manifest.json in '{out_dir}'"
+                ) from exc
+            raise
 
-    state = load_model(config)
+
+# a full disk or a folder deployc may not write: the user's to fix (exit 2), not a bug in deployc
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _build(
+    config: BuildConfig, manager: PassManager, out_dir: Path, instruments: Instruments, cache: bool, t_start: float
+) -> BuildResult:
+    state = load_model(config, log=instruments.log)
     state = state.replace(facts=state.facts | initial_facts(config))
     metric = get_metric(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
@@ -83,16 +109,15 @@ def build(
     needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
     train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
 
-    reference = compute_reference(state, validation, metric, config.data.batch_size)
+    reference = compute_reference(state, validation, metric, config.data.batch_size, config.data.output)
     instruments.log(
         f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
     )
 
     with OutDir(out_dir) as outdir:
         staging = outdir.staging
-        ctx = Context(
-            config, train, calibration, validation, staging, instruments, PassCache(enabled=cache), reference=reference
-        )
+        pass_cache = PassCache.for_build(cache, instruments.log)
+        ctx = Context(config, train, calibration, validation, staging, instruments, pass_cache, reference=reference)
         state = manager.run(state, ctx)
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
@@ -107,28 +132,19 @@ def build(
                         instruments.log(f"{art.label}: not built: {art.error}")
             for art in built:
                 try:
-                    validate_artifact(
-                        target,
-                        art,
-                        validation,
-                        reference,
-                        config.validate_.max_drift,
-                        config.data.batch_size,
-                        config.validate_.latency_runs,
-                    )
+                    validate_artifact(target, art, validation, reference, config.validate_, config.data.batch_size)
                 except Exception as exc:
                     art.error = art.failed_reason(exc)
                     art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
                 target.close(art)
-                instruments.log(f"{art.label}: {art.gate['status']} — {art.gate['reason']}")
+                warning = coverage_warning(art)
+                if warning:
+                    instruments.log(f"warning: {warning}")
+                instruments.log(f"{art.label}: {gate_text(art.gate, art.runtime, art.details)} — {art.gate['reason']}")
             artifacts.extend(built)
-        outdir.publish()
-        for art in artifacts:
-            if art.path is not None:
-                art.path = out_dir / art.path.relative_to(staging)
         for warning in latency_gate(artifacts, config.validate_.latency_gate):
             instruments.log(f"warning: {warning}")
-        manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, out_dir)
+        manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, staging)
         timings = {
             "passes": [r.timing_json() for r in state.history],
             "artifact_passes": {a.label: [r.timing_json() for r in a.history] for a in artifacts},
@@ -136,11 +152,16 @@ def build(
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "artifacts": {a.label: a.perf for a in artifacts},
         }
-        (out_dir / "report.md").write_text(render_report(report_view(manifest, timings)))
-        write_html_report(manifest, out_dir, timings)
-        write_junit(manifest, out_dir, timings)
-        write_json_atomic(out_dir / "timings.json", timings)
-        write_json_atomic(out_dir / "manifest.json", manifest)  # last: its presence means the build finished
+        # everything a person or CI reads is staged with the artifacts and published with them, manifest last
+        (staging / "report.md").write_text(render_report(report_view(manifest, timings)), encoding="utf-8")
+        write_html_report(manifest, staging, timings)
+        write_junit(manifest, staging, timings)
+        write_json_atomic(staging / "timings.json", timings)
+        write_json_atomic(staging / "manifest.json", manifest)
+        outdir.publish()
+        for art in artifacts:
+            if art.path is not None:
+                art.path = out_dir / art.path.relative_to(staging)
     return BuildResult(out_dir, manifest, artifacts, timings)
 
 
@@ -156,19 +177,26 @@ def _manifest(
 ) -> dict[str, Any]:
     """Everything deterministic about the build: same inputs give a byte-identical manifest.json."""
     failed = any(a.gate.get("status") in ("fail", "error") for a in artifacts) or not artifacts
+    ran = any(a.gate.get("status") == "pass" for a in artifacts)
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,
-        "status": "failed" if failed else "passed",
+        "status": "failed" if failed or not ran else "passed",
         "pipeline": manager.pipeline_string(),
         "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
-        "budget": {"max_drift": config.validate_.max_drift},
+        "budget": {
+            "max_drift": config.validate_.max_drift,
+            "drift_units": metric.name,  # drift is in the metric's own units, not a fraction of it
+            "min_int8_coverage": config.validate_.min_int8_coverage,
+        },
         "reference": {
             "metric": metric.name,
             "value": reference.value,
             "source": validation.source,
             "samples": len(validation),
             "higher_is_better": metric.higher_is_better,
+            "outputs": reference.names,
+            "metric_outputs": [reference.names[i] for i in reference.covered],  # what the metric reads
         },
         "artifacts": [artifact_entry(a, out_dir) for a in artifacts],
         "passes": [r.stable_json() for r in state.history],  # the pipeline's; each artifact lists its target's

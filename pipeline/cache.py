@@ -8,11 +8,13 @@ not, because restoring a rewired nn.Module would need a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from deployc.errors import first_line
 from deployc.state import ModelState, Table
 
 
@@ -81,11 +84,29 @@ class CacheHit:
 
 
 class PassCache:
-    def __init__(self, root: Path | None = None, enabled: bool = True):
+    """The cache is only a cache: a damaged entry is dropped and rebuilt, an unusable folder means building
+    without it, and neither ever fails a build (both are logged through `warn`)."""
+
+    def __init__(self, root: Path | None = None, enabled: bool = True, warn: Any = None):
         self.root = root or default_cache_dir()
         self.enabled = enabled
+        self.warn = warn or (lambda message: None)
         self.hits = 0
         self.misses = 0
+
+    @classmethod
+    def for_build(cls, enabled: bool, warn: Any) -> PassCache:
+        """The build's cache, disabled with a warning when its folder cannot be created or written."""
+        cache = cls(enabled=enabled, warn=warn)
+        if enabled:
+            try:
+                cache.root.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=cache.root, prefix=".probe-"):
+                    pass
+            except OSError as exc:
+                cache.enabled = False
+                warn(f"warning: pass cache '{cache.root}' is unusable ({exc.strerror or exc}); building without it")
+        return cache
 
     def key(self, state: ModelState, p: Any, config: dict[str, Any], data_digests: list[str]) -> str:
         from deployc.manifest import library_versions
@@ -108,18 +129,30 @@ class PassCache:
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            proto = onnx.load(str(model_path))
-        except Exception:
-            self.misses += 1  # a damaged entry is a miss; the store below replaces it
+            data = model_path.read_bytes()
+            if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                raise ValueError("its content does not match the hash it was stored with")
+            proto = onnx.load_model_from_string(data)
+            tables = tuple(
+                Table(t["title"], tuple(t["header"]), tuple(map(tuple, t["rows"])), frozenset(t["timed"]))
+                for t in meta.get("tables", [])
+            )
+            hit = CacheHit(proto, meta.get("modified", True), dict(meta["metrics"]), tables, list(meta["facts_added"]))
+        except FileNotFoundError:  # pruned by `deployc cache prune` meanwhile
+            self.misses += 1
             return None
-        now = time.time()
-        os.utime(meta_path, (now, now))  # recency for prune()
+        except Exception as exc:
+            self.warn(f"warning: pass cache entry {model_path} is damaged ({first_line(exc)}); dropped and rebuilt")
+            for path in (meta_path, model_path):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            now = time.time()
+            os.utime(meta_path, (now, now))  # recency for prune()
         self.hits += 1
-        tables = tuple(
-            Table(t["title"], tuple(t["header"]), tuple(map(tuple, t["rows"])), frozenset(t["timed"]))
-            for t in meta.get("tables", [])
-        )
-        return CacheHit(proto, meta.get("modified", True), meta["metrics"], tables, meta["facts_added"])
+        return hit
 
     def store(
         self,
@@ -130,28 +163,41 @@ class PassCache:
         tables: tuple[Table, ...],
         facts_added: list[str],
     ) -> None:
-        import onnx
-
         if not self.enabled:
             return
         model_path, meta_path = self._paths(key)
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = model_path.with_suffix(f".tmp-{os.getpid()}")
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, model_path)
-        tmp = meta_path.with_suffix(f".tmp-{os.getpid()}")
+        data = proto.SerializeToString()
         saved = [{**t.to_json(), "timed": sorted(t.timed)} for t in tables]
-        meta = {"modified": modified, "metrics": metrics, "tables": saved, "facts_added": facts_added}
-        tmp.write_text(json.dumps(meta, default=str))
-        os.replace(tmp, meta_path)  # written last: an entry without its .json is never read
+        meta = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "modified": modified,
+            "metrics": metrics,
+            "tables": saved,
+            "facts_added": facts_added,
+        }
+        try:
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = model_path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, model_path)
+            tmp = meta_path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(meta, default=str))
+            os.replace(tmp, meta_path)  # written last: an entry without its .json is never read
+        except OSError as exc:
+            self.enabled = False
+            self.warn(
+                f"warning: cannot write to the pass cache '{self.root}' ({exc.strerror or exc}); continuing without it"
+            )
 
     def entries(self) -> list[tuple[Path, Path, float, int]]:
         """(model, meta, last use, bytes) for every complete entry."""
         out = []
         for meta in self.root.glob("*/*.json"):
             model = meta.with_suffix(".onnx")
-            if model.is_file():
+            try:
                 out.append((model, meta, meta.stat().st_mtime, model.stat().st_size + meta.stat().st_size))
+            except OSError:
+                continue  # removed meanwhile, or half an entry
         return out
 
     def info(self) -> dict[str, Any]:
@@ -159,7 +205,10 @@ class PassCache:
         return {"path": str(self.root), "entries": len(entries), "bytes": sum(e[3] for e in entries)}
 
     def prune(self, max_bytes: int) -> dict[str, Any]:
-        """Delete least recently used entries until the cache holds at most max_bytes."""
+        """Delete least recently used entries until the cache holds at most max_bytes. Safe beside running builds:
+        a build whose entry vanishes rebuilds it, and temp files younger than an hour may be a build's write."""
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         entries = sorted(self.entries(), key=lambda e: e[2], reverse=True)
         kept, removed = 0, 0
         for model, meta, _, size in entries:
@@ -170,7 +219,9 @@ class PassCache:
             model.unlink(missing_ok=True)
             removed += 1
         for tmp in self.root.glob("*/*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > 3600:
+                    tmp.unlink()
         return {"removed": removed, "bytes": kept}
 
 

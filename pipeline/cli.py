@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -36,22 +37,25 @@ def print_table(result: Any, stream: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from deployc.report import artifact_rows, report_view
+    from deployc.report import artifact_header, artifact_rows, report_view
 
     manifest = report_view(result.manifest, result.timings)
     table = Table(title=f"deployc: {manifest['name']} ({manifest['status']})")
-    for col in ("target", "precision", "size", manifest["reference"]["metric"], "drift", "ms/sample", "gate"):
+    for col in artifact_header(manifest["reference"]["metric"]):
         table.add_column(col, justify="left" if col in ("target", "precision", "gate") else "right")
     for row in artifact_rows(manifest):
         table.add_row(*row)
-    Console(file=stream or sys.stdout, width=110).print(table)
+    Console(file=stream or sys.stdout, width=140).print(table)
 
 
 def finish_build(result: Any, args: argparse.Namespace) -> int:
     """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
     from deployc.ci_summary import append_step_summary
 
-    append_step_summary(result.out_dir / "report.md")
+    try:
+        append_step_summary(result.out_dir / "report.md")
+    except UsageError as exc:  # the build is done and published; a job summary that cannot be written is a warning
+        print(f"deployc: warning: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(_summary(result), indent=2))
     elif not args.quiet:
@@ -62,17 +66,29 @@ def finish_build(result: Any, args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from deployc.build import build
+    from deployc.ci_summary import check_step_summary
 
+    check_step_summary()
     result = build(
-        args.config, out=args.out, targets=args.target, quiet=args.quiet or args.json, cache=not args.no_cache
+        args.config,
+        out=args.out,
+        targets=args.target,
+        quiet=args.quiet or args.json,
+        cache=not args.no_cache,
+        force=args.force,
+        debug=args.debug,
     )
     return finish_build(result, args)
 
 
 def _cmd_validate_config(args: argparse.Namespace) -> int:
     from deployc.build import check
+    from deployc.preflight import preflight
+    from deployc.quiet import ThirdPartyOutput
 
     _, manager = check(args.config)
+    with ThirdPartyOutput(enabled=not args.debug):
+        preflight(args.config)
     if args.json:
         print(json.dumps({"valid": True, "pipeline": manager.pipeline_string()}))
     elif not args.quiet:
@@ -101,12 +117,16 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 def _parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
-    num = text.rstrip("BKMGbkmg")
-    unit = text[len(num) :].upper()
+    units |= {"T": 1024**4, "TB": 1024**4}
+    num = text.strip().rstrip("BKMGTbkmgt")
+    unit = text.strip()[len(num) :].upper()
     try:
-        return int(float(num) * units[unit])
+        value = float(num) * units[unit]
     except (ValueError, KeyError):
         raise UsageError(f"--max-size: '{text}' is not a size like 500MB or 2G") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"--max-size: '{text}' must be a finite size of 0 or more, like 500MB or 2G")
+    return int(value)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("config", type=Path)
     b.add_argument("--out", type=Path, help="output folder (default: deployc-out/<name>)")
     b.add_argument("--target", action="append", help="build only this target (repeatable)")
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="build into a folder that holds files deployc did not write (they are never replaced or removed)",
+    )
     b.set_defaults(func=_cmd_build)
     c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
     c.add_argument("action", choices=["info", "prune"])
@@ -153,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = "internal error" if exc.exit_code == 1 else "error"  # exit 1: a bug in deployc or a library
         hint = " (run with --debug for the traceback)" if exc.exit_code == 1 and not args.debug else ""
         print(f"deployc: {kind}: {exc}{hint}", file=sys.stderr)
+        if exc.exit_code == 1:
+            _print_notes(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("deployc: interrupted", file=sys.stderr)
@@ -164,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             f"deployc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             file=sys.stderr,
         )
+        _print_notes(exc)
         return 1
+
+
+def _print_notes(exc: BaseException) -> None:
+    """What deployc.quiet captured from third-party libraries before an internal error."""
+    for note in getattr(exc, "__notes__", []):
+        print(note, file=sys.stderr)
 
 
 if __name__ == "__main__":

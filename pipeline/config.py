@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,17 +19,39 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_SAMPLE_BYTES = 2**31  # one sample of one input; larger declared shapes are typos ([1, 100000, 100000])
+_ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1}
+
+
 class InputConfig(StrictModel):
-    name: str
-    shape: list[int | str] = Field(description="dimensions; a string names a dynamic axis, e.g. [batch, 1, 8, 8]")
+    name: str = Field(min_length=1, max_length=200)
+    shape: list[int | str] = Field(
+        max_length=16, description="dimensions; a string names a dynamic axis, e.g. [batch, 1, 8, 8]; [] is a scalar"
+    )
     dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
     dynamic_axes: dict[int, str] = Field(default_factory=dict, description="extra dynamic axes: {axis: name}")
+
+    @model_validator(mode="after")
+    def _sane_shape(self) -> InputConfig:
+        for i, d in enumerate(self.shape):
+            if isinstance(d, int) and d < 1:
+                raise ValueError(f"shape[{i}] is {d}; fixed dimensions are positive integers")
+            if isinstance(d, str) and not d.strip():
+                raise ValueError(f"shape[{i}] is an empty axis name")
+        for axis in self.dynamic_axes:
+            if not 0 <= axis < len(self.shape):
+                raise ValueError(f"dynamic_axes: axis {axis} is outside shape {self.shape}")
+        fixed = math.prod(d for d in self.resolved_shape() if isinstance(d, int))
+        if fixed * _ITEMSIZE[self.dtype] > MAX_SAMPLE_BYTES:
+            raise ValueError(
+                f"shape {self.shape} ({self.dtype}) is {fixed * _ITEMSIZE[self.dtype] / 2**30:.1f} GiB per sample; "
+                f"more than {MAX_SAMPLE_BYTES // 2**30} GiB is refused as a likely typo"
+            )
+        return self
 
     def resolved_shape(self) -> tuple[int | str, ...]:
         dims = list(self.shape)
         for axis, axis_name in self.dynamic_axes.items():
-            if not 0 <= axis < len(dims):
-                raise ValueError(f"dynamic axis {axis} is outside shape {self.shape}")
             dims[axis] = axis_name
         return tuple(dims)
 
@@ -52,7 +75,14 @@ class ModelConfig(StrictModel):
             raise ValueError("give one of factory, onnx, exported (or weights with allow_pickle: true)")
         if self.weights is not None and sources and sources[0] != "factory":
             raise ValueError(f"weights go with a factory, not with {sources[0]}")
+        names = [i.name for i in self.inputs]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"inputs: the name '{dup}' is used twice")
         return self
+
+
+FACTORY_CAP = 100_000  # samples read from a data factory without data.*.limit: a generator may never end
 
 
 class DataSource(StrictModel):
@@ -61,7 +91,9 @@ class DataSource(StrictModel):
     kind: Literal["digits", "npz", "factory"]
     path: str | None = None
     split: Literal["train", "test"] = "test"
-    limit: int | None = Field(None, gt=0, description="use only the first N samples")
+    limit: int | None = Field(
+        None, gt=0, description=f"use only the first N samples (a factory is read at most {FACTORY_CAP} without it)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +124,11 @@ class DataConfig(StrictModel):
     )
     validation: DataSource | None = None
     metric: str = Field("top1", description="top1 | top5 | cosine | mse | 'file.py:callable'")
+    output: int | str | None = Field(
+        None,
+        description="the output the metric reads (index, or name for ONNX models); default: every output for "
+        "cosine/mse, the first for top1/top5 and custom metrics",
+    )
     batch_size: int = Field(64, gt=0)
 
 
@@ -136,7 +173,17 @@ class QuantizeSpec(StrictModel):
 
 class ValidateConfig(StrictModel):
     max_drift: float = Field(
-        0.01, ge=0, description="largest allowed metric drift (reference - artifact), as a fraction"
+        0.01,
+        ge=0,
+        allow_inf_nan=False,
+        description="largest allowed drift in the metric's own units (reference − artifact for higher-is-better "
+        "metrics: 0.01 is one point of top1, 0.01 of cosine; artifact − reference for mse)",
+    )
+    min_int8_coverage: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fail an int8/dynamic artifact that runs less than this share of its MACs (or weights) in int8",
     )
     latency_runs: int = Field(20, ge=1, description="batch-1 runs timed per artifact (median reported)")
     latency_gate: Literal["off", "warn", "fail"] = Field(
@@ -145,7 +192,12 @@ class ValidateConfig(StrictModel):
 
 
 class BuildConfig(StrictModel):
-    name: str = Field("model", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        "model",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="names the artifact files: letters, digits, '_', '-', '.', not starting with '.' or '-'",
+    )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     passes: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
@@ -163,6 +215,13 @@ class BuildConfig(StrictModel):
             if len(entry) != 1:
                 raise ValueError(f"passes[{i}] must be one {{pass-name: {{options}}}} mapping, got keys {list(entry)}")
         return passes
+
+    @field_validator("targets")
+    @classmethod
+    def _some_target(cls, targets: dict[str, Any]) -> dict[str, Any]:
+        if not targets:
+            raise ValueError("no targets: a build must produce at least one artifact (e.g. targets: {onnx: {}})")
+        return targets
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -216,6 +275,91 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], where:
     return "\n".join(lines)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_NODES = 100_000  # after alias expansion: a "billion laughs" config is refused, not expanded
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML where a duplicate key is an error: with the plain loader the later one silently wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: the constructor below reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def _check_size(root: yaml.Node, where: str) -> None:
+    """Bound nesting and the size after alias expansion, counting each shared node once per use."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise UsageError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels; not a deployc config")
+        children = (
+            [c for pair in node.value for c in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        )
+        if done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_CONFIG_NODES:
+                raise UsageError(
+                    f"{where}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases); not a deployc config"
+                )
+        elif id(node) not in sizes:
+            stack.append((node, depth, True))
+            stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+
+
+def parse_yaml(path: Path) -> Any:
+    """A config file's data; every way the file can be unreadable is a UsageError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"{path}: {len(data)} bytes; a config file over {MAX_CONFIG_BYTES // 1024} KiB is refused")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, str(path))
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        line = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
+        raise UsageError(f"{path}: not valid YAML{line}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to parse; not a deployc config") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(source: str | Path | dict[str, Any] | BuildConfig, base_dir: Path | None = None) -> BuildConfig:
     """A BuildConfig from a YAML/JSON file path, a dict, or an existing BuildConfig."""
     if isinstance(source, BuildConfig):
@@ -224,12 +368,9 @@ def load_config(source: str | Path | dict[str, Any] | BuildConfig, base_dir: Pat
     if isinstance(source, (str, Path)):
         path = Path(source)
         where = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder, not a config file")
+        raw = parse_yaml(path)
         base_dir = base_dir or path.resolve().parent
     else:
         raw = dict(source)

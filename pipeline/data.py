@@ -2,39 +2,83 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from deployc.config import BuildConfig, DataSource
+from deployc.config import FACTORY_CAP, BuildConfig, DataSource
 from deployc.errors import UsageError
 from deployc.pyimport import import_callable
 from deployc.state import TensorSpec
 
+MAX_DATA_BYTES = 8 << 30  # one data source in memory; a factory past it is refused before it fills the machine
+
+
+def batch_axis(spec: TensorSpec) -> int | None:
+    """Where the model takes the samples of a batch: the dynamic axis named like 'batch', else axis 0 when it is
+    dynamic or every axis is fixed, else the first dynamic axis; None for a scalar input (fed as is, shared by
+    every sample)."""
+    if not spec.shape:
+        return None
+    named = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
+    default = 0 if not named or named[0] == 0 else named[0]
+    return next((i for i in named if "batch" in str(spec.shape[i]).lower()), default)
+
+
+def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
+    """The spec's shape without its batch axis: what one sample looks like."""
+    axis = batch_axis(spec)
+    return spec.shape if axis is None else spec.shape[:axis] + spec.shape[axis + 1 :]
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Whole arrays in memory (N first), one per model input, plus optional labels."""
+    """Whole arrays in memory, samples first (axis 0), one per model input, plus optional labels.
+
+    `axes` says where the model wants each input's batch axis (default 0; None: a 0-d input every sample
+    shares); batches() moves the samples there, so only feeding knows about non-leading batch axes.
+    """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    axes: dict[str, int | None] = field(default_factory=dict)
+    fixed_batch: int | None = None  # the model's batch axis has a fixed size: every batch holds exactly that many
+
+    def _axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        batched = [v for k, v in self.inputs.items() if self._axis(k) is not None]
+        return len(batched[0]) if batched else 1
 
     def take(self, n: int) -> Dataset:
-        return Dataset(
-            {k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.source
-        )
+        inputs = {k: v if self._axis(k) is None else v[:n] for k, v in self.inputs.items()}
+        labels = None if self.labels is None else self.labels[:n]
+        return Dataset(inputs, labels, self.source, self.axes, self.fixed_batch)
+
+    def batch_len(self, batch: dict[str, np.ndarray]) -> int:
+        """How many samples a batch from batches() holds."""
+        for k, v in batch.items():
+            axis = self._axis(k)
+            if axis is not None:
+                return int(v.shape[axis])
+        return 1
 
     def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        size = self.fixed_batch or size
         for start in range(0, len(self), size):
             sl = slice(start, start + size)
-            yield {k: v[sl] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[sl]
+            feed = {}
+            for k, v in self.inputs.items():
+                axis = self._axis(k)
+                feed[k] = v if axis is None else (v[sl] if axis == 0 else np.moveaxis(v[sl], 0, axis))
+            yield feed, None if self.labels is None else self.labels[sl]
 
 
 def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +94,20 @@ def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
-    """Check `arr` against the input spec (fixed axes must match), reshaping digits-style images if needed."""
-    want = spec.shape[1:]
+    """Check `arr` (samples first) against the input spec (fixed axes must match), reshaping digits-style images."""
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise UsageError(f"{where}: input '{spec.name}' has non-numeric dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise UsageError(f"{where}: input '{spec.name}' contains NaN or Inf")
+    if batch_axis(spec) is None:
+        values = np.unique(arr)
+        if values.size != 1:
+            raise UsageError(
+                f"{where}: input '{spec.name}' is a scalar (shape []) the model takes once per batch; its samples "
+                f"must all hold one value, found {values.size} ({', '.join(map(str, values[:3]))}...)"
+            )
+        return np.asarray(values[0], dtype=spec.dtype)
+    want = sample_shape(spec)
     if arr.ndim == 0 or len(arr) == 0:
         raise UsageError(f"{where}: no samples for input '{spec.name}'")
     got = arr.shape[1:]
@@ -62,12 +118,8 @@ def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
         else:
             raise UsageError(
                 f"{where}: samples for input '{spec.name}' have shape {list(got)} per sample, "
-                f"the model input expects {list(want)}"
+                f"the model input expects {list(want)} (samples first; the batch axis is not part of it)"
             )
-    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
-        raise UsageError(f"{where}: input '{spec.name}' has non-numeric dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise UsageError(f"{where}: input '{spec.name}' contains NaN or Inf")
     return np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
 
 
@@ -94,32 +146,76 @@ def _load_npz(
     return inputs, labels
 
 
-def _load_factory(
-    spec: str, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str
-) -> tuple[dict, np.ndarray | None]:
-    fn = import_callable(spec, config.base_dir, where)
+def _factory_items(fn: Any, spec: str, where: str) -> Iterator[Any]:
+    """The factory's items, read one at a time (the caller stops at its cap); its exceptions name it."""
     try:
-        items = list(fn())
+        items = iter(fn())
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            yield item
+    except SystemExit as exc:
+        raise UsageError(f"{where}: factory '{spec}' called sys.exit({exc.code!r})") from None
+    except (UsageError, GeneratorExit):
+        raise
     except Exception as exc:
         raise UsageError(f"{where}: factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
-    if not items:
-        raise UsageError(f"{where}: factory '{spec}' yielded no samples")
+
+
+def _load_factory(
+    source: DataSource, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str
+) -> tuple[dict, np.ndarray | None]:
+    spec = source.path
+    fn = import_callable(spec, config.base_dir, where)
+    cap = source.limit or FACTORY_CAP
     cols: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
     labels: list[np.ndarray] = []
-    for i, item in enumerate(items):
+    count, nbytes = 0, 0
+    for i, item in enumerate(_factory_items(fn, spec, where)):
+        if count >= cap:
+            if source.limit:
+                break
+            raise UsageError(f"{where}: factory '{spec}' yields more than {cap} samples; set {where}.limit")
         if not (isinstance(item, tuple) and len(item) == 2):
             raise UsageError(f"{where}: factory '{spec}' item {i} is not an (inputs, labels) pair")
         x, y = item
         if not isinstance(x, dict):
             x = dict(zip([s.name for s in specs], x if isinstance(x, (tuple, list)) else [x]))
+        n = None
         for s in specs:
             if s.name not in x:
                 raise UsageError(f"{where}: factory '{spec}' item {i} has no input '{s.name}'")
-            cols[s.name].append(np.asarray(x[s.name]))
+            a = _as_samples(np.asarray(x[s.name]), s)
+            if cols[s.name] and batch_axis(s) is not None and a.shape[1:] != cols[s.name][0].shape[1:]:
+                raise UsageError(
+                    f"{where}: factory '{spec}' item {i}: input '{s.name}' has shape {list(a.shape[1:])} per sample, "
+                    f"earlier items {list(cols[s.name][0].shape[1:])}; every sample must have one shape"
+                )
+            cols[s.name].append(a)
+            nbytes += a.nbytes
+            n = len(a) if batch_axis(s) is not None else n
         if y is not None:
             labels.append(np.atleast_1d(np.asarray(y)))
-    inputs = {k: np.concatenate([np.atleast_1d(a) if a.ndim else a[None] for a in v]) for k, v in cols.items()}
-    return inputs, (np.concatenate(labels) if labels else None)
+        count += n or 1
+        if nbytes > MAX_DATA_BYTES:
+            raise UsageError(
+                f"{where}: factory '{spec}' yields more than {MAX_DATA_BYTES >> 30} GiB; set {where}.limit"
+            )
+    if not count:
+        raise UsageError(f"{where}: factory '{spec}' yielded no samples")
+    inputs = {k: np.concatenate(v)[:cap] for k, v in cols.items()}
+    if labels and len({lab.shape[1:] for lab in labels}) != 1:
+        raise UsageError(f"{where}: factory '{spec}' yields labels of different shapes")
+    return inputs, (np.concatenate(labels)[:cap] if labels else None)
+
+
+def _as_samples(a: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """One factory item's array with samples first: a single sample gets a leading axis of 1."""
+    if batch_axis(spec) is None or a.ndim == 0:
+        return a.reshape(1)
+    return a[None] if a.ndim == len(sample_shape(spec)) else a
 
 
 def load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSpec, ...], role: str) -> Dataset:
@@ -135,16 +231,28 @@ def load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSpe
         inputs, labels = _load_npz(path, specs, role == "calibration", where)
         name = str(source.path)
     else:
-        inputs, labels = _load_factory(source.path, config, specs, where)
+        inputs, labels = _load_factory(source, config, specs, where)
         name = source.path
     inputs = {s.name: _fit_to_spec(inputs[s.name], s, where) for s in specs}
-    lengths = {k: len(v) for k, v in inputs.items()}
+    axes = {s.name: batch_axis(s) for s in specs}
+    lengths = {k: len(v) for k, v in inputs.items() if axes[k] is not None}
     if labels is not None:
         lengths["labels"] = len(labels)
-    if len(set(lengths.values())) != 1:
+    if len(set(lengths.values())) > 1:
         raise UsageError(f"{where}: arrays disagree on the sample count: {lengths}")
-    ds = Dataset(inputs, labels, name)
-    return ds.take(source.limit) if source.limit else ds
+    ds = Dataset(inputs, labels, name, axes)
+    ds = ds.take(source.limit) if source.limit else ds
+    fixed = {
+        s.shape[axes[s.name]] for s in specs if axes[s.name] is not None and not isinstance(s.shape[axes[s.name]], str)
+    }
+    if len(fixed) > 1:
+        raise UsageError(f"{where}: the model's inputs have different fixed batch sizes {sorted(fixed)}")
+    if fixed:  # a fixed batch axis takes whole batches only
+        step = fixed.pop()
+        if len(ds) < step:
+            raise UsageError(f"{where}: {len(ds)} samples, fewer than the model's fixed batch of {step}")
+        ds = dataclasses.replace(ds.take(len(ds) - len(ds) % step), fixed_batch=step)
+    return ds
 
 
 def train_source(config: BuildConfig) -> DataSource | None:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message', short enough for one line of a report."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
 class DeploycError(Exception):
     """Base class: an error reported without a traceback (the exit code says whose it is to fix)."""
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TextIO
 
+from deployc.quiet import ThirdPartyOutput
+
 
 class Instrument(Protocol):
     """Hooks around every pass. after_pass may raise a DeploycError to stop the build (invariant checks)."""
@@ -41,6 +43,23 @@ class Instruments:
             self._console.print(message, highlight=False, markup=False)
         else:
             print(message, file=self.stream, flush=True)
+
+    @contextmanager
+    def third_party_quiet(self, enabled: bool = True) -> Iterator[ThirdPartyOutput]:
+        """Capture third-party output (see deployc.quiet) while deployc's own lines keep reaching the terminal."""
+        with ThirdPartyOutput(enabled) as captured:
+            stream = self.stream
+            if captured.console is not None and _fd(stream) in (1, 2):
+                self._swap(captured.console)
+            try:
+                yield captured
+            finally:
+                self._swap(stream)
+
+    def _swap(self, stream: TextIO) -> None:
+        self.stream = stream
+        if self._console is not None:
+            self._console.file = stream
 
     def before_pass(self, name: str) -> None:
         self.log(f"▶ {name}")
@@ -88,6 +107,13 @@ class Instruments:
                 self.log(f"  {description} {state['done']}/{total} {info}".rstrip())
 
         yield advance
+
+
+def _fd(stream: Any) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _short(value: Any) -> str:

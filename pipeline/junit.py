@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from deployc.report import PERCENT_METRICS, proxy_runtime
+
 
 def _drift_message(artifact: dict[str, Any], metric: str, budget: float) -> str:
-    """'top1 drift +3.00% exceeds budget 1.00%' — what a CI failure line should say."""
+    """'top1 drift +3.00% exceeds budget 1.00%' — what a CI failure line should say (drift in the metric's units)."""
     m, gate = artifact.get("metrics") or {}, artifact.get("gate") or {}
     drift = m.get("drift")
-    if isinstance(drift, (int, float)) and drift == drift and abs(drift) != float("inf"):
+    reason = gate.get("reason") or "validation gate failed"
+    if not (isinstance(drift, (int, float)) and math.isfinite(drift)) or "exceeds budget" not in reason:
+        return reason
+    if metric in PERCENT_METRICS:
         return f"{metric} drift {drift * 100:+.2f}% exceeds budget {budget * 100:.2f}%"
-    return gate.get("reason") or "validation gate failed"
+    return f"{metric} drift {drift:+.4g} exceeds budget {budget:g} ({metric} units)"
+
+
+def _cases(a: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(testcase name, gate) pairs: one per artifact, two for a proxy-validated one (its accuracy on the proxy
+    runtime, and the engine as skipped with the reason it was not built)."""
+    label, gate = f"{a['target']}/{a['precision']}", a.get("gate") or {}
+    details = a.get("details") or {}
+    proxy = proxy_runtime(a.get("runtime"), details)
+    if not proxy:
+        return [(label, gate)]
+    engine = {"status": "skipped", "reason": f"engine {details['engine']}"}
+    return [(f"{label} (proxy: {proxy})", gate), (f"{label} engine", engine)]
 
 
 def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) -> ET.ElementTree:
@@ -22,10 +40,10 @@ def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) 
     `timings` (timings.json) gives the suite its wall time."""
     metric = manifest["reference"]["metric"]
     budget = manifest["budget"]["max_drift"]
-    arts = manifest["artifacts"]
-    statuses = [(a.get("gate") or {}).get("status") for a in arts]
+    cases = [(a, name, gate) for a in manifest["artifacts"] for name, gate in _cases(a)]
+    statuses = [gate.get("status") for _, _, gate in cases]
     counts = {
-        "tests": str(len(arts)),
+        "tests": str(len(cases)),
         "failures": str(statuses.count("fail")),
         "errors": str(sum(s not in ("pass", "fail", "skipped") for s in statuses)),
         "skipped": str(statuses.count("skipped")),
@@ -40,14 +58,10 @@ def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) 
         ("max_drift", f"{budget:g}"),
     ):
         ET.SubElement(props, "property", name=key, value=str(value))
-    for a, status in zip(arts, statuses):
-        m, gate = a.get("metrics") or {}, a.get("gate") or {}
+    for (a, name, gate), status in zip(cases, statuses):
+        m = a.get("metrics") or {}
         case = ET.SubElement(
-            suite,
-            "testcase",
-            classname=f"deployc.{manifest['name']}.{a['target']}",
-            name=f"{a['target']}/{a['precision']}",
-            time="0",
+            suite, "testcase", classname=f"deployc.{manifest['name']}.{a['target']}", name=name, time="0"
         )
         if status == "fail":
             failure = ET.SubElement(case, "failure", message=_drift_message(a, metric, budget), type="DriftExceeded")
@@ -58,7 +72,11 @@ def junit_tree(manifest: dict[str, Any], timings: dict[str, Any] | None = None) 
             ET.SubElement(case, "error", message=gate.get("reason") or "not built", type="NotBuilt")
         elif status != "pass":
             ET.SubElement(case, "error", message=f"no gate result (status {status!r})", type="NoGate")
-        shown = {k: m[k] for k in ("metric_ref", "metric", "drift", "agreement", "max_abs_err", "cosine") if k in m}
+        shown = {
+            k: m[k]
+            for k in ("metric_ref", "metric", "drift", "agreement", "max_abs_err", "cosine")
+            if isinstance(m.get(k), (int, float)) and status != "skipped"
+        }
         if shown or a.get("path"):
             out = ET.SubElement(case, "system-out")
             out.text = "\n".join([f"path: {a.get('path')}"] + [f"{k}: {v:.6g}" for k, v in shown.items()])

@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 
 from deployc.config import BuildConfig
-from deployc.errors import UsageError
+from deployc.errors import UsageError, first_line
+from deployc.ort import session
 from deployc.pyimport import import_callable
-from deployc.state import ModelState, TensorSpec
-
-_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
+from deployc.state import ModelState, TensorSpec, onnx_dtype_name
 
 
 def initial_facts(config: BuildConfig) -> frozenset[str]:
@@ -36,11 +35,12 @@ def _specs_from_config(config: BuildConfig) -> tuple[TensorSpec, ...]:
 
 
 def _check_finite(state_dict: dict[str, Any], where: str) -> None:
+    """NaN in a weight is corruption; ±inf is not (a -inf mask or clamp bound is a valid constant)."""
     import torch
 
     for name, tensor in state_dict.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UsageError(f"{where}: parameter '{name}' contains NaN or Inf")
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and torch.isnan(tensor).any():
+            raise UsageError(f"{where}: parameter '{name}' contains NaN")
 
 
 def _read_weights(path: Path, allow_pickle: bool) -> Any:
@@ -75,15 +75,65 @@ def _read_weights(path: Path, allow_pickle: bool) -> Any:
         raise UsageError(f"model.weights: cannot read '{path}' ({type(exc).__name__}: {exc})") from None
 
 
-def _apply_weights(module: Any, weights: Any, path: Path) -> None:
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "module", "weights", "params")
+
+
+def _tensor_dict(value: Any) -> bool:
     import torch
 
-    if isinstance(weights, dict) and "state_dict" in weights and isinstance(weights["state_dict"], dict):
-        weights = weights["state_dict"]
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _unwrap_checkpoint(weights: dict, own: set[str], path: Path, log: Any) -> dict:
+    """The state_dict inside a training checkpoint ({step, model_state, optimizer_state}...) when exactly one
+    nested dict of tensors fits the module; a DataParallel 'module.' prefix is dropped the same way."""
+    if set(weights) == own:
+        return weights
+    candidates = {k: v for k, v in weights.items() if _tensor_dict(v)}
+    if _tensor_dict(weights):
+        candidates[""] = weights
+
+    def fitted(sd: dict) -> dict | None:
+        if set(sd) == own:
+            return sd
+        stripped = {k.removeprefix("module."): v for k, v in sd.items()}
+        return stripped if set(stripped) == own else None
+
+    fits = {k: f for k, v in candidates.items() if (f := fitted(v)) is not None}
+    if len(fits) == 1:
+        key, sd = next(iter(fits.items()))
+        log(
+            f"model.weights: '{path}' "
+            + (f"is a checkpoint; using the state_dict under key '{key}'" if key else "drops the 'module.' prefix")
+        )
+        return sd
+    if len(fits) > 1:
+        raise UsageError(f"model.weights: '{path}' holds several state_dicts that fit the model: {sorted(fits)}")
+    nested = [k for k in candidates if k]
+    if nested or any(k in weights for k in WRAPPER_KEYS):
+        found = ", ".join(f"'{k}' ({type(v).__name__})" for k, v in list(weights.items())[:8])
+        raise UsageError(
+            f"model.weights: '{path}' is a checkpoint with keys {found}; none of its nested dicts of tensors "
+            f"({', '.join(repr(k) for k in nested) or 'none'}) fits the model's {len(own)} parameters and buffers"
+        )
+    return weights
+
+
+def _apply_weights(module: Any, weights: Any, path: Path, log: Any) -> None:
+    import torch
+
     if not isinstance(weights, dict):
         raise UsageError(f"model.weights: '{path}' holds a {type(weights).__name__}, not a state_dict")
-    _check_finite(weights, f"model.weights '{path}'")
     own = module.state_dict()
+    weights = _unwrap_checkpoint(weights, set(own), path, log)
+    for k, v in weights.items():
+        if not isinstance(v, torch.Tensor):
+            raise UsageError(f"model.weights: '{path}' entry '{k}' holds a {type(v).__name__}, not a tensor")
+        if v.layout != torch.strided:
+            raise UsageError(
+                f"model.weights: '{path}' entry '{k}' is a {v.layout} tensor; save dense weights (tensor.to_dense())"
+            )
+    _check_finite(weights, f"model.weights '{path}'")
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     if missing or unexpected:
@@ -93,14 +143,16 @@ def _apply_weights(module: Any, weights: Any, path: Path) -> None:
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     for k, v in weights.items():
-        if isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape):
+        if tuple(v.shape) != tuple(own[k].shape):
             raise UsageError(
                 f"model.weights: '{path}' layer '{k}' has shape {list(v.shape)}, the model expects {list(own[k].shape)}"
             )
+        if v.dtype != own[k].dtype and not (v.is_floating_point() and own[k].is_floating_point()):
+            raise UsageError(f"model.weights: '{path}' entry '{k}' is {v.dtype}, the model holds {own[k].dtype}")
     module.load_state_dict(weights, strict=True)
 
 
-def _load_torch_module(config: BuildConfig) -> Any:
+def _load_torch_module(config: BuildConfig, log: Any) -> Any:
     import torch
 
     m = config.model
@@ -111,6 +163,10 @@ def _load_torch_module(config: BuildConfig) -> Any:
             module = fn()
         except UsageError:
             raise
+        except SystemExit as exc:  # argparse or sys.exit inside the user's factory
+            raise UsageError(
+                f"model.factory: '{m.factory}' called sys.exit({exc.code}) instead of returning a module"
+            ) from None
         except Exception as exc:
             raise UsageError(f"model.factory: '{m.factory}' raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(module, torch.nn.Module):
@@ -127,7 +183,7 @@ def _load_torch_module(config: BuildConfig) -> Any:
         if weights is not None:
             if module is None:
                 raise UsageError(f"model.weights: '{path}' is a state_dict; give model.factory to build the module")
-            _apply_weights(module, weights, path)
+            _apply_weights(module, weights, path, log)
     _check_finite(module.state_dict(), "model")
     return module.eval()
 
@@ -182,12 +238,48 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
         if vi.name in init_names:
             continue
         t = vi.type.tensor_type
-        dims = tuple(d.dim_param or (d.dim_value if d.HasField("dim_value") else "dim") for d in t.shape.dim)
-        specs.append(TensorSpec(vi.name, dims, _ONNX_DTYPES.get(t.elem_type, "float32")))
-    from deployc.numerics import check_onnx_finite
+        dims = tuple(_onnx_dim(d, i) for i, d in enumerate(t.shape.dim))
+        specs.append(TensorSpec(vi.name, dims, onnx_dtype_name(t.elem_type)))
+    from deployc.numerics import check_onnx_no_nan
 
-    check_onnx_finite(proto, f"model.onnx '{path}'")
+    check_onnx_no_nan(proto, f"model.onnx '{path}'")
+    try:  # onnxruntime must load it: unknown op domains and type errors the checker lets through fail here
+        session(proto)
+    except Exception as exc:
+        raise UsageError(f"model.onnx: onnxruntime cannot load '{path}': {first_line(exc)}") from None
     return proto, tuple(specs)
+
+
+def _match_onnx_inputs(declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...], path: Path) -> None:
+    """model.inputs, when given for an ONNX model, must name its inputs with compatible shapes and dtypes."""
+    if not declared:
+        return
+    graph = {s.name: s for s in found}
+    if set(graph) != {s.name for s in declared}:
+        raise UsageError(
+            f"model.inputs: {sorted(s.name for s in declared)} do not match the inputs of '{path}': {sorted(graph)}"
+        )
+    for s in declared:
+        g = graph[s.name]
+        fixed_clash = len(g.shape) != len(s.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(s.shape, g.shape)
+        )
+        if fixed_clash:
+            raise UsageError(
+                f"model.inputs: '{s.name}' is declared {list(s.shape)}, the ONNX graph has {list(g.shape)}"
+            )
+        if s.dtype != g.dtype:
+            raise UsageError(f"model.inputs: '{s.name}' is declared {s.dtype}, the ONNX graph takes {g.dtype}")
+
+
+def _onnx_dim(dim: Any, axis: int) -> int | str:
+    """A fixed size, or a dynamic axis name; unnamed dynamic axes (no param, '?', or paddle's -1) get one from their
+    position, 'batch' for axis 0."""
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return dim.dim_value
+    if dim.dim_param and dim.dim_param != "?":
+        return dim.dim_param
+    return "batch" if axis == 0 else f"dim_{axis}"
 
 
 def _load_external_data_safely(proto: Any, path: Path) -> None:
@@ -212,8 +304,10 @@ def _load_external_data_safely(proto: Any, path: Path) -> None:
         load_external_data_for_model(proto, str(base))
 
 
-def load_model(config: BuildConfig) -> ModelState:
-    """The first ModelState of a build; every error names the config key and file at fault."""
+def load_model(config: BuildConfig, log: Any = None) -> ModelState:
+    """The first ModelState of a build; every error names the config key and file at fault. `log` gets notes
+    (e.g. which checkpoint key held the state_dict)."""
+    log = log or (lambda message: None)
     import torch
 
     torch.manual_seed(0)
@@ -221,12 +315,13 @@ def load_model(config: BuildConfig) -> ModelState:
     m = config.model
     if m.onnx is not None:
         proto, found = _load_onnx(config)
+        _match_onnx_inputs(specs, found, config.resolve(m.onnx))
         return ModelState(onnx=proto, inputs=specs or found, facts=frozenset({"onnx"}))
     if m.exported is not None:
         module, found = _load_exported(config)
         specs = specs or found
     else:
-        module = _load_torch_module(config)
+        module = _load_torch_module(config, log)
     if not specs:
         raise UsageError("model.inputs: give the input specs ([{name, shape, dtype}]) of a torch model")
     _smoke_run(module, specs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -73,8 +74,19 @@ def artifact_entry(art: Artifact, out_dir: Path) -> dict[str, Any]:
     return entry
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/±Infinity floats as null: strict JSON that every parser reads (the gate says why)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a sibling temp file and rename: a reader never sees half a file."""
+    """Strict JSON to a sibling temp file, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)

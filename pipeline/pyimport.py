@@ -28,11 +28,18 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.path.insert(0, str(path.parent))  # let the file import its neighbours
+            argv, sys.argv = sys.argv, [str(path)]  # a script's argparse must not read deployc's arguments
             try:
                 module_spec.loader.exec_module(module)
+            except SystemExit as exc:  # sys.exit() or argparse at import time: report it, never exit with its code
+                raise UsageError(
+                    f"{key}: importing '{path}' called sys.exit({exc.code!r}) (script code at import time? "
+                    'guard it with `if __name__ == "__main__":`)'
+                ) from None
             except Exception as exc:
                 raise UsageError(f"{key}: importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
             finally:
+                sys.argv = argv
                 sys.path.remove(str(path.parent))
             sys.modules[mod_name] = module
     else:
@@ -40,9 +47,16 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise UsageError(f"{key}: cannot import module '{target}': {exc}{_moved_hint(target, attr)}") from exc
+        except SystemExit as exc:
+            raise UsageError(f"{key}: importing module '{target}' called sys.exit({exc.code!r})") from None
+        except Exception as exc:
+            raise UsageError(f"{key}: importing module '{target}' failed: {type(exc).__name__}: {exc}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UsageError(f"{key}: '{attr}' is not a callable in '{target}'")
+        from deployc.config import suggest
+
+        names = {n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))}
+        raise UsageError(f"{key}: '{attr}' is not a callable in '{target}'{suggest(attr, names)}")
     return fn
 
 

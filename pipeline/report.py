@@ -61,26 +61,69 @@ def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, 
 
 
 GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped", "error": "⚠️ error"}
+PERCENT_METRICS = ("top1", "top5")  # fractions of samples: drift reads best in percentage points
+ARTIFACT_COLUMNS = ("target", "precision", "size", "int8", "drift", "ms/sample", "gate")  # metric goes after size
+
+
+def proxy_runtime(runtime: str | None, details: dict[str, Any]) -> str | None:
+    """The stand-in runtime an artifact was validated on (TensorRT without a GPU: onnxruntime), else None."""
+    engine = details.get("engine")
+    if runtime and "proxy" in runtime and isinstance(engine, str) and engine.startswith("not built"):
+        return runtime.split(" (")[0]
+    return None
+
+
+def gate_text(gate: dict[str, Any], runtime: str | None, details: dict[str, Any], mark: bool = False) -> str:
+    """'pass', or 'pass (proxy: onnxruntime, engine not built)': a proxy result never reads as a plain pass."""
+    status = gate.get("status") or "—"
+    text = GATE_MARK.get(status, status) if mark else status
+    proxy = proxy_runtime(runtime, details or {})
+    return f"{text} (proxy: {proxy}, engine not built)" if proxy and status in ("pass", "fail") else text
+
+
+def int8_text(artifact: dict[str, Any]) -> str:
+    """Share of the artifact's MACs (or weights, 'w') that run in int8; '—' when not measured."""
+    cov = (artifact.get("details") or {}).get("int8_coverage") or {}
+    if isinstance(cov.get("macs"), (int, float)):
+        return f"{cov['macs']:.0%}"
+    if isinstance(cov.get("weights"), (int, float)):
+        return f"{cov['weights']:.0%} w"
+    return "—"
+
+
+def drift_text(m: dict[str, Any], metric: str) -> str:
+    """Drift in the metric's own units: top1/top5 as percentage points, any other metric as the raw difference."""
+    drift = m.get("drift")
+    if not isinstance(drift, (int, float)):
+        return "—"
+    return f"{drift * 100:+.2f}%" if metric in PERCENT_METRICS else f"{drift:+.4g}"
 
 
 def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:
-    """One row per artifact: target, precision, size, metric, drift, ms/sample, gate (shared with the CLI table)."""
+    """One row per artifact: target, precision, size, metric, int8, drift, ms/sample, gate (shared with the CLI)."""
     rows = []
+    metric = manifest["reference"]["metric"]
     for a in manifest["artifacts"]:
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
         ms = (a.get("perf") or {}).get("latency_ms_batch1")
+        value = m.get("metric")
         rows.append(
             [
                 a["target"],
                 a["precision"],
                 human_bytes(a.get("bytes")),
-                f"{m['metric']:.4f}" if "metric" in m else "—",
-                f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
+                f"{value:.4f}" if isinstance(value, (int, float)) else "—",
+                int8_text(a),
+                drift_text(m, metric),
                 f"{ms:.3f}" if ms is not None else "—",
-                GATE_MARK.get(gate.get("status"), "—"),
+                gate_text(gate, a.get("runtime"), a.get("details") or {}, mark=True),
             ]
         )
     return rows
+
+
+def artifact_header(metric: str) -> list[str]:
+    return [*ARTIFACT_COLUMNS[:3], metric, *ARTIFACT_COLUMNS[3:]]
 
 
 def _fmt(v: object) -> str:
@@ -111,7 +154,24 @@ def _target_notes(details: dict[str, Any]) -> str:
         out += "; NPU: integer-only" if npu.get("integer_only") else f"; NPU: float ops: {', '.join(floats)}"
     if details.get("notes"):
         out += "; notes: " + "; ".join(details["notes"])
+    if details.get("warnings"):
+        out += "; ⚠️ " + "; ".join(str(w) for w in details["warnings"])
     return out
+
+
+def budget_text(manifest: dict[str, Any]) -> str:
+    """'budget: top1 drift ≤ 0.01 (top1 units; metric reads output_0)' — what the gate holds artifacts to."""
+    ref, budget = manifest["reference"], manifest["budget"]
+    limit = budget["max_drift"]
+    shown = f"{limit * 100:.2f}%" if ref["metric"] in PERCENT_METRICS else f"{limit:g}"
+    text = f"budget: {ref['metric']} drift ≤ {shown} (in {ref['metric']} units"
+    covered = ref.get("metric_outputs")
+    if covered:
+        text += f"; the metric reads {', '.join(covered)}"
+    text += ")"
+    if budget.get("min_int8_coverage") is not None:
+        text += f", int8 coverage ≥ {budget['min_int8_coverage']:.0%}"
+    return text
 
 
 def render_report(manifest: dict[str, Any]) -> str:
@@ -119,7 +179,7 @@ def render_report(manifest: dict[str, Any]) -> str:
     out = [
         f"# deployc build: {manifest['name']}",
         "",
-        f"Status: **{manifest['status']}** — budget: {ref['metric']} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%",
+        f"Status: **{manifest['status']}** — {budget_text(manifest)}",
         "",
         f"Pipeline: `{manifest['pipeline']}`",
         "",
@@ -128,16 +188,18 @@ def render_report(manifest: dict[str, Any]) -> str:
         "",
         "## Artifacts",
         "",
-        markdown_table(
-            ["target", "precision", "size", ref["metric"], "drift", "ms/sample (batch 1)", "gate"],
-            artifact_rows(manifest),
-        ),
+        markdown_table(artifact_header(ref["metric"]), artifact_rows(manifest)),
         "",
     ]
     details = []
     for a in manifest["artifacts"]:
         m, gate = a.get("metrics") or {}, a.get("gate") or {}
         extra = ", ".join(f"{k} {m[k]:.4g}" for k in ("agreement", "max_abs_err", "cosine") if k in m)
+        if len(m.get("outputs") or {}) > 1:
+            extra += "; per output: " + ", ".join(
+                f"{name} max_abs_err {o['max_abs_err']:.3g} cosine {o['cosine']:.4f}"
+                for name, o in m["outputs"].items()
+            )
         details.append(
             f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
             + (f"; {extra}" if extra else "")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deployc.report import GATE_MARK, human_bytes
+from deployc.report import budget_text, drift_text, gate_text, human_bytes, int8_text
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
 _CSS = """
@@ -208,15 +208,16 @@ def _artifact_section(manifest: dict[str, Any]) -> str:
                 _e(artifact_format(a)),
                 _e(a["precision"]),
                 _e(human_bytes(a.get("bytes"))),
-                f"{m['metric']:.4f}" if "metric" in m else "—",
-                f"{m['drift'] * 100:+.2f}%" if "drift" in m else "—",
+                f"{m['metric']:.4f}" if isinstance(m.get("metric"), (int, float)) else "—",
+                _e(int8_text(a)),
+                _e(drift_text(m, metric)),
                 f"{ms:.3f}" if ms is not None else "—",
-                f'<span class="{_e(status)}">{_e(GATE_MARK.get(status, "—"))}</span>',
+                f'<span class="{_e(status)}">{_e(gate_text(gate, a.get("runtime"), a.get("details") or {}, True))}</span>',
                 f'<span class="reason">{_e(gate.get("reason", ""))}</span>',
             ]
         )
-    header = ["target", "format", "precision", "size", metric, "drift", "ms (batch 1)", "gate", "why"]
-    return "<h2>Artifacts</h2>" + _table(header, rows, left=(0, 1, 2, 7, 8), raw=True)
+    header = ["target", "format", "precision", "size", metric, "int8", "drift", "ms (batch 1)", "gate", "why"]
+    return "<h2>Artifacts</h2>" + _table(header, rows, left=(0, 1, 2, 8, 9), raw=True)
 
 
 def _plots_section(manifest: dict[str, Any]) -> str:
@@ -283,7 +284,7 @@ def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | N
     total = (manifest.get("timings") or {}).get("total_seconds")
     head = (
         f"<h1>deployc build: {_e(manifest['name'])} <span class='badge {_e(status)}'>{_e(status)}</span></h1>"
-        f"<p class=meta>Budget: {_e(ref['metric'])} drift ≤ {manifest['budget']['max_drift'] * 100:.2f}%"
+        f"<p class=meta>{_e(budget_text(manifest).capitalize())}"
         + (f" · built in {total:.1f} s" if total is not None else "")
         + "</p>"
         f"<p class=meta>Pipeline: <code>{_e(manifest['pipeline'])}</code></p>"

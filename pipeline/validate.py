@@ -3,11 +3,12 @@ runs every artifact on its own runtime over the validation set and compares it w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from deployc.config import ValidateConfig
 from deployc.contracts import Artifact, Target
 from deployc.data import Dataset
 from deployc.errors import UsageError
@@ -16,90 +17,275 @@ from deployc.ort import session
 from deployc.state import ModelState
 from deployc.timing import median_ms
 
+EXACT_RTOL, EXACT_ATOL = 1e-4, 1e-6  # fp32 rounding between runtimes; atol is relative to the output's scale
+LOW_INT8_COVERAGE = 0.5
+
 
 @dataclass(frozen=True)
 class Reference:
     outputs: list[np.ndarray]
     metric: Metric
     value: float
-    targets: np.ndarray  # what the metric compares against: labels, or the reference's first output
+    targets: np.ndarray  # what a label/custom metric compares against: labels, or the reference's covered output
+    names: list[str] = field(default_factory=list)  # one per output
+    covered: list[int] = field(default_factory=lambda: [0])  # the outputs the metric reads
 
 
 def as_arrays(out: Any) -> list[np.ndarray]:
-    """A model's output (tensor, tuple, list or dict of them) as a list of numpy arrays."""
+    """A model's output (tensor, or tuples/lists/dicts of them, nested) as a flat list of numpy arrays."""
     import torch
 
     if isinstance(out, torch.Tensor):
         return [out.detach().cpu().numpy()]
     if isinstance(out, dict):
         out = list(out.values())
-    return [o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out]
+    if isinstance(out, (tuple, list)):
+        return [a for o in out if o is not None for a in as_arrays(o)]
+    return [np.asarray(out)]
+
+
+def _batch_axis(arr: np.ndarray, n: int) -> int | None:
+    """Where a batch of n samples sits in an output: axis 0 when it fits, else the first axis of size n."""
+    if arr.ndim and arr.shape[0] == n:
+        return 0
+    return next((i for i, d in enumerate(arr.shape) if d == n), None)
 
 
 def run_batched(run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
-    """Every output of `run_batch` over `data` in batches of `batch_size`, concatenated."""
+    """Every output of `run_batch` over `data` in batches, concatenated with samples first."""
     parts: list[list[np.ndarray]] = []
     for x, _ in data.batches(batch_size):
-        parts.append([np.asarray(o) for o in run_batch(x)])
+        n = data.batch_len(x)
+        outs = []
+        for o in run_batch(x):
+            o = np.asarray(o)
+            axis = _batch_axis(o, n)
+            outs.append(np.moveaxis(o, axis, 0) if axis else (o if axis == 0 else o[None]))
+        parts.append(outs)
+    counts = {len(p) for p in parts}
+    if len(counts) != 1:
+        raise ValueError(f"the model returned {sorted(counts)} outputs on different batches")
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
-def reference_outputs(state: ModelState, data: Dataset, batch_size: int) -> list[np.ndarray]:
-    """Outputs of the model exactly as loaded: the torch module, or onnxruntime for an ONNX-only model."""
+def reference_outputs(state: ModelState, data: Dataset, batch_size: int) -> tuple[list[np.ndarray], list[str]]:
+    """Outputs (and names) of the model exactly as loaded: the torch module, or onnxruntime for an ONNX model."""
     if state.module is not None:
         import torch
 
         def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
             with torch.no_grad():
                 return as_arrays(state.module(*[torch.from_numpy(x[s.name]) for s in state.inputs]))
+
+        names: list[str] = []
     else:
         sess = session(state.onnx)
+        names = [o.name for o in sess.get_outputs()]
 
         def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
             return sess.run(None, x)
 
-    return run_batched(run_batch, data, batch_size)
+    try:
+        outputs = run_batched(run_batch, data, batch_size)
+    except Exception as exc:
+        ints = [s.name for s in state.inputs if not s.dtype.startswith(("float", "bfloat"))]
+        hint = (
+            f" (check integer inputs {ints} against what the model accepts, e.g. token ids < vocabulary)"
+            if ints
+            else ""
+        )
+        raise UsageError(
+            f"data.validation ({data.source}): the model as loaded fails on these samples: "
+            f"{Artifact.failed_reason(exc)}{hint}"
+        ) from None
+    return outputs, names or [f"output_{i}" for i in range(len(outputs))]
 
 
-def compute_reference(state: ModelState, data: Dataset, metric: Metric, batch_size: int) -> Reference:
+def non_finite(outputs: list[np.ndarray], names: list[str]) -> str | None:
+    """'output 'x': 41.0% of values are NaN/Inf (first at sample 3)' for the first output that has any."""
+    for name, o in zip(names, outputs):
+        if np.issubdtype(o.dtype, np.floating):
+            bad = ~np.isfinite(o)
+            if bad.any():
+                first = int(np.argmax(bad.reshape(len(o), -1).any(axis=1))) if o.ndim else 0
+                return f"output '{name}': {bad.mean():.1%} of values are NaN/Inf (first at sample {first})"
+    return None
+
+
+def _covered(output: int | str | None, names: list[str], metric: Metric) -> list[int]:
+    if output is None:
+        return list(range(len(names))) if metric.similarity else [0]
+    if isinstance(output, int):
+        if not -len(names) <= output < len(names):
+            raise UsageError(
+                f"data.output: index {output}, but the model has {len(names)} outputs ({', '.join(names)})"
+            )
+        return [output % len(names)]
+    if output not in names:
+        from deployc.config import suggest
+
+        raise UsageError(f"data.output: no output '{output}'{suggest(output, set(names))}; outputs: {', '.join(names)}")
+    return [names.index(output)]
+
+
+def class_ids(labels: np.ndarray, scores: np.ndarray, metric: Metric, source: str) -> np.ndarray:
+    """Labels as int64 class ids inside the output's class count, or exit 2 saying what is wrong with them."""
+    where = f"data.validation ({source}): labels"
+    classes = int(np.prod(scores.shape[1:])) if scores.ndim > 1 else 1
+    if labels.ndim == 2 and labels.shape[1] == classes > 1 and np.isin(labels, (0, 1)).all():
+        raise UsageError(
+            f"{where} are one-hot {list(labels.shape)}; {metric.name} needs class ids (argmax over axis 1)"
+        )
+    if labels.ndim > 1 and int(np.prod(labels.shape[1:])) == 1:
+        labels = labels.reshape(len(labels))
+    if labels.ndim != 1:
+        raise UsageError(f"{where} have shape {list(labels.shape)}; {metric.name} needs one class id per sample")
+    if labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iub":
+        raise UsageError(f"{where} are {labels.dtype}; {metric.name} needs integer class ids")
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UsageError(
+            f"{where}: {int(bad.sum())} of {len(labels)} are outside 0..{classes - 1} (e.g. {labels[i]} at sample {i}); "
+            f"the model's output has {classes} classes"
+        )
+    if metric.name == "top5" and classes <= 5:
+        raise UsageError(f"data.metric: top5 on an output of {classes} classes is always 1.0; use top1")
+    return labels.astype(np.int64)
+
+
+def _metric_value(metric: Metric, outputs: list[np.ndarray], ref: Reference) -> float:
+    if metric.similarity:
+        return float(metric.fn([outputs[i] for i in ref.covered], [ref.outputs[i] for i in ref.covered]))
+    first = ref.covered[0]
+    return float(metric.fn([outputs[first]] + [o for i, o in enumerate(outputs) if i != first], ref.targets))
+
+
+def compute_reference(
+    state: ModelState, data: Dataset, metric: Metric, batch_size: int, output: int | str | None = None
+) -> Reference:
     if metric.needs_labels and data.labels is None:
         raise UsageError(f"data.metric: '{metric.name}' needs labels, and data.validation ({data.source}) has none")
-    outputs = reference_outputs(state, data, batch_size)
-    use_labels = data.labels is not None and (metric.needs_labels or data.labels.shape == outputs[0].shape)
-    targets = data.labels if use_labels else outputs[0]
-    return Reference(outputs, metric, float(metric.fn(outputs, targets)), targets)
+    outputs, names = reference_outputs(state, data, batch_size)
+    if not outputs:
+        raise UsageError("model: the model as loaded returns no tensor outputs")
+    bad = non_finite(outputs, names)
+    if bad:
+        raise UsageError(f"data.validation ({data.source}): the model as loaded gives non-finite outputs: {bad}")
+    covered = _covered(output, names, metric)
+    first = outputs[covered[0]]
+    use_labels = data.labels is not None and (metric.needs_labels or data.labels.shape == first.shape)
+    targets = data.labels if use_labels else first
+    if metric.classes:
+        targets = class_ids(targets, first, metric, data.source)
+    ref = Reference(outputs, metric, 0.0, targets, names, covered)
+    try:
+        value = _metric_value(metric, outputs, ref)
+    except Exception as exc:
+        raise UsageError(
+            f"data.metric: '{metric.name}' raised on the reference: {Artifact.failed_reason(exc)}"
+        ) from None
+    if not np.isfinite(value):
+        raise UsageError(f"data.metric: '{metric.name}' is {value} for the model as loaded; it must be a finite number")
+    return Reference(outputs, metric, value, targets, names, covered)
 
 
-def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, float]:
-    """Artifact vs reference: metric, drift, top-1 agreement (for class scores), max abs error, cosine."""
-    value = float(ref.metric.fn(outputs, ref.targets))
-    a, b = outputs[0].astype(np.float64), ref.outputs[0].astype(np.float64)
+def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, Any]:
+    """Artifact vs reference: metric, drift, top-1 agreement, and max abs error / cosine per output."""
+    if len(outputs) != len(ref.outputs):
+        raise ValueError(f"the artifact returns {len(outputs)} outputs, the reference {len(ref.outputs)}")
+    value = _metric_value(ref.metric, outputs, ref)
+    per_output = {}
+    for name, o, r in zip(ref.names, outputs, ref.outputs):
+        a, b = o.astype(np.float64).reshape(r.shape), r.astype(np.float64)
+        per_output[name] = {
+            "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
+            "cosine": float(cosine_rows(a, b).mean()) if a.ndim else float(a == b),
+        }
+    covered = [per_output[ref.names[i]] for i in ref.covered]
     result = {
         "metric_ref": ref.value,
         "metric": value,
         "drift": ref.metric.drift(ref.value, value),
-        "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
-        "cosine": float(cosine_rows(a, b).mean()),
+        "max_abs_err": max(c["max_abs_err"] for c in covered),
+        "cosine": min(c["cosine"] for c in covered),
+        "outputs": per_output,
+        "metric_outputs": [ref.names[i] for i in ref.covered],
     }
+    a, b = outputs[ref.covered[0]], ref.outputs[ref.covered[0]]
     if a.ndim == 2 and a.shape[1] > 1:
         result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
     return result
 
 
+def matches_reference(outputs: list[np.ndarray], ref: Reference) -> bool:
+    """Every output equal to the reference within fp32 rounding: such an artifact can never fail its gate."""
+    for o, r in zip(outputs, ref.outputs):
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        if o.size != r.size or not np.allclose(o.reshape(r.shape), r, rtol=EXACT_RTOL, atol=EXACT_ATOL * scale):
+            return False
+    return True
+
+
 def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> float:
     """Median wall time of one batch-1 inference, after warm-up runs."""
-    sample = {k: v[:1] for k, v in data.inputs.items()}
+    sample = next(data.batches(1))[0]
     return median_ms(lambda: target.infer(artifact, sample), runs, warmup=3)
 
 
+def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
+    """(share of the work that runs in int8, what it is measured on) from details['int8_coverage'], if any."""
+    cov = artifact.details.get("int8_coverage") or {}
+    for key, unit in (("macs", "MACs"), ("weights", "weights")):
+        if isinstance(cov.get(key), (int, float)):
+            return float(cov[key]), unit
+    return None, ""
+
+
+def _float_ops(artifact: Artifact) -> str:
+    ops = (artifact.details.get("int8_coverage") or {}).get("float_ops") or {}
+    return ", ".join(f"{op}×{n}" for op, n in sorted(ops.items())) or "unknown"
+
+
+def coverage_warning(artifact: Artifact) -> str | None:
+    """A warning for an int8/dynamic artifact that is mostly float, naming the float ops."""
+    share, unit = coverage_of(artifact)
+    if artifact.precision not in ("int8", "dynamic") or share is None or share >= LOW_INT8_COVERAGE:
+        return None
+    return f"{artifact.label} runs only {share:.0%} of its {unit} in int8; float ops: {_float_ops(artifact)}"
+
+
+def coverage_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] | None:
+    """A failed gate for an int8/dynamic artifact below validate.min_int8_coverage; None when it holds or is unset."""
+    share, unit = coverage_of(artifact)
+    if minimum is None or share is None or share >= minimum or artifact.precision not in ("int8", "dynamic"):
+        return None
+    reason = (
+        f"int8 coverage {share:.0%} of {unit} is below validate.min_int8_coverage {minimum:.0%} "
+        f"(float ops: {_float_ops(artifact)})"
+    )
+    return {"status": "fail", "reason": reason}
+
+
+def _gate(artifact: Artifact, outputs: list[np.ndarray], ref: Reference, rules: ValidateConfig) -> dict[str, str]:
+    drift = artifact.metrics["drift"]
+    low = coverage_gate(artifact, rules.min_int8_coverage)
+    if low:
+        return low
+    shown = f"{ref.metric.name} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.name} units)"
+    if matches_reference(outputs, ref):
+        return {"status": "pass", "reason": f"outputs equal the reference within fp32 rounding; {shown}"}
+    if not np.isfinite(drift):
+        return {"status": "fail", "reason": f"{ref.metric.name} is {artifact.metrics['metric']}"}
+    if drift <= rules.max_drift + 1e-12:
+        return {"status": "pass", "reason": f"{shown} within budget"}
+    return {"status": "fail", "reason": f"{shown} exceeds budget"}
+
+
 def validate_artifact(
-    target: Target,
-    artifact: Artifact,
-    data: Dataset,
-    ref: Reference,
-    max_drift: float,
-    batch_size: int,
-    latency_runs: int,
+    target: Target, artifact: Artifact, data: Dataset, ref: Reference, rules: ValidateConfig, batch_size: int
 ) -> None:
     """Fill artifact.metrics, .perf and .gate; an artifact that cannot run here is 'skipped', never 'pass'."""
     if artifact.error:
@@ -109,13 +295,18 @@ def validate_artifact(
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return
     outputs = run_batched(lambda x: target.infer(artifact, x), data, batch_size)
+    warning = coverage_warning(artifact)
+    if warning:
+        artifact.details.setdefault("warnings", []).append(warning)
+    bad = non_finite(outputs, ref.names)
+    if bad:
+        artifact.metrics = {"metric_ref": ref.value, "samples": len(data)}
+        artifact.gate = {"status": "fail", "reason": f"non-finite outputs: {bad}"}
+        return
     artifact.metrics = compare(outputs, ref)
     artifact.metrics["samples"] = len(data)
-    artifact.perf = {"latency_ms_batch1": batch1_latency_ms(target, artifact, data, latency_runs)}
-    drift = artifact.metrics["drift"]
-    if not np.isfinite(drift):
-        artifact.gate = {"status": "fail", "reason": f"metric is {drift} (non-finite outputs)"}
-    elif drift <= max_drift + 1e-12:
-        artifact.gate = {"status": "pass", "reason": f"drift {drift:+.4f} within budget {max_drift:.4f}"}
-    else:
-        artifact.gate = {"status": "fail", "reason": f"drift {drift:+.4f} exceeds budget {max_drift:.4f}"}
+    artifact.perf = {
+        **artifact.perf,
+        "latency_ms_batch1": batch1_latency_ms(target, artifact, data, rules.latency_runs),
+    }
+    artifact.gate = _gate(artifact, outputs, ref, rules)

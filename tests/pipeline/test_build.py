@@ -81,8 +81,8 @@ def test_config_typo_exits_2_naming_key(tmp_path: Path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_internal_error_exits_1(tmp_path: Path, capsys):
-    """A metric callable that crashes is a bug outside deployc's checks: exit 1, no traceback."""
+def test_metric_that_raises_exits_2_naming_it(tmp_path: Path, capsys):
+    """A metric callable that crashes on the reference is the user's to fix: exit 2 naming data.metric."""
     write(
         tmp_path / "metric.py",
         """
@@ -92,9 +92,37 @@ def test_internal_error_exits_1(tmp_path: Path, capsys):
     )
     cfg = digits_config(data={"validation": "digits:test", "metric": "metric.py:broken"})
     path = write(tmp_path / "c.yaml", json.dumps(cfg))
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "data.metric: 'metric.py:broken' raised on the reference: ZeroDivisionError: boom" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_internal_error_exits_1(tmp_path: Path, capsys):
+    """A pass that crashes is a bug in the pass: exit 1 naming it, no traceback."""
+    from pydantic import BaseModel
+
+    from deployc.contracts import Pass
+    from deployc.registry import register_pass
+
+    class CrashConfig(BaseModel):
+        pass
+
+    class Crash(Pass):
+        name = "test.crash"
+        Config = CrashConfig
+        requires = frozenset({"onnx"})
+
+        def run(self, state, ctx):
+            raise ZeroDivisionError("boom")
+
+    register_pass(Crash)
+    cfg = digits_config(passes=[{"export.onnx": {}}, {"test.crash": {}}])
+    path = write(tmp_path / "c.yaml", json.dumps(cfg))
     assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "internal error: ZeroDivisionError: boom" in err and "Traceback" not in err
+    assert "internal error: pass 'test.crash' (after: export.onnx): ZeroDivisionError: boom" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_json_summary_on_stdout(tmp_path: Path, capsys):
