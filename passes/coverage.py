@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from deployc.passes.onnx_util import all_graphs, copied
+
 # weighted op → (indices of the inputs it multiplies, index of its constant weight); QLinear* interleave scales
 MULTIPLIED: dict[str, tuple[tuple[int, ...], int]] = {
     "Conv": ((0, 1), 1),
@@ -59,16 +61,6 @@ class Int8Coverage:
 
         return {"macs": r(self.macs), "weights": r(self.weights), "float_ops": dict(sorted(self.float_ops.items()))}
 
-    def warning(self, label: str, hint: str = "") -> str | None:
-        """A warning when less than half of the MACs (or weights) run in int8."""
-        share = self.share
-        if share is None or share >= LOW:
-            return None
-        what = "MACs" if self.macs is not None else "weights"
-        floats = ", ".join(f"{op}×{n}" for op, n in sorted(self.float_ops.items(), key=lambda kv: -kv[1]))
-        text = f"{label}: only {percent(share)} of {what} run in int8 (float: {floats or 'none'})"
-        return text + (f"; {hint}" if hint else "")
-
 
 def percent(share: float) -> str:
     """'37%', or '0.04%' for a share too small to round to a whole percent."""
@@ -108,16 +100,16 @@ def _shapes(proto: Any) -> dict[str, list[int]]:
     """Static shapes of every tensor at batch 1 (symbolic axes set to 1), from onnx shape inference."""
     import onnx
 
-    g = type(proto)()
-    g.CopyFrom(proto)
+    g = copied(proto)
     for v in g.graph.input:
         for d in v.type.tensor_type.shape.dim:
             if not d.dim_value:
                 d.dim_value = 1
     with contextlib.suppress(Exception):  # inference refuses some graphs; initializer and input shapes stay known
         g = onnx.shape_inference.infer_shapes(g, data_prop=True)
-    shapes = {i.name: list(i.dims) for i in g.graph.initializer}
-    for v in list(g.graph.input) + list(g.graph.value_info) + list(g.graph.output):
+    graphs = all_graphs(g.graph)
+    shapes = {i.name: list(i.dims) for sub in graphs for i in sub.initializer}
+    for v in [v for sub in graphs for v in (*sub.input, *sub.value_info, *sub.output)]:
         dims = v.type.tensor_type.shape.dim
         if v.type.tensor_type.HasField("shape") and all(d.dim_value > 0 for d in dims):
             shapes.setdefault(v.name, [d.dim_value for d in dims])
@@ -131,8 +123,7 @@ def _run_shapes(proto: Any, names: list[str], feeds: dict[str, np.ndarray]) -> d
 
     from deployc.ort import session
 
-    exposed = type(proto)()
-    exposed.CopyFrom(proto)
+    exposed = copied(proto)
     produced = {o for n in exposed.graph.node for o in n.output} - {o.name for o in exposed.graph.output}
     wanted = [n for n in dict.fromkeys(names) if n in produced]
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
@@ -174,10 +165,12 @@ def _needed(node: Any, w: int) -> list[str]:
 def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -> Int8Coverage:
     """Int8Coverage of an ONNX graph (static QDQ, dynamic int8, or one quantized by QAT); `feeds` (samples)
     fill in the shapes static inference cannot."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    producer = {o: n for n in proto.graph.node for o in n.output}
+    graphs = all_graphs(proto.graph)  # If/Loop bodies too (spox's Silero VAD keeps every layer in an If)
+    nodes = [n for g in graphs for n in g.node]
+    inits = {i.name: i for g in graphs for i in g.initializer}
+    producer = {o: n for n in nodes for o in n.output}
     q_type = {}  # tensor → element type of the 8-bit value it holds (QuantizeLinear outputs, int8 initializers)
-    for n in proto.graph.node:
+    for n in nodes:
         if n.op_type == "QuantizeLinear":
             zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
             q_type[n.output[0]] = zp.data_type if zp is not None else 2  # no zero point: uint8
@@ -194,7 +187,7 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
         return t if t in inits else None
 
     weighted = []  # (node, is it int8, index of its weight input)
-    for n in proto.graph.node:
+    for n in nodes:
         if n.op_type in INTEGER_KERNELS:
             weighted.append((n, True, INTEGER_KERNELS[n.op_type][1]))
         elif n.op_type in MULTIPLIED:
@@ -212,12 +205,12 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     return tally.coverage()
 
 
-def coverage_details(coverage: Int8Coverage, label: str, log: Any, hint: str = "") -> dict[str, Any]:
-    """Artifact details for `coverage`: the figure under 'int8_coverage', and the low-coverage warning (logged
-    through `log`) under 'warnings'."""
+def coverage_details(coverage: Int8Coverage, where: str, log: Any, hint: str = "") -> dict[str, Any]:
+    """Artifact details for `coverage` ('int8_coverage'), and, when less than half runs in int8 and the target
+    knows why, that reason as a warning (logged through `log`); the driver's own warning gives the share."""
     details: dict[str, Any] = {"int8_coverage": coverage.to_json()}
-    warning = coverage.warning(label, hint)
-    if warning:
+    if hint and coverage.share is not None and coverage.share < LOW:
+        warning = f"{where}: {percent(coverage.share)} in int8 because {hint}"
         log(f"warning: {warning}")
         details["warnings"] = [warning]
     return details

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from deployc.passes.onnx_numerics import FP16_MAX, TensorStats, graph_inputs, intermediate_stats, run_outputs
+from deployc.passes.onnx_util import copied, names_read, sort_topologically
 
 SINGULAR_INPUTS = {"Log": (0,), "Div": (1,), "Reciprocal": (0,)}  # where a zero makes ±inf
 MAX_ROUNDS = 3
@@ -31,8 +32,7 @@ class Fp16Result:
 
 def _named(proto: Any) -> Any:
     """A copy with a name on every node: the converter's block list names nodes."""
-    out = type(proto)()
-    out.CopyFrom(proto)
+    out = copied(proto)
     taken = {n.name for n in out.graph.node}
     for i, n in enumerate(out.graph.node):
         if not n.name:
@@ -132,7 +132,7 @@ def without_fp16_round_trips(half: Any, kept: set[str], float_inputs: set[str]) 
         if src is not None and cast_to(src) == TensorProto.FLOAT16 and src.input[0] in fp32_sources:
             n.input[0] = src.input[0]  # a float32 → float32 Cast: a copy, and the fp16 Cast may now be dead
     outputs = {o.name for o in half.graph.output}
-    used = {i for n in half.graph.node for i in n.input} | outputs
+    used = names_read(half.graph) | outputs
     live = [n for n in half.graph.node if n.op_type != "Cast" or n.output[0] in used]
     del half.graph.node[:]
     half.graph.node.extend(live)
@@ -148,13 +148,10 @@ def convert_fp16(proto: Any, keep_fp32: list[str] | None = None) -> Any:
 
 
 def topologically_sorted(proto: Any) -> Any:
-    """`proto` with its nodes in topological order (the converter appends its Casts at the end; the checker and
-    TensorRT's parser want producers first)."""
-    import onnx_ir as ir
-
-    model = ir.serde.deserialize_model(proto)
-    model.graph.sort()
-    return ir.serde.serialize_model(model)
+    """`proto` with producers first (the converter appends its Casts at the end; the checker, onnxruntime and
+    TensorRT's parser want them before their readers)."""
+    sort_topologically(proto.graph)
+    return proto
 
 
 def finite_fp16(proto: Any, feeds: dict[str, np.ndarray] | None) -> Fp16Result:

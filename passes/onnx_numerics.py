@@ -10,6 +10,7 @@ import numpy as np
 
 from deployc.data import Dataset
 from deployc.ort import session
+from deployc.passes.onnx_util import copied
 from deployc.state import onnx_dtype_name
 
 FP16_MAX = 65504.0
@@ -84,8 +85,7 @@ def intermediate_stats(proto: Any, feeds: dict[str, np.ndarray], names: list[str
     """TensorStats of the named intermediate tensors on `feeds` (keep the feeds small: every tensor is kept)."""
     import onnx
 
-    exposed = type(proto)()
-    exposed.CopyFrom(proto)
+    exposed = copied(proto)
     have = {o.name for o in exposed.graph.output}
     produced = {o for n in exposed.graph.node for o in n.output}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n in produced and n not in have)

@@ -1,9 +1,12 @@
-"""Graph fixes made before onnxruntime's static quantizer sees a graph."""
+"""Graph fixes made before onnxruntime's static quantizer sees a graph (after its own pre-processing, which fuses
+MatMul + Add into Gemm and Conv + Add into biased Convs): two shapes of real graphs its bias quantization breaks on."""
 
 from __future__ import annotations
 
 import collections
 from typing import Any
+
+from deployc.passes.onnx_util import copied
 
 BIASED = {"Conv", "ConvTranspose", "Gemm"}  # ops whose input 2 is a bias the quantizer turns into int32
 
@@ -21,8 +24,7 @@ def unshared_biases(proto: Any) -> Any:
     shared = {name for name, count in uses.items() if count > 1 and name in inits}
     if not shared:
         return proto
-    out = type(proto)()
-    out.CopyFrom(proto)
+    out = copied(proto)
     taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | set(inits)
     seen: set[str] = set()
     for n in out.graph.node:
@@ -40,3 +42,36 @@ def unshared_biases(proto: Any) -> Any:
         copy.name = n.input[2] = f"{bias}.copy{k}"
         taken.add(copy.name)
     return out
+
+
+def flat_gemm_biases(proto: Any) -> Any:
+    """A copy in which a Gemm's C of shape [1, N] is [N] (the same broadcast): onnxruntime quantizes C as a
+    per-channel bias and compares its rows as scalars, failing with 'truth value of an array is ambiguous'
+    (Magika's Dense layers, fused from tf2onnx's MatMul + Add by the quantizer's own pre-processing)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    flat = {
+        n.input[2]
+        for n in proto.graph.node
+        if n.op_type == "Gemm"
+        and len(n.input) > 2
+        and n.input[2] in inits
+        and list(inits[n.input[2]].dims)[:1] == [1]
+        and len(inits[n.input[2]].dims) == 2
+    }
+    if not flat:
+        return proto
+    out = copied(proto)
+    for init in out.graph.initializer:
+        if init.name in flat:
+            dims = list(init.dims)
+            del init.dims[:]
+            init.dims.extend(dims[1:])
+    for infos in (out.graph.value_info, out.graph.input):  # recorded shapes of those tensors: drop the leading 1
+        for v in infos:
+            if v.name in flat and len(v.type.tensor_type.shape.dim) == 2:
+                del v.type.tensor_type.shape.dim[0]
+    return out
+
+
+def quantizer_ready(proto: Any) -> Any:
+    return flat_gemm_biases(unshared_biases(proto))

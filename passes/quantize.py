@@ -19,7 +19,7 @@ from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
-from deployc.passes.qdq_prep import unshared_biases
+from deployc.passes.qdq_prep import quantizer_ready
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -50,13 +50,14 @@ def _prepared(proto: Any, work: Any) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, prep = work / "model.onnx", work / "prep.onnx"
-    onnx.save(unshared_biases(proto), raw)
+    onnx.save(proto, raw)
     # symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files) into the CWD when it gives up
     with contextlib.chdir(work):
         try:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=False)
         except Exception:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
+    onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
     return str(prep)
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.contracts import Context, Pass, PassResult
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
-from deployc.passes.onnx_util import op_counts
+from deployc.passes.onnx_util import copied, op_counts
 from deployc.state import ModelState
 
 
@@ -66,7 +66,7 @@ def simplify_stages(proto: Any, config: SimplifyConfig, feeds: dict[str, np.ndar
         if not getattr(config, name):
             continue
         try:
-            candidate = stage(proto)
+            candidate = stage(copied(proto))  # onnxsim edits its input in place, also when it then fails
             onnx.checker.check_model(candidate)
             why = output_mismatch(reference, run_outputs(candidate, feeds)) if reference is not None else None
         except Exception as exc:  # a stage that crashes is skipped like one that breaks the numbers

@@ -16,7 +16,13 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.registry import get_pass
 from deployc.state import ModelState
-from deployc.targets.quantized_details import DYNAMIC_HINT, int8_coverage_of, merged, quantized_details
+from deployc.targets.quantized_details import (
+    DYNAMIC_HINT,
+    NothingInInt8,
+    int8_coverage_of,
+    merged,
+    quantized_details,
+)
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 
@@ -121,6 +127,8 @@ class OnnxTarget(Target):
                 skipped=f"not emitted: no weight of this graph becomes int8 ({DYNAMIC_HINT}); it would be the fp32 "
                 "graph under another name",
             )
+        if coverage is not None and not coverage.int8_ops:
+            raise NothingInInt8(coverage)
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(done.onnx, str(path))

@@ -13,7 +13,18 @@ from deployc.state import ModelState
 DYNAMIC_HINT = (
     "onnxruntime's dynamic int8 quantizes only MatMul/Gemm/LSTM/Attention weights; convolutions need int8 (static)"
 )
-RECURRENT_HINT = "onnxruntime's static int8 leaves LSTM/GRU/RNN in float; 'dynamic' gives LSTM int8 weights"
+RECURRENT_HINT = "onnxruntime's static int8 leaves LSTM/GRU/RNN in float ('dynamic' gives LSTM int8 weights)"
+
+
+class NothingInInt8(Exception):
+    """The quantizer made no weighted op int8: the artifact would be the fp32 graph labelled int8."""
+
+    def __init__(self, coverage: Int8Coverage):
+        floats = ", ".join(f"{op}×{n}" for op, n in sorted(coverage.float_ops.items())) or "none in the graph"
+        super().__init__(
+            f"no weighted op runs in int8 (weighted ops: {floats}); onnxruntime's quantizer leaves ops inside "
+            "If/Loop bodies, LSTM/GRU and ops it cannot calibrate in float"
+        )
 
 
 def int8_coverage_of(precision: str, done: ModelState, ctx: Context) -> Int8Coverage | None:

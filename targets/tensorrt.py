@@ -20,7 +20,7 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.registry import get_pass
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import lower_to_onnx, quantize_for
-from deployc.targets.quantized_details import int8_coverage_of, quantized_details
+from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -339,7 +339,10 @@ class TensorrtTarget(Target):
         onnx.save(done.onnx, str(path))
         ins, outs = io_specs(done.onnx)
         details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
-        details.update(quantized_details(f"{self.name}/{label}", int8_coverage_of(label, done, ctx), base, done, ctx))
+        coverage = int8_coverage_of(label, done, ctx)
+        if coverage is not None and not coverage.int8_ops:
+            raise NothingInInt8(coverage)
+        details.update(quantized_details(f"{self.name}/{label}", coverage, base, done, ctx))
         if stats:
             details["conformance"] = stats
         runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__

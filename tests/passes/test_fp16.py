@@ -119,3 +119,46 @@ def test_quantize_fp16_pass_reports_the_float32_nodes(tmp_path: Path):
     metrics = done.history[-1].metrics
     assert {"log", "square"} <= set(metrics["fp32_nodes"]) and metrics["finite_on_samples"] is True
     assert np.isfinite(run_outputs(done.onnx, {"x": quiet()}, optimize=False)[0]).all()
+
+
+def branchy() -> onnx.ModelProto:
+    """Every layer inside an If (as spox exports Silero VAD): y = If(flag, x @ w1, x @ w2)."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, weight: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", weight], [f"{name}_y"], name=f"{name}_matmul")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["batch", 4])],
+        )
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", "w1"), else_branch=branch("else", "w2"))],
+        "branchy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_fp16_of_a_graph_whose_layers_sit_in_an_if():
+    """The converter appends its input Cast after the If that reads it from inside a branch: deployc's sort counts
+    what subgraphs read (onnx_ir's cannot), and the dead-Cast cleanup keeps Casts only a branch reads."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from deployc.manager import graph_problem
+
+    proto = branchy()
+    x = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32), "flag": np.array(True)}
+    assert "topologically sorted" in graph_problem(convert_float_to_float16(proto, keep_io_types=True))
+    result = finite_fp16(proto, x)
+    assert graph_problem(result.proto) is None and result.finite is True
+    np.testing.assert_allclose(run_outputs(result.proto, x)[0], run_outputs(proto, x)[0], rtol=1e-2, atol=1e-2)

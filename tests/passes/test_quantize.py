@@ -309,3 +309,46 @@ def test_shared_bias_next_to_a_tensor_named_like_its_copies(tmp_path):
     assert graph_problem(q) is None
     want, got = _run(proto, {"x": data.inputs["x"]}), _run(q, {"x": data.inputs["x"]})
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_dense_layer_with_a_row_bias(tmp_path):
+    """MatMul + Add(bias [1, N]) (tf2onnx's Dense, Magika): the quantizer's pre-processing fuses it into a Gemm with
+    a 2-D C, which onnxruntime's per-channel bias code cannot compare ('truth value of an array is ambiguous')."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from deployc.ort import CalibrationReader
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "kernel"),
+        numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "kernel"], ["h"], name="dense/MatMul"),
+        helper.make_node("Add", ["h", "bias"], ["y"], name="dense/BiasAdd"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = Dataset({"x": rng.standard_normal((16, 8)).astype(np.float32)}, None, "x")
+    onnx.save(proto, tmp_path / "m.onnx")
+    quant_pre_process(str(tmp_path / "m.onnx"), str(tmp_path / "prep.onnx"))
+    assert op_counts(onnx.load(str(tmp_path / "prep.onnx"))) == {"Gemm": 1}
+    with pytest.raises(ValueError, match="truth value of an array"):  # the library's defect
+        quantize_static(
+            str(tmp_path / "prep.onnx"),
+            str(tmp_path / "q.onnx"),
+            CalibrationReader(data),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+        )
+    q = quantize_int8(proto, data, Int8Config())
+    want, got = _run(proto, {"x": data.inputs["x"]}), _run(q, {"x": data.inputs["x"]})
+    assert op_counts(q)["Gemm"] == 1 and np.abs(got - want).max() < 0.05 * np.abs(want).max()

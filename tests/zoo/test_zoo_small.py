@@ -122,3 +122,15 @@ def test_silero_onnx_state_on_axis_1_and_scalar_sr_build(tmp_path: Path, zoo_cac
     fp32 = artifact(result, "onnx/fp32")
     assert fp32["gate"]["status"] == "pass" and fp32["metrics"]["drift"] <= 1e-6
     assert len(fp32["metrics"]["outputs"]) == 2
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_silero_onnx_simplify_drops_the_stage_that_breaks_its_if_subgraphs(tmp_path: Path, zoo_cache: Path) -> None:
+    """onnxsim fails on Silero's nested If subgraphs after editing the graph in place: simplify gives each stage
+    a copy, drops the one that fails (the pass metrics say why) and the fp32 artifact still equals the original."""
+    config = zoo_config("silero-vad-op15", tmp_path / "vad", zoo_cache, {"onnx": {"precision": ["fp32"]}})
+    result = build(config, out=tmp_path / "out", quiet=True)
+    fp32 = artifact(result, "onnx/fp32")
+    assert fp32["gate"]["status"] == "pass" and fp32["metrics"]["drift"] <= 1e-6
+    stages = next(p for p in fp32["passes"] if p["name"] == "simplify")["metrics"]["stages"]
+    assert stages["onnxsim"].startswith("dropped") and stages["rewrite"] == "kept", stages
