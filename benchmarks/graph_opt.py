@@ -23,15 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from deployc.timing import sample_ms
+from deployc.timing import interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repo root holds passes/
-
-
-def timed(fn: Callable[[], Any], runs: int, warmup: int = 5) -> tuple[float, float]:
-    """(p50, p90) ms of fn() after warm-up."""
-    times = sample_ms(fn, runs, warmup)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 90))
 
 
 def model_and_input(name: str) -> tuple[Any, np.ndarray]:
@@ -81,22 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         ref = model(xt).numpy()
     rows: list[dict[str, Any]] = []
+    runners: dict[str, Callable[[], Any]] = {}  # timed together at the end, in interleaved rounds
 
     def add(variant: str, run: Callable[[], Any], setup_s: float, nodes: Any = "—", size: int | None = None) -> None:
         out = np.asarray(run())
-        p50, p90 = timed(run, args.runs)
+        runners[variant] = run
         rows.append(
             {
                 "variant": variant,
                 "nodes": nodes,
                 "size": size,
-                "p50": p50,
-                "p90": p90,
                 "setup_s": setup_s,
                 "err": float(np.max(np.abs(out.reshape(ref.shape) - ref))),
             }
         )
-        print(f"  {variant}: p50 {p50:.3f} ms", file=sys.stderr)
 
     def torch_run(m: Any) -> Callable[[], Any]:
         def run() -> Any:
@@ -167,28 +159,33 @@ def main(argv: list[str] | None = None) -> int:
             t_export + t_simplify + t_offline,
         )
 
-    eager = rows[0]["p50"]
-    header = ["variant", "nodes", "size", "p50 ms", "p90 ms", "× eager", "setup s", "max abs diff vs eager"]
+    rounds = interleaved(runners, rounds=10, per_round=max(1, args.runs // 10))
+    eager = "torch eager fp32"
+    header = ["variant", "nodes", "size", "p50 ms", "IQR ms", "p90 ms", "× eager", "stable", "setup s", "max abs diff"]
     table_rows = []
     for r in rows:
         if "skipped" in r:
-            table_rows.append([r["variant"], "—", "—", f"skipped: {r['skipped']}", "—", "—", "—", "—"])
-        else:
-            table_rows.append(
-                [
-                    r["variant"],
-                    r["nodes"],
-                    human_bytes(r["size"]),
-                    f"{r['p50']:.3f}",
-                    f"{r['p90']:.3f}",
-                    f"{r['p50'] / eager:.3f}",
-                    f"{r['setup_s']:.1f}",
-                    f"{r['err']:.2e}",
-                ]
-            )
+            table_rows.append([r["variant"], "—", "—", f"skipped: {r['skipped']}"] + ["—"] * 6)
+            continue
+        t = rounds.times[r["variant"]]
+        table_rows.append(
+            [
+                r["variant"],
+                r["nodes"],
+                human_bytes(r["size"]),
+                f"{t.median:.3f}",
+                f"{t.iqr:.3f}",
+                f"{rounds.percentile(r['variant'], 90):.3f}",
+                f"{rounds.ratio(r['variant'], eager).median:.3f}",
+                "unstable" if rounds.unstable(r["variant"], eager) else "yes",
+                f"{r['setup_s']:.1f}",
+                f"{r['err']:.2e}",
+            ]
+        )
     title = (
-        f"4.2 Graph optimisation — {args.model}, batch 1, input {list(x.shape)}, "
-        f"{torch.get_num_threads()} torch threads, median of {args.runs} runs"
+        f"4.2 Graph optimisation — {args.model}, batch 1, input {list(x.shape)}, {torch.get_num_threads()} torch "
+        f"threads, {args.runs} runs per variant in interleaved rounds (ratios within a round), load average "
+        f"{rounds.load_before:.1f} before, {rounds.load_after:.1f} after"
     )
     print(f"{title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in table_rows:

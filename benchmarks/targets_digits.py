@@ -9,7 +9,6 @@ interpreter, TensorRT or its onnxruntime proxy) through the same Target.infer th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,13 +20,7 @@ from deployc.config import load_config  # noqa: E402
 from deployc.data import digits_arrays  # noqa: E402
 from deployc.registry import get_target  # noqa: E402
 from deployc.report import human_bytes  # noqa: E402
-from deployc.timing import sample_ms  # noqa: E402
-
-
-def time_batch1(target, artifact, sample, runs: int) -> tuple[float, float]:
-    """(median, p90) milliseconds of one batch-1 inference, after 20 warm-up runs."""
-    times = sorted(sample_ms(lambda: target.infer(artifact, sample), runs, warmup=20))
-    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+from deployc.timing import interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -44,22 +37,31 @@ def main() -> None:
         f"build: {result.manifest['status']} (exit {result.exit_code}), "
         f"reference top1 {result.manifest['reference']['value']:.4f} on {result.manifest['reference']['samples']} samples"
     )
-    print("\n| target | precision | runtime | size | top1 | drift | agreement | max abs err | ms p50 | ms p90 | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    targets = {}
+    targets, runners = {}, {}
     for art in result.artifacts:
         if art.target not in targets:
             cls = get_target(art.target)
             targets[art.target] = cls(cls.Options.model_validate(config.targets[art.target] or {}))
-        target = targets[art.target]
-        p50, p90 = time_batch1(target, art, sample, args.runs)
-        target.close(art)
+        runners[art.label] = lambda t=targets[art.target], a=art: t.infer(a, sample)
+    rounds = interleaved(runners, rounds=10, per_round=max(1, args.runs // 10), warmup=20)
+    print(
+        f"\n{args.runs} batch-1 runs per artifact in interleaved rounds; load average {rounds.load_before:.1f} "
+        f"before, {rounds.load_after:.1f} after"
+    )
+    print(
+        "\n| target | precision | runtime | size | top1 | drift | agreement | max abs err | ms p50 | ms IQR | ms p90 | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for art in result.artifacts:
+        targets[art.target].close(art)
+        t = rounds.times[art.label]
+        p50, iqr, p90 = t.median, t.iqr, rounds.percentile(art.label, 90)
         m = art.metrics
         note = art.details.get("engine") or ("integer-only" if art.details.get("npu", {}).get("integer_only") else "")
         print(
             f"| {art.target} | {art.precision} | {art.runtime} | {human_bytes(art.path.stat().st_size)} | "
             f"{m['metric']:.4f} | {m['drift'] * 100:+.2f}% | {m.get('agreement', float('nan')):.4f} | "
-            f"{m['max_abs_err']:.3g} | {p50:.3f} | {p90:.3f} | {note} |"
+            f"{m['max_abs_err']:.3g} | {p50:.3f} | {iqr:.3f} | {p90:.3f} | {note} |"
         )
 
 

@@ -33,6 +33,9 @@ class Int8Config(QuantizeSpec):
         description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations",
     )
     calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
+    reduce_range: bool = Field(
+        False, description="7-bit weights, for x86 CPUs without VNNI (u8s8 can saturate); the onnx target sets it"
+    )
 
 
 class DynamicConfig(QuantizeSpec):
@@ -94,6 +97,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
                 nodes_to_exclude=list(spec.exclude),
                 nodes_to_quantize=list(only or []),
+                reduce_range=spec.reduce_range,
                 extra_options=extra,
             )
         return onnx.load(str(out))

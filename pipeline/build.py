@@ -28,6 +28,8 @@ from deployc.outdir import OutDir, check_out_dir
 from deployc.registry import instruments as plugin_instruments
 from deployc.report import gate_text, render_report, report_view
 from deployc.report_html import write_html_report
+from deployc.timing import machine
+from deployc.uptodate import build_key, write_key
 from deployc.validate import compute_reference, coverage_warning, validate_artifact
 
 
@@ -75,6 +77,7 @@ def build(
     """
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
+    key = build_key(config, targets)  # the inputs as they are now; stored with the outputs for no-op rebuilds
     instruments = instruments or Instruments(quiet=quiet)
     instruments.extra.extend(plugin_instruments())
     out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
@@ -82,7 +85,7 @@ def build(
     instruments.log(f"pipeline: {manager.pipeline_string()}")
     with instruments.third_party_quiet(enabled=not debug):
         try:
-            return _build(config, manager, out_dir, instruments, cache, t_start)
+            return _build(config, manager, out_dir, instruments, cache, t_start, key)
         except (OSError, DeploycError) as exc:
             cause = exc if isinstance(exc, OSError) else exc.__cause__
             if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT_ERRNOS:
@@ -98,7 +101,13 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, err
 
 
 def _build(
-    config: BuildConfig, manager: PassManager, out_dir: Path, instruments: Instruments, cache: bool, t_start: float
+    config: BuildConfig,
+    manager: PassManager,
+    out_dir: Path,
+    instruments: Instruments,
+    cache: bool,
+    t_start: float,
+    key: str,
 ) -> BuildResult:
     state = load_model(config, log=instruments.log)
     state = state.replace(facts=state.facts | initial_facts(config))
@@ -148,9 +157,10 @@ def _build(
         timings = {
             "passes": [r.timing_json() for r in state.history],
             "artifact_passes": {a.label: [r.timing_json() for r in a.history] for a in artifacts},
-            "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses},
+            "cache": {"hits": ctx.cache.hits, "misses": ctx.cache.misses, "memo_hits": ctx.cache.memo_hits},
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "artifacts": {a.label: a.perf for a in artifacts},
+            "machine": machine(),
         }
         # everything a person or CI reads is staged with the artifacts and published with them, manifest last
         (staging / "report.md").write_text(render_report(report_view(manifest, timings)), encoding="utf-8")
@@ -158,6 +168,7 @@ def _build(
         write_junit(manifest, staging, timings)
         write_json_atomic(staging / "timings.json", timings)
         write_json_atomic(staging / "manifest.json", manifest)
+        write_key(staging, key)  # the no-op rebuild key, with the hashes of the staged reports it vouches for
         outdir.publish()
         for art in artifacts:
             if art.path is not None:

@@ -1,9 +1,13 @@
-"""Content-addressed cache of ONNX-level pass results.
+"""Content-addressed cache of ONNX-level pass results, on disk across builds and in memory within one.
 
 key = sha256(input state + pass name + resolved config + the data the pass reads + library versions).
 A hit restores the output graph and the pass's metrics without running the pass. Only passes that
 declare `cacheable = True` (their whole output is the ONNX graph) are cached; torch-level passes are
 not, because restoring a rewired nn.Module would need a pickle.
+
+The in-memory memo lives as long as one build's PassCache and is used even with `--no-cache`: when two
+targets run the same pass on the same input (export and simplify for onnx and tensorrt, fp16 for both),
+it runs once. It keeps the output graph itself, so the second user shares it (passes never mutate input).
 """
 
 from __future__ import annotations
@@ -89,10 +93,12 @@ class PassCache:
 
     def __init__(self, root: Path | None = None, enabled: bool = True, warn: Any = None):
         self.root = root or default_cache_dir()
-        self.enabled = enabled
+        self.enabled = enabled  # the disk cache; the in-memory memo is always on
         self.warn = warn or (lambda message: None)
         self.hits = 0
         self.misses = 0
+        self.memo_hits = 0
+        self._memo: dict[str, CacheHit] = {}
 
     @classmethod
     def for_build(cls, enabled: bool, warn: Any) -> PassCache:
@@ -121,6 +127,16 @@ class PassCache:
         return folder / f"{key}.onnx", folder / f"{key}.json"
 
     def load(self, key: str) -> CacheHit | None:
+        """The memo's entry for `key`, else the disk's (when enabled), else None."""
+        if key in self._memo:
+            self.memo_hits += 1
+            return self._memo[key]
+        hit = self._load_disk(key)
+        if hit is not None:
+            self._memo[key] = hit
+        return hit
+
+    def _load_disk(self, key: str) -> CacheHit | None:
         import onnx
 
         model_path, meta_path = self._paths(key)
@@ -163,6 +179,7 @@ class PassCache:
         tables: tuple[Table, ...],
         facts_added: list[str],
     ) -> None:
+        self._memo[key] = CacheHit(proto, modified, dict(metrics), tuple(tables), list(facts_added))
         if not self.enabled:
             return
         model_path, meta_path = self._paths(key)

@@ -48,7 +48,7 @@ def print_table(result: Any, stream: Any = None) -> None:
     Console(file=stream or sys.stdout, width=140).print(table)
 
 
-def finish_build(result: Any, args: argparse.Namespace) -> int:
+def finish_build(result: Any, args: argparse.Namespace, wrote: bool = True) -> int:
     """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
     from deployc.ci_summary import append_step_summary
 
@@ -57,14 +57,20 @@ def finish_build(result: Any, args: argparse.Namespace) -> int:
     except UsageError as exc:  # the build is done and published; a job summary that cannot be written is a warning
         print(f"deployc: warning: {exc}", file=sys.stderr)
     if args.json:
-        print(json.dumps(_summary(result), indent=2))
+        print(json.dumps(dict(_summary(result), up_to_date=not wrote), indent=2))
     elif not args.quiet:
         print_table(result)
-        print(f"wrote {result.out_dir}/manifest.json, report.md, report.html and junit.xml", file=sys.stderr)
+        done = "wrote" if wrote else "up to date (nothing it depends on changed; --no-cache rebuilds):"
+        print(f"{done} {result.out_dir}/manifest.json, report.md, report.html and junit.xml", file=sys.stderr)
     return result.exit_code
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from deployc.uptodate import up_to_date  # light: hashes the inputs before torch & co. are imported
+
+    fresh = None if args.no_cache else up_to_date(args.config, args.out, args.target)
+    if fresh is not None:
+        return finish_build(fresh, args, wrote=False)
     from deployc.build import build
     from deployc.ci_summary import check_step_summary
 
@@ -129,7 +135,21 @@ def _parse_size(text: str) -> int:
     return int(value)
 
 
-def parser() -> argparse.ArgumentParser:
+BUILTIN_COMMANDS = ("build", "cache", "validate-config")
+
+
+def _plugin_commands(argv: list[str] | None) -> dict[str, Any]:
+    """Only the command plugin the command line names (importing one can cost numpy and more); all of them
+    when it names none (--help, a typo) so the usage lists every command."""
+    word = next((a for a in argv or [] if not a.startswith("-")), None)
+    if word in BUILTIN_COMMANDS or (word is None and "--version" in (argv or [])):
+        return {}
+    from deployc.registry import COMMANDS, commands, get, names
+
+    return {word: get(COMMANDS, word)} if word in names(COMMANDS) else commands()
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -157,9 +177,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["info", "prune"])
     c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
     c.set_defaults(func=_cmd_cache)
-    from deployc.registry import commands
-
-    for add_parser in commands().values():  # bench, explain, demo and any plugin's commands
+    for add_parser in _plugin_commands(argv).values():  # bench, explain, demo and any plugin's commands
         add_parser(sub, parents=[common])
     v = sub.add_parser("validate-config", parents=[common], help="check a config and its pipeline without building")
     v.add_argument("config", type=Path)
@@ -168,7 +186,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser()
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser(argv)
     args = p.parse_args(argv)
     try:
         return args.func(args)

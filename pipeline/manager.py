@@ -135,7 +135,7 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
     t0 = time.perf_counter()
     config = p.config.model_dump(mode="json")
     key = None
-    if p.cacheable and ctx.cache is not None and ctx.cache.enabled:
+    if p.cacheable and ctx.cache is not None:  # memo within the build always; disk unless --no-cache
         data = [dataset_digest(ctx.dataset_for(f)) for f in sorted(p.requires | p.reads) if f.startswith("data.")]
         key = ctx.cache.key(state, p, config, data)
         hit = ctx.cache.load(key)

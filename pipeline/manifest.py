@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.contracts import Artifact
+from deployc.uptodate import file_digest as sha256  # one file hash for manifests and no-op rebuild checks
 
 MANIFEST_VERSION = 1
 _LIBRARIES = (
@@ -29,14 +29,6 @@ _LIBRARIES = (
     "tensorrt",
     "torch-pruning",
 )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

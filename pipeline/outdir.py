@@ -30,6 +30,7 @@ STAGING_PREFIX = ".deployc-staging-"
 MANIFEST = "manifest.json"
 REPORTS = ("report.md", "report.html", "junit.xml", "timings.json")  # what a person or CI reads beside the manifest
 FIXED_NAMES = (MANIFEST, *REPORTS)
+BUILD_KEY = ".deployc-build-key.json"  # the no-op rebuild key (deployc/uptodate.py), published with the build
 
 
 def _is_link(path: Path) -> bool:
@@ -56,7 +57,10 @@ def _legacy_marker(out: Path) -> dict | None:
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    files = [MANIFEST, *(n for n in REPORTS if (out / n).is_file())] + [a["path"] for a in artifacts]
+    beside = (*REPORTS, BUILD_KEY)
+    files = [MANIFEST, *(n for n in beside if (out / n).is_file() and not _is_link(out / n))] + [
+        a["path"] for a in artifacts
+    ]
     return {"written_by": "deployc", "files": files, "staging": []}
 
 

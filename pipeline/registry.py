@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import functools
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from deployc.config import suggest
-from deployc.contracts import Pass, Target
 from deployc.errors import UsageError
 
+if TYPE_CHECKING:  # imported when a plugin loads: the CLI reads command names without numpy
+    from deployc.contracts import Pass, Target
+
 PASSES, TARGETS, INSTRUMENTS, COMMANDS = "deployc.passes", "deployc.targets", "deployc.instruments", "deployc.commands"
-_BASES: dict[str, type] = {PASSES: Pass, TARGETS: Target}
 _registered: dict[str, dict[str, Any]] = {PASSES: {}, TARGETS: {}, INSTRUMENTS: {}, COMMANDS: {}}
 
-P = TypeVar("P", bound=type[Pass])
-T = TypeVar("T", bound=type[Target])
+P = TypeVar("P", bound="type[Pass]")
+T = TypeVar("T", bound="type[Target]")
 
 
 @functools.cache
@@ -37,7 +38,9 @@ def _load(group: str, name: str) -> Any:
         obj = ep.load()
     except Exception as exc:
         raise UsageError(f"{where} cannot be imported: {type(exc).__name__}: {exc}") from exc
-    base = _BASES.get(group)
+    from deployc.contracts import Pass, Target
+
+    base = {PASSES: Pass, TARGETS: Target}.get(group)
     if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
         raise UsageError(f"{where} is not a {base.__name__} subclass")
     if base is not None and obj.name != name:

@@ -204,9 +204,17 @@ def render_report(manifest: dict[str, Any]) -> str:
             f"- `{a['target']}/{a['precision']}` — {gate.get('reason', '')}"
             + (f"; {extra}" if extra else "")
             + _target_notes(a.get("details") or {})
+            + (f"; int8 tuned for {a['perf']['int8_tuned_for']}" if (a.get("perf") or {}).get("int8_tuned_for") else "")
             + (f"; `{a['path']}`" if a.get("path") else "")
         )
     out += ["### Gates", "", *details, ""]
+    where = (manifest.get("timings") or {}).get("machine")
+    if where:
+        out += [
+            f"Latency measured on {where['cpu']} ({where['cores']} cores, load average {where['load_average']} "
+            "at the end of the build); int8 artifacts are tuned for this CPU unless targets.onnx.cpu names another.",
+            "",
+        ]
     passes = manifest.get("all_passes", manifest["passes"])
     if passes:
         rows = [

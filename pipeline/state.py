@@ -109,7 +109,7 @@ class PassRecord:
     tables: tuple[Table, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-    cached: bool = False  # restored from the pass cache instead of run
+    cached: bool = False  # restored (pass cache, or the same run earlier in this build) instead of run
 
     def stable_json(self) -> dict[str, Any]:
         """The deterministic part, for manifest.json."""

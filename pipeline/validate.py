@@ -15,7 +15,7 @@ from deployc.errors import UsageError
 from deployc.metrics import Metric, cosine_rows
 from deployc.ort import session
 from deployc.state import ModelState
-from deployc.timing import median_ms
+from deployc.timing import Stats, measure
 
 EXACT_RTOL, EXACT_ATOL = 1e-4, 1e-6  # fp32 rounding between runtimes; atol is relative to the output's scale
 LOW_INT8_COVERAGE = 0.5
@@ -229,10 +229,10 @@ def matches_reference(outputs: list[np.ndarray], ref: Reference) -> bool:
     return True
 
 
-def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> float:
-    """Median wall time of one batch-1 inference, after warm-up runs."""
-    sample = next(data.batches(1))[0]
-    return median_ms(lambda: target.infer(artifact, sample), runs, warmup=3)
+def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: int) -> Stats:
+    """Wall ms of one batch-1 inference (median and spread), after at least 0.1 s of warm-up runs."""
+    sample = next(data.batches(1))[0]  # batch 1 along each input's own batch axis
+    return measure(lambda: target.infer(artifact, sample), runs, warmup=3, min_warmup_s=0.1)
 
 
 def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
@@ -305,8 +305,6 @@ def validate_artifact(
         return
     artifact.metrics = compare(outputs, ref)
     artifact.metrics["samples"] = len(data)
-    artifact.perf = {
-        **artifact.perf,
-        "latency_ms_batch1": batch1_latency_ms(target, artifact, data, rules.latency_runs),
-    }
+    latency = batch1_latency_ms(target, artifact, data, rules.latency_runs)
+    artifact.perf.update(latency_ms_batch1=latency.median, latency_iqr_ms_batch1=latency.iqr)
     artifact.gate = _gate(artifact, outputs, ref, rules)

@@ -11,6 +11,7 @@ from deployc.contracts import Artifact, Context, Target
 from deployc.errors import UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
+from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.simplify import Simplify, SimplifyConfig
@@ -33,6 +34,9 @@ class OnnxOptions(BaseModel):
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores")
     simplify: bool = Field(True, description="run the simplify pass before emitting")
     opset: int = Field(18, ge=17, le=23, description="opset used when this target exports the torch model itself")
+    cpu: CpuName = Field(
+        "auto", description="CPU the int8 artifact is tuned for (passes/cpu_int8.py); auto: the build machine's"
+    )
 
 
 def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -> ModelState:
@@ -44,8 +48,9 @@ def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -
     return state
 
 
-def quantize_for(precision: str, state: ModelState, ctx: Context) -> ModelState:
-    """Realise the build's quantization spec at `precision` with the matching quantize.* pass.
+def quantize_for(precision: str, state: ModelState, ctx: Context, **settings: Any) -> ModelState:
+    """Realise the build's quantization spec at `precision` with the matching quantize.* pass; `settings`
+    are target-specific options of that pass (e.g. reduce_range for a CPU).
 
     int8 goes through quantize.tune when `quantize.tune` is set; after the qat pass the graph already
     carries the QDQ ranges QAT learned, so int8 is the lowered graph itself.
@@ -61,7 +66,7 @@ def quantize_for(precision: str, state: ModelState, ctx: Context) -> ModelState:
         )
     tuned = precision == "int8" and ctx.config.quantize.tune is not None
     pass_cls = get_pass("quantize.tune" if tuned else f"quantize.{precision}")
-    config = pass_cls.Config.model_validate(ctx.config.quantize.model_dump())
+    config = pass_cls.Config.model_validate({**ctx.config.quantize.model_dump(), **settings})
     return run_pass(pass_cls(config), state, ctx)
 
 
@@ -113,8 +118,12 @@ class OnnxTarget(Target):
         import onnxruntime
 
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
-        done = quantize_for(precision, base, ctx)
+        done = quantize_for(
+            precision, base, ctx, **(quantizer_settings(self.options.cpu) if precision == "int8" else {})
+        )
         label = already if precision == "fp32" and already else precision
+        if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
+            done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu)), done, ctx)
         coverage = int8_coverage_of(label, done, ctx)
         if label == "dynamic" and coverage is not None and not coverage.int8_ops:
             return Artifact(
@@ -150,6 +159,7 @@ class OnnxTarget(Target):
                     _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
                 ),
             },
+            perf={"int8_tuned_for": profile(self.options.cpu).describe()} if label == "int8" else {},
             history=done.history[len(state.history) :],
         )
 

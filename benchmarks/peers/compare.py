@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from deployc.timing import interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers
@@ -79,23 +79,22 @@ def agreement(model: str, ref: np.ndarray, out: np.ndarray) -> dict:
 
 
 def latency_ratios(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int, per_round: int) -> dict:
-    """Batch-1 median ms per model; rounds interleave all models so load from others hits them alike."""
+    """Batch-1 median ms per model and its ratio to fp32, from deployc.timing's interleaved rounds (load from
+    others hits all models alike; ratios are taken within each round)."""
     sessions = {k: session(p, threads) for k, p in paths.items()}
     feeds = {k: {s.get_inputs()[0].name: x[:1]} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(5):
-            s.run(None, feeds[k])
-    per = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            times = []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, feeds[k])
-                times.append(time.perf_counter() - t0)
-            per[k].append(statistics.median(times) * 1e3)
-    ratios = {k: statistics.median(a / b for a, b in zip(v, per["fp32"])) for k, v in per.items()}
-    return {k: {"ms": statistics.median(v), "ratio": ratios[k]} for k, v in per.items()}
+    result = interleaved(
+        {k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}, rounds, per_round, warmup=5
+    )
+    return {
+        k: {
+            "ms": result.times[k].median,
+            "iqr_ms": result.times[k].iqr,
+            "ratio": result.ratio(k, "fp32").median,
+            "unstable": result.unstable(k, "fp32"),
+        }
+        for k in sessions
+    }
 
 
 def compare(model: str, cache: Path, calib_n: int, eval_n: int, threads: int, rounds: int, log) -> dict:

@@ -99,6 +99,7 @@ def _two_builds_with_cache(env: Env, damage: Callable[[Path], None]) -> None:
     assert entries, "the first build cached nothing"
     for entry in entries:
         damage(entry)
+    env.out_name = "out-again"  # a fresh out dir: a no-op rebuild of the first would not read the cache
     env.build(cfg)
     env.clean_sha = clean
 
@@ -338,6 +339,7 @@ def prune_racing_build(env: Env) -> None:
     data_npz(env.tmp)
     cfg = config(env.tmp, targets={"onnx": {"precision": ["fp32", "dynamic"]}})
     assert env.build(cfg) == 0  # warm cache, then race
+    env.out_name = "out-again"  # a fresh out dir, so the second build runs (and reads the cache)
     thread.start()
     try:
         env.build(cfg)

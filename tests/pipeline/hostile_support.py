@@ -23,10 +23,11 @@ class Env:
     code: int = -1
     err: str = ""
     out_existed: bool = False  # the row made the out dir itself (its refusal must leave it as it was)
+    out_name: str = "out"
 
     @property
     def out(self) -> Path:
-        return self.tmp / "out"
+        return self.tmp / self.out_name
 
     def cli(self, *argv: Any) -> int:
         self.code, self.err = self._cli([str(a) for a in argv])

@@ -148,7 +148,7 @@ def test_target_level_passes_enter_each_artifacts_history(demo_build):
     }
     assert passes == {
         "onnx/fp32": ["export.onnx", "simplify"],
-        "onnx/int8": ["export.onnx", "simplify", "quantize.int8"],
+        "onnx/int8": ["export.onnx", "simplify", "quantize.int8", "cpu.int8"],
     }
     report = (demo_build.out_dir / "report.md").read_text()
     assert "| quantize.int8 | onnx/int8 |" in report and "| export.onnx | onnx |" in report
