@@ -39,6 +39,18 @@ INTEGER_KERNELS: dict[str, tuple[int, int]] = {  # op → (activation input, wei
     "DynamicQuantizeLSTM": (0, 1),
     "QAttention": (0, 1),
 }
+MOVES_VALUES = {
+    "Pad",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Flatten",
+    "Identity",
+    "Split",
+    "Expand",
+}
 RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 EIGHT_BIT = {2, 3}  # onnx.TensorProto.UINT8, INT8
 LOW = 0.5  # below this share an int8/dynamic artifact gets a warning
@@ -175,6 +187,9 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
             zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
             q_type[n.output[0]] = zp.data_type if zp is not None else 2  # no zero point: uint8
     q_type.update({name: i.data_type for name, i in inits.items()})
+    for n in nodes:  # 8-bit values moved by ops that keep their type (e.g. cpu.int8's channel Pad before a DQ)
+        if n.op_type in MOVES_VALUES and n.input and q_type.get(n.input[0]) in EIGHT_BIT:
+            q_type.update({o: q_type[n.input[0]] for o in n.output})
 
     def dequantized(t: str) -> bool:
         p = producer.get(t)

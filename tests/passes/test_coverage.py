@@ -164,3 +164,35 @@ def test_coverage_counts_layers_inside_if_branches():
     coverage = onnx_int8_coverage(branchy())
     assert coverage.float_ops == {"MatMul": 2} and coverage.int8_ops == 0 and coverage.weights == 0.0
     assert "weighted ops: MatMul×2" in str(NothingInInt8(coverage))
+
+
+def test_quantized_values_moved_by_a_pad_still_count_as_int8():
+    """cpu.int8 pads a conv's quantized input with zero channels (Q → Pad → DQ → Conv): still an int8 conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+        numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int64), "pads"),
+        numpy_helper.from_array(rng.integers(-127, 127, (16, 4, 3, 3)).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.full(16, 0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(16, np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["x_q"]),
+        helper.make_node("Pad", ["x_q", "pads", "zp"], ["x_q4"]),
+        helper.make_node("DequantizeLinear", ["x_q4", "s", "zp"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0),
+        helper.make_node("Conv", ["x_dq", "w"], ["y"], pads=[1, 1, 1, 1], name="stem"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 8, 8])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    coverage = onnx_int8_coverage(proto, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert coverage.int8_ops == 1 and coverage.float_ops == {} and coverage.macs == 1.0 and coverage.weights == 1.0
