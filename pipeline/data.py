@@ -120,7 +120,11 @@ def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
                 f"{where}: samples for input '{spec.name}' have shape {list(got)} per sample, "
                 f"the model input expects {list(want)} (samples first; the batch axis is not part of it)"
             )
-    return np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
+    if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all():  # e.g. float64 1e39 -> float32 inf
+        raise UsageError(f"{where}: input '{spec.name}' holds values beyond the range of {spec.dtype}")
+    return cast
 
 
 def _load_npz(
