@@ -16,6 +16,69 @@ def op_counts(proto: Any) -> dict[str, int]:
     return dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items()))
 
 
+def copied(proto: Any) -> Any:
+    """A deep copy of a ModelProto (for libraries that edit their input in place, and for local edits)."""
+    out = type(proto)()
+    out.CopyFrom(proto)
+    return out
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    return [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+
+
+def all_graphs(graph: Any) -> list[Any]:
+    """`graph` and every subgraph (If branches, Loop/Scan bodies) nested in it."""
+    return [graph] + [sub for n in graph.node for g in _subgraphs(n) for sub in all_graphs(g)]
+
+
+def names_read(graph: Any) -> set[str]:
+    """Every tensor name `graph`'s nodes read, including what their If/Loop bodies read from outside."""
+    reads = {i for n in graph.node for i in n.input if i}
+    return reads | {name for n in graph.node for g in _subgraphs(n) for name in _outer_reads(g)}
+
+
+def _outer_reads(graph: Any) -> set[str]:
+    """Names a subgraph reads from enclosing graphs (what it reads minus what it defines)."""
+    defined = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+    defined |= {o for n in graph.node for o in n.output}
+    return names_read(graph) - defined
+
+
+def sort_topologically(graph: Any) -> None:
+    """Order `graph`'s nodes (and its subgraphs') so each follows the producers of what it reads, counting the
+    values its If/Loop bodies read from outside: onnx_ir's sort cannot, its reader already fails on such graphs.
+    Stable: nodes already in order keep it."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    deps = [
+        [producer[t] for t in [*n.input, *(r for g in _subgraphs(n) for r in _outer_reads(g))] if t in producer]
+        for n in nodes
+    ]
+    order: list[int] = []
+    done: set[int] = set()
+    for root in range(len(nodes)):
+        stack = [(root, iter(deps[root]))]
+        on_path = {root}
+        while stack and root not in done:
+            i, pending = stack[-1]
+            nxt = next((j for j in pending if j not in done and j not in on_path), None)  # a cycle is left as is
+            if nxt is None:
+                stack.pop()
+                on_path.discard(i)
+                if i not in done:
+                    done.add(i)
+                    order.append(i)
+            else:
+                on_path.add(nxt)
+                stack.append((nxt, iter(deps[nxt])))
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    for n in graph.node:
+        for g in _subgraphs(n):
+            sort_topologically(g)
+
+
 @contextmanager
 def scratch_dir() -> Iterator[Path]:
     """A private temp folder for libraries that only read and write files (onnxruntime.quantization)."""

@@ -3,6 +3,7 @@ onnxruntime.quantization, realising the build's one quantization spec (config ke
 
 from __future__ import annotations
 
+import contextlib
 import io
 from contextlib import redirect_stdout
 from typing import Any
@@ -14,7 +15,11 @@ from deployc.contracts import Context, Pass, PassResult
 from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.ort import CalibrationReader
+from deployc.passes.fp16 import finite_fp16
+from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
+from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
+from deployc.passes.qdq_prep import quantizer_ready
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -49,11 +54,18 @@ def _prepared(proto: Any, work: Any) -> str:
 
     raw, prep = work / "model.onnx", work / "prep.onnx"
     onnx.save(proto, raw)
-    try:
-        quant_pre_process(str(raw), str(prep), skip_symbolic_shape=False)
-    except Exception:
-        quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
+    # symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files) into the CWD when it gives up
+    with contextlib.chdir(work):
+        try:
+            quant_pre_process(str(raw), str(prep), skip_symbolic_shape=False)
+        except Exception:
+            quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
+    onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
     return str(prep)
+
+
+def _per_channel(proto: Any, wanted: bool) -> bool:
+    return wanted and onnx_opset(proto) >= QDQ_PER_CHANNEL_OPSET  # per-channel DequantizeLinear needs opset 13
 
 
 def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Any:
@@ -79,7 +91,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 str(out),
                 CalibrationReader(samples, spec.calibration_batch),
                 quant_format=QuantFormat.QDQ,
-                per_channel=spec.per_channel,
+                per_channel=_per_channel(proto, spec.per_channel),
                 activation_type=act,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
@@ -102,17 +114,11 @@ def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
             src,
             str(out),
             weight_type=QuantType.QInt8,
-            per_channel=spec.per_channel,
+            per_channel=_per_channel(proto, spec.per_channel),
             nodes_to_exclude=list(spec.exclude),
             op_types_to_quantize=list(spec.op_types),
         )
         return onnx.load(str(out))
-
-
-def convert_fp16(proto: Any) -> Any:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    return convert_float_to_float16(proto, keep_io_types=True)  # float32 inputs/outputs, fp16 inside
 
 
 def _excluded_missing(proto: Any, exclude: list[str]) -> list[str]:
@@ -125,6 +131,7 @@ class QuantizePass(Pass):
 
     requires = frozenset({"onnx"})
     produces = frozenset({"quantized"})
+    reads = frozenset({"data.calibration", "data.validation"})  # samples the opset upgrade / fp16 are checked on
     cacheable = True
     precision: str
 
@@ -133,10 +140,18 @@ class QuantizePass(Pass):
         if missing:
             raise UsageError(f"quantize.exclude: no node named {missing} in the graph")
 
-    def done(self, state: ModelState, proto: Any) -> PassResult:
+    def upgraded(self, state: ModelState, ctx: Context) -> OpsetUpgrade:
+        """The input graph at the opset Q/DQ needs (see passes/opset.py); logs why when per-channel is off."""
+        up = upgrade_for_qdq(state.onnx, sample_feeds(state.onnx, ctx.calibration or ctx.validation))
+        if up.per_channel_blocked and getattr(self.config, "per_channel", False):
+            ctx.instruments.log(f"warning: {self.name}: {up.per_channel_blocked}")
+        return up
+
+    def done(self, state: ModelState, proto: Any, metrics: dict[str, Any] | None = None) -> PassResult:
         counts = op_counts(proto)
         facts = state.facts | {f"precision:{self.precision}"}
-        return PassResult(state.replace(onnx=proto, facts=facts), True, {"ops": counts, "nodes": sum(counts.values())})
+        metrics = {"ops": counts, "nodes": sum(counts.values()), **(metrics or {})}
+        return PassResult(state.replace(onnx=proto, facts=facts), True, metrics)
 
 
 class QuantizeInt8(QuantizePass):
@@ -147,7 +162,8 @@ class QuantizeInt8(QuantizePass):
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
-        return self.done(state, quantize_int8(state.onnx, ctx.calibration, self.config))
+        up = self.upgraded(state, ctx)
+        return self.done(state, quantize_int8(up.proto, ctx.calibration, self.config), up.metrics())
 
 
 class QuantizeDynamic(QuantizePass):
@@ -157,7 +173,8 @@ class QuantizeDynamic(QuantizePass):
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
-        return self.done(state, quantize_dynamic_int8(state.onnx, self.config))
+        up = self.upgraded(state, ctx)
+        return self.done(state, quantize_dynamic_int8(up.proto, self.config), up.metrics())
 
 
 class QuantizeFp16(QuantizePass):
@@ -166,4 +183,10 @@ class QuantizeFp16(QuantizePass):
     precision = "fp16"
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
-        return self.done(state, convert_fp16(state.onnx))
+        result = finite_fp16(state.onnx, sample_feeds(state.onnx, ctx.calibration or ctx.validation))
+        if result.kept:
+            listed = ", ".join(f"'{n}' ({why})" for n, why in result.kept.items())
+            ctx.instruments.log(f"{self.name}: {len(result.kept)} node(s) kept in float32: {listed}")
+        if result.finite is False:
+            ctx.instruments.log(f"warning: {self.name}: outputs are still non-finite in fp16 on sample inputs")
+        return self.done(state, result.proto, {"fp32_nodes": result.kept, "finite_on_samples": result.finite})

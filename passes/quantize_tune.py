@@ -218,13 +218,14 @@ class QuantizeTune(QuantizePass):
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
+        up = self.upgraded(state, ctx)
         tune = self.config.tune
         budget = ctx.config.validate_.max_drift if tune.max_drift is None else tune.max_drift
         data, ref, tuned_on, ref_desc = tuning_reference(state, ctx, tune)
         spec = Int8Config.model_validate(self.config.model_dump(exclude={"tune"}))
         with ctx.instruments.progress("quantize.tune", tune.max_trials) as advance:
-            result = tune_int8(state.onnx, ctx.calibration, data, ref, spec, tune, budget, advance)
-        done = self.done(state, result.best.proto)
+            result = tune_int8(up.proto, ctx.calibration, data, ref, spec, tune, budget, advance)
+        done = self.done(state, result.best.proto, up.metrics())
         metrics, tables = report(result, tuned_on, ref_desc, ref.metric.name)
         latency = {f"trial_{t.index}_latency_ms": t.latency_ms for t in result.trials}
         return PassResult(done.state, True, {**done.metrics, **metrics}, tables, latency)

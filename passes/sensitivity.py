@@ -115,7 +115,7 @@ def layer_outputs(proto: Any, names: list[str], data: Dataset, batch: int = 64) 
     for x, _ in data.batches(batch):
         for name, value in zip(names, sess.run(names, {k: v for k, v in x.items() if k in feeds})):
             parts[name].append(value)
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    return {n: np.concatenate(v) if v[0].ndim else np.stack(v) for n, v in parts.items()}  # 0-d: one per batch
 
 
 def _consumer_view(int8: Any) -> dict[str, str]:

@@ -1,14 +1,22 @@
-"""simplify — onnxsim (shape-driven folding) then onnxscript's optimizer and rewriter
-(constant folding, dead code, BN folding and other fusions); the graph's numbers must not change."""
+"""simplify — onnxsim (shape-driven folding) then onnxscript's optimizer and rewriter (constant folding, dead
+code, BN folding and other fusions). The graph's numbers must not change: each stage's result is checked
+(onnx checker, then its outputs on sample inputs against the input graph's) and a stage that fails is dropped.
+
+Why the check: onnxscript 0.7's no-op rules match constants within abs_tol 1e-8 of zero, so `Add(x, 1e-10)`
+becomes `x` and `Log(Square(x) + 1e-10)` turns into `Log(Square(x))`, -inf on silence (basic-pitch's front end).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.contracts import Context, Pass, PassResult
-from deployc.passes.onnx_util import op_counts
+from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
+from deployc.passes.onnx_util import copied, op_counts
 from deployc.state import ModelState
 
 
@@ -17,41 +25,88 @@ class SimplifyConfig(BaseModel):
     onnxsim: bool = Field(True, description="run onnxsim")
     optimizer: bool = Field(True, description="run onnxscript's optimizer (constant folding, dead code)")
     rewrite: bool = Field(True, description="run onnxscript's default rewrite rules (BN folding, fusions)")
+    samples: int = Field(4, ge=1, description="samples each stage's outputs are checked on")
 
 
-def simplify_proto(proto: Any, config: SimplifyConfig = SimplifyConfig()) -> Any:
+def _onnxsim(proto: Any) -> Any:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise ValueError("onnxsim's own check of its result failed")
+    return simplified
+
+
+def _optimizer(proto: Any) -> Any:
+    from onnxscript import optimizer
+
+    return optimizer.optimize(proto)
+
+
+def _rewrite(proto: Any) -> Any:
+    from onnxscript import rewriter
+
+    return rewriter.rewrite(proto)
+
+
+STAGES: dict[str, Callable[[Any], Any]] = {"onnxsim": _onnxsim, "optimizer": _optimizer, "rewrite": _rewrite}
+
+
+def simplify_stages(proto: Any, config: SimplifyConfig, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, str]]:
+    """The simplified graph and what happened to each enabled stage: 'kept', or 'dropped: <why>' when it crashed,
+    failed the checker or changed the outputs on `feeds`."""
     import onnx
 
-    if config.onnxsim:
-        import onnxsim
+    try:
+        reference = run_outputs(proto, feeds)
+    except Exception as exc:  # feeds the graph rejects (e.g. made up for unusual inputs): check structure only
+        reference, unchecked = None, f"numbers not checked: the input graph does not run on the samples ({exc})"
+    stages: dict[str, str] = {}
+    for name, stage in STAGES.items():
+        if not getattr(config, name):
+            continue
+        try:
+            candidate = stage(copied(proto))  # onnxsim edits its input in place, also when it then fails
+            onnx.checker.check_model(candidate)
+            why = output_mismatch(reference, run_outputs(candidate, feeds)) if reference is not None else None
+        except Exception as exc:  # a stage that crashes is skipped like one that breaks the numbers
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
+        if why:
+            stages[name] = f"dropped: {why}"
+            continue
+        stages[name] = "kept" if reference is not None else f"kept ({unchecked[:200]})"
+        proto = candidate
+    return proto, stages
 
-        simplified, ok = onnxsim.simplify(proto)
-        if ok:  # onnxsim checks its own result numerically; keep the input when that check fails
-            proto = simplified
-    if config.optimizer:
-        from onnxscript import optimizer
 
-        proto = optimizer.optimize(proto)
-    if config.rewrite:
-        from onnxscript import rewriter
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
-        proto = rewriter.rewrite(proto)
-    onnx.checker.check_model(proto)
-    return proto
+
+def simplify_proto(proto: Any, config: SimplifyConfig = SimplifyConfig(), feeds: dict | None = None) -> Any:
+    """The simplified graph, each stage checked on `feeds` (default: seeded random inputs)."""
+    return simplify_stages(proto, config, feeds if feeds is not None else sample_feeds(proto, None))[0]
 
 
 class Simplify(Pass):
     name = "simplify"
     Config = SimplifyConfig
     requires = frozenset({"onnx"})
+    reads = frozenset({"data.calibration", "data.validation"})  # real samples the stages are checked on
     produces = frozenset({"simplified"})
 
     cacheable = True
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         before = op_counts(state.onnx)
-        proto = simplify_proto(state.onnx, self.config)
+        feeds = sample_feeds(state.onnx, ctx.calibration or ctx.validation, self.config.samples)
+        proto, stages = simplify_stages(state.onnx, self.config, feeds)
+        for stage, outcome in stages.items():
+            if outcome.startswith("dropped"):
+                ctx.instruments.log(f"warning: simplify: stage '{stage}' {outcome}")
         after = op_counts(proto)
         metrics = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()), "ops": after}
+        metrics["stages"] = stages
         modified = proto.SerializeToString(deterministic=True) != state.onnx.SerializeToString(deterministic=True)
         return PassResult(state.replace(onnx=proto) if modified else state, modified, metrics)

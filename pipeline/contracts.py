@@ -70,6 +70,7 @@ class Pass(abc.ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()  # facts that stop holding after this pass
+    reads: ClassVar[frozenset[str]] = frozenset()  # data.* facts it uses when present (part of its cache key)
     cacheable: ClassVar[bool] = False  # True when the pass's whole output is state.onnx (see deployc/cache.py)
     # config sections run() reads through ctx.config besides model, data and its own options (e.g. {'quantize'});
     # None: unknown, maybe any. A sweep shares a pass's result between variants only where these agree.

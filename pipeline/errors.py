@@ -43,6 +43,17 @@ class PassError(DeploycError):
         self.ran_before = ran_before
 
 
+class InvalidGraphError(DeploycError):
+    """A pass emitted an ONNX graph the checker or onnxruntime rejects: the model is beyond that pass (exit 2,
+    nothing built; inside a target only that artifact fails, with gate 'error')."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, pass_name: str, ran_before: tuple[str, ...] = ()):
+        super().__init__(f"{_where(pass_name, ran_before)}: {message}")
+        self.pass_name = pass_name
+
+
 class GateFailed(DeploycError):
     """Artifacts were built but at least one failed its validation gate (exit 3)."""
 

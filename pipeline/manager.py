@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from deployc.cache import dataset_digest, module_digest
 from deployc.config import BuildConfig, format_validation_error
 from deployc.contracts import Context, Pass, PassResult, Target
-from deployc.errors import DeploycError, PassError, PipelineError, UsageError
+from deployc.errors import DeploycError, InvalidGraphError, PassError, PipelineError, UsageError
 from deployc.pipeline_string import format_pipeline
 from deployc.registry import get_pass, get_target
 from deployc.state import ModelState, PassRecord
@@ -137,7 +137,7 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
     config = p.config.model_dump(mode="json")
     key = None
     if p.cacheable and ctx.cache is not None:  # memo within the build always; disk unless --no-cache
-        data = [dataset_digest(ctx.dataset_for(f)) for f in sorted(p.requires) if f.startswith("data.")]
+        data = [dataset_digest(ctx.dataset_for(f)) for f in sorted(p.requires | p.reads) if f.startswith("data.")]
         key = ctx.cache.key(state, p, config, data)
         hit = ctx.cache.load(key)
         if hit is not None:
@@ -206,7 +206,8 @@ def input_fingerprint(state: ModelState) -> tuple[str, str]:
 def _check_contract(
     p: Pass, state: ModelState, result: Any, fingerprint: tuple[str, str], before: tuple[str, ...]
 ) -> None:
-    """onnx-ir style postconditions: a PassResult, declared facts that hold, an honest `modified`, no mutation."""
+    """onnx-ir style postconditions: a PassResult, declared facts that hold, an honest `modified`, no mutation, and
+    a new ONNX graph that the checker and onnxruntime accept."""
 
     def broken(message: str) -> PassError:
         return PassError(f"broke the pass contract: {message}", pass_name=p.name, ran_before=before)
@@ -227,3 +228,29 @@ def _check_contract(
         raise broken("returned modified=False with a different graph or module")
     if input_fingerprint(state) != fingerprint:
         raise broken("mutated the state it was given (copy the module or graph before changing it)")
+    if out.onnx is not None and out.onnx is not state.onnx:
+        problem = graph_problem(out.onnx)
+        if problem:
+            raise InvalidGraphError(f"emitted an invalid ONNX graph: {problem}", pass_name=p.name, ran_before=before)
+
+
+def graph_problem(proto: Any) -> str | None:
+    """Why the onnx checker or onnxruntime (the runtime ONNX graphs run on) rejects `proto`; None when both accept."""
+    import onnx
+
+    from deployc.ort import session
+
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        return f"the onnx checker rejects it: {_first_line(exc)}"
+    try:
+        session(proto, threads=1, optimize=False)  # loading resolves every node's types and attributes
+    except Exception as exc:
+        return f"onnxruntime cannot load it: {_first_line(exc)}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -17,6 +17,13 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.registry import get_pass
 from deployc.state import ModelState
+from deployc.targets.quantized_details import (
+    DYNAMIC_HINT,
+    NothingInInt8,
+    int8_coverage_of,
+    merged,
+    quantized_details,
+)
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 
@@ -117,6 +124,20 @@ class OnnxTarget(Target):
         label = already if precision == "fp32" and already else precision
         if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
             done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu)), done, ctx)
+        coverage = int8_coverage_of(label, done, ctx)
+        if label == "dynamic" and coverage is not None and not coverage.int8_ops:
+            return Artifact(
+                self.name,
+                label,
+                None,
+                "onnxruntime",
+                onnxruntime.__version__,
+                details={"int8_coverage": coverage.to_json()},
+                skipped=f"not emitted: no weight of this graph becomes int8 ({DYNAMIC_HINT}); it would be the fp32 "
+                "graph under another name",
+            )
+        if coverage is not None and not coverage.int8_ops:
+            raise NothingInInt8(coverage)
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(done.onnx, str(path))
@@ -134,7 +155,9 @@ class OnnxTarget(Target):
                 "ops": op_counts(done.onnx),
                 "execution_provider": "CPUExecutionProvider",
                 "threads": self.options.threads,
-                **_int8_notes(label, base, done, ctx),
+                **merged(
+                    _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
+                ),
             },
             perf={"int8_tuned_for": profile(self.options.cpu).describe()} if label == "int8" else {},
             history=done.history[len(state.history) :],

@@ -20,6 +20,7 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.registry import get_pass
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import lower_to_onnx, quantize_for
+from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -148,13 +149,27 @@ def conform_qdq(src: Any) -> tuple[Any, dict[str, int]]:
 
 
 def shape_profile(
-    inputs: tuple[TensorSpec, ...], ranges: dict[str, AxisRange], batch: int
+    inputs: tuple[TensorSpec, ...],
+    ranges: dict[str, AxisRange],
+    batch: int,
+    seen: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, dict[str, list[int]]]:
-    """min/opt/max shapes per input: fixed axes as declared, named (dynamic) axes from `ranges`."""
+    """min/opt/max shapes per input: fixed axes as declared, named (dynamic) axes from `ranges`; the batch axis
+    defaults to 1 / batch / batch, other dynamic axes (e.g. an image's '?' height) to the size `seen` in the data."""
     default = AxisRange(min=1, opt=batch, max=batch)
     profile = {}
     for spec in inputs:
-        axes = [ranges.get(d, default) if isinstance(d, str) else AxisRange(min=d, opt=d, max=d) for d in spec.shape]
+        data = (seen or {}).get(spec.name, ())
+        axes = []
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, int) and d > 0:
+                axes.append(AxisRange(min=d, opt=d, max=d))
+            elif isinstance(d, str) and d in ranges:
+                axes.append(ranges[d])
+            elif i > 0 and i < len(data):
+                axes.append(AxisRange(min=data[i], opt=data[i], max=data[i]))
+            else:
+                axes.append(default)
         profile[spec.name] = {k: [getattr(a, k) for a in axes] for k in ("min", "opt", "max")}
     return profile
 
@@ -313,7 +328,8 @@ class TensorrtTarget(Target):
         import onnxruntime
 
         no_engine = engine_unavailable() if self.options.engine else "disabled by targets.tensorrt.engine: false"
-        profile = shape_profile(state.inputs, self.options.profile, ctx.config.data.batch_size)
+        seen = {k: v.shape for k, v in ctx.validation.inputs.items()} if ctx.validation is not None else {}
+        profile = shape_profile(state.inputs, self.options.profile, ctx.config.data.batch_size, seen)
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
         done, stats = self._network(precision, base, ctx)
         label = already or precision
@@ -323,6 +339,10 @@ class TensorrtTarget(Target):
         onnx.save(done.onnx, str(path))
         ins, outs = io_specs(done.onnx)
         details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
+        coverage = int8_coverage_of(label, done, ctx)
+        if coverage is not None and not coverage.int8_ops:
+            raise NothingInInt8(coverage)
+        details.update(quantized_details(f"{self.name}/{label}", coverage, base, done, ctx))
         if stats:
             details["conformance"] = stats
         runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__

@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.contracts import Artifact, Context, Target
 from deployc.errors import UsageError
+from deployc.passes.coverage import coverage_details
 from deployc.state import ModelState, PassRecord
+from deployc.targets.tflite_coverage import tflite_int8_coverage
 
 Precision = Literal["fp32", "fp16", "dynamic", "int8"]
 SIGNATURE = "serving_default"  # the one signature litert_torch.convert gives a module
@@ -105,6 +107,26 @@ def _signature_names(model: bytes, kind: str) -> list[str]:
     return sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0)
 
 
+def _signature_dtypes(model: bytes) -> dict[str, np.dtype]:
+    interp, _, _ = _interpreter_module()
+    details = interp.Interpreter(model_content=model).get_signature_runner(SIGNATURE).get_input_details()
+    return {key: np.dtype(d["dtype"]) for key, d in details.items()}
+
+
+def as_signature_dtype(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """`values` in the dtype the flatbuffer's signature takes: litert-torch makes int64 inputs (token ids, masks)
+    int32, and the calibrator, unlike the interpreter's callers, feeds arrays as they are."""
+    if values.dtype == dtype:
+        return values
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise UsageError(
+                f"targets.tflite: input '{name}' holds values outside {dtype.name}, its type in the .tflite"
+            )
+    return values.astype(dtype)
+
+
 def recipe_for(precision: str, ctx: Context, io_dtype: str) -> tuple[Any, list[str]]:
     """A RecipeManager realising the build's quantization spec, and notes on what the quantizer cannot realise."""
     from ai_edge_quantizer import qtyping, recipe_manager
@@ -157,9 +179,9 @@ def calibrate(fp32: bytes, manager: Any, ctx: Context, input_names: list[str]) -
         raise UsageError("targets.tflite: int8 needs calibration data: set data.calibration")
     samples = ctx.calibration.take(ctx.config.quantize.samples)
     keys = _signature_names(fp32, "inputs")
-    feeds = [
-        {key: samples.inputs[name][i : i + 1] for key, name in zip(keys, input_names)} for i in range(len(samples))
-    ]
+    dtypes = _signature_dtypes(fp32)
+    arrays = {key: as_signature_dtype(samples.inputs[name], dtypes[key], name) for key, name in zip(keys, input_names)}
+    feeds = [{key: a[i : i + 1] for key, a in arrays.items()} for i in range(len(samples))]
     # 'minmax' means the global range; the quantizer's default is a moving average that clips the extremes
     update = (
         qsv_utils.min_max_update if ctx.config.quantize.calibration == "minmax" else qsv_utils.moving_average_update
@@ -326,6 +348,8 @@ class TfliteTarget(Target):
         path.write_bytes(model)
         ops, _, _ = op_report(model)
         details = {"converter": f"litert-torch {importlib.metadata.version('litert-torch')}", "ops": ops, **details}
+        if precision in ("int8", "dynamic"):
+            details.update(coverage_details(tflite_int8_coverage(model), f"tflite/{precision}", ctx.instruments.log))
         if precision == "int8":
             details["io_dtype"] = self.options.io_dtype
             details["npu"] = npu = npu_profile(model)

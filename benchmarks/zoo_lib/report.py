@@ -6,80 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-WEIGHTED_ONNX = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention"}
-INT8_ONNX = {
-    "ConvInteger",
-    "MatMulInteger",
-    "DynamicQuantizeMatMul",
-    "DynamicQuantizeLSTM",
-    "QLinearConv",
-    "QLinearMatMul",
-    "MatMulIntegerToFloat",
-    "QAttention",
-}
-WEIGHTED_TFLITE = {
-    "CONV_2D",
-    "DEPTHWISE_CONV_2D",
-    "FULLY_CONNECTED",
-    "BATCH_MATMUL",
-    "TRANSPOSE_CONV",
-    "UNIDIRECTIONAL_SEQUENCE_LSTM",
-    "CONV_3D",
-    "EMBEDDING_LOOKUP",
-}
+from deployc.passes.coverage import percent
 
 
-def onnx_int8_coverage(path: Path) -> tuple[int, int]:
-    """(int8 weighted ops, weighted ops): a weighted op counts as int8 when it is an integer kernel or its
-    weight (input 1) comes out of a DequantizeLinear of an int8/uint8 initializer."""
-    import onnx
-
-    g = onnx.load(str(path), load_external_data=False).graph
-    inits = {i.name: i.data_type for i in g.initializer}
-    dq_int8 = {
-        n.output[0]
-        for n in g.node
-        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
-    }
-    int8 = total = 0
-    for n in g.node:
-        if n.op_type in INT8_ONNX:
-            int8, total = int8 + 1, total + 1
-        elif n.op_type in WEIGHTED_ONNX:
-            total += 1
-            int8 += len(n.input) > 1 and n.input[1] in dq_int8
-    return int8, total
-
-
-def tflite_int8_coverage(path: Path) -> tuple[int, int]:
-    """(int8 weighted ops, weighted ops) of a .tflite: a weighted op counts when its weight tensor is int8."""
-    from ai_edge_litert.tools import flatbuffer_utils as fb
-
-    m = fb.convert_bytearray_to_object(bytearray(path.read_bytes()))
-    int8 = total = 0
-    for sg in m.subgraphs:
-        for op in sg.operators:
-            if (fb.opcode_to_name(m, op.opcodeIndex) or "") in WEIGHTED_TFLITE:
-                total += 1
-                weight = op.inputs[1] if len(op.inputs) > 1 else -1
-                int8 += weight >= 0 and fb.type_to_name(sg.tensors[weight].type) in ("INT8", "INT4")
-    return int8, total
-
-
-def int8_coverage(art: dict[str, Any], root: Path) -> str:
-    """deployc's own figure when the manifest has one, else the zoo's count of int8 weighted ops."""
-    details = art.get("details") or {}
-    own = details.get("int8_coverage")
-    if own is not None:
-        return f"{own:.0%}" if isinstance(own, float) else str(own)
-    if art.get("precision") not in ("int8", "dynamic") or not art.get("path"):
+def int8_coverage(art: dict[str, Any]) -> str:
+    """deployc's int8 coverage of an int8/dynamic artifact (details.int8_coverage): MAC share, else weight share."""
+    own = (art.get("details") or {}).get("int8_coverage")
+    if not own:
         return "—"
-    path = Path(art["path"]) if Path(art["path"]).is_absolute() else root / art["path"]
-    try:
-        done, total = tflite_int8_coverage(path) if path.suffix == ".tflite" else onnx_int8_coverage(path)
-    except Exception as exc:  # a coverage we cannot count is reported, never fatal to the table
-        return f"? ({type(exc).__name__})"
-    return f"{done}/{total}" if total else "0/0"
+    if own.get("macs") is not None:
+        return f"{percent(own['macs'])} of MACs"
+    return f"{percent(own['weights'])} of weights" if own.get("weights") is not None else "none"
 
 
 def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:
@@ -124,7 +61,7 @@ def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:
                 "bytes": art.get("bytes"),
                 "latency_ms": ms,
                 "latency_ratio": ms / fp32_ms if ms and fp32_ms else None,
-                "int8_coverage": int8_coverage(art, build),
+                "int8_coverage": int8_coverage(art),
             }
         )
     return rows
@@ -163,8 +100,8 @@ def render(models: list[dict[str, Any]], rows: list[dict[str, Any]], commands: l
         "",
         "## Artifacts",
         "",
-        "Latency ratio: batch-1 latency / the same target's fp32 (timings.json). int8 coverage: weighted ops "
-        "with int8 weights / weighted ops (counted by the zoo; deployc reports none).",
+        "Latency ratio: batch-1 latency / the same target's fp32 (timings.json). int8 coverage: deployc's "
+        "share of multiply-accumulates (weights when shapes are unknown) that run in int8 (details.int8_coverage).",
         "",
         "| model | target | precision | gate | metric (ref) | drift | size | latency ms | ratio to fp32 | int8 coverage |",
         "|---|---|---|---|---|---|---|---|---|---|",

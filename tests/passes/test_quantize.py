@@ -14,8 +14,9 @@ from torch import nn
 from deployc.data import Dataset, digits_arrays
 from deployc.ort import session
 from deployc.passes.export import export_onnx
+from deployc.passes.fp16 import convert_fp16
 from deployc.passes.onnx_util import op_counts
-from deployc.passes.quantize import DynamicConfig, Int8Config, convert_fp16, quantize_dynamic_int8, quantize_int8
+from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
 from deployc.state import ModelState, TensorSpec
 
 
@@ -218,3 +219,136 @@ def test_dynamic_int8_transformer_through_the_cli(tmp_path):
     assert dyn["details"]["ops"].get("DynamicQuantizeLinear", 0) >= 4  # every projection's input, quantized at run time
     assert dyn["details"]["ops"].get("MatMulInteger", 0) >= 4 and "MatMulInteger" not in fp32["details"]["ops"]
     assert dyn["metrics"]["cosine"] > 0.999 and dyn["bytes"] < 0.5 * fp32["bytes"]
+
+
+def _unet_block() -> onnx.ModelProto:
+    """x → strided Conv → Resize ×2 → Concat with x → Conv, with symbolic height/width: onnxruntime's symbolic shape
+    inference cannot prove the two Concat inputs the same size (as in YOLOv8's neck) and gives up."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([], np.float32), "roi"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(rng.standard_normal((2, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["down"], strides=[2, 2], pads=[1, 1, 1, 1], name="down"),
+        helper.make_node("Resize", ["down", "roi", "scales"], ["up"], mode="nearest", name="up"),
+        helper.make_node("Concat", ["x", "up"], ["cat"], axis=1, name="skip"),
+        helper.make_node("Conv", ["cat", "w2"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "unet",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "height", "width"])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_quantization_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files for big models)
+    into the CWD when it gives up; deployc's quantizers run in their own scratch folder."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = _unet_block()
+    work = tmp_path / "user-project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    onnx.save(proto, tmp_path / "in.onnx")
+    with pytest.raises(Exception, match="Incomplete symbolic shape inference"):  # the library's own behaviour
+        quant_pre_process(str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), skip_symbolic_shape=False)
+    assert [p.name for p in work.iterdir()] == ["sym_shape_infer_temp.onnx"]
+    (work / "sym_shape_infer_temp.onnx").unlink()
+
+    x = np.random.default_rng(1).standard_normal((8, 4, 12, 12)).astype(np.float32)
+    q = quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config())
+    d = quantize_dynamic_int8(proto, DynamicConfig())
+    assert list(work.iterdir()) == []
+    assert op_counts(q)["QuantizeLinear"] >= 3 and _run(d, {"x": x}).shape == (8, 2, 12, 12)
+
+
+def test_shared_bias_next_to_a_tensor_named_like_its_copies(tmp_path):
+    """Three convs share 'bias' and the first writes a tensor 'bias1' (tf2onnx names like basic-pitch's 'conv1d_25'
+    beside 'conv1d_252'): onnxruntime's quantizer names its bias copies bias0, bias1... and the third conv ends up
+    reading the activation. deployc gives each conv its own bias first; the int8 graph loads and computes."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from deployc.manager import graph_problem
+    from deployc.ort import CalibrationReader
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3, "w2"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "bias"], ["bias1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Sigmoid", ["bias1"], ["s"], name="act"),
+        helper.make_node("Conv", ["s", "w2", "bias"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Conv", ["c2", "w2", "bias"], ["y"], pads=[1, 1, 1, 1], name="conv3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = Dataset({"x": rng.standard_normal((16, 1, 8, 8)).astype(np.float32)}, None, "x")
+    onnx.save(proto, tmp_path / "m.onnx")
+    quantize_static(str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), CalibrationReader(data), QuantFormat.QDQ)
+    assert "cannot load" in graph_problem(onnx.load(str(tmp_path / "q.onnx")))  # the library's defect
+    q = quantize_int8(proto, data, Int8Config())
+    assert graph_problem(q) is None
+    want, got = _run(proto, {"x": data.inputs["x"]}), _run(q, {"x": data.inputs["x"]})
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_dense_layer_with_a_row_bias(tmp_path):
+    """MatMul + Add(bias [1, N]) (tf2onnx's Dense, Magika): the quantizer's pre-processing fuses it into a Gemm with
+    a 2-D C, which onnxruntime's per-channel bias code cannot compare ('truth value of an array is ambiguous')."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from deployc.ort import CalibrationReader
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "kernel"),
+        numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "kernel"], ["h"], name="dense/MatMul"),
+        helper.make_node("Add", ["h", "bias"], ["y"], name="dense/BiasAdd"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = Dataset({"x": rng.standard_normal((16, 8)).astype(np.float32)}, None, "x")
+    onnx.save(proto, tmp_path / "m.onnx")
+    quant_pre_process(str(tmp_path / "m.onnx"), str(tmp_path / "prep.onnx"))
+    assert op_counts(onnx.load(str(tmp_path / "prep.onnx"))) == {"Gemm": 1}
+    with pytest.raises(ValueError, match="truth value of an array"):  # the library's defect
+        quantize_static(
+            str(tmp_path / "prep.onnx"),
+            str(tmp_path / "q.onnx"),
+            CalibrationReader(data),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+        )
+    q = quantize_int8(proto, data, Int8Config())
+    want, got = _run(proto, {"x": data.inputs["x"]}), _run(q, {"x": data.inputs["x"]})
+    assert op_counts(q)["Gemm"] == 1 and np.abs(got - want).max() < 0.05 * np.abs(want).max()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from deployc.build import build
 from deployc.cli import main
 from deployc.config import load_config
 from deployc.contracts import Artifact, Context, Pass, PassResult, Target
-from deployc.errors import PassError
+from deployc.errors import InvalidGraphError, PassError
 from deployc.instruments import Instruments
 from deployc.manager import run_pass
 from deployc.state import ModelState, PassRecord, Table, TensorSpec
@@ -228,3 +229,40 @@ def test_one_artifacts_failure_never_discards_the_others(tmp_path, digits_model)
     assert (tmp_path / "o" / "halfbroken" / "m.fp32.bin").is_file()
     junit = (tmp_path / "o" / "junit.xml").read_text()
     assert junit.count('type="NotBuilt"') == 2 and 'errors="2"' in junit
+
+
+def _per_channel_dq_at_opset_11() -> Any:
+    """What onnxruntime's quantizer wrote into paddle2onnx graphs: a DequantizeLinear with `axis` (opset ≥ 13)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.ones((4, 64), np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4, 0.1, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], axis=0, name="dq"),
+        helper.make_node("Flatten", ["image"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+
+
+def test_a_pass_emitting_an_invalid_graph_fails_naming_itself(tmp_path):
+    """The postcondition every graph-emitting pass gets: checker + onnxruntime load; exit 2, not an internal error."""
+    state = ModelState(onnx=None, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),), facts=frozenset({"torch"}))
+    emits = _pass("test.bad_qdq", lambda s: PassResult(s.replace(onnx=_per_channel_dq_at_opset_11()), True))
+    emits.produces = frozenset({"onnx"})
+    with pytest.raises(InvalidGraphError) as exc:
+        run_pass(emits(Options()), state.with_record(PassRecord("export.onnx", {}, True)), _ctx(tmp_path))
+    text = str(exc.value)
+    assert text.startswith("pass 'test.bad_qdq' (after: export.onnx): emitted an invalid ONNX graph:")
+    assert "axis" in text and exc.value.exit_code == 2

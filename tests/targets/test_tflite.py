@@ -113,3 +113,64 @@ def test_available_names_the_missing_package(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a)
     )
     assert "litert-torch" in TfliteTarget.available()
+
+
+TOKEN_MODEL = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class TokenClassifier(nn.Module):
+    """Token ids and an attention mask (int64, as tokenizers give them) → mean of masked embeddings → 4 classes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(100, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+def make():
+    return TokenClassifier().eval()
+
+
+def tokens():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (48, 12)).astype(np.int64)
+    mask = (np.arange(12)[None, :] < rng.integers(4, 13, (48, 1))).astype(np.int64)
+    return [({"input_ids": ids * mask, "attention_mask": mask}, None)]
+'''
+
+
+def test_int64_inputs_to_int8(tmp_path):
+    """litert-torch makes int64 inputs int32: the calibration feeds int32, the integer inputs stay unquantized,
+    and the manifest gives the flatbuffer's real input dtypes (what an app must feed)."""
+    (tmp_path / "tokens.py").write_text(TOKEN_MODEL)
+    spec = [{"name": n, "shape": ["batch", 12], "dtype": "int64"} for n in ("input_ids", "attention_mask")]
+    config = {
+        "name": "tokens",
+        "model": {"factory": f"{tmp_path}/tokens.py:make", "inputs": spec},
+        "data": {
+            "validation": f"{tmp_path}/tokens.py:tokens",
+            "calibration": f"{tmp_path}/tokens.py:tokens",
+            "metric": "cosine",
+        },
+        "targets": {"tflite": {"precision": ["fp32", "dynamic", "int8"]}},
+        "validate": {"max_drift": 0.02, "latency_runs": 2},
+    }
+    result = build(config, out=tmp_path / "out", quiet=True)
+    assert result.exit_code == 0, [a["gate"] for a in result.manifest["artifacts"]]
+    for precision in ("fp32", "dynamic", "int8"):
+        art = _artifact(result, precision)
+        assert [(i["name"], i["dtype"], i["quantization"]) for i in art["inputs"]] == [
+            ("input_ids", "int32", None),
+            ("attention_mask", "int32", None),
+        ]
+    int8 = _artifact(result, "int8")
+    assert int8["details"]["int8_coverage"]["macs"] == 1.0 and int8["metrics"]["cosine"] > 0.99
+    assert int8["outputs"][0]["dtype"] == "int8"

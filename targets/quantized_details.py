@@ -1,0 +1,67 @@
+"""What the manifest says about a quantized ONNX graph (onnx and tensorrt targets): its int8 coverage, warnings
+when an int8/dynamic artifact is mostly float or no smaller than fp32, and the nodes an fp16 graph keeps float32."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployc.contracts import Context
+from deployc.passes.coverage import Int8Coverage, coverage_details, onnx_int8_coverage
+from deployc.passes.onnx_numerics import sample_feeds
+from deployc.state import ModelState
+
+DYNAMIC_HINT = (
+    "onnxruntime's dynamic int8 quantizes only MatMul/Gemm/LSTM/Attention weights; convolutions need int8 (static)"
+)
+RECURRENT_HINT = "onnxruntime's static int8 leaves LSTM/GRU/RNN in float ('dynamic' gives LSTM int8 weights)"
+
+
+class NothingInInt8(Exception):
+    """The quantizer made no weighted op int8: the artifact would be the fp32 graph labelled int8."""
+
+    def __init__(self, coverage: Int8Coverage):
+        floats = ", ".join(f"{op}×{n}" for op, n in sorted(coverage.float_ops.items())) or "none in the graph"
+        super().__init__(
+            f"no weighted op runs in int8 (weighted ops: {floats}); onnxruntime's quantizer leaves ops inside "
+            "If/Loop bodies, LSTM/GRU and ops it cannot calibrate in float"
+        )
+
+
+def int8_coverage_of(precision: str, done: ModelState, ctx: Context) -> Int8Coverage | None:
+    """The coverage of an int8/dynamic graph (None for other precisions)."""
+    if precision not in ("int8", "dynamic"):
+        return None
+    return onnx_int8_coverage(done.onnx, sample_feeds(done.onnx, ctx.calibration or ctx.validation, 1))
+
+
+def quantized_details(
+    where: str, coverage: Int8Coverage | None, base: ModelState, done: ModelState, ctx: Context
+) -> dict[str, Any]:
+    """Artifact details for the graph `done` (`where`: 'onnx/int8'...), warnings logged as they are made."""
+    fp16 = next((r for r in done.history[len(base.history) :] if r.name == "quantize.fp16"), None)
+    if fp16 is not None:
+        return {"fp16_kept_fp32": fp16.metrics.get("fp32_nodes", {})}
+    if coverage is None:
+        return {}
+    dynamic = where.endswith("/dynamic")
+    recurrent = {"LSTM", "GRU", "RNN"} & set(coverage.float_ops)
+    hint = DYNAMIC_HINT if dynamic else RECURRENT_HINT if recurrent else ""
+    details = coverage_details(coverage, where, ctx.instruments.log, hint)
+    fp32_bytes, own = base.onnx.ByteSize(), done.onnx.ByteSize()
+    if dynamic and own >= fp32_bytes:
+        warning = (
+            f"{where}: {own} bytes, not smaller than the fp32 graph's {fp32_bytes}: the few weights it makes int8 "
+            "do not outweigh the quantize/dequantize nodes it adds"
+        )
+        ctx.instruments.log(f"warning: {warning}")
+        details.setdefault("warnings", []).append(warning)
+    return details
+
+
+def merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Detail dicts combined, their 'warnings' lists joined."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, []) + value if key == "warnings" else value
+    return out
