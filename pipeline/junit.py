@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.manifest import write_text_atomic
-from deployc.report import PERCENT_METRICS, proxy_runtime
+from deployc.report import PERCENT_METRICS, metric_label, proxy_runtime
 
 
 def _drift_message(artifact: dict[str, Any], metric: str, budget: float) -> str:
@@ -18,6 +18,7 @@ def _drift_message(artifact: dict[str, Any], metric: str, budget: float) -> str:
     reason = gate.get("reason") or "validation gate failed"
     if not (isinstance(drift, (int, float)) and math.isfinite(drift)) or "exceeds budget" not in reason:
         return reason
+    metric = metric_label(metric)
     if metric in PERCENT_METRICS:
         return f"{metric} drift {drift * 100:+.2f}% exceeds budget {budget * 100:.2f}%"
     return f"{metric} drift {drift:+.4g} exceeds budget {budget:g} ({metric} units)"

@@ -14,6 +14,7 @@ import numpy as np
 from deployc.config import BuildConfig
 from deployc.errors import UsageError
 from deployc.pyimport import import_callable
+from deployc.report import metric_label
 
 # fn(outputs, targets) -> float. Label and custom metrics: outputs[0] is the output the metric reads, targets
 # the labels (or that output of the reference). Similarity metrics: both are lists of every covered output.
@@ -28,6 +29,11 @@ class Metric:
     needs_labels: bool
     similarity: bool = False  # compares the artifact's outputs with the reference's (all covered outputs)
     classes: bool = False  # labels are integer class ids inside the output's class count (checked before work)
+
+    @property
+    def label(self) -> str:
+        """What gate reasons call it: the callable's name, not the file path a custom metric was given by."""
+        return metric_label(self.name)
 
     def drift(self, reference: float, value: float) -> float:
         """Positive when the artifact is worse than the reference, in the metric's own units."""

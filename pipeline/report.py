@@ -62,6 +62,14 @@ def report_view(manifest: dict[str, Any], timings: dict[str, Any]) -> dict[str, 
 
 GATE_MARK = {"pass": "✅ pass", "fail": "❌ fail", "skipped": "❎ skipped", "error": "⚠️ error"}
 PERCENT_METRICS = ("top1", "top5")  # fractions of samples: drift reads best in percentage points
+
+
+def metric_label(name: str) -> str:
+    """'top1', or a custom metric's callable name without its file path: 'metrics.py:vad_accuracy' reads
+    'vad_accuracy' in gate reasons, junit and plots (the full string stays in the manifest's config)."""
+    return name.rsplit(":", 1)[-1]
+
+
 ARTIFACT_COLUMNS = ("target", "precision", "size", "int8", "drift", "ms/sample", "gate")  # metric goes after size
 
 
@@ -164,7 +172,7 @@ def budget_text(manifest: dict[str, Any]) -> str:
     ref, budget = manifest["reference"], manifest["budget"]
     limit = budget["max_drift"]
     shown = f"{limit * 100:.2f}%" if ref["metric"] in PERCENT_METRICS else f"{limit:g}"
-    text = f"budget: {ref['metric']} drift ≤ {shown} (in {ref['metric']} units"
+    text = f"budget: {metric_label(ref['metric'])} drift ≤ {shown} (in {metric_label(ref['metric'])} units"
     covered = ref.get("metric_outputs")
     if covered:
         text += f"; the metric reads {', '.join(covered)}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.manifest import write_text_atomic
-from deployc.report import budget_text, drift_text, gate_text, human_bytes, int8_text
+from deployc.report import budget_text, drift_text, gate_text, human_bytes, int8_text, metric_label
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
 _CSS = """
@@ -249,13 +249,14 @@ def _plots_section(manifest: dict[str, Any]) -> str:
     if not pts:
         return "<h2>Accuracy vs cost</h2><p class=meta>No artifact ran here, so there is nothing to plot.</p>"
     hib = ref.get("higher_is_better", True)
+    label = metric_label(ref["metric"])
     largest = max((p["bytes"] or 0) for p in pts)
     unit, scale = ("MB", 2**20) if largest >= 2**20 else ("KB", 2**10)
     for p in pts:
         p["size"] = None if p["bytes"] is None else p["bytes"] / scale
     figs = [
-        html_figure(scatter_png(pts, "ms", "batch-1 latency (ms)", ref["metric"], hib), f"{ref['metric']} vs latency"),
-        html_figure(scatter_png(pts, "size", f"size ({unit})", ref["metric"], hib), f"{ref['metric']} vs size"),
+        html_figure(scatter_png(pts, "ms", "batch-1 latency (ms)", label, hib), f"{label} vs latency"),
+        html_figure(scatter_png(pts, "size", f"size ({unit})", label, hib), f"{label} vs size"),
     ]
     note = (
         "Ringed and dashed: the Pareto front — artifacts no other artifact beats on both cost and "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.manifest import write_text_atomic
-from deployc.report import human_bytes
+from deployc.report import human_bytes, metric_label
 from deployc.report_html import html_figure, html_page, html_table, pareto_front, scatter_png
 
 
@@ -20,7 +20,7 @@ def _label(a: dict[str, Any]) -> str:
 
 def _metric_name(ref: dict[str, Any]) -> str:
     """'top1', or a custom metric's callable name without its file path (an axis label)."""
-    return ref["metric"].rsplit(":", 1)[-1]
+    return metric_label(ref["metric"])
 
 
 def _plots(summary: dict[str, Any]) -> str:

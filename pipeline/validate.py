@@ -274,11 +274,11 @@ def _gate(artifact: Artifact, outputs: list[np.ndarray], ref: Reference, rules: 
     low = coverage_gate(artifact, rules.min_int8_coverage)
     if low:
         return low
-    shown = f"{ref.metric.name} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.name} units)"
+    shown = f"{ref.metric.label} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.label} units)"
     if matches_reference(outputs, ref):
         return {"status": "pass", "reason": f"outputs equal the reference within fp32 rounding; {shown}"}
     if not np.isfinite(drift):
-        return {"status": "fail", "reason": f"{ref.metric.name} is {artifact.metrics['metric']}"}
+        return {"status": "fail", "reason": f"{ref.metric.label} is {artifact.metrics['metric']}"}
     if drift <= rules.max_drift + 1e-12:
         return {"status": "pass", "reason": f"{shown} within budget"}
     return {"status": "fail", "reason": f"{shown} exceeds budget"}

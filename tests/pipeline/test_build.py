@@ -139,3 +139,26 @@ def test_validate_config_and_version(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
+
+
+def test_custom_metric_is_named_by_its_callable_in_gate_reasons(tmp_path: Path):
+    """A metric given as '/abs/path/metrics.py:accuracy' reads 'accuracy' in gate reasons and junit (no machine
+    path in what a person reads); the manifest's config keeps the string the user wrote."""
+    write(
+        tmp_path / "metrics.py",
+        """
+        import numpy as np
+
+        def accuracy(outputs, labels):
+            return float((outputs[0].argmax(1) == labels).mean())
+    """,
+    )
+    metric = f"{tmp_path / 'metrics.py'}:accuracy"
+    cfg = digits_config(data={"validation": "digits:test", "metric": metric})
+    cfg["targets"] = {"onnx": {"precision": ["fp32"]}}
+    path = write(tmp_path / "c.yaml", json.dumps(cfg))
+    assert main(["build", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (artifact,) = manifest["artifacts"]
+    assert "accuracy drift +0 (budget" in artifact["gate"]["reason"] and str(tmp_path) not in artifact["gate"]["reason"]
+    assert manifest["config"]["data"]["metric"] == metric
