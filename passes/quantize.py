@@ -15,6 +15,7 @@ from deployc.contracts import Context, Pass, PassResult
 from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.ort import CalibrationReader
+from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
@@ -33,8 +34,10 @@ class Int8Config(QuantizeSpec):
         description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations",
     )
     calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
-    reduce_range: bool = Field(
-        False, description="7-bit weights, for x86 CPUs without VNNI (u8s8 can saturate); the onnx target sets it"
+    reduce_range: bool | None = Field(
+        None,
+        description="7-bit weights, for x86 CPUs without VNNI (their u8s8 kernels saturate on full 8-bit weights); "
+        "null: what the CPU of the build machine needs; the onnx target sets it for the CPU it tunes for",
     )
 
 
@@ -44,6 +47,9 @@ class DynamicConfig(QuantizeSpec):
         default_factory=lambda: ["MatMul", "Gemm", "Attention", "LSTM"],
         description="ops given int8 weights; Conv is left out: ORT's CPU ConvInteger is slower "
         "than float Conv; GRU has no dynamic int8 kernel in ORT and stays fp32",
+    )
+    reduce_range: bool | None = Field(
+        None, description="7-bit weights (x86 without VNNI, as for static int8); null: what this machine's CPU needs"
     )
 
 
@@ -62,6 +68,11 @@ def _prepared(proto: Any, work: Any) -> str:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
     onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
     return str(prep)
+
+
+def _reduce_range(wanted: bool | None) -> bool:
+    """7-bit weights when asked, or (unset) when this machine's x86 CPU has no VNNI: onnxruntime validates here."""
+    return profile("auto").reduce_range if wanted is None else wanted
 
 
 def _per_channel(proto: Any, wanted: bool) -> bool:
@@ -97,7 +108,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
                 nodes_to_exclude=list(spec.exclude),
                 nodes_to_quantize=list(only or []),
-                reduce_range=spec.reduce_range,
+                reduce_range=_reduce_range(spec.reduce_range),
                 extra_options=extra,
             )
         return onnx.load(str(out))
@@ -115,6 +126,7 @@ def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=_per_channel(proto, spec.per_channel),
+            reduce_range=_reduce_range(spec.reduce_range),
             nodes_to_exclude=list(spec.exclude),
             op_types_to_quantize=list(spec.op_types),
         )

@@ -122,6 +122,11 @@ class OnnxTarget(Target):
             precision, base, ctx, **(quantizer_settings(self.options.cpu) if precision == "int8" else {})
         )
         label = already if precision == "fp32" and already else precision
+        if label == "int8" and "qat" in base.facts and profile(self.options.cpu).reduce_range:
+            ctx.instruments.log(
+                "warning: onnx/int8: the QAT graph carries full 8-bit weights, which onnxruntime's u8s8 kernels can "
+                "saturate on an x86 CPU without VNNI (such as this one); the gate measures the result here"
+            )
         if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
             done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu)), done, ctx)
         coverage = int8_coverage_of(label, done, ctx)

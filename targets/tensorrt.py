@@ -303,7 +303,13 @@ class TensorrtTarget(Target):
         """fp32 as is; fp16 by casting the network; int8 as symmetric int8 QDQ; any QDQ rewritten to TensorRT's rules."""
         if precision == "int8" and "qat" not in base.facts:  # after qat the graph already carries its Q/DQ
             pass_cls = get_pass("quantize.int8")
-            spec = {**ctx.config.quantize.model_dump(), "symmetric_activations": True, "activation_type": "int8"}
+            # full 8-bit weights: TensorRT's int8 kernels accumulate in 32 bits and never saturate
+            spec = {
+                **ctx.config.quantize.model_dump(),
+                "symmetric_activations": True,
+                "activation_type": "int8",
+                "reduce_range": False,
+            }
             done = run_pass(pass_cls(pass_cls.Config.model_validate(spec)), base, ctx)
         else:
             done = quantize_for(precision, base, ctx)
@@ -379,7 +385,10 @@ class TensorrtTarget(Target):
         key = str(artifact.path)
         if key not in self._runners:
             engine = artifact.path.with_suffix(".engine")
-            self._runners[key] = EngineRunner(engine) if artifact.runtime == "tensorrt" else session(key, None)
+            # the proxy runs Q/DQ as written (no fusion into onnxruntime's CPU int8 kernels, which saturate on x86
+            # without VNNI): float math on the quantized values, as TensorRT's 32-bit accumulation computes them
+            proxy = artifact.runtime != "tensorrt"
+            self._runners[key] = session(key, None, optimize=False) if proxy else EngineRunner(engine)
         runner = self._runners[key]
         return runner(batch) if isinstance(runner, EngineRunner) else runner.run(None, batch)
 

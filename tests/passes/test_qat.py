@@ -54,11 +54,13 @@ def test_qat_exports_qdq_with_the_learned_ranges(qat_run):
 def test_qat_onnx_matches_the_converted_graph_and_keeps_accuracy(qat_run, digits_model):
     state, _, proto = qat_run
     x, y = digits_arrays("test")
-    got = session(proto).run(None, {"image": x})[0]
+    # Q/DQ as written (no fusion into onnxruntime's CPU int8 kernels, which saturate on x86 without VNNI):
+    # the graph's own numbers, which the exporter must keep equal to torch's fake-quant model
+    got = session(proto, optimize=False).run(None, {"image": x})[0]
     with torch.no_grad():
         want = state.module(torch.from_numpy(x)).numpy()
         fp32 = digits_model(torch.from_numpy(x)).numpy()
-    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99  # ORT's int8 kernels vs torch's fake-quant reference
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
     assert np.abs(got - want).max() < 0.25 * np.abs(want).max()
     assert (got.argmax(1) == y).mean() >= (fp32.argmax(1) == y).mean() - 0.01
 
