@@ -26,6 +26,11 @@ from deployc.state import ModelState
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
+def _machine_reduce_range() -> bool:
+    """7-bit weights on an x86 CPU without VNNI: the artifact is validated with onnxruntime on this machine."""
+    return profile("auto").reduce_range
+
+
 class Int8Config(QuantizeSpec):
     model_config = ConfigDict(extra="forbid", frozen=True)
     activation_type: str = Field(
@@ -34,10 +39,11 @@ class Int8Config(QuantizeSpec):
         description="uint8 (asymmetric, U8S8 kernels on x86) or int8; int8 when symmetric_activations",
     )
     calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
-    reduce_range: bool | None = Field(
-        None,
+    # the default is resolved when the config is made, so the pass cache key and the pass record hold the value used
+    reduce_range: bool = Field(
+        default_factory=_machine_reduce_range,
         description="7-bit weights, for x86 CPUs without VNNI (their u8s8 kernels saturate on full 8-bit weights); "
-        "null: what the CPU of the build machine needs; the onnx target sets it for the CPU it tunes for",
+        "default: what the CPU of the build machine needs; the onnx target sets it for the CPU it tunes for",
     )
 
 
@@ -48,8 +54,9 @@ class DynamicConfig(QuantizeSpec):
         description="ops given int8 weights; Conv is left out: ORT's CPU ConvInteger is slower "
         "than float Conv; GRU has no dynamic int8 kernel in ORT and stays fp32",
     )
-    reduce_range: bool | None = Field(
-        None, description="7-bit weights (x86 without VNNI, as for static int8); null: what this machine's CPU needs"
+    reduce_range: bool = Field(
+        default_factory=_machine_reduce_range,
+        description="7-bit weights (x86 without VNNI, as for static int8); default: what this machine's CPU needs",
     )
 
 
@@ -68,11 +75,6 @@ def _prepared(proto: Any, work: Any) -> str:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
     onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
     return str(prep)
-
-
-def _reduce_range(wanted: bool | None) -> bool:
-    """7-bit weights when asked, or (unset) when this machine's x86 CPU has no VNNI: onnxruntime validates here."""
-    return profile("auto").reduce_range if wanted is None else wanted
 
 
 def _per_channel(proto: Any, wanted: bool) -> bool:
@@ -108,7 +110,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
                 nodes_to_exclude=list(spec.exclude),
                 nodes_to_quantize=list(only or []),
-                reduce_range=_reduce_range(spec.reduce_range),
+                reduce_range=spec.reduce_range,
                 extra_options=extra,
             )
         return onnx.load(str(out))
@@ -126,7 +128,7 @@ def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
             str(out),
             weight_type=QuantType.QInt8,
             per_channel=_per_channel(proto, spec.per_channel),
-            reduce_range=_reduce_range(spec.reduce_range),
+            reduce_range=spec.reduce_range,
             nodes_to_exclude=list(spec.exclude),
             op_types_to_quantize=list(spec.op_types),
         )
