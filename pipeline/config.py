@@ -129,7 +129,7 @@ class DataConfig(StrictModel):
         description="the output the metric reads (index, or name for ONNX models); default: every output for "
         "cosine/mse, the first for top1/top5 and custom metrics",
     )
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=65_536)
 
 
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
@@ -185,7 +185,7 @@ class ValidateConfig(StrictModel):
         le=1,
         description="fail an int8/dynamic artifact that runs less than this share of its MACs (or weights) in int8",
     )
-    latency_runs: int = Field(20, ge=1, description="batch-1 runs timed per artifact (median reported)")
+    latency_runs: int = Field(20, ge=1, le=10_000, description="batch-1 runs timed per artifact (median reported)")
     latency_gate: Literal["off", "warn", "fail"] = Field(
         "warn", description="int8/dynamic artifact not faster than fp32 on the same runtime: log it, or fail its gate"
     )
@@ -330,6 +330,8 @@ def _check_size(root: yaml.Node, where: str) -> None:
 
 def parse_yaml(path: Path) -> Any:
     """A config file's data; every way the file can be unreadable is a UsageError naming it."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UsageError(f"{path}: not a regular file (a FIFO, socket or device); give a config file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

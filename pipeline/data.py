@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from deployc.config import FACTORY_CAP, BuildConfig, DataSource
-from deployc.errors import UsageError
+from deployc.errors import UsageError, regular_file
 from deployc.pyimport import import_callable
 from deployc.state import TensorSpec
 
@@ -130,11 +130,10 @@ def _fit_to_spec(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
 def _load_npz(
     path: Path, specs: tuple[TensorSpec, ...], calibration: bool, where: str
 ) -> tuple[dict, np.ndarray | None]:
+    regular_file(path, where)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise UsageError(f"{where}: file '{path}' not found") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise UsageError(f"{where}: '{path}' is not a readable .npz file ({exc})") from None
     inputs = {}
@@ -278,6 +277,8 @@ def calibration_source(config: BuildConfig) -> DataSource | None:
         return DataSource(kind="digits", split="train")
     if d.validation is not None and d.validation.kind == "npz":
         path = config.resolve(d.validation.path)
+        if not path.is_file():
+            return None  # the validation loader reports a missing or special file with its own message
         try:
             with np.load(path, allow_pickle=False) as npz:
                 if any(k.startswith("calib_") for k in npz.files):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from deployc.config import BuildConfig
-from deployc.errors import UsageError, first_line
+from deployc.errors import UsageError, first_line, regular_file
 from deployc.ort import session
 from deployc.pyimport import import_callable
 from deployc.state import ModelState, TensorSpec, onnx_dtype_name
@@ -46,8 +46,7 @@ def _check_finite(state_dict: dict[str, Any], where: str) -> None:
 def _read_weights(path: Path, allow_pickle: bool) -> Any:
     import torch
 
-    if not path.is_file():
-        raise UsageError(f"model.weights: file '{path}' not found")
+    regular_file(path, "model.weights")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -192,8 +191,7 @@ def _load_exported(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
     import torch
 
     path = config.resolve(config.model.exported)
-    if not path.is_file():
-        raise UsageError(f"model.exported: file '{path}' not found")
+    regular_file(path, "model.exported")
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
@@ -219,8 +217,7 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
     import onnx
 
     path = config.resolve(config.model.onnx)
-    if not path.is_file():
-        raise UsageError(f"model.onnx: file '{path}' not found")
+    regular_file(path, "model.onnx")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         _load_external_data_safely(proto, path)

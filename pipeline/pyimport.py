@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from deployc.errors import UsageError
+from deployc.errors import UsageError, regular_file
 
 USER_MODULE_PREFIX = "deployc_user_"  # modules imported from users' .py files are registered under this prefix
 
@@ -23,8 +23,7 @@ def import_callable(spec: str, base_dir: Path, key: str) -> Callable[..., Any]:
         raise UsageError(f"{key}: '{spec}' is not 'file.py:callable' or 'module:callable'")
     if target.endswith(".py"):
         path = Path(target) if Path(target).is_absolute() else base_dir / target
-        if not path.is_file():
-            raise UsageError(f"{key}: file '{path}' not found")
+        regular_file(path, key)
         mod_name = USER_MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
         module = sys.modules.get(mod_name)
         if module is None:

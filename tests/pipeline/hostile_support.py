@@ -19,9 +19,10 @@ MODELS = Path(__file__).with_name("hostile_models.py")
 class Env:
     tmp: Path
     mp: pytest.MonkeyPatch
-    _cli: Callable[[list[str]], tuple[int, str]]
+    _cli: Callable[[list[str]], tuple[int, str, str]]
     code: int = -1
     err: str = ""
+    stdout: str = ""
     out_existed: bool = False  # the row made the out dir itself (its refusal must leave it as it was)
     out_name: str = "out"
 
@@ -30,7 +31,7 @@ class Env:
         return self.tmp / self.out_name
 
     def cli(self, *argv: Any) -> int:
-        self.code, self.err = self._cli([str(a) for a in argv])
+        self.code, self.err, self.stdout = self._cli([str(a) for a in argv])
         return self.code
 
     def build(self, cfg: dict | str, *flags: Any) -> int:

@@ -18,6 +18,7 @@ import pytest
 
 from deployc.cli import main
 from tests.pipeline import hostile_cases as hc
+from tests.pipeline.hostile_files import FILE_ROWS
 from tests.pipeline.hostile_support import Env
 
 
@@ -30,7 +31,7 @@ class Row:
     check: Callable[[Env], None] | None = None  # what must hold on disk afterwards
 
 
-ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS]
+ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS + FILE_ROWS]
 _SEEN: list[tuple[str, int, str]] = []
 
 
@@ -47,7 +48,7 @@ def test_hostile(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert not (tmp_path / "out").exists(), "a refused build wrote its out dir"
     if row.check is not None:
         row.check(env)
-    lines = env.err.splitlines()
+    lines = env.err.splitlines() or env.stdout.splitlines()[:1]  # --json and cache commands answer on stdout
     first = next((ln for ln in lines if ln.startswith("deployc:")), None) or next(
         ln for ln in lines if re.search(row.message, ln) or ln == lines[-1]
     )
@@ -59,14 +60,14 @@ def test_hostile(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         Path(report).write_text("\n".join(lines) + "\n")
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     capsys.readouterr()
     try:
         code = main([str(a) for a in argv])
     except SystemExit as exc:  # argparse's own usage errors
         code = int(exc.code or 0)
     captured = capsys.readouterr()
-    return code, captured.err
+    return code, captured.err, captured.out
 
 
 def test_rows_cover_the_issue_and_thirty_more() -> None:
