@@ -20,12 +20,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from zoo_lib import catalog, fetch  # noqa: E402
 
-try:  # the package name after the restructuring
-    from deployc.build import build
-    from deployc.errors import DeploycError
-except ImportError:
-    from deployc.build import build
-    from deployc.errors import DeploycError
+from deployc.build import build  # noqa: E402
+from deployc.errors import DeploycError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
