@@ -108,7 +108,7 @@ def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: li
     }
     with scratch_dir() as work:
         src = _prepared(proto, work)
-        selection, nodes, keep, options = _selected(onnx.load(src), only)
+        selection, nodes, keep, options = _selected(onnx.load(src), only, not spec.symmetric_activations)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             quantize_static(
@@ -136,11 +136,11 @@ def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smo
 
 
 def _selected(
-    prepared: Any, only: list[str] | None
+    prepared: Any, only: list[str] | None, int8_tables: bool
 ) -> tuple[Int8Selection | None, list[str], list[str], dict[str, Any]]:
     """(the transformer selection or None, nodes to quantize (empty: all), nodes kept float, extra_options)."""
     keep = [n.name for n in prepared.graph.node if n.name.endswith(SMOOTH_MUL_SUFFIX)]  # smoothing must stay float
-    selection = transformer_selection(prepared, _default_op_types())
+    selection = transformer_selection(prepared, _default_op_types(), int8_tables)
     if selection is None:
         return None, list(only or []), keep, {}
     nodes = list(only) if only else list(selection.quantize)  # nodes asked for by name (quantize.tune) stand
