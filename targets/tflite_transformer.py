@@ -43,9 +43,16 @@ def transformer_ops(model: bytes) -> tuple[int, list[str]]:
         for i in op.inputs:
             readers.setdefault(i, []).append(op)
 
-    def source(t: int) -> str | None:  # the op behind a tensor, through reshapes
+    def constant(t: int) -> bool:
+        buffer = m.buffers[sg.tensors[t].buffer] if t >= 0 and sg.tensors[t].buffer else None
+        return buffer is not None and (buffer.data is not None or bool(buffer.size))
+
+    def source(t: int) -> str | None:  # the op behind a tensor, through reshapes and smoothing's constant MUL
         for _ in range(8):
             p = producer.get(t)
+            if p is not None and name[id(p)] == "MUL" and any(constant(i) for i in p.inputs):
+                t = next(i for i in p.inputs if not constant(i))
+                continue
             if p is None or name[id(p)] not in _SKIP:
                 return name[id(p)] if p is not None else None
             t = p.inputs[0]

@@ -69,4 +69,6 @@ def test_smoothing_reaches_the_tflite_int8(tmp_path):
     art = _build(tmp_path, smoothing=0.5)
     assert art["details"]["smoothing"] == {"alpha": 0.5, "linear_layers": 6}
     assert art["details"]["ops"]["MUL"] > 0 and art["metrics"]["drift"] < 0.01
+    floats = [o["op"] for o in art["details"]["npu"]["float_ops"]]
+    assert "FULLY_CONNECTED" in floats  # the GELU-fed FC is still found behind its smoothing MUL
     assert np.isfinite(art["metrics"]["drift"])
