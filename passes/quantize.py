@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -21,6 +22,9 @@ from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
+from deployc.passes.smoothquant import Smoothing, smooth
+from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -83,12 +87,32 @@ def _per_channel(proto: Any, wanted: bool) -> bool:
 
 def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Any:
     """Static QDQ int8 of `proto`, calibrated on `data`; `only` restricts it to these node names."""
+    return quantize_int8_selected(proto, data, spec, only).proto
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    proto: Any
+    selection: Int8Selection | None  # what a transformer-style graph kept in float (None: the quantizer's defaults)
+    smoothing: Smoothing | None
+
+
+def _default_op_types() -> set[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
+
+
+def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Int8Result:
+    """quantize_int8 with what it decided: the smoothing applied (spec.smoothing) and, for a graph with attention,
+    the transformer op selection (passes/transformer_int8.py)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if len(data) == 0:
         raise UsageError("quantize.int8: the calibration set is empty")
     samples = data.take(spec.samples)
+    proto, smoothing = smoothed(proto, samples, spec)
     act = QuantType.QInt8 if spec.symmetric_activations or spec.activation_type == "int8" else QuantType.QUInt8
     extra = {
         "ActivationSymmetric": spec.symmetric_activations,
@@ -97,6 +121,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
     }
     with scratch_dir() as work:
         src = _prepared(proto, work)
+        selection, nodes, keep, options = _selected(onnx.load(src), only, not spec.symmetric_activations)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             quantize_static(
@@ -108,12 +133,42 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 activation_type=act,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
-                nodes_to_exclude=list(spec.exclude),
-                nodes_to_quantize=list(only or []),
+                nodes_to_exclude=[*spec.exclude, *keep],
+                nodes_to_quantize=nodes,
                 reduce_range=spec.reduce_range,
-                extra_options=extra,
+                extra_options={**extra, **options},
             )
-        return onnx.load(str(out))
+        return Int8Result(onnx.load(str(out)), selection, smoothing)
+
+
+def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
+    """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None."""
+    if spec.smoothing is None:
+        return proto, None
+    return smooth(proto, samples, spec.smoothing)
+
+
+def _selected(
+    prepared: Any, only: list[str] | None, int8_tables: bool
+) -> tuple[Int8Selection | None, list[str], list[str], dict[str, Any]]:
+    """(the transformer selection or None, nodes to quantize (empty: all), nodes kept float, extra_options)."""
+    keep = [n.name for n in prepared.graph.node if n.name.endswith(SMOOTH_MUL_SUFFIX)]  # smoothing must stay float
+    selection = transformer_selection(prepared, _default_op_types(), int8_tables)
+    if selection is None:
+        return None, list(only or []), keep, {}
+    nodes = list(only) if only else list(selection.quantize)  # nodes asked for by name (quantize.tune) stand
+    return selection, nodes, keep, {"OpTypesToExcludeOutputQuantization": list(selection.inputs_only)}
+
+
+def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, Any]:
+    """Pass metrics for what quantize_int8_selected decided, each decision logged once."""
+    metrics: dict[str, Any] = {}
+    if result.selection is not None:
+        ctx.instruments.log(f"{where}: {result.selection.describe()}")
+        metrics["int8_selection"] = result.selection.to_json()
+    if result.smoothing is not None:
+        metrics["smoothing"] = result.smoothing.to_json()
+    return metrics
 
 
 def quantize_dynamic_int8(proto: Any, spec: DynamicConfig) -> Any:
@@ -177,7 +232,8 @@ class QuantizeInt8(QuantizePass):
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
         up = self.upgraded(state, ctx)
-        return self.done(state, quantize_int8(up.proto, ctx.calibration, self.config), up.metrics())
+        result = quantize_int8_selected(up.proto, ctx.calibration, self.config)
+        return self.done(state, result.proto, {**up.metrics(), **int8_decisions(result, self.name, ctx)})
 
 
 class QuantizeDynamic(QuantizePass):

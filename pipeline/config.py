@@ -169,6 +169,13 @@ class QuantizeSpec(StrictModel):
         gt=1,
         description="warn when a per-tensor quantized activation's channel ranges differ by more than this factor",
     )
+    smoothing: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="SmoothQuant alpha: before int8, move activation outlier ranges into the weights of MatMul/Gemm "
+        "(Linear) layers by per-channel scales max|X|^alpha / max|W|^(1-alpha); None: no smoothing",
+    )
 
 
 class ValidateConfig(StrictModel):

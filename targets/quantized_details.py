@@ -43,10 +43,14 @@ def quantized_details(
         return {"fp16_kept_fp32": fp16.metrics.get("fp32_nodes", {})}
     if coverage is None:
         return {}
+    quantized = next((r for r in done.history[len(base.history) :] if r.name.startswith("quantize.int8")), None)
+    selection = quantized.metrics.get("int8_selection") if quantized is not None else None
     dynamic = where.endswith("/dynamic")
     recurrent = {"LSTM", "GRU", "RNN"} & set(coverage.float_ops)
     hint = DYNAMIC_HINT if dynamic else RECURRENT_HINT if recurrent else ""
     details = coverage_details(coverage, where, ctx.instruments.log, hint)
+    if selection is not None:  # a transformer graph: the ops int8 would break, kept float on purpose
+        details["int8_kept_float"] = selection["kept_float"]
     fp32_bytes, own = base.onnx.ByteSize(), done.onnx.ByteSize()
     if dynamic and own >= fp32_bytes:
         warning = (

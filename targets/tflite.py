@@ -25,6 +25,7 @@ from deployc.errors import UsageError
 from deployc.passes.coverage import coverage_details
 from deployc.state import ModelState, PassRecord
 from deployc.targets.tflite_coverage import tflite_int8_coverage
+from deployc.targets.tflite_transformer import smooth_module, transformer_ops, transformer_recipe
 
 Precision = Literal["fp32", "fp16", "dynamic", "int8"]
 SIGNATURE = "serving_default"  # the one signature litert_torch.convert gives a module
@@ -100,6 +101,19 @@ def convert_fp32(state: ModelState) -> bytes:
             ) from exc
 
 
+def smoothed_flatbuffer(state: ModelState, ctx: Context, alpha: float) -> tuple[bytes, int]:
+    """The float flatbuffer of the module with its Linear layers smoothed on the calibration samples (quantize.
+    smoothing), and how many layers were smoothed."""
+    import torch
+
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        raise UsageError("targets.tflite: quantize.smoothing needs calibration data: set data.calibration")
+    samples = ctx.calibration.take(ctx.config.quantize.samples)
+    batches = [tuple(torch.from_numpy(x[s.name]) for s in state.inputs) for x, _ in samples.batches(16)]
+    module, smoothed = smooth_module(state.module, batches, alpha)
+    return convert_fp32(state.replace(module=module)), smoothed
+
+
 def _signature_names(model: bytes, kind: str) -> list[str]:
     """Signature input/output names in argument order (args_0, args_1, ...)."""
     interp, _, _ = _interpreter_module()
@@ -127,8 +141,9 @@ def as_signature_dtype(values: np.ndarray, dtype: np.dtype, name: str) -> np.nda
     return values.astype(dtype)
 
 
-def recipe_for(precision: str, ctx: Context, io_dtype: str) -> tuple[Any, list[str]]:
-    """A RecipeManager realising the build's quantization spec, and notes on what the quantizer cannot realise."""
+def recipe_for(precision: str, ctx: Context, io_dtype: str, fp32: bytes) -> tuple[Any, list[str]]:
+    """A RecipeManager realising the build's quantization spec, and notes on what the quantizer cannot realise
+    (int8 of a graph with attention: targets/tflite_transformer.py)."""
     from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.quantizer import AlgorithmName
 
@@ -153,6 +168,15 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str) -> tuple[Any, list[s
             manager.add_quantization_config(".*", op, fp16, AlgorithmName.FLOAT_CASTING)
     elif precision == "dynamic":
         manager.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8, granularity, AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    elif (found := transformer_ops(fp32))[0]:
+        attention, gelu_fed = found
+        transformer_recipe(manager, granularity, gelu_fed)
+        notes.append(
+            f"transformer graph ({attention} attention blocks): FULLY_CONNECTED static int8 except the {len(gelu_fed)} "
+            "that read a GELU (dynamic-range: int8 weights, inputs quantized at run time), embedding tables int8 "
+            "weight-only; attention scores, softmax, LayerNorm and residual adds stay float (details.npu.float_ops), "
+            "so inputs and outputs stay float"
+        )
     else:  # the static_wi8_ai8 recipe, with the spec's weight granularity
         manager.add_static_config(".*", ops.ALL_SUPPORTED, 8, 8, granularity, AlgorithmName.MIN_MAX_UNIFORM_QUANT)
         if io_dtype == "float32":  # graph inputs/outputs stay float; QUANTIZE/DEQUANTIZE ops at the edges
@@ -199,7 +223,7 @@ def quantize_flatbuffer(
         return fp32, {}
     from ai_edge_quantizer import quantizer
 
-    manager, notes = recipe_for(precision, ctx, io_dtype)
+    manager, notes = recipe_for(precision, ctx, io_dtype, fp32)
     q = quantizer.Quantizer(bytearray(fp32), manager.get_quantization_recipe())
     details: dict[str, Any] = {
         "quantizer": f"ai-edge-quantizer {importlib.metadata.version('ai-edge-quantizer')}",
@@ -328,9 +352,14 @@ class TfliteTarget(Target):
         fp32, converted = lowered
         _, runtime, version = _interpreter_module()
         t0 = time.perf_counter()
+        smoothing = ctx.config.quantize.smoothing if precision == "int8" else None
+        if smoothing is not None:  # SmoothQuant at the torch level, then lowered again for this artifact
+            fp32, smoothed = smoothed_flatbuffer(state, ctx, smoothing)
         model, details = quantize_flatbuffer(
             fp32, precision, ctx, self.options.io_dtype, [s.name for s in state.inputs]
         )
+        if smoothing is not None:
+            details["smoothing"] = {"alpha": smoothing, "linear_layers": smoothed}
         history: tuple[PassRecord, ...] = (converted,)
         if precision != "fp32":
             spec = ctx.config.quantize
@@ -350,13 +379,13 @@ class TfliteTarget(Target):
         details = {"converter": f"litert-torch {importlib.metadata.version('litert-torch')}", "ops": ops, **details}
         if precision in ("int8", "dynamic"):
             details.update(coverage_details(tflite_int8_coverage(model), f"tflite/{precision}", ctx.instruments.log))
-        if precision == "int8":
-            details["io_dtype"] = self.options.io_dtype
+        ins, outs = io_entries(model, state)
+        if precision == "int8":  # what the flatbuffer takes and gives (float for a transformer's int8)
+            details["io_dtype"] = "int8" if any(e["quantization"] for e in ins + outs) else "float32"
             details["npu"] = npu = npu_profile(model)
             if self.options.npu_strict and not npu["integer_only"]:
                 listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"])
                 raise UsageError(f"targets.tflite.npu_strict: the int8 model keeps float ops: {listed}")
-        ins, outs = io_entries(model, state)
         return Artifact(
             target=self.name,
             precision=precision,
