@@ -17,10 +17,10 @@ from deployc.errors import PipelineError, UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
 from deployc.passes.onnx_util import io_specs, op_counts
+from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import lower_to_onnx, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
-from deployc.targets.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]

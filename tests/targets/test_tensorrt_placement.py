@@ -1,4 +1,5 @@
-"""TensorRT's Q/DQ placement (targets/tensorrt_qdq.py, targets/tensorrt_int8.py) on a small network built here:
+"""TensorRT's Q/DQ placement (passes/tensorrt_qdq.py, passes/tensorrt_int8.py: the tensorrt target's int8) on a
+small network built here:
 
     x ─ stem Conv─BN─Relu ─ a ─ conv1 Conv─BN─Relu ─ conv2 Conv─BN ─ c ─ Add(c, a) ─ Relu ─ MaxPool ─ p
     p ─ branch Conv─Relu ─ q;  Concat(p, q) ─ GlobalAveragePool ─ Flatten ─ fc1 Gemm(32→16) ─ Relu ─ fc2 Gemm(16→10) ─ y
@@ -23,9 +24,9 @@ from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.instruments import Instruments
 from deployc.ort import session
+from deployc.passes.tensorrt_qdq import place, quantize_placed
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.tensorrt import TensorrtOptions, TensorrtTarget
-from deployc.targets.tensorrt_qdq import place, quantize_placed
 from deployc.targets.tensorrt_support import preflight
 from tests.conftest import digits_config
 
