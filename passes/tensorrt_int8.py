@@ -104,6 +104,7 @@ class TensorrtInt8(Pass):
     produces = frozenset({"quantized"})
     reads = frozenset({"data.validation"})  # samples the opset upgrade and fp16 are checked on
     cacheable = True
+    reads_config = frozenset()  # its spec comes in its own config
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         cfg = self.config
@@ -129,7 +130,7 @@ class TensorrtInt8(Pass):
             kept = "; ".join(f"'{n}': {why}" for n, why in placement.kept.items()) or "the graph has none"
             raise UsageError(f"{self.name}: no weighted op to run in int8 on TensorRT ({kept})")
         per_channel = cfg.per_channel and not up.per_channel_blocked
-        proto, unfused = quantize_placed(
+        proto, restored = quantize_placed(
             proto, placement, ctx.calibration, cfg.calibration, per_channel, cfg.samples, cfg.calibration_batch
         )
         fp32_nodes: dict[str, str] = {}
@@ -143,7 +144,7 @@ class TensorrtInt8(Pass):
                 "quantize_linear": counts.get("QuantizeLinear", 0),
                 "int8_weighted_ops": len(placement.weighted),
                 "residual_adds": len(placement.residual),
-                "residual_inputs_unfused": unfused,
+                "fused_inputs_restored": restored,
                 "kept_high_precision": placement.kept,
                 "high_precision": "fp16" if fp16 else "fp32",
                 "fp32_nodes": fp32_nodes,
