@@ -177,7 +177,7 @@ def test_qdq_sit_on_weighted_inputs_and_the_skip_only(tmp_path: Path):
     report = preflight(proto, PROFILE, "test")
     assert report["zero_points"] == "all 0" and report["qdq_nodes"] == 15
     x = samples(16, 2)
-    assert relative_error(proto, x) <= 0.05  # 5% of the largest output: int8 rounding through five layers
+    assert relative_error(proto, x) <= 0.03  # of the largest output (measured 1.0%): int8 rounding, five layers
 
 
 def test_fp16_islands_keep_the_placement_and_say_what_runs_where(tmp_path: Path):
@@ -203,7 +203,7 @@ def test_fp16_islands_keep_the_placement_and_say_what_runs_where(tmp_path: Path)
     assert precision["fp32"] == {} and precision["fp32_nodes"] == {}
     placement = details["int8_placement"]
     assert placement["quantize_linear"] == 5 and placement["residual_adds"] == 1
-    assert relative_error(proto, samples(16, 2)) <= 0.05
+    assert relative_error(proto, samples(16, 2)) <= 0.03
 
 
 def test_fallback_layers_leave_int8_and_run_in_fp16(tmp_path: Path):
@@ -215,9 +215,11 @@ def test_fallback_layers_leave_int8_and_run_in_fp16(tmp_path: Path):
     assert details["precision"]["int8"] == {"Conv": 3, "Gemm": 1}
     assert details["precision"]["fp16"]["Conv"] == 1
     onnx.checker.check_model(proto)
-    assert relative_error(proto, samples(16, 2)) <= 0.05
+    assert relative_error(proto, samples(16, 2)) <= 0.03
     with pytest.raises(UsageError, match=r"targets.tensorrt fallback: no node named \['conv9'\]"):
         int8_network(tmp_path, "fp16", fallback=("conv9",))
+    with pytest.raises(UsageError, match=r"no weighted op to run in int8 on TensorRT \('stem': listed to stay"):
+        int8_network(tmp_path, "fp16", fallback=WEIGHTED_INT8)  # an int8 artifact with no int8 in it is an error
 
 
 def test_quantize_placed_alone_restores_the_fused_add_input():
