@@ -17,7 +17,7 @@ from deployc.errors import PipelineError, UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
 from deployc.passes.onnx_util import io_specs, op_counts
-from deployc.registry import get_pass
+from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import lower_to_onnx, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
@@ -52,9 +52,12 @@ class TensorrtOptions(BaseModel):
     simplify: bool = Field(True, description="run the simplify pass before emitting")
     engine: bool = Field(True, description="build a TensorRT engine when TensorRT and a GPU are present")
     workspace_mb: int = Field(1024, ge=16, description="builder workspace memory limit")
+    int8_high_precision: HighPrecision = Field(
+        "fp16", description="what an int8 network's unquantized ops run in (TensorRT takes precision from the graph)"
+    )
 
 
-# ---- TensorRT conformance: the graph rewrites quantize_int8's QDQ output needs -------------------------------
+# ---- TensorRT conformance of Q/DQ made elsewhere (qat, a pipeline's quantize.int8): the rewrites they need ----
 
 
 def _fold_int32_biases(proto: Any) -> int:
@@ -293,30 +296,32 @@ class TensorrtTarget(Target):
 
     @classmethod
     def requires_for(cls, options: TensorrtOptions) -> frozenset[str]:
-        return get_pass("quantize.int8").requires - {"onnx"} if "int8" in options.precision else frozenset()
+        return TensorrtInt8.requires - {"onnx"} if "int8" in options.precision else frozenset()
 
     def __init__(self, options: TensorrtOptions):
         super().__init__(options)
         self._runners: dict[str, Any] = {}
 
-    def _network(self, precision: str, base: ModelState, ctx: Context) -> tuple[ModelState, dict[str, int]]:
-        """fp32 as is; fp16 by casting the network; int8 as symmetric int8 QDQ; any QDQ rewritten to TensorRT's rules."""
+    def _network(
+        self, precision: str, base: ModelState, ctx: Context, fallback: tuple[str, ...] = ()
+    ) -> tuple[ModelState, dict[str, Any]]:
+        """fp32 as is; fp16 by casting the network; int8 by TensorRT's Q/DQ placement with the rest in
+        `int8_high_precision` (`fallback`: nodes left out of int8); Q/DQ made elsewhere rewritten to TensorRT's rules.
+        Returns the network and what the artifact details say about its precision."""
         if precision == "int8" and "qat" not in base.facts:  # after qat the graph already carries its Q/DQ
-            pass_cls = get_pass("quantize.int8")
-            # full 8-bit weights: TensorRT's int8 kernels accumulate in 32 bits and never saturate
             spec = {
                 **ctx.config.quantize.model_dump(),
                 "symmetric_activations": True,
-                "activation_type": "int8",
-                "reduce_range": False,
+                "fallback": list(fallback),
+                "high_precision": self.options.int8_high_precision,
             }
-            done = run_pass(pass_cls(pass_cls.Config.model_validate(spec)), base, ctx)
-        else:
-            done = quantize_for(precision, base, ctx)
+            done = run_pass(TensorrtInt8(TensorrtInt8Config.model_validate(spec)), base, ctx)
+            return done, int8_details(done.history[-1].metrics)
+        done = quantize_for(precision, base, ctx)
         if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in done.onnx.graph.node):
             return done, {}
         proto, stats = conform_qdq(done.onnx)
-        return done.replace(onnx=proto), stats
+        return done.replace(onnx=proto), {"conformance": stats}
 
     def lower(self, state: ModelState, ctx: Context) -> ModelState:
         base = lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
@@ -349,8 +354,7 @@ class TensorrtTarget(Target):
         if coverage is not None and not coverage.int8_ops:
             raise NothingInInt8(coverage)
         details.update(quantized_details(f"{self.name}/{label}", coverage, base, done, ctx))
-        if stats:
-            details["conformance"] = stats
+        details.update(stats)
         runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
         perf: dict[str, Any] = {}
         if no_engine is None:

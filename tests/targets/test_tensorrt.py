@@ -51,14 +51,17 @@ def test_int8_onnx_is_symmetric_per_channel_and_passes_its_proxy_gate(trt_build)
     proto = onnx.load(str(trt_build.out_dir / art["path"]))
     onnx.checker.check_model(proto)
     zps = _qdq_zero_points(proto)
-    assert len(zps) == art["details"]["preflight"]["qdq_nodes"] >= 20
+    assert len(zps) == art["details"]["preflight"]["qdq_nodes"] == 6 + 2 * 6  # 6 activation pairs, 6 weight DQs
     assert all(z.dtype == np.int8 and not z.any() for z in zps)  # only zero zero-points, int8 only
     inits = {i.name: i for i in proto.graph.initializer}
     weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     assert weight_dq and all(inits[n.input[0]].data_type == TensorProto.INT8 for n in weight_dq)  # no int32 bias DQ
     conv_scales = [numpy_helper.to_array(inits[n.input[1]]).size for n in weight_dq]
     assert max(conv_scales) == 32  # per-channel weight scales (layer2 has 32 output channels)
-    assert art["details"]["conformance"] == {"int32_bias_folded": 7, "weighted_output_qdq_removed": 4}
+    placement = art["details"]["int8_placement"]
+    assert (placement["quantize_linear"], placement["int8_weighted_ops"], placement["residual_adds"]) == (6, 6, 2)
+    assert list(placement["kept_high_precision"]) == ["node_linear"]  # the 10-class head: N=10, int8 does not pay
+    assert art["details"]["precision"]["int8"] == {"Conv": 6} and "conformance" not in art["details"]
     assert art["metrics"]["drift"] <= 0.01 and art["gate"]["status"] == "pass"
     assert art["bytes"] < 0.5 * _artifact(trt_build, "fp32")["bytes"]
 
