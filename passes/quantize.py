@@ -23,6 +23,30 @@ from deployc.passes.qdq_prep import quantizer_ready
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
+# then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
+# and PyTorch's histogram: 2048 bins searched for the 128-bin threshold of least KL divergence.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+
+
+def entropy_ranges(model_path: str, data: Dataset, batch: int, work: Any) -> str:
+    """KL-divergence activation ranges over a 2048-bin histogram, saved as a calibration cache quantize_static
+    reads (it cannot pass num_bins to its own calibrator)."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(
+        model_path,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),  # the op types quantize_static calibrates by default
+        augmented_model_path=str(work / "entropy-augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collect_data(CalibrationReader(data, batch))
+    cache = work / "entropy-ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return str(cache)
 
 
 class Int8Config(QuantizeSpec):
@@ -86,6 +110,9 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
         src = _prepared(proto, work)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
+            cache = (
+                entropy_ranges(src, samples, spec.calibration_batch, work) if spec.calibration == "entropy" else None
+            )
             quantize_static(
                 src,
                 str(out),
@@ -99,6 +126,7 @@ def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] |
                 nodes_to_quantize=list(only or []),
                 reduce_range=spec.reduce_range,
                 extra_options=extra,
+                calibration_cache_path=cache,
             )
         return onnx.load(str(out))
 

@@ -188,3 +188,26 @@ def format_errors(errors: list[LayerError], limit: int | None = None) -> str:
     lines = [f"{'layer':<{width}}  {'op':<12} {'error':>10} {'added':>10}"]
     lines += [f"{e.layer:<{width}}  {e.op_type:<12} {e.error:>10.3g} {e.added:>10.3g}" for e in rows]
     return "\n".join(lines)
+
+
+def fallback_units(fp32: Any, int8: Any, data: Dataset) -> list[list[str]]:
+    """Nodes to keep in float, one group per damaged tensor, the most added error first, from one fp32 and one
+    int8 run (activation_errors), not one quantization per layer. A tensor is quantized for its producer and for
+    each consumer, so a group is the tensor's producer and its consumers, of the QUANTIZABLE op types."""
+    by_name = {n.name: n for n in fp32.graph.node}
+    consumers: dict[str, list[Any]] = {}
+    for n in fp32.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units: list[list[str]] = []
+    seen: set[str] = set()
+    for e in activation_errors(fp32, int8, data):
+        node = by_name.get(e.node)
+        if e.added <= 0 or node is None:
+            continue
+        group = [node] + [c for t in node.output for c in consumers.get(t, [])]
+        names = list(dict.fromkeys(n.name for n in group if n.op_type in QUANTIZABLE and n.name not in seen))
+        if names:
+            seen.update(names)
+            units.append(names)
+    return units
