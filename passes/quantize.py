@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from contextlib import redirect_stdout
+from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -29,13 +30,26 @@ _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percent
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 
 
+_ENTROPY_MEMO: dict[str, str] = {}  # (graph, samples) digest -> calibration cache text: trials differ in other fields
+
+
 def entropy_ranges(model_path: str, data: Dataset, batch: int, work: Any) -> str:
     """KL-divergence activation ranges over a 2048-bin histogram, saved as a calibration cache quantize_static
-    reads (it cannot pass num_bins to its own calibrator)."""
+    reads (it cannot pass num_bins to its own calibrator). The search is slow (~1000 thresholds per tensor), so
+    ranges are computed once per graph and samples in a process."""
+    import hashlib
+
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    digest = hashlib.sha256(Path(model_path).read_bytes())
+    for name in sorted(data.inputs):
+        digest.update(name.encode() + data.inputs[name].tobytes())
+    cache = work / "entropy-ranges.json"
+    if digest.hexdigest() in _ENTROPY_MEMO:
+        cache.write_text(_ENTROPY_MEMO[digest.hexdigest()])
+        return str(cache)
     calibrator = create_calibrator(
         model_path,
         sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),  # the op types quantize_static calibrates by default
@@ -44,8 +58,8 @@ def entropy_ranges(model_path: str, data: Dataset, batch: int, work: Any) -> str
         extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
     )
     calibrator.collect_data(CalibrationReader(data, batch))
-    cache = work / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), cache)
+    _ENTROPY_MEMO[digest.hexdigest()] = cache.read_text()
     return str(cache)
 
 

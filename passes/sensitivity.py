@@ -190,8 +190,17 @@ def format_errors(errors: list[LayerError], limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
+DAMAGE_FLOOR = 1e-3  # below this much error reaching a layer, what it adds counts absolutely; above, relatively
+
+
+def damage(error: float, before: float) -> float:
+    """How much a layer harms the signal: the error it adds beyond what reaches it, relative to that (floored).
+    Relative, because once a crushed tensor is upstream every later layer's error explodes in absolute terms."""
+    return (error - before) / (before + DAMAGE_FLOOR)
+
+
 def fallback_units(fp32: Any, int8: Any, data: Dataset) -> list[list[str]]:
-    """Nodes to keep in float, one group per damaged tensor, the most added error first, from one fp32 and one
+    """Nodes to keep in float, one group per damaged tensor, the worst damage() first, from one fp32 and one
     int8 run (activation_errors), not one quantization per layer. A tensor is quantized for its producer and for
     each consumer, so a group is the tensor's producer and its consumers, of the QUANTIZABLE op types."""
     by_name = {n.name: n for n in fp32.graph.node}
@@ -201,7 +210,8 @@ def fallback_units(fp32: Any, int8: Any, data: Dataset) -> list[list[str]]:
             consumers.setdefault(i, []).append(n)
     units: list[list[str]] = []
     seen: set[str] = set()
-    for e in activation_errors(fp32, int8, data):
+    ranked = sorted(activation_errors(fp32, int8, data), key=lambda e: (-damage(e.error, e.error - e.added), e.node))
+    for e in ranked:
         node = by_name.get(e.node)
         if e.added <= 0 or node is None:
             continue

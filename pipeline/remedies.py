@@ -23,6 +23,7 @@ from typing import Any
 from deployc.config import REMEDY_STAGES, QuantizeSpec, RemediesSpec, ValidateConfig
 from deployc.contracts import Artifact, Context, Reemit, Remedy, Target
 from deployc.state import PassRecord, Table
+from deployc.uptodate import file_digest
 
 STAGE_FIELDS = {"smoothing": "smoothing"}  # stage -> the QuantizeSpec field a target must realise to offer it
 TRIALS_DIR = ".remedies"  # inside the staging folder; removed before the out dir is published
@@ -34,6 +35,7 @@ class Trial:
     remedy: Remedy
     artifact: Artifact
     seconds: float = 0.0
+    sha256: str | None = None  # of the trial's artifact file: a stage that changes nothing shows as a repeated hash
 
     @property
     def drift(self) -> float:
@@ -112,7 +114,8 @@ def fallback_steps(units: list[list[str]], limit: int) -> list[list[str]]:
 
 def fallback_remedy(base: Remedy, layers: list[str], how: str, **update: Any) -> Remedy:
     """`base` with `layers` (worst first) kept out of int8; `update` says where the target puts them."""
-    shown = ", ".join(layers[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
+    short = [name.rsplit("/", 1)[-1] for name in layers]  # TFLite tensor names carry the whole module path
+    shown = ", ".join(short[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
     spec = base.spec.model_copy(update={k: v for k, v in update.items() if k in QuantizeSpec.model_fields})
     options = {**base.options, **{k: v for k, v in update.items() if k not in QuantizeSpec.model_fields}}
     return Remedy("fallback", f"{len(layers)} layer(s) in {how}: {shown}", spec, options, tuple(layers))
@@ -135,7 +138,7 @@ def remedy_artifact(
     the artifact that ships, its file in first's place, with every trial in details['remedies'] and its history."""
     offered = set(target.remedy_stages(first, lowered))
     stages = [s for s in REMEDY_STAGES if s in spec.stages and s in offered and _capable(target, s)]
-    trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first)]
+    trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
     root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
     log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages) or 'none offered'})")
@@ -177,7 +180,11 @@ def _run(
         art.error = art.failed_reason(exc)
         art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
     target.close(art)
-    return Trial(index, remedy, art, time.perf_counter() - t0)
+    return Trial(index, remedy, art, time.perf_counter() - t0, _digest(art))
+
+
+def _digest(art: Artifact) -> str | None:
+    return file_digest(art.path) if art.path is not None and art.path.is_file() else None
 
 
 def _outcome(trial: Trial) -> str:
@@ -212,6 +219,7 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
             "metric": t.artifact.metrics.get("metric"),
             "drift": None if math.isinf(t.drift) else t.drift,
             "gate": t.artifact.gate.get("status"),
+            "sha256": t.sha256,
             **({"fallback": list(t.remedy.fallback)} if t.remedy.fallback else {}),
         }
         for t in trials
