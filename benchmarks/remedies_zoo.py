@@ -81,8 +81,12 @@ def run(name: str, out: Path, cache: Path, max_trials: int, timeout: int) -> lis
     return rows
 
 
-def _fmt(v: object) -> str:
-    return "n/a" if v is None else (f"{v:+.4f}" if isinstance(v, float) else str(v))
+def _fmt(key: str, v: object) -> str:
+    if v is None:
+        return "n/a"
+    if key.startswith("drift") and isinstance(v, float):
+        return f"{v:+.4f}"
+    return f"{v:.1f}" if key == "loop_seconds" else str(v).rsplit(":", 1)[-1] if key == "metric" else str(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             "| "
             + " | ".join(
-                _fmt(r.get(k))
+                _fmt(k, r.get(k))
                 for k in (
                     "model",
                     "target",

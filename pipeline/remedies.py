@@ -139,10 +139,12 @@ def remedy_artifact(
     t0 = time.perf_counter()
     offered = set(target.remedy_stages(first, lowered))
     stages = [s for s in REMEDY_STAGES if s in spec.stages and s in offered and _capable(target, s)]
+    if not stages:  # e.g. an fp16 or dynamic artifact, or a graph a pass already quantized
+        return first
     trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
     root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
-    log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages) or 'none offered'})")
+    log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages)})")
     for stage in stages:
         if trials[-1].passed or len(trials) >= spec.max_trials:
             break
