@@ -86,8 +86,23 @@ def _with_outputs(proto: Any, names: list[str]) -> Any:
     out = type(proto)()
     out.CopyFrom(proto)
     have = {o.name for o in out.graph.output}
-    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    types = tensor_types(proto)
+    out.graph.output.extend(
+        helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in names if n not in have
+    )
     return out
+
+
+def tensor_types(proto: Any) -> dict[str, int]:
+    """Element type of every tensor onnx's shape inference can type (a Gather on a shape gives int64)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # a graph inference cannot type: fall back to what the file declares
+        inferred = proto
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
 
 
 def _float_outputs(proto: Any) -> dict[str, Any]:
@@ -140,7 +155,9 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     producer8 = {o: n for n in int8.graph.node if n.op_type not in skip for o in n.output}
     producer32 = {o: n for n in fp32.graph.node for o in n.output}
     seen = _consumer_view(int8)
-    names = [t for t in _float_outputs(fp32) if t in producer8]
+    types = tensor_types(fp32)
+    floats = {1, 10, 11, 16}  # float, float16, double, bfloat16: integer tensors (shapes, indices) carry no error
+    names = [t for t in _float_outputs(fp32) if t in producer8 and types.get(t, 1) in floats]
     ref = layer_outputs(fp32, names, data)
     got = layer_outputs(int8, sorted({seen[t] for t in names}), data)
     errors = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}

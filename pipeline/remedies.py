@@ -143,13 +143,20 @@ def remedy_artifact(
         return first
     trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
+    skipped: dict[str, str] = {}
     root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
     log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages)})")
     for stage in stages:
         if trials[-1].passed or len(trials) >= spec.max_trials:
             break
         base = best(trials)
-        for remedy in target.remedies(stage, base.remedy, base.artifact, lowered, ctx):
+        try:
+            candidates = target.remedies(stage, base.remedy, base.artifact, lowered, ctx)
+        except Exception as exc:  # a stage the target cannot prepare (e.g. a ranking run that fails) is skipped
+            skipped[stage] = Artifact.failed_reason(exc)
+            log(f"{first.label}: remedy stage {stage} skipped: {skipped[stage]}")
+            continue
+        for remedy in candidates:
             if len(trials) >= spec.max_trials or trials[-1].passed:
                 break
             if _key(remedy) in seen:
@@ -162,6 +169,8 @@ def remedy_artifact(
     shipped = _ship(chosen, first, ctx.work_dir, root)
     shutil.rmtree(ctx.work_dir / TRIALS_DIR, ignore_errors=True)
     _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0)
+    if skipped:
+        shipped.details["remedies"]["skipped_stages"] = skipped
     return shipped
 
 
@@ -192,8 +201,9 @@ def _digest(art: Artifact) -> str | None:
 
 def _outcome(trial: Trial) -> str:
     status = trial.artifact.gate.get("status")
-    drift = "n/a" if math.isinf(trial.drift) else f"{trial.drift:+.4g}"
-    return f"drift {drift}, {status}"
+    if status == "error":
+        return f"error: {trial.artifact.gate.get('reason')}"
+    return f"drift {'n/a' if math.isinf(trial.drift) else f'{trial.drift:+.4g}'}, {status}"
 
 
 def _ship(chosen: Trial, first: Artifact, staging: Path, root: Path) -> Artifact:
@@ -225,6 +235,7 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
             "drift": None if math.isinf(t.drift) else t.drift,
             "gate": t.artifact.gate.get("status"),
             "sha256": t.sha256,
+            **({"error": t.artifact.gate.get("reason")} if t.artifact.gate.get("status") == "error" else {}),
             **({"fallback": list(t.remedy.fallback)} if t.remedy.fallback else {}),
         }
         for t in trials
