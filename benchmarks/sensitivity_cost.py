@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     model = catalog.BY_NAME[args.model]
     config = prepare(model, Path(args.out).resolve(), fetch.cache_dir(None))
     arrays = np.load(config.parent / "data.npz")
-    proto = onnx.load(str(next(p for p in config.parent.rglob("*.onnx") if "build" not in p.parts)))
+    proto = onnx.load(str(config.parent / yaml.safe_load(config.read_text())["model"]["onnx"]))
     names = [i.name for i in proto.graph.input]
     inputs = {n: arrays[f"calib_{n}"] if f"calib_{n}" in arrays else arrays[n] for n in names}
     data = Dataset({n: v[: args.samples] for n, v in inputs.items()}, None, args.model)
