@@ -82,3 +82,11 @@ def test_explain_lists_layers_worst_first_and_the_remedies(remedied, tmp_path):
     assert text.count("node_") >= 3 and f"remedies: trial {n} of {n} shipped, drift +0" in text and "passed)" in text
     with pytest.raises(UsageError, match="no manifest.json"):
         explain(tmp_path)
+
+
+def test_histogram_calibration_takes_a_sample_count_its_batch_does_not_divide():
+    fp32, data = _digits_fp32()
+    odd = data.take(24)  # 16 + 8: onnxruntime's histogram calibrators stacked the batches and failed
+    for method in ("percentile", "entropy"):
+        proto = quantize_int8(fp32, odd, Int8Config(calibration=method, calibration_batch=16))
+        assert _activation_scales(proto) and onnx.checker.check_model(proto) is None
