@@ -62,7 +62,7 @@ def layer_report(
         "fp32": fp32["path"],
         "int8": int8["path"],
         "data": f"data.{role} ({data.source}, {len(data)} samples)",
-        "tuning": int8.get("details", {}).get("tuning"),
+        "remedies": int8.get("details", {}).get("remedies"),
         "warnings": int8.get("details", {}).get("warnings", []),
         "drift": (int8.get("metrics") or {}).get("drift"),
     }
@@ -70,19 +70,22 @@ def layer_report(
 
 
 def explain(build_dir: str | Path, config: str | Path | None = None, samples: int = 64, top: int | None = None) -> str:
-    """The per-layer error table as text, worst layers first, with the tuning outcome when there was one."""
+    """The per-layer error table as text, worst layers first, with the remedies' outcome when there were any."""
     errors, facts = layer_report(build_dir, config, samples)
     lines = [f"per-layer error: {facts['int8']} vs {facts['fp32']} on {facts['data']}", _HOW, ""]
     if facts["drift"] is not None:
         lines.insert(1, f"int8 artifact drift: {facts['drift'] * 100:+.2f}%")
     lines.append(format_errors(errors, top))
-    tuning = facts["tuning"]
-    if tuning:
-        kept = ", ".join(tuning["fallback"]) or "none"
+    remedies = facts["remedies"]
+    if remedies:
+        kept = ", ".join(remedies["fallback"]) or "none"
+        drift = remedies["trial_log"][remedies["chosen_trial"] - 1]["drift"]
+        shown = "n/a" if drift is None else f"{drift:+.4g}"
         lines += [
             "",
-            f"tuning: trial {tuning['chosen_trial']} of {tuning['trials']} chosen, drift "
-            f"{tuning['drift'] * 100:+.2f}% (budget {tuning['budget'] * 100:.2f}%), layers kept in fp32: {kept}",
+            f"remedies: trial {remedies['chosen_trial']} of {remedies['trials']} shipped, drift {shown} "
+            f"(budget {remedies['budget']:g}, {'passed' if remedies['passed'] else 'failed'}), layers kept in fp32: "
+            f"{kept}",
         ]
     lines += [f"warning: {w}" for w in facts["warnings"]]
     return "\n".join(lines)

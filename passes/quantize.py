@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -28,6 +30,43 @@ from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
+# then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
+# and PyTorch's histogram: 2048 bins searched for the 128-bin threshold of least KL divergence.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+
+
+_ENTROPY_MEMO: dict[str, str] = {}  # (graph, samples) digest -> calibration cache text: trials differ in other fields
+
+
+def entropy_ranges(model_path: str, data: Dataset, batch: int, work: Any) -> str:
+    """KL-divergence activation ranges over a 2048-bin histogram, saved as a calibration cache quantize_static
+    reads (it cannot pass num_bins to its own calibrator). The search is slow (~1000 thresholds per tensor), so
+    ranges are computed once per graph and samples in a process."""
+    import hashlib
+
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    digest = hashlib.sha256(Path(model_path).read_bytes())
+    for name in sorted(data.inputs):
+        digest.update(name.encode() + data.inputs[name].tobytes())
+    cache = work / "entropy-ranges.json"
+    if digest.hexdigest() in _ENTROPY_MEMO:
+        cache.write_text(_ENTROPY_MEMO[digest.hexdigest()])
+        return str(cache)
+    calibrator = create_calibrator(
+        model_path,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),  # the op types quantize_static calibrates by default
+        augmented_model_path=str(work / "entropy-augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collect_data(CalibrationReader(data, batch))
+    save_tensors_data(calibrator.compute_data(), cache)
+    _ENTROPY_MEMO[digest.hexdigest()] = cache.read_text()
+    return str(cache)
 
 
 def _machine_reduce_range() -> bool:
@@ -81,6 +120,14 @@ def _prepared(proto: Any, work: Any) -> str:
     return str(prep)
 
 
+def calibration_batch(spec: Int8Config, samples: int) -> int:
+    """Batch size for the calibrator. onnxruntime's histogram calibrators (percentile, entropy) stack every batch's
+    outputs into one array, which fails on a smaller last batch (YOLOv8n's 24 samples in 16s): a divisor then."""
+    if spec.calibration == "minmax" or samples % spec.calibration_batch == 0:
+        return spec.calibration_batch
+    return math.gcd(samples, spec.calibration_batch)
+
+
 def _per_channel(proto: Any, wanted: bool) -> bool:
     return wanted and onnx_opset(proto) >= QDQ_PER_CHANNEL_OPSET  # per-channel DequantizeLinear needs opset 13
 
@@ -124,10 +171,12 @@ def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: li
         selection, nodes, keep, options = _selected(onnx.load(src), only, not spec.symmetric_activations)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
+            batch = calibration_batch(spec, len(samples))
+            cache = entropy_ranges(src, samples, batch, work) if spec.calibration == "entropy" else None
             quantize_static(
                 src,
                 str(out),
-                CalibrationReader(samples, spec.calibration_batch),
+                CalibrationReader(samples, batch),
                 quant_format=QuantFormat.QDQ,
                 per_channel=_per_channel(proto, spec.per_channel),
                 activation_type=act,
@@ -137,6 +186,7 @@ def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: li
                 nodes_to_quantize=nodes,
                 reduce_range=spec.reduce_range,
                 extra_options={**extra, **options},
+                calibration_cache_path=cache,
             )
         return Int8Result(onnx.load(str(out)), selection, smoothing)
 

@@ -57,6 +57,6 @@ def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 1
                 f"tensor '{t}' ({where}) is quantized per-tensor but its channel ranges differ by {factor:.0f}× "
                 f"(channel {hi} spans {spans[hi]:.3g}, channel {lo} spans {spans[lo]:.3g}; one int8 step ≈ {step:.3g}): "
                 f"small channels lose their information. Keep the layers around it in fp32 (quantize.exclude) "
-                f"or set quantize.tune"
+                f"(quantize.remedies does so when the gate fails)"
             )
     return warnings

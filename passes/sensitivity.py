@@ -86,8 +86,23 @@ def _with_outputs(proto: Any, names: list[str]) -> Any:
     out = type(proto)()
     out.CopyFrom(proto)
     have = {o.name for o in out.graph.output}
-    out.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    types = tensor_types(proto)
+    out.graph.output.extend(
+        helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in names if n not in have
+    )
     return out
+
+
+def tensor_types(proto: Any) -> dict[str, int]:
+    """Element type of every tensor onnx's shape inference can type (a Gather on a shape gives int64)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # a graph inference cannot type: fall back to what the file declares
+        inferred = proto
+    values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
 
 
 def _float_outputs(proto: Any) -> dict[str, Any]:
@@ -140,7 +155,9 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     producer8 = {o: n for n in int8.graph.node if n.op_type not in skip for o in n.output}
     producer32 = {o: n for n in fp32.graph.node for o in n.output}
     seen = _consumer_view(int8)
-    names = [t for t in _float_outputs(fp32) if t in producer8]
+    types = tensor_types(fp32)
+    floats = {1, 10, 11, 16}  # float, float16, double, bfloat16: integer tensors (shapes, indices) carry no error
+    names = [t for t in _float_outputs(fp32) if t in producer8 and types.get(t, 1) in floats]
     ref = layer_outputs(fp32, names, data)
     got = layer_outputs(int8, sorted({seen[t] for t in names}), data)
     errors = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}
@@ -188,3 +205,36 @@ def format_errors(errors: list[LayerError], limit: int | None = None) -> str:
     lines = [f"{'layer':<{width}}  {'op':<12} {'error':>10} {'added':>10}"]
     lines += [f"{e.layer:<{width}}  {e.op_type:<12} {e.error:>10.3g} {e.added:>10.3g}" for e in rows]
     return "\n".join(lines)
+
+
+DAMAGE_FLOOR = 1e-3  # below this much error reaching a layer, what it adds counts absolutely; above, relatively
+
+
+def damage(error: float, before: float) -> float:
+    """How much a layer harms the signal: the error it adds beyond what reaches it, relative to that (floored).
+    Relative, because once a crushed tensor is upstream every later layer's error explodes in absolute terms."""
+    return (error - before) / (before + DAMAGE_FLOOR)
+
+
+def fallback_units(fp32: Any, int8: Any, data: Dataset) -> list[list[str]]:
+    """Nodes to keep in float, one group per damaged tensor, the worst damage() first, from one fp32 and one
+    int8 run (activation_errors), not one quantization per layer. A tensor is quantized for its producer and for
+    each consumer, so a group is the tensor's producer and its consumers, of the QUANTIZABLE op types."""
+    by_name = {n.name: n for n in fp32.graph.node}
+    consumers: dict[str, list[Any]] = {}
+    for n in fp32.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units: list[list[str]] = []
+    seen: set[str] = set()
+    ranked = sorted(activation_errors(fp32, int8, data), key=lambda e: (-damage(e.error, e.error - e.added), e.node))
+    for e in ranked:
+        node = by_name.get(e.node)
+        if e.added <= 0 or node is None:
+            continue
+        group = [node] + [c for t in node.output for c in consumers.get(t, [])]
+        names = list(dict.fromkeys(n.name for n in group if n.op_type in QUANTIZABLE and n.name not in seen))
+        if names:
+            seen.update(names)
+            units.append(names)
+    return units

@@ -27,6 +27,7 @@ from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_fe
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.quantize import smoothed
 from deployc.passes.tensorrt_qdq import named, place, quantize_placed
 from deployc.state import ModelState
 
@@ -124,6 +125,9 @@ class TensorrtInt8(Pass):
                 fp16 = False
                 metrics["fp16_blocked"] = f"fp16 Q/DQ need opset {FP16_QDQ_OPSET}, the upgrade failed ({why})"
                 ctx.instruments.log(f"warning: {self.name}: {metrics['fp16_blocked']}; the rest stays float32")
+        proto, smoothing = smoothed(proto, ctx.calibration.take(cfg.samples), cfg)  # quantize.smoothing (SmoothQuant)
+        if smoothing is not None:
+            metrics["smoothing"] = smoothing.to_json()
         proto = quantizer_ready(proto)
         placement = place(proto, set(cfg.exclude) | set(cfg.fallback))
         if not placement.weighted:

@@ -34,6 +34,7 @@ import numpy as np
 from deployc.data import Dataset
 from deployc.ort import CalibrationReader
 from deployc.passes.onnx_util import copied, scratch_dir
+from deployc.passes.quantize import entropy_ranges
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FUSED_CONVS = {"Conv", "ConvTranspose"}  # TensorRT fuses a residual Add into these (with their epilogue)
@@ -256,6 +257,8 @@ def quantize_placed(
     with scratch_dir() as work:
         src, out = work / "float.onnx", work / "int8.onnx"
         onnx.save(proto, src)
+        # entropy over 2048 bins, as quantize.int8 does (quantize_static's own 128-bin search equals minmax)
+        cache = entropy_ranges(str(src), data, batch, work) if calibration == "entropy" else None
         # entropy/percentile calibrators print progress; the quantizer logs a pre-processing hint on the root logger
         with redirect_stdout(io.StringIO()), _root_warnings_off():
             quantize_static(
@@ -269,6 +272,7 @@ def quantize_placed(
                 calibrate_method=getattr(CalibrationMethod, method),
                 nodes_to_quantize=placement.nodes,
                 extra_options=extra,
+                calibration_cache_path=cache,
             )
         quantized = onnx.load(str(out))
     return quantized, _unfuse_residual_inputs(quantized, placement.residual)

@@ -15,7 +15,7 @@ from typing import Any
 
 from deployc.cache import PassCache
 from deployc.config import BuildConfig, load_config
-from deployc.contracts import Artifact, Context
+from deployc.contracts import Artifact, Context, Finish, Reemit, Target
 from deployc.data import calibration_source, load_dataset, train_source
 from deployc.errors import DeploycError, UsageError
 from deployc.gates import latency_gate
@@ -28,6 +28,7 @@ from deployc.metrics import get_metric
 from deployc.outdir import OutDir, check_out_dir
 from deployc.prefix import PassPrefix, capture, resume
 from deployc.registry import instruments as plugin_instruments
+from deployc.remedies import needs_remedy, remedy_artifact
 from deployc.report import gate_text, render_report, report_view
 from deployc.report_html import write_html_report
 from deployc.state import ModelState
@@ -186,25 +187,12 @@ def _build(
         for name, planned in manager.targets.items():
             target = planned.cls(planned.options)
             reason = planned.cls.available()
+            finish = _finisher(target, ctx, validation, reference, config)
             if reason:
-                built = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
+                skipped = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
+                artifacts.extend(finish(a, None, None) for a in skipped)
             else:
-                built = target.build(state, ctx)
-                for art in built:
-                    if art.error:
-                        instruments.log(f"{art.label}: not built: {art.error}")
-            for art in built:
-                try:
-                    validate_artifact(target, art, validation, reference, config.validate_, config.data.batch_size)
-                except Exception as exc:
-                    art.error = art.failed_reason(exc)
-                    art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
-                target.close(art)
-                warning = coverage_warning(art)
-                if warning:
-                    instruments.log(f"warning: {warning}")
-                instruments.log(f"{art.label}: {gate_text(art.gate, art.runtime, art.details)} — {art.gate['reason']}")
-            artifacts.extend(built)
+                artifacts.extend(target.build(state, ctx, finish))
         for warning in latency_gate(artifacts, config.validate_.latency_gate):
             instruments.log(f"warning: {warning}")
         manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, staging)
@@ -228,6 +216,34 @@ def _build(
             if art.path is not None:
                 art.path = out_dir / art.path.relative_to(staging)
     return BuildResult(out_dir, manifest, artifacts, timings)
+
+
+def _finisher(target: Target, ctx: Context, validation: Any, reference: Reference, config: BuildConfig) -> Finish:
+    """What happens to each artifact a target makes: validated by its gate, remedied when it fails (remedies.py)."""
+    log = ctx.instruments.log
+
+    def validate(art: Artifact) -> None:
+        try:
+            validate_artifact(target, art, validation, reference, config.validate_, config.data.batch_size)
+        except Exception as exc:
+            art.error = art.failed_reason(exc)
+            art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
+        target.close(art)
+
+    def finish(art: Artifact, reemit: Reemit | None, lowered: Any) -> Artifact:
+        if art.error:
+            log(f"{art.label}: not built: {art.error}")
+        validate(art)
+        remedies = config.quantize.remedies
+        if reemit is not None and remedies != "off" and needs_remedy(art, config.validate_):
+            art = remedy_artifact(target, art, reemit, lowered, ctx, validate, remedies, log)
+        warning = coverage_warning(art)
+        if warning:
+            log(f"warning: {warning}")
+        log(f"{art.label}: {gate_text(art.gate, art.runtime, art.details)} — {art.gate['reason']}")
+        return art
+
+    return finish
 
 
 def _manifest(

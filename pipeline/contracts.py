@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,7 +17,7 @@ from deployc.state import ModelState, PassRecord, Table, TensorSpec
 
 if TYPE_CHECKING:
     from deployc.cache import PassCache
-    from deployc.config import BuildConfig
+    from deployc.config import BuildConfig, QuantizeSpec
     from deployc.data import Dataset
     from deployc.instruments import Instruments
     from deployc.validate import Reference
@@ -34,6 +36,12 @@ class Context:
     cache: PassCache | None = None
     reference: Reference | None = None  # outputs and metric of the model as loaded (tuning scores against it)
     loaded: ModelState | None = None  # the model as loaded, before any pass (recovery training distils from it)
+    remedy: Remedy | None = None  # the accuracy remedy being tried when a target re-emits an artifact
+
+    def for_remedy(self, remedy: Remedy, work_dir: Path) -> Context:
+        """This context with the remedy's quantize spec as the build's (what emit() reads), writing to work_dir."""
+        config = self.config.model_copy(update={"quantize": remedy.spec})
+        return dataclasses.replace(self, config=config, work_dir=work_dir, remedy=remedy)
 
     def dataset_for(self, fact: str) -> Dataset | None:
         """The dataset behind a data.* fact (what a pass that requires it reads)."""
@@ -114,12 +122,42 @@ class Artifact:
         return f"{type(exc).__name__}: {text}".rstrip(": ")[:600]
 
 
+@dataclass(frozen=True)
+class Remedy:
+    """One accuracy-remedy trial of an artifact: the quantize spec it is emitted with and what changed.
+
+    `spec` becomes ctx.config.quantize while the target re-emits (Context.for_remedy); `options` holds knobs of
+    one target that no spec field names (e.g. tflite's float-fallback tensor patterns), read from ctx.remedy.
+    """
+
+    stage: str  # "as configured" for the artifact first emitted, else one of config.REMEDY_STAGES
+    change: str  # what differs from the trial it started from, e.g. "calibration percentile"
+    spec: QuantizeSpec
+    options: dict[str, Any] = field(default_factory=dict)
+    fallback: tuple[str, ...] = ()  # layers this trial keeps out of int8, worst first (for the report)
+
+
+# a target's re-emit of one precision with another context (Context.for_remedy): never raises, errors in the artifact
+Reemit = Callable[["Context"], "Artifact"]
+# what the driver does with each emitted artifact: validate it, and remedy it when it fails (pipeline/remedies.py)
+Finish = Callable[["Artifact", "Reemit | None", Any], "Artifact"]
+
+
 class Target(abc.ABC):
-    """A deployment target: builds artifacts from a ModelState and runs them on its own runtime."""
+    """A deployment target: builds artifacts from a ModelState and runs them on its own runtime.
+
+    Accuracy remedies (pipeline/remedies.py): when an artifact fails its gate and `remedy_stages(artifact)` names
+    stages, the driver asks `remedies(stage, ...)` for candidates, one stage at a time in config.REMEDY_STAGES'
+    order, and re-emits the artifact with each (emit() with ctx = ctx.for_remedy(remedy, work_dir)) on the same
+    lowered result, until one passes.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
     requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"torch"}), frozenset({"onnx"}))
+    # QuantizeSpec fields beyond the basics this target realises (e.g. "smoothing"): a stage that needs one is
+    # offered only by targets that list it
+    quantize_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: BaseModel):
         self.options = options
@@ -145,26 +183,46 @@ class Target(abc.ABC):
     def emit(self, state: ModelState, lowered: Any, ctx: Context, precision: str) -> Artifact:
         """Run the target's passes for one precision and write its file under ctx.work_dir."""
 
-    def build(self, state: ModelState, ctx: Context) -> list[Artifact]:
+    def remedy_stages(self, artifact: Artifact, lowered: Any) -> tuple[str, ...]:
+        """The remedy stages this target can try on `artifact`, made from `lowered` (e.g. int8 only); () when none."""
+        return ()
+
+    def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: Any, ctx: Context) -> list[Remedy]:
+        """Candidates of one stage, in the order to try them, each a change of `base` (the best trial so far, which
+        made `artifact`); deterministic for the same inputs."""
+        return []
+
+    def build(self, state: ModelState, ctx: Context, finish: Finish | None = None) -> list[Artifact]:
         """One Artifact per precision. A precision the target cannot make (its converter or quantizer refuses the
-        model) becomes an artifact with `error` set, so the other precisions and targets still ship."""
+        model) becomes an artifact with `error` set, so the other precisions and targets still ship.
+
+        finish(artifact, reemit, lowered) is called on each artifact as it is made (the driver validates and
+        remedies it there); reemit emits the same precision again from the same lowered result."""
+        done = finish or (lambda art, reemit, lowered: art)
         try:
             lowered = self.lower(state, ctx)
         except PipelineError:
             raise  # the config asks for something this target cannot do: exit 2, nothing built
         except Exception as exc:
-            return [self.failed(p, exc) for p in self.precisions()]
+            return [done(self.failed(p, exc), None, None) for p in self.precisions()]
         artifacts: list[Artifact] = []
         for precision in self.precisions():
+            reemit = self._reemit(state, lowered, precision)
+            art = reemit(ctx)
+            if all(a.precision != art.precision for a in artifacts):  # e.g. fp32 and int8 after qat: one QDQ graph
+                artifacts.append(done(art, reemit, lowered))
+        return artifacts
+
+    def _reemit(self, state: ModelState, lowered: Any, precision: str) -> Reemit:
+        def emit(ctx: Context) -> Artifact:
             try:
-                art = self.emit(state, lowered, ctx, precision)
+                return self.emit(state, lowered, ctx, precision)
             except PipelineError:
                 raise
             except Exception as exc:
-                art = self.failed(precision, exc)
-            if all(a.precision != art.precision for a in artifacts):  # e.g. fp32 and int8 after qat: one QDQ graph
-                artifacts.append(art)
-        return artifacts
+                return self.failed(precision, exc)
+
+        return emit
 
     def failed(self, precision: str, exc: BaseException) -> Artifact:
         return Artifact(self.name, precision, None, self.name, "", error=Artifact.failed_reason(exc))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Artifact, Context, Target
+from deployc.config import REMEDY_STAGES
+from deployc.contracts import Artifact, Context, Remedy, Target
 from deployc.errors import UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
 from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
 from deployc.passes.onnx_util import io_specs, op_counts
+from deployc.passes.sensitivity import fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.registry import get_pass
+from deployc.remedies import fallback_remedy, fallback_steps, spec_remedies
 from deployc.state import ModelState
 from deployc.targets.quantized_details import (
     DYNAMIC_HINT,
@@ -52,8 +56,7 @@ def quantize_for(precision: str, state: ModelState, ctx: Context, **settings: An
     """Realise the build's quantization spec at `precision` with the matching quantize.* pass; `settings`
     are target-specific options of that pass (e.g. reduce_range for a CPU).
 
-    int8 goes through quantize.tune when `quantize.tune` is set; after the qat pass the graph already
-    carries the QDQ ranges QAT learned, so int8 is the lowered graph itself.
+    After the qat pass the graph already carries the QDQ ranges QAT learned, so int8 is the lowered graph itself.
     """
     if precision == "fp32":
         return state
@@ -64,9 +67,8 @@ def quantize_for(precision: str, state: ModelState, ctx: Context, **settings: An
             f"targets.onnx.precision: '{precision}' after the qat pass: the model already carries "
             f"int8 quantize/dequantize from QAT; ask for int8"
         )
-    tuned = precision == "int8" and ctx.config.quantize.tune is not None
-    pass_cls = get_pass("quantize.tune" if tuned else f"quantize.{precision}")
-    config = pass_cls.Config.model_validate({**ctx.config.quantize.model_dump(), **settings})
+    pass_cls = get_pass(f"quantize.{precision}")
+    config = pass_cls.Config.model_validate({**ctx.config.quantize.model_dump(exclude={"remedies"}), **settings})
     return run_pass(pass_cls(config), state, ctx)
 
 
@@ -77,12 +79,6 @@ def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) ->
     from deployc.passes.quantize_checks import channel_range_warnings
 
     notes: dict[str, Any] = {}
-    record = next((r for r in done.history[len(base.history) :] if r.name == "quantize.tune"), None)
-    if record is not None:
-        notes["tuning"] = {
-            k: record.metrics[k]
-            for k in ("trials", "chosen_trial", "within_budget", "drift", "budget", "tuned_on", "reference", "fallback")
-        }
     fp32 = base.onnx if "quantized" not in base.facts else None  # after qat / quantize.* passes there is no fp32 graph
     if fp32 is not None:
         probe = ctx.calibration.take(min(ctx.config.quantize.samples, 64))
@@ -94,9 +90,50 @@ def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) ->
     return notes
 
 
+def has_weight_matmul(proto: Any) -> bool:
+    """A MatMul/Gemm on a constant weight: what SmoothQuant-style smoothing acts on."""
+    inits = {i.name for i in proto.graph.initializer}
+    return any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits for n in proto.graph.node)
+
+
+def onnx_remedies(
+    stage: str, base: Remedy, fp32: ModelState, int8: Callable[[Remedy], ModelState], ctx: Context, how: str
+) -> list[Remedy]:
+    """The remedies a Q/DQ ONNX target realises (onnx, tensorrt): spec changes, and fallback of the nodes around the
+    tensors the best trial damages most (ranked from one fp32 and one int8 run on calibration samples)."""
+    spec = ctx.config.quantize.remedies
+    assert spec != "off"
+    if stage == "smoothing" and not has_weight_matmul(fp32.onnx):
+        return []
+    if stage != "fallback":
+        return spec_remedies(stage, base, list(spec.methods), spec.smoothing_alpha)
+    probe = ctx.calibration.take(spec.sensitivity_samples)
+    units = fallback_units(fp32.onnx, int8(base).onnx, probe)
+    kept = set(base.spec.exclude)
+    units = [[n for n in u if n not in kept] for u in units]
+    steps = fallback_steps([u for u in units if u], spec.max_fallback)
+    return [fallback_remedy(base, layers, how, exclude=list(base.spec.exclude) + layers) for layers in steps]
+
+
 class OnnxTarget(Target):
     name = "onnx"
     Options = OnnxOptions
+    quantize_fields = frozenset({"smoothing"})  # SmoothQuant before its int8 Q/DQ
+
+    def remedy_stages(self, artifact: Artifact, lowered: ModelState) -> tuple[str, ...]:
+        # int8 quantized here: not a graph a pass already quantized (qat, quantize.*), which carries its own ranges
+        quantized_here = (
+            artifact.precision == "int8" and "quantized" not in lowered.facts and "qat" not in lowered.facts
+        )
+        return REMEDY_STAGES if quantized_here and artifact.path is not None else ()
+
+    def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: ModelState, ctx: Context) -> list[Remedy]:
+        settings = quantizer_settings(self.options.cpu)
+
+        def int8(remedy: Remedy) -> ModelState:  # the trial's graph before CPU tuning (the pass memo has it)
+            return quantize_for("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir), **settings)
+
+        return onnx_remedies(stage, base, lowered, int8, ctx, "fp32")
 
     @classmethod
     def requires_for(cls, options: OnnxOptions) -> frozenset[str]:

@@ -12,14 +12,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployc.contracts import Artifact, Context, Target
+from deployc.config import REMEDY_STAGES
+from deployc.contracts import Artifact, Context, Remedy, Target
 from deployc.errors import PipelineError, UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.state import ModelState, TensorSpec
-from deployc.targets.onnx import lower_to_onnx, quantize_for
+from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
 
@@ -284,6 +285,7 @@ class EngineRunner:
 class TensorrtTarget(Target):
     name = "tensorrt"
     Options = TensorrtOptions
+    quantize_fields = frozenset({"smoothing"})  # SmoothQuant before its int8 Q/DQ
 
     @classmethod
     def available(cls) -> str | None:
@@ -301,6 +303,19 @@ class TensorrtTarget(Target):
     def __init__(self, options: TensorrtOptions):
         super().__init__(options)
         self._runners: dict[str, Any] = {}
+
+    def remedy_stages(self, artifact: Artifact, lowered: ModelState) -> tuple[str, ...]:
+        # explicit quantization is symmetric only: no symmetry stage; a graph a pass quantized keeps its Q/DQ
+        if artifact.precision != "int8" or artifact.path is None or "quantized" in lowered.facts:
+            return ()
+        return tuple(s for s in REMEDY_STAGES if s != "symmetry")
+
+    def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: ModelState, ctx: Context) -> list[Remedy]:
+        def int8(remedy: Remedy) -> ModelState:  # the trial's conformed Q/DQ network (its quantize.int8 is memoised)
+            return self._network("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir))[0]
+
+        # fallback goes through the spec's exclude, which _network hands to quantize.int8: no Q/DQ around those nodes
+        return onnx_remedies(stage, base, lowered, int8, ctx, f"{self.options.int8_high_precision} without Q/DQ")
 
     def _network(
         self, precision: str, base: ModelState, ctx: Context, fallback: tuple[str, ...] = ()

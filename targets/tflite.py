@@ -20,11 +20,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Artifact, Context, Target
+from deployc.contracts import Artifact, Context, Remedy, Target
 from deployc.errors import UsageError
 from deployc.passes.coverage import coverage_details
 from deployc.state import ModelState, PassRecord
 from deployc.targets.tflite_coverage import tflite_int8_coverage
+from deployc.targets.tflite_remedies import STAGES, float_scope, ranges_for, tflite_remedies
 from deployc.targets.tflite_transformer import smooth_module, transformer_ops, transformer_recipe
 
 Precision = Literal["fp32", "fp16", "dynamic", "int8"]
@@ -148,6 +149,7 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str, fp32: bytes) -> tupl
     from ai_edge_quantizer.quantizer import AlgorithmName
 
     spec = ctx.config.quantize
+    options = ctx.remedy.options if ctx.remedy is not None else {}
     granularity = qtyping.QuantGranularity.CHANNELWISE if spec.per_channel else qtyping.QuantGranularity.TENSORWISE
     manager = recipe_manager.RecipeManager()
     notes: list[str] = []
@@ -182,7 +184,14 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str, fp32: bytes) -> tupl
         if io_dtype == "float32":  # graph inputs/outputs stay float; QUANTIZE/DEQUANTIZE ops at the edges
             for op in (ops.INPUT, ops.OUTPUT):
                 manager.add_quantization_config(".*", op, None, AlgorithmName.NO_QUANTIZE)
-        if spec.calibration != "minmax":
+        weights = options.get("weights", "min_max")
+        if weights != "min_max":  # MSE/OCTAV clip the weight ranges of the weighted ops only
+            algorithm = AlgorithmName.MSE if weights == "mse" else AlgorithmName.OCTAV
+            for op in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.CONV_2D_TRANSPOSE):
+                manager.add_static_config(".*", op, 8, 8, granularity, algorithm)
+        for tensor in options.get("float_tensors", []):  # fallback: the ops writing these tensors stay float
+            manager.add_quantization_config(float_scope(tensor), ops.ALL_SUPPORTED, None, AlgorithmName.NO_QUANTIZE)
+        if spec.calibration != "minmax" and "ranges" not in options:
             notes.append(
                 f"calibration '{spec.calibration}': ai-edge-quantizer has no such range estimator; "
                 "used its moving-average min/max, which also clips rare extremes"
@@ -194,6 +203,14 @@ def recipe_for(precision: str, ctx: Context, io_dtype: str, fp32: bytes) -> tupl
     return manager, notes
 
 
+def signature_feeds(fp32: bytes, samples: Any, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    """One signature-runner feed per sample (the flatbuffer has batch 1), in the signature's dtypes."""
+    keys = _signature_names(fp32, "inputs")
+    dtypes = _signature_dtypes(fp32)
+    arrays = {key: as_signature_dtype(samples.inputs[name], dtypes[key], name) for key, name in zip(keys, input_names)}
+    return [{key: a[i : i + 1] for key, a in arrays.items()} for i in range(len(samples))]
+
+
 def calibrate(fp32: bytes, manager: Any, ctx: Context, input_names: list[str]) -> tuple[dict[str, Any], int]:
     """Activation ranges from ctx.calibration, one sample per invoke (the flatbuffer has batch 1)."""
     from ai_edge_quantizer import calibrator
@@ -202,14 +219,11 @@ def calibrate(fp32: bytes, manager: Any, ctx: Context, input_names: list[str]) -
     if ctx.calibration is None or len(ctx.calibration) == 0:
         raise UsageError("targets.tflite: int8 needs calibration data: set data.calibration")
     samples = ctx.calibration.take(ctx.config.quantize.samples)
-    keys = _signature_names(fp32, "inputs")
-    dtypes = _signature_dtypes(fp32)
-    arrays = {key: as_signature_dtype(samples.inputs[name], dtypes[key], name) for key, name in zip(keys, input_names)}
-    feeds = [{key: a[i : i + 1] for key, a in arrays.items()} for i in range(len(samples))]
+    feeds = signature_feeds(fp32, samples, input_names)
     # 'minmax' means the global range; the quantizer's default is a moving average that clips the extremes
-    update = (
-        qsv_utils.min_max_update if ctx.config.quantize.calibration == "minmax" else qsv_utils.moving_average_update
-    )
+    options = ctx.remedy.options if ctx.remedy is not None else {}
+    ranges = ranges_for(ctx.config.quantize.calibration, options)
+    update = qsv_utils.min_max_update if ranges == "min_max" else qsv_utils.moving_average_update
     calib = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=update)
     calib.calibrate({SIGNATURE: feeds}, manager)
     return calib.get_model_qsvs(), len(samples)
@@ -317,6 +331,7 @@ class TfliteTarget(Target):
     name = "tflite"
     Options = TfliteOptions
     requires_any = (frozenset({"torch"}),)  # litert-torch lowers from the torch level, never from ONNX
+    quantize_fields = frozenset({"smoothing"})  # SmoothQuant of the torch module before int8 (smoothed_flatbuffer)
 
     @classmethod
     def available(cls) -> str | None:
@@ -337,6 +352,19 @@ class TfliteTarget(Target):
     def __init__(self, options: TfliteOptions):
         super().__init__(options)
         self._runners: dict[str, Any] = {}
+
+    def remedy_stages(self, artifact: Artifact, lowered: tuple[bytes, PassRecord]) -> tuple[str, ...]:
+        return STAGES if artifact.precision == "int8" and artifact.path is not None else ()
+
+    def remedies(
+        self, stage: str, base: Remedy, artifact: Artifact, lowered: tuple[bytes, PassRecord], ctx: Context
+    ) -> list[Remedy]:
+        spec = ctx.config.quantize.remedies
+        feeds = []
+        if stage == "fallback":
+            names = [e["name"] for e in artifact.inputs]
+            feeds = signature_feeds(lowered[0], ctx.calibration.take(spec.sensitivity_samples), names)
+        return tflite_remedies(stage, base, lowered[0], artifact.path.read_bytes(), feeds, SIGNATURE, spec)
 
     def lower(self, state: ModelState, ctx: Context) -> tuple[bytes, PassRecord]:
         if state.module is None:
@@ -366,6 +394,8 @@ class TfliteTarget(Target):
             config = {"precision": precision, "per_channel": spec.per_channel, "calibration": spec.calibration}
             if precision == "int8":
                 config["io_dtype"] = self.options.io_dtype
+            if ctx.remedy is not None and ctx.remedy.options:
+                config["remedy"] = ctx.remedy.options
             facts = {k: details[k] for k in ("calibration_samples", "notes") if k in details}
             history += (
                 PassRecord(

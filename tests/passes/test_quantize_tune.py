@@ -1,28 +1,27 @@
-"""Accuracy-aware int8 tuning: trial order, stop-at-first-within-budget, fallback of the most sensitive
-layers, and what the build records (examples/quant_tune.yaml on the quantization-hostile model)."""
+"""What replaced quantize.tune: the build's remedies on examples/quant_tune.yaml (the quantization-hostile model),
+entropy calibration that is no longer MinMax in disguise, and `deployc explain` on the remedied artifact."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from deployc.build import BuildResult, build
-from deployc.config import TuneSpec
 from deployc.data import Dataset, digits_arrays
-from deployc.metrics import BUILTIN
-from deployc.passes.onnx_util import op_counts
-from deployc.passes.quantize import Int8Config
-from deployc.passes.quantize_tune import tune_int8
+from deployc.examples.digits_cnn import pretrained
+from deployc.passes.export import export_onnx
+from deployc.passes.quantize import Int8Config, quantize_int8
+from deployc.passes.simplify import simplify_proto
 from deployc.state import ModelState, TensorSpec
-from deployc.validate import compute_reference
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quant_tune.yaml"
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+def remedied(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     return build(EXAMPLE, out=tmp_path_factory.mktemp("tune") / "out", quiet=True)
 
 
@@ -30,85 +29,64 @@ def _int8(result: BuildResult) -> dict:
     return next(a for a in result.manifest["artifacts"] if a["precision"] == "int8")
 
 
-def _record(result: BuildResult) -> dict:
-    return next(p for p in _int8(result)["passes"] if p["name"] == "quantize.tune")
+def test_the_example_ships_a_passing_int8_once_entropy_clips_the_outlier(remedied):
+    art = _int8(remedied)
+    remedies = art["details"]["remedies"]
+    log = remedies["trial_log"]
+    assert [t["change"] for t in log[:3]] == ["—", "percentile", "entropy"]
+    assert log[0]["drift"] > 0.5 and log[1]["drift"] > 0.5 and log[2]["drift"] < 0.05  # minmax/percentile keep it
+    assert art["gate"]["status"] == "pass" and remedied.exit_code == 0 and log[-1]["gate"] == "pass"
+    assert remedies["chosen_trial"] == len(log) and remedies["quantize"]["calibration"] == "entropy"
+    record = next(p for p in art["passes"] if p["name"] == "quantize.int8")
+    assert record["config"]["calibration"] == "entropy"  # the shipped file is made by the trial it names
+    assert record["config"]["exclude"] == remedies["fallback"]  # any fallback built on the entropy trial
 
 
-def _float_weight_convs(proto: onnx.ModelProto) -> list[str]:
-    inits = {i.name: i for i in proto.graph.initializer}
-    return [
-        n.name
-        for n in proto.graph.node
-        if n.op_type == "Conv" and n.input[1] in inits and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
-    ]
+def _digits_fp32() -> tuple[onnx.ModelProto, Dataset]:
+    model = pretrained()
+    state = ModelState(module=model, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),))
+    x, _ = digits_arrays("train")
+    return simplify_proto(export_onnx(model, state)), Dataset({"image": x[:64]}, None, "digits:train")
 
 
-def test_trials_run_in_order_and_stop_at_the_first_within_budget(tuned):
-    log = _record(tuned)["metrics"]["trial_log"]
-    stages = [t["stage"] for t in log]
-    assert stages[:5] == ["as configured", "calibration", "calibration", "per_channel", "symmetry"]
-    assert set(stages[5:]) == {"fallback"}
-    assert [t["config"].split(",")[0] for t in log[:3]] == ["minmax", "entropy", "percentile"]
-    assert "per-tensor" in log[3]["config"] and "symmetric" in log[4]["config"]
-    assert all(t["drift"] > 0.5 for t in log[:-1])  # nothing short of fallback rescues the outlier channel
-    assert log[-1]["drift"] <= 0.01 and tuned.exit_code == 0
+def _activation_scales(proto: onnx.ModelProto) -> dict[str, float]:
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return {
+        n.input[0]: float(inits[n.input[1]]) for n in proto.graph.node if n.op_type == "QuantizeLinear"
+    }  # activations are quantized per tensor: one scale each
 
 
-def test_fallback_keeps_the_hostile_pair_in_fp32_and_fixes_drift(tuned):
-    tuning = _int8(tuned)["details"]["tuning"]
-    assert tuning["within_budget"] and len(tuning["fallback"]) == 2
-    art = _int8(tuned)
-    assert art["metrics"]["drift"] <= 0.01 and art["gate"]["status"] == "pass"
-    proto = onnx.load(str(tuned.out_dir / art["path"]))
-    assert sorted(_float_weight_convs(proto)) == sorted(tuning["fallback"])  # exactly those convs stay float
-    counts = op_counts(proto)
-    assert counts["Conv"] == 8 and counts["QuantizeLinear"] >= 6  # the rest of the model is still int8
-    fallback_table = _record(tuned)["tables"][1]
-    assert {row[0].split(" (")[1].rstrip(")") for row in fallback_table["rows"]} == {"spread", "squeeze"}
+def test_entropy_calibration_searches_thresholds_and_differs_from_minmax():
+    fp32, data = _digits_fp32()
+    minmax = _activation_scales(quantize_int8(fp32, data, Int8Config(calibration="minmax")))
+    entropy = _activation_scales(quantize_int8(fp32, data, Int8Config(calibration="entropy")))
+    assert minmax.keys() == entropy.keys() and len(minmax) >= 8
+    smaller = [t for t in minmax if entropy[t] < minmax[t] * (1 - 1e-6)]
+    assert len(smaller) >= len(minmax) // 2  # KL clips the long tails; with 128 bins it returned min/max exactly
+    assert all(entropy[t] <= minmax[t] * (1 + 1e-6) for t in minmax)  # a threshold never widens the observed range
+    again = _activation_scales(quantize_int8(fp32, data, Int8Config(calibration="entropy")))
+    assert again == entropy  # deterministic, and the in-process memo of the ranges gives the same model
+    assert np.isfinite(list(entropy.values())).all()
 
 
-def test_sensitivity_is_reported_worst_first(tuned):
-    metrics = _record(tuned)["metrics"]
-    errors = [s["error"] for s in metrics["sensitivity"]]
-    assert errors == sorted(errors, reverse=True) and len(errors) >= 10
-    assert "digits:test" in metrics["tuned_on"]  # the report says which data the tuner scored on
-
-
-def test_max_trials_caps_the_search_and_the_best_is_still_emitted(tuned):
-    fp32 = onnx.load(
-        str(tuned.out_dir / next(a["path"] for a in tuned.manifest["artifacts"] if a["precision"] == "fp32"))
-    )
-    x, y = digits_arrays("test")
-    data = Dataset({"image": x[:200]}, y[:200], "digits:test")
-    calib = Dataset({"image": digits_arrays("train")[0][:64]}, None, "digits:train")
-    ref = compute_reference(
-        ModelState(onnx=fp32, inputs=(TensorSpec("image", ("batch", 1, 8, 8)),)), data, BUILTIN["top1"], 64
-    )
-    result = tune_int8(fp32, calib, data, ref, Int8Config(), TuneSpec(max_trials=2), budget=0.01)
-    assert len(result.trials) == 2 and not result.within_budget
-    assert result.best.index == 1  # equal drift: the earlier, as-configured candidate wins
-    benign = tune_int8(
-        fp32,
-        calib,
-        data,
-        ref,
-        Int8Config(exclude=list(_int8(tuned)["details"]["tuning"]["fallback"])),
-        TuneSpec(),
-        budget=0.01,
-    )
-    assert len(benign.trials) == 1 and benign.within_budget  # within budget at once: no further trials
-
-
-def test_explain_lists_layers_worst_first_and_the_fallback(tuned, tmp_path):
+def test_explain_lists_layers_worst_first_and_the_remedies(remedied, tmp_path):
     from deployc.commands.explain import explain, layer_report
     from deployc.errors import UsageError
 
-    errors, facts = layer_report(tuned.out_dir, samples=32)
+    errors, facts = layer_report(remedied.out_dir, samples=32)
     added = [e.added for e in errors]
     assert added == sorted(added, reverse=True) and len(errors) >= 8
-    assert all(e.error < 0.05 for e in errors)  # after tuning no layer is badly off
     assert "digits:train" in facts["data"]  # explain compares on calibration data
-    text = explain(tuned.out_dir, samples=32, top=3)
-    assert text.count("node_") >= 3 and "layers kept in fp32: " + ", ".join(facts["tuning"]["fallback"]) in text
+    text = explain(remedied.out_dir, samples=32, top=3)
+    n = _int8(remedied)["details"]["remedies"]["trials"]
+    assert text.count("node_") >= 3 and f"remedies: trial {n} of {n} shipped, drift +0" in text and "passed)" in text
     with pytest.raises(UsageError, match="no manifest.json"):
         explain(tmp_path)
+
+
+def test_histogram_calibration_takes_a_sample_count_its_batch_does_not_divide():
+    fp32, data = _digits_fp32()
+    odd = data.take(24)  # 16 + 8: onnxruntime's histogram calibrators stacked the batches and failed
+    for method in ("percentile", "entropy"):
+        proto = quantize_int8(fp32, odd, Int8Config(calibration=method, calibration_batch=16))
+        assert _activation_scales(proto) and onnx.checker.check_model(proto) is None

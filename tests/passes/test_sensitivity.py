@@ -11,7 +11,7 @@ from deployc.examples.quant_hostile import hostile
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.quantize_checks import channel_range_warnings
-from deployc.passes.sensitivity import activation_errors, channel_nmse, single_layer_errors
+from deployc.passes.sensitivity import activation_errors, channel_nmse, damage, fallback_units, single_layer_errors
 from deployc.passes.simplify import simplify_proto
 from deployc.state import ModelState, TensorSpec
 
@@ -67,3 +67,15 @@ def test_channel_range_warning_names_the_layer(hostile_proto, calib, digits_onnx
     assert len(warnings) == 1 and "(spread)" in warnings[0] and "per-tensor" in warnings[0]
     benign = onnx.load(str(digits_onnx))
     assert channel_range_warnings(benign, quantize_int8(benign, calib, Int8Config()), calib, ratio=100) == []
+
+
+def test_fallback_units_put_the_outlier_tensors_writer_and_reader_first(hostile_proto, calib):
+    units = fallback_units(hostile_proto, quantize_int8(hostile_proto, calib, Int8Config()), calib)
+    assert set(units[0]) == {_node(hostile_proto, "spread"), _node(hostile_proto, "squeeze")}  # one group, one trial
+    names = [n for u in units for n in u]
+    assert len(names) == len(set(names)) and len(units) >= 5  # each node in one group; the rest ranked after
+
+
+def test_damage_is_relative_once_error_has_arrived():
+    assert damage(0.9, 1e-4) > 100 * damage(1e5, 2e4)  # the layer that crushed the signal, not the one downstream
+    assert damage(2e-4, 1e-4) == pytest.approx(1e-4 / 1.1e-3)  # small errors count about absolutely
