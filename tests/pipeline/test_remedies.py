@@ -150,7 +150,9 @@ def test_smoothing_is_offered_only_by_targets_that_realise_the_field():
     assert REMEDY_STAGES.index("smoothing") == REMEDY_STAGES.index("symmetry") + 1
     for name in ("onnx", "tensorrt", "tflite"):
         target = get_target(name)
-        assert not _capable(target, "smoothing") and _capable(target, "fallback")  # none realises it before the merge
+        assert _capable(target, "smoothing") and _capable(target, "fallback")
+    plain = type("PlainTarget", (), {"quantize_fields": frozenset()})  # a plug-in target without quantize.smoothing
+    assert not _capable(plain, "smoothing") and _capable(plain, "fallback")
 
 
 def test_the_old_tune_key_says_what_replaced_it():

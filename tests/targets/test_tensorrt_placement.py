@@ -24,6 +24,7 @@ from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.instruments import Instruments
 from deployc.ort import session
+from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.tensorrt_qdq import place, quantize_placed
 from deployc.state import ModelState, TensorSpec
 from deployc.targets.tensorrt import TensorrtOptions, TensorrtTarget
@@ -126,10 +127,12 @@ def readers_of_dequantized(proto: onnx.ModelProto) -> dict[str, list[str]]:
     return readers
 
 
-def int8_network(tmp_path: Path, precision: str, fallback: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict]:
+def int8_network(
+    tmp_path: Path, precision: str, fallback: tuple[str, ...] = (), smoothing: float | None = None
+) -> tuple[onnx.ModelProto, dict]:
     """The tensorrt target's int8 network (pass tensorrt.int8), calibrated on 32 samples, and its details."""
     data = Dataset({"x": samples(32, 1)}, None, "normal")
-    config = load_config(digits_config(quantize={"samples": 32}))
+    config = load_config(digits_config(quantize={"samples": 32, "smoothing": smoothing}))
     ctx = Context(config, None, data, data, tmp_path, Instruments(quiet=True))
     state = ModelState(
         onnx=conv_bn_residual_net(),
@@ -228,3 +231,15 @@ def test_quantize_placed_alone_restores_the_fused_add_input():
     data = Dataset({"x": samples(16, 3)}, None, "normal")
     quantized, restored = quantize_placed(proto, placement, data, "minmax", True, 16, 16)
     assert restored == 1 and quantized_tensors(quantized) == QUANTIZED
+
+
+def test_smoothing_scales_the_gemm_input_before_its_qdq(tmp_path: Path):
+    """quantize.smoothing (the remedies' smoothing stage) reaches the tensorrt network: a constant Mul scales fc1's
+    input ahead of its Q/DQ, the placement is unchanged, and the numbers stay as close to fp32."""
+    proto, _ = int8_network(tmp_path, "fp32", smoothing=0.8)
+    onnx.checker.check_model(proto)
+    muls = {n.input[0]: n.output[0] for n in proto.graph.node if n.name.endswith(SMOOTH_MUL_SUFFIX)}
+    assert set(muls) == {"f", "h"}  # the inputs of both Gemms (fc2 then stays in high precision: N=10)
+    assert readers_of_dequantized(proto)[muls["f"]] == ["fc1"]
+    assert quantized_tensors(proto) == (QUANTIZED - {"f"}) | {muls["f"]}
+    assert relative_error(proto, samples(16, 2)) <= 0.03
