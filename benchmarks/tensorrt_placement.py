@@ -63,25 +63,28 @@ class Scorer:
         self.targets = self.labels if use_labels else first
         self.reference_value = self.score(fp32)
 
-    def outputs(self, path: Path) -> list[np.ndarray]:
+    def outputs(self, path: Path, as_written: bool = False) -> list[np.ndarray]:
+        """as_written: Q/DQ run as written (float math on the quantized values), as deployc's TensorRT proxy runs
+        them; else onnxruntime's CPU int8 kernels (which saturate on x86 without VNNI), as a CPU user runs them."""
         from deployc.ort import session
 
-        sess = session(path, threads=None)
+        sess = session(path, threads=None, optimize=not as_written)
         n = len(next(iter(self.inputs.values())))
         parts = [
             sess.run(None, {k: v[i : i + self.batch] for k, v in self.inputs.items()}) for i in range(0, n, self.batch)
         ]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
-    def score(self, path: Path) -> float:
-        outs = self.outputs(path)
+    def score(self, path: Path, as_written: bool = False) -> float:
+        outs = self.outputs(path, as_written)
         if self.metric.similarity:
             return float(self.metric.fn(outs, self.reference))
         return float(self.metric.fn(outs, self.targets))
 
-    def row(self, who: str, rest: str, graph: Path, gate: str = "—") -> dict:
-        """One table row: Q/DQ counts, the metric and its drift from the fp32 graph's."""
-        value = self.score(graph)
+    def row(self, who: str, rest: str, graph: Path, gate: str = "—", as_written: bool = True) -> dict:
+        """One table row: Q/DQ counts, the metric and its drift from the fp32 graph's (TensorRT graphs: Q/DQ as
+        written, the proxy's semantics)."""
+        value = self.score(graph, as_written)
         drift = self.metric.drift(self.reference_value, value)
         return {"model": self.name, "who": who, "rest": rest, **qdq_counts(graph), "value": value, "drift": drift,
                 "gate": gate}  # fmt: skip

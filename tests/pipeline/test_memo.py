@@ -17,8 +17,8 @@ def test_targets_share_identical_pass_runs_and_nothing_else(tmp_path):
     assert ran["onnx/fp32"] == {"export.onnx": False, "simplify": False}  # the first user runs them
     assert ran["tensorrt/fp32"] == {"export.onnx": True, "simplify": True}  # the second reuses them
     assert ran["onnx/fp16"]["quantize.fp16"] is False and ran["tensorrt/fp16"]["quantize.fp16"] is True
-    # int8 differs per target (asymmetric uint8 for onnxruntime, symmetric int8 for TensorRT): both run
-    assert ran["onnx/int8"]["quantize.int8"] is False and ran["tensorrt/int8"]["quantize.int8"] is False
+    # int8 differs per target (asymmetric uint8 for onnxruntime, symmetric int8 by TensorRT's placement): both run
+    assert ran["onnx/int8"]["quantize.int8"] is False and ran["tensorrt/int8"]["tensorrt.int8"] is False
     assert result.timings["cache"]["memo_hits"] == 3 and result.timings["cache"]["hits"] == 0
     sha = {f"{a['target']}/{a['precision']}": a["sha256"] for a in result.manifest["artifacts"]}
     assert sha["onnx/fp16"] == sha["tensorrt/fp16"]  # the very graph, shared
