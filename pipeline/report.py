@@ -131,7 +131,7 @@ def artifact_rows(manifest: dict[str, Any]) -> list[list[str]]:
 
 
 def artifact_header(metric: str) -> list[str]:
-    return [*ARTIFACT_COLUMNS[:3], metric, *ARTIFACT_COLUMNS[3:]]
+    return [*ARTIFACT_COLUMNS[:3], metric_label(metric), *ARTIFACT_COLUMNS[3:]]
 
 
 def _fmt(v: object) -> str:

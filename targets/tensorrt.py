@@ -282,6 +282,11 @@ class EngineRunner:
 # ---- the target -------------------------------------------------------------------------------------------
 
 
+def _remedy_option(ctx: Context, key: str, default: Any) -> Any:
+    """A knob of this target a remedy trial sets (Remedy.options), else the target's own option."""
+    return ctx.remedy.options.get(key, default) if ctx.remedy is not None else default
+
+
 class TensorrtTarget(Target):
     name = "tensorrt"
     Options = TensorrtOptions
@@ -314,8 +319,14 @@ class TensorrtTarget(Target):
         def int8(remedy: Remedy) -> ModelState:  # the trial's conformed Q/DQ network (its quantize.int8 is memoised)
             return self._network("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir))[0]
 
-        # fallback goes through the spec's exclude, which _network hands to quantize.int8: no Q/DQ around those nodes
-        return onnx_remedies(stage, base, lowered, int8, ctx, f"{self.options.int8_high_precision} without Q/DQ")
+        rest = base.options.get("high_precision", self.options.int8_high_precision)
+        # fallback goes through the spec's exclude, which _network hands to tensorrt.int8: no Q/DQ around those nodes
+        found = onnx_remedies(stage, base, lowered, int8, ctx, f"{rest} without Q/DQ")
+        if stage == "fallback" and rest == "fp16":  # fp16 itself may be what misses the budget (CREPE full: 0.025)
+            whole = Remedy("fallback", "the unquantized rest in fp32, not fp16", base.spec, {**base.options,
+                           "high_precision": "fp32"})  # fmt: skip
+            found = [whole, *found]
+        return found
 
     def _network(
         self, precision: str, base: ModelState, ctx: Context, fallback: tuple[str, ...] = ()
@@ -328,7 +339,7 @@ class TensorrtTarget(Target):
                 **ctx.config.quantize.model_dump(),
                 "symmetric_activations": True,
                 "fallback": list(fallback),
-                "high_precision": self.options.int8_high_precision,
+                "high_precision": _remedy_option(ctx, "high_precision", self.options.int8_high_precision),
             }
             done = run_pass(TensorrtInt8(TensorrtInt8Config.model_validate(spec)), base, ctx)
             return done, int8_details(done.history[-1].metrics)
