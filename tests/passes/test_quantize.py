@@ -155,6 +155,14 @@ def test_latency_gate_warns_or_fails_an_int8_artifact_slower_than_fp32():
         )
         return [fp32, int8, fast]
 
+    def proxies():
+        engine = {"engine": "not built (no GPU)"}
+        fp32 = Artifact("tensorrt", "fp32", None, "onnxruntime (TensorRT proxy)", "1", details=dict(engine))
+        int8 = Artifact("tensorrt", "int8", None, "onnxruntime (TensorRT proxy)", "1", details=dict(engine))
+        fp32.perf, int8.perf = {"latency_ms_batch1": 0.10}, {"latency_ms_batch1": 0.30}
+        return [fp32, int8]
+
+    assert latency_gate(proxies(), "fail") == []  # Q/DQ run unfused on the proxy: its timing is not the engine's
     warned = arts()
     assert len(latency_gate(warned, "warn")) == 1
     found = latency_gate(arts(), "warn")[0]

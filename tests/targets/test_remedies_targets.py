@@ -57,8 +57,7 @@ def test_tflite_remedies_change_its_flatbuffer_and_fallback_keeps_ops_float(tmp_
     ]  # no symmetry stage: LiteRT int8 activations are asymmetric
     assert len({t["sha256"] for t in log}) == len(log)  # every recipe gives a different flatbuffer
     assert log[-1]["stage"] == "fallback" and art["gate"]["status"] == "pass" and result.exit_code == 0
-    first_fallback = next(t for t in log if t["stage"] == "fallback")  # fp16 may be what misses the budget
-    assert first_fallback["change"] == "the unquantized rest in fp32, not fp16"
+    assert "layer(s) in float" in log[-1]["change"]  # tflite falls back to float layers directly (no fp16 stage)
     assert not art["details"]["npu"]["integer_only"]  # the fallback ops run in float, and the artifact says so
     record = next(p for p in art["passes"] if p["name"] == "ai_edge_quantizer")
     assert record["config"]["remedy"]["float_tensors"] == art["details"]["remedies"]["fallback"]
