@@ -136,7 +136,7 @@ def _run_shapes(proto: Any, names: list[str], feeds: dict[str, np.ndarray]) -> d
     from deployc.ort import session
 
     exposed = copied(proto)
-    produced = {o for n in exposed.graph.node for o in n.output} - {o.name for o in exposed.graph.output}
+    produced = {o for n in exposed.graph.node for o in n.output if o} - {o.name for o in exposed.graph.output}
     wanted = [n for n in dict.fromkeys(names) if n in produced]
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
     sample = {k: v[:1] for k, v in feeds.items()}
@@ -180,7 +180,7 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     graphs = all_graphs(proto.graph)  # If/Loop bodies too (spox's Silero VAD keeps every layer in an If)
     nodes = [n for g in graphs for n in g.node]
     inits = {i.name: i for g in graphs for i in g.initializer}
-    producer = {o: n for n in nodes for o in n.output}
+    producer = {o: n for n in nodes for o in n.output if o}
     q_type = {}  # tensor → element type of the 8-bit value it holds (QuantizeLinear outputs, int8 initializers)
     for n in nodes:
         if n.op_type == "QuantizeLinear":
@@ -189,7 +189,7 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     q_type.update({name: i.data_type for name, i in inits.items()})
     for n in nodes:  # 8-bit values moved by ops that keep their type (e.g. cpu.int8's channel Pad before a DQ)
         if n.op_type in MOVES_VALUES and n.input and q_type.get(n.input[0]) in EIGHT_BIT:
-            q_type.update({o: q_type[n.input[0]] for o in n.output})
+            q_type.update({o: q_type[n.input[0]] for o in n.output if o})
 
     def dequantized(t: str) -> bool:
         p = producer.get(t)

@@ -113,7 +113,7 @@ def pad_conv_input_channels(proto: Any) -> tuple[Any, list[str]]:
     out.CopyFrom(proto)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output if o}
     padded, added = [], []
     for conv in [n for n in graph.node if n.op_type == "Conv"]:
         dq_x, dq_w = producer.get(conv.input[0]), producer.get(conv.input[1])
@@ -226,7 +226,7 @@ def runtime_float_islands(proto: Any) -> list[tuple[str, str]]:
         ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(str(work / "optimized.onnx"))
     nodes = list(optimized.graph.node)
-    producer = {o: n.op_type for n in nodes for o in n.output}
+    producer = {o: n.op_type for n in nodes for o in n.output if o}
     readers: dict[str, list[str]] = collections.defaultdict(list)
     for n in nodes:
         for i in n.input:

@@ -87,7 +87,7 @@ def intermediate_stats(proto: Any, feeds: dict[str, np.ndarray], names: list[str
 
     exposed = copied(proto)
     have = {o.name for o in exposed.graph.output}
-    produced = {o for n in exposed.graph.node for o in n.output}
+    produced = {o for n in exposed.graph.node for o in n.output if o}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n in produced and n not in have)
     sess = session(exposed, threads=1, optimize=False)  # unoptimised: every named tensor survives
     wanted = [o.name for o in sess.get_outputs() if o.name in set(names) and "float" in o.type]

@@ -41,7 +41,7 @@ def names_read(graph: Any) -> set[str]:
 def _outer_reads(graph: Any) -> set[str]:
     """Names a subgraph reads from enclosing graphs (what it reads minus what it defines)."""
     defined = {v.name for v in graph.input} | {i.name for i in graph.initializer}
-    defined |= {o for n in graph.node for o in n.output}
+    defined |= {o for n in graph.node for o in n.output if o}
     return names_read(graph) - defined
 
 
@@ -50,7 +50,7 @@ def sort_topologically(graph: Any) -> None:
     values its If/Loop bodies read from outside: onnx_ir's sort cannot, its reader already fails on such graphs.
     Stable: nodes already in order keep it."""
     nodes = list(graph.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     deps = [
         [producer[t] for t in [*n.input, *(r for g in _subgraphs(n) for r in _outer_reads(g))] if t in producer]
         for n in nodes

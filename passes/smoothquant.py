@@ -106,7 +106,7 @@ class _Graph:
 
         self.proto = proto
         self.arrays = {i.name: numpy_helper.to_array(i).copy() for i in proto.graph.initializer}
-        self.producer = {o: n for n in proto.graph.node for o in n.output}
+        self.producer = {o: n for n in proto.graph.node for o in n.output if o}
         self.readers: dict[str, list[Any]] = collections.defaultdict(list)
         for n in proto.graph.node:
             for i in n.input:

@@ -77,7 +77,7 @@ def precision_of_ops(proto: Any) -> dict[str, dict[str, int]]:
     writing no float (Shape, index arithmetic) are not counted."""
     from onnx import TensorProto
 
-    producer = {o: n for n in proto.graph.node for o in n.output}
+    producer = {o: n for n in proto.graph.node for o in n.output if o}
     types = _float_types(proto)
     out: dict[str, collections.Counter[str]] = {"int8": collections.Counter(), "fp16": collections.Counter()}
     out["fp32"] = collections.Counter()

@@ -66,11 +66,13 @@ class _Graph:
         g = proto.graph
         self.nodes = list(g.node)
         self.inits = {i.name: i for i in g.initializer}
-        self.producer = {o: n for n in self.nodes for o in n.output}
+        # "" marks an omitted optional input/output (LSTM's sequence_lens, Y_h): no tensor, no edge
+        self.producer = {o: n for n in self.nodes for o in n.output if o}
         self.consumers: dict[str, list[Any]] = collections.defaultdict(list)
         for n in self.nodes:
             for i in n.input:
-                self.consumers[i].append(n)
+                if i:
+                    self.consumers[i].append(n)
         self.inputs = {v.name for v in g.input if v.name not in self.inits}
 
     def constant(self, name: str) -> np.ndarray | None:

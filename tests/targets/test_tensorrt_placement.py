@@ -243,3 +243,45 @@ def test_smoothing_scales_the_gemm_input_before_its_qdq(tmp_path: Path):
     assert readers_of_dequantized(proto)[muls["f"]] == ["fc1"]
     assert quantized_tensors(proto) == (QUANTIZED - {"f"}) | {muls["f"]}
     assert relative_error(proto, samples(16, 2)) <= 0.03
+
+
+def test_omitted_optional_inputs_and_outputs_are_no_edges():
+    """ "" names an omitted optional tensor (LSTM's sequence_lens, Y_h); Silero's op15 graph has two LSTMs whose
+    "" outputs made the later one the "producer" of the earlier one's "" input (KeyError in the placement)."""
+    rng = np.random.default_rng(0)
+
+    def f32(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+
+    hidden, feat, steps = 4, 32, 5
+    inits = [f32("conv.w", feat, feat, 1), f32("conv.b", feat)]
+    nodes = [helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["c"], name="conv")]
+    nodes.append(helper.make_node("Transpose", ["c"], ["seq"], name="to_seq", perm=[2, 0, 1]))
+    source = "seq"
+    for k in (1, 2):  # each LSTM omits sequence_lens and Y_c; the first also omits Y_h
+        size = feat if k == 1 else hidden
+        inits += [f32(f"W{k}", 1, 4 * hidden, size), f32(f"R{k}", 1, 4 * hidden, hidden), f32(f"B{k}", 1, 8 * hidden)]
+        outputs = [f"y{k}", "" if k == 1 else "h2"]
+        nodes.append(
+            helper.make_node(
+                "LSTM", [source, f"W{k}", f"R{k}", f"B{k}", ""], outputs, name=f"lstm{k}", hidden_size=hidden
+            )
+        )
+        nodes.append(helper.make_node("Squeeze", [f"y{k}", "axis1"], [f"s{k}"], name=f"squeeze{k}"))
+        source = f"s{k}"
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    graph = helper.make_graph(
+        nodes,
+        "lstm_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, feat, steps])],
+        [
+            helper.make_tensor_value_info("h2", TensorProto.FLOAT, [1, 1, 4]),
+            helper.make_tensor_value_info("s2", TensorProto.FLOAT, [5, 1, 4]),
+        ],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    placement = place(proto, set())
+    assert "conv" in placement.weighted  # the Conv is placed; the LSTMs are not TensorRT int8 ops
+    assert not {"lstm1", "lstm2"} & set(placement.weighted)
