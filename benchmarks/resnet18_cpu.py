@@ -120,12 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     print(profile_table(profiles))
     macs, peak = conv_macs(paths["fp32"], feed), int8_conv_peak_gmacs()
     conv_ms = profiles["int8"].get("QLinearConv", float("nan"))
-    floor = (
-        # the profile is one thread's CPU time: a floor in eager units only when eager was timed the same way
-        f" = {macs / peak / 1e6 / rounds.times['torch eager fp32'].median:.3f}× eager's "
-        f"{rounds.times['torch eager fp32'].median:.2f} ms"
-        if args.clock == "thread_cpu" and args.threads == 1
-        else " on one thread (eager here was timed on a different clock or thread count: no ratio)"
+    eager_ms = rounds.times["torch eager fp32"].median
+    floor = (  # the profile is one thread's CPU time: a ratio to eager only when eager was timed that way too
+        f" = {macs / peak / 1e6 / eager_ms:.3f}× eager's {eager_ms:.2f} ms"
+        if args.clock == "thread_cpu"  # which the argument check restricts to --threads 1
+        else " on one thread (eager here was timed on the wall clock: no ratio)"
     )
     print(
         f"\nint8 convolutions: {macs / 1e9:.2f} GMAC in {conv_ms:.2f} ms = {macs / conv_ms / 1e6:.0f} GMAC/s; "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deployc.passes.onnx_util import all_graphs, copied
+from deployc.passes.onnx_util import all_graphs, copied, producers
 
 # weighted op → (indices of the inputs it multiplies, index of its constant weight); QLinear* interleave scales
 MULTIPLIED: dict[str, tuple[tuple[int, ...], int]] = {
@@ -180,7 +180,7 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     graphs = all_graphs(proto.graph)  # If/Loop bodies too (spox's Silero VAD keeps every layer in an If)
     nodes = [n for g in graphs for n in g.node]
     inits = {i.name: i for g in graphs for i in g.initializer}
-    producer = {o: n for n in nodes for o in n.output if o}
+    producer = producers(nodes)
     q_type = {}  # tensor → element type of the 8-bit value it holds (QuantizeLinear outputs, int8 initializers)
     for n in nodes:
         if n.op_type == "QuantizeLinear":

@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.contracts import Context, Pass, PassResult
+from deployc.passes.onnx_util import producers
 from deployc.state import ModelState, Table
 
 CpuName = Literal["auto", "x86-vnni", "x86-avx2", "arm64", "portable"]
@@ -113,7 +114,7 @@ def pad_conv_input_channels(proto: Any) -> tuple[Any, list[str]]:
     out.CopyFrom(proto)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output if o}
+    producer = producers(graph.node)
     padded, added = [], []
     for conv in [n for n in graph.node if n.op_type == "Conv"]:
         dq_x, dq_w = producer.get(conv.input[0]), producer.get(conv.input[1])

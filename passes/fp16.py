@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from deployc.passes.onnx_numerics import FP16_MAX, TensorStats, graph_inputs, intermediate_stats, run_outputs
-from deployc.passes.onnx_util import copied, names_read, sort_topologically
+from deployc.passes.onnx_util import copied, names_read, producers, sort_topologically
 
 SINGULAR_INPUTS = {"Log": (0,), "Div": (1,), "Reciprocal": (0,)}  # where a zero makes ±inf
 MAX_ROUNDS = 3
@@ -73,7 +73,7 @@ def _singular_inputs(node: Any, constants: dict[str, np.ndarray]) -> tuple[int, 
 
 def predicted_fp32_nodes(proto: Any, stats: dict[str, TensorStats]) -> dict[str, str]:
     """Nodes to keep float32 from their float32 values alone (overflow, underflow into singular ops)."""
-    producer = {o: n for n in proto.graph.node for o in n.output}
+    producer = producers(proto.graph.node)
     kept: dict[str, str] = {}
     for n in proto.graph.node:
         s = stats.get(n.output[0]) if n.output else None
@@ -102,7 +102,7 @@ def _nonfinite_origins(
     """Nodes whose fp16 output is non-finite (where float32's is finite) although their inputs are finite."""
     names = [o for n in proto.graph.node for o in n.output[:1]]
     half_stats = intermediate_stats(half, feeds, names)
-    producer = {o: n for n in proto.graph.node for o in n.output}
+    producer = producers(proto.graph.node)
 
     def turned(t: str) -> bool:
         return t in half_stats and half_stats[t].nonfinite > 0 and stats.get(t, half_stats[t]).nonfinite == 0
@@ -121,7 +121,7 @@ def without_fp16_round_trips(half: Any, kept: set[str], float_inputs: set[str]) 
     inputs): between two float32 nodes they would round the value through fp16, losing what the block list keeps."""
     from onnx import TensorProto
 
-    producer = {o: n for n in half.graph.node for o in n.output}
+    producer = producers(half.graph.node)
     fp32_sources = {o for n in half.graph.node if n.name in kept for o in n.output} | float_inputs
 
     def cast_to(n: Any) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,11 @@ import numpy as np
 
 def op_counts(proto: Any) -> dict[str, int]:
     return dict(sorted(collections.Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def producers(nodes: Iterable[Any]) -> dict[str, Any]:
+    """Tensor name → the node that writes it. "" marks an omitted optional output (LSTM's Y_h): no tensor, no edge."""
+    return {o: n for n in nodes for o in n.output if o}
 
 
 def copied(proto: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data import Dataset
+from deployc.passes.onnx_util import producers
 from deployc.passes.sensitivity import layer_name, layer_outputs
 
 
@@ -32,9 +33,9 @@ def channel_ranges(values: np.ndarray) -> np.ndarray:
 
 def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 100.0) -> list[str]:
     """One warning per per-tensor quantized activation whose channel ranges differ by more than `ratio`×."""
-    producers = {o: n for n in fp32.graph.node for o in n.output}
+    producer = producers(fp32.graph.node)
     graph_inputs = {i.name for i in fp32.graph.input}
-    names = [t for t in _per_tensor_activations(int8) if t in producers or t in graph_inputs]
+    names = [t for t in _per_tensor_activations(int8) if t in producer or t in graph_inputs]
     if not names:
         return []
     values = layer_outputs(fp32, names, data)
@@ -50,7 +51,7 @@ def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 1
         hi, lo = int(np.argmax(np.where(live, spans, -np.inf))), int(np.argmin(np.where(live, spans, np.inf)))
         factor = spans[hi] / spans[lo]
         if factor > ratio:
-            node = producers.get(t)
+            node = producer.get(t)
             where = f"output of {layer_name(fp32, node)}" if node is not None else "graph input"
             step = spans[hi] / 255
             warnings.append(

@@ -16,6 +16,7 @@ import numpy as np
 
 from deployc.data import Dataset
 from deployc.ort import session
+from deployc.passes.onnx_util import producers
 
 # ops onnxruntime's QDQ quantizer gives int8 weights or activations; the candidates for fp32 fallback
 QUANTIZABLE = frozenset(
@@ -152,8 +153,8 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     them, after the tensor's QuantizeLinear→DequantizeLinear pair.
     """
     skip = {"QuantizeLinear", "DequantizeLinear"}
-    producer8 = {o: n for n in int8.graph.node if n.op_type not in skip for o in n.output}
-    producer32 = {o: n for n in fp32.graph.node for o in n.output}
+    producer8 = producers(n for n in int8.graph.node if n.op_type not in skip)
+    producer32 = producers(fp32.graph.node)
     seen = _consumer_view(int8)
     types = tensor_types(fp32)
     floats = {1, 10, 11, 16}  # float, float16, double, bfloat16: integer tensors (shapes, indices) carry no error

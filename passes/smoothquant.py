@@ -22,7 +22,7 @@ import numpy as np
 from deployc.data import Dataset
 from deployc.ort import session
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs
-from deployc.passes.onnx_util import copied
+from deployc.passes.onnx_util import copied, producers
 
 MUL_SUFFIX = "/smoothquant"  # names the Mul nodes it inserts, so the quantizer keeps them float
 SMOOTHED = ("MatMul", "Gemm")
@@ -106,7 +106,7 @@ class _Graph:
 
         self.proto = proto
         self.arrays = {i.name: numpy_helper.to_array(i).copy() for i in proto.graph.initializer}
-        self.producer = {o: n for n in proto.graph.node for o in n.output if o}
+        self.producer = producers(proto.graph.node)
         self.readers: dict[str, list[Any]] = collections.defaultdict(list)
         for n in proto.graph.node:
             for i in n.input:

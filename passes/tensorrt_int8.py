@@ -24,7 +24,7 @@ from deployc.contracts import Context, Pass, PassResult
 from deployc.errors import UsageError
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
-from deployc.passes.onnx_util import op_counts
+from deployc.passes.onnx_util import op_counts, producers
 from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.quantize import smoothed
@@ -77,7 +77,7 @@ def precision_of_ops(proto: Any) -> dict[str, dict[str, int]]:
     writing no float (Shape, index arithmetic) are not counted."""
     from onnx import TensorProto
 
-    producer = {o: n for n in proto.graph.node for o in n.output if o}
+    producer = producers(proto.graph.node)
     types = _float_types(proto)
     out: dict[str, collections.Counter[str]] = {"int8": collections.Counter(), "fp16": collections.Counter()}
     out["fp32"] = collections.Counter()

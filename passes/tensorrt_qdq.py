@@ -33,7 +33,7 @@ import numpy as np
 
 from deployc.data import Dataset
 from deployc.ort import CalibrationReader
-from deployc.passes.onnx_util import copied, scratch_dir
+from deployc.passes.onnx_util import copied, producers, scratch_dir
 from deployc.passes.quantize import entropy_ranges
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -66,8 +66,8 @@ class _Graph:
         g = proto.graph
         self.nodes = list(g.node)
         self.inits = {i.name: i for i in g.initializer}
-        # "" marks an omitted optional input/output (LSTM's sequence_lens, Y_h): no tensor, no edge
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.producer = producers(self.nodes)
+        # "" marks an omitted optional input (LSTM's sequence_lens): no tensor, so no reader either
         self.consumers: dict[str, list[Any]] = collections.defaultdict(list)
         for n in self.nodes:
             for i in n.input:
@@ -204,7 +204,7 @@ def named(proto: Any) -> Any:
 def _unfuse_residual_inputs(proto: Any, residual: dict[str, int]) -> int:
     """Point each residual Add's fused input back at the float tensor onnxruntime's Q/DQ pair replaced, and drop
     the pairs nothing reads any more; returns how many inputs were restored."""
-    producer = {o: n for n in proto.graph.node for o in n.output}
+    producer = producers(proto.graph.node)
     restored = 0
     for n in proto.graph.node:
         if n.name not in residual:

@@ -22,6 +22,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployc.passes.onnx_util import producers
+
 WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 INPUTS_ONLY = ("MatMul", "Gemm")  # ops whose outputs stay float (onnxruntime: QGemm / MatMulIntegerToFloat)
 _BETWEEN_SCORES_AND_SOFTMAX = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Reshape", "Transpose", "Unsqueeze"}
@@ -64,7 +66,7 @@ def attention_softmaxes(proto: Any) -> list[Any]:
     scaling, masking and reshapes) and feed one."""
     nodes = list(proto.graph.node)
     inits = {i.name for i in proto.graph.initializer}
-    producer = {o: n for n in nodes for o in n.output}
+    producer = producers(nodes)
     readers: dict[str, list[Any]] = collections.defaultdict(list)
     for n in nodes:
         for i in n.input:
