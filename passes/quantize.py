@@ -8,7 +8,6 @@ import io
 import math
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -18,6 +17,7 @@ from deployc.contracts import Context, Pass, PassResult
 from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.ort import CalibrationReader
+from deployc.passes.calibration import calibration_cache, mismatched_concats
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
@@ -30,43 +30,6 @@ from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
 from deployc.state import ModelState
 
 _CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
-# then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
-# and PyTorch's histogram: 2048 bins searched for the 128-bin threshold of least KL divergence.
-ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
-
-
-_ENTROPY_MEMO: dict[str, str] = {}  # (graph, samples) digest -> calibration cache text: trials differ in other fields
-
-
-def entropy_ranges(model_path: str, data: Dataset, batch: int, work: Any) -> str:
-    """KL-divergence activation ranges over a 2048-bin histogram, saved as a calibration cache quantize_static
-    reads (it cannot pass num_bins to its own calibrator). The search is slow (~1000 thresholds per tensor), so
-    ranges are computed once per graph and samples in a process."""
-    import hashlib
-
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    digest = hashlib.sha256(Path(model_path).read_bytes())
-    for name in sorted(data.inputs):
-        digest.update(name.encode() + data.inputs[name].tobytes())
-    cache = work / "entropy-ranges.json"
-    if digest.hexdigest() in _ENTROPY_MEMO:
-        cache.write_text(_ENTROPY_MEMO[digest.hexdigest()])
-        return str(cache)
-    calibrator = create_calibrator(
-        model_path,
-        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),  # the op types quantize_static calibrates by default
-        augmented_model_path=str(work / "entropy-augmented.onnx"),
-        calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
-    )
-    calibrator.collect_data(CalibrationReader(data, batch))
-    save_tensors_data(calibrator.compute_data(), cache)
-    _ENTROPY_MEMO[digest.hexdigest()] = cache.read_text()
-    return str(cache)
 
 
 def _machine_reduce_range() -> bool:
@@ -132,9 +95,12 @@ def _per_channel(proto: Any, wanted: bool) -> bool:
     return wanted and onnx_opset(proto) >= QDQ_PER_CHANNEL_OPSET  # per-channel DequantizeLinear needs opset 13
 
 
-def quantize_int8(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Any:
-    """Static QDQ int8 of `proto`, calibrated on `data`; `only` restricts it to these node names."""
-    return quantize_int8_selected(proto, data, spec, only).proto
+def quantize_int8(
+    proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None, root: Any | None = None
+) -> Any:
+    """Static QDQ int8 of `proto`, calibrated on `data`; `only` restricts it to these node names; `root`: the
+    float graph `proto` was rewritten from, whose ranges are shared (passes/calibration.py)."""
+    return quantize_int8_selected(proto, data, spec, only, root).proto
 
 
 @dataclass(frozen=True)
@@ -142,6 +108,7 @@ class Int8Result:
     proto: Any
     selection: Int8Selection | None  # what a transformer-style graph kept in float (None: the quantizer's defaults)
     smoothing: Smoothing | None
+    concats_kept: dict[str, str]  # Concat nodes left float: their inputs' ranges differ too much for one scale
 
 
 def _default_op_types() -> set[str]:
@@ -150,7 +117,9 @@ def _default_op_types() -> set[str]:
     return set(QDQRegistry) | set(QLinearOpsRegistry)
 
 
-def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None) -> Int8Result:
+def quantize_int8_selected(
+    proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None, root: Any | None = None
+) -> Int8Result:
     """quantize_int8 with what it decided: the smoothing applied (spec.smoothing) and, for a graph with attention,
     the transformer op selection (passes/transformer_int8.py)."""
     import onnx
@@ -168,11 +137,14 @@ def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: li
     }
     with scratch_dir() as work:
         src = _prepared(proto, work)
-        selection, nodes, keep, options = _selected(onnx.load(src), only, not spec.symmetric_activations)
+        prepared = onnx.load(src)
+        selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             batch = calibration_batch(spec, len(samples))
-            cache = entropy_ranges(src, samples, batch, work) if spec.calibration == "entropy" else None
+            # ranges shared with tensorrt.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
+            cache = calibration_cache(root or proto, prepared, samples, spec.calibration, batch, spec.percentile, work)
+            concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
             quantize_static(
                 src,
                 str(out),
@@ -182,13 +154,13 @@ def quantize_int8_selected(proto: Any, data: Dataset, spec: Int8Config, only: li
                 activation_type=act,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
-                nodes_to_exclude=[*spec.exclude, *keep],
+                nodes_to_exclude=[*spec.exclude, *keep, *concats],
                 nodes_to_quantize=nodes,
                 reduce_range=spec.reduce_range,
                 extra_options={**extra, **options},
                 calibration_cache_path=cache,
             )
-        return Int8Result(onnx.load(str(out)), selection, smoothing)
+        return Int8Result(onnx.load(str(out)), selection, smoothing, concats)
 
 
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
@@ -218,6 +190,10 @@ def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, An
         metrics["int8_selection"] = result.selection.to_json()
     if result.smoothing is not None:
         metrics["smoothing"] = result.smoothing.to_json()
+    for node, why in result.concats_kept.items():
+        ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
+    if result.concats_kept:
+        metrics["concats_kept_float"] = result.concats_kept
     return metrics
 
 
@@ -282,7 +258,7 @@ class QuantizeInt8(QuantizePass):
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
         up = self.upgraded(state, ctx)
-        result = quantize_int8_selected(up.proto, ctx.calibration, self.config)
+        result = quantize_int8_selected(up.proto, ctx.calibration, self.config, root=state.onnx)
         return self.done(state, result.proto, {**up.metrics(), **int8_decisions(result, self.name, ctx)})
 
 

@@ -135,7 +135,15 @@ class TensorrtInt8(Pass):
             raise UsageError(f"{self.name}: no weighted op to run in int8 on TensorRT ({kept})")
         per_channel = cfg.per_channel and not up.per_channel_blocked
         proto, restored = quantize_placed(
-            proto, placement, ctx.calibration, cfg.calibration, per_channel, cfg.samples, cfg.calibration_batch
+            proto,
+            placement,
+            ctx.calibration,
+            cfg.calibration,
+            per_channel,
+            cfg.samples,
+            cfg.calibration_batch,
+            cfg.percentile,
+            root=state.onnx,
         )
         fp32_nodes: dict[str, str] = {}
         if fp16:

@@ -33,8 +33,8 @@ import numpy as np
 
 from deployc.data import Dataset
 from deployc.ort import CalibrationReader
+from deployc.passes.calibration import calibration_cache
 from deployc.passes.onnx_util import copied, producers, scratch_dir
-from deployc.passes.quantize import entropy_ranges
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FUSED_CONVS = {"Conv", "ConvTranspose"}  # TensorRT fuses a residual Add into these (with their epilogue)
@@ -238,9 +238,18 @@ def _root_warnings_off() -> Iterator[None]:
 
 
 def quantize_placed(
-    proto: Any, placement: Placement, data: Dataset, calibration: str, per_channel: bool, samples: int, batch: int
+    proto: Any,
+    placement: Placement,
+    data: Dataset,
+    calibration: str,
+    per_channel: bool,
+    samples: int,
+    batch: int,
+    percentile: float = 99.999,
+    root: Any | None = None,
 ) -> tuple[Any, int]:
-    """`proto` with symmetric int8 Q/DQ on the inputs of `placement`'s nodes, calibrated on `data`."""
+    """`proto` with symmetric int8 Q/DQ on the inputs of `placement`'s nodes, calibrated on `data`; `root`: the
+    float graph `proto` was rewritten from, whose ranges are shared with quantize.int8 (passes/calibration.py)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -259,10 +268,10 @@ def quantize_placed(
     with scratch_dir() as work:
         src, out = work / "float.onnx", work / "int8.onnx"
         onnx.save(proto, src)
-        # entropy over 2048 bins, as quantize.int8 does (quantize_static's own 128-bin search equals minmax)
-        cache = entropy_ranges(str(src), data, batch, work) if calibration == "entropy" else None
         # entropy/percentile calibrators print progress; the quantizer logs a pre-processing hint on the root logger
         with redirect_stdout(io.StringIO()), _root_warnings_off():
+            # ranges shared with quantize.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
+            cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work)
             quantize_static(
                 str(src),
                 str(out),

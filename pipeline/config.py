@@ -190,7 +190,8 @@ class QuantizeSpec(StrictModel):
     channel_range_ratio: float = Field(
         100.0,
         gt=1,
-        description="warn when a per-tensor quantized activation's channel ranges differ by more than this factor",
+        description="warn when a per-tensor quantized activation's channel ranges differ by more than this factor; "
+        "a Concat whose output range exceeds an input's by more stays float (onnx int8)",
     )
     smoothing: float | None = Field(
         None,

@@ -13,6 +13,7 @@ from deployc.contracts import Artifact, Context, Remedy, Target
 from deployc.errors import UsageError
 from deployc.manager import run_pass
 from deployc.ort import session
+from deployc.passes.coverage import Int8Coverage, percent
 from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
 from deployc.passes.onnx_util import io_specs, op_counts
@@ -30,6 +31,21 @@ from deployc.targets.quantized_details import (
 )
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
+
+
+CHANNEL_PROBE_SAMPLES = 16  # calibration samples the per-tensor channel-range warnings look at
+NEGLIGIBLE_INT8 = 0.01  # a dynamic artifact with less than 1% of its MACs (or weights) in int8 is not worth a file
+
+
+def _negligible(coverage: Int8Coverage) -> bool:
+    return not coverage.int8_ops or (coverage.share is not None and coverage.share < NEGLIGIBLE_INT8)
+
+
+def _what_becomes_int8(coverage: Int8Coverage) -> str:
+    if not coverage.int8_ops or not coverage.share:
+        return "no weight of this graph becomes int8"
+    unit = "MACs" if coverage.macs is not None else "weights"
+    return f"only {percent(coverage.share)} of this graph's {unit} become int8"
 
 
 class OnnxOptions(BaseModel):
@@ -81,7 +97,8 @@ def _int8_notes(label: str, base: ModelState, done: ModelState, ctx: Context) ->
     notes: dict[str, Any] = {}
     fp32 = base.onnx if "quantized" not in base.facts else None  # after qat / quantize.* passes there is no fp32 graph
     if fp32 is not None:
-        probe = ctx.calibration.take(min(ctx.config.quantize.samples, 64))
+        # a channel's range shows in a few samples; every layer's output on 64 of them cost ResNet-18 4.6 s
+        probe = ctx.calibration.take(min(ctx.config.quantize.samples, CHANNEL_PROBE_SAMPLES))
         warnings = channel_range_warnings(fp32, done.onnx, probe, ctx.config.quantize.channel_range_ratio)
         for w in warnings:
             ctx.instruments.log(f"warning: onnx/int8: {w}")
@@ -108,8 +125,10 @@ def onnx_remedies(
     if stage != "fallback":
         return spec_remedies(stage, base, list(spec.methods), spec.smoothing_alpha)
     probe = ctx.calibration.take(spec.sensitivity_samples)
-    units = fallback_units(fp32.onnx, int8(base).onnx, probe)
-    kept = set(base.spec.exclude)
+    quantized = int8(base)
+    units = fallback_units(fp32.onnx, quantized.onnx, probe)
+    # already float: excluded by the spec, or Concats quantize.int8 kept float by their ranges
+    kept = set(base.spec.exclude) | {n for r in quantized.history for n in r.metrics.get("concats_kept_float", {})}
     units = [[n for n in u if n not in kept] for u in units]
     steps = fallback_steps([u for u in units if u], spec.max_fallback)
     return [fallback_remedy(base, layers, how, exclude=list(base.spec.exclude) + layers) for layers in steps]
@@ -167,7 +186,7 @@ class OnnxTarget(Target):
         if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
             done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu)), done, ctx)
         coverage = int8_coverage_of(label, done, ctx)
-        if label == "dynamic" and coverage is not None and not coverage.int8_ops:
+        if label == "dynamic" and coverage is not None and _negligible(coverage):
             return Artifact(
                 self.name,
                 label,
@@ -175,8 +194,8 @@ class OnnxTarget(Target):
                 "onnxruntime",
                 onnxruntime.__version__,
                 details={"int8_coverage": coverage.to_json()},
-                skipped=f"not emitted: no weight of this graph becomes int8 ({DYNAMIC_HINT}); it would be the fp32 "
-                "graph under another name",
+                skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_HINT}); it would be the fp32 "
+                "graph under another name, no smaller and no faster",
             )
         if coverage is not None and not coverage.int8_ops:
             raise NothingInInt8(coverage)

@@ -76,6 +76,10 @@ def _ort_enums(options: dict) -> dict:
     return {k: enums[k][v] if k in enums and isinstance(v, str) else v for k, v in options.items()}
 
 
+def _model_dtype(a: np.ndarray) -> np.ndarray:
+    return a if np.issubdtype(a.dtype, np.integer) else np.asarray(a, np.float32)
+
+
 def quantize_ort(model: Path, arrays: dict, out: Path, options: dict) -> dict:
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -294,7 +298,8 @@ def main(argv=None) -> int:
     }
     try:
         with np.load(args.calib) as npz:
-            arrays = {k: np.asarray(npz[k], np.float32)[: args.samples] for k in npz.files}
+            # token ids and masks keep their integer type (a BERT's int64 input_ids); everything else is float32
+            arrays = {k: _model_dtype(npz[k])[: args.samples] for k in npz.files}
         report["samples"] = len(next(iter(arrays.values())))
         graph = onnx.load(str(args.onnx), load_external_data=False).graph
         inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
