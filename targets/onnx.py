@@ -45,7 +45,8 @@ def _what_becomes_int8(coverage: Int8Coverage) -> str:
     if not coverage.int8_ops or not coverage.share:
         return "no weight of this graph becomes int8"
     unit = "MACs" if coverage.macs is not None else "weights"
-    return f"only {percent(coverage.share)} of this graph's {unit} become int8"
+    share = percent(coverage.share) if coverage.share >= 0.0001 else "less than 0.01%"
+    return f"only {share} of this graph's {unit} become int8"
 
 
 class OnnxOptions(BaseModel):
