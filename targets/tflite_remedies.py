@@ -40,9 +40,36 @@ def calibration_remedies(base: Remedy) -> list[Remedy]:
     return out
 
 
+MODULE_SUFFIX = ";*"  # a fallback entry naming every op of one torch module, not one tensor
+BIG_MODULE = 16  # a module writing more tensors than this (litert unrolls an LSTM: ~7,700 ops) falls back whole
+
+
 def float_scope(tensor: str) -> str:
-    """The recipe regex of the op writing `tensor` (ai-edge-quantizer's op scope: 'out1;out2;')."""
+    """The recipe regex of the op writing `tensor` (ai-edge-quantizer's op scope: 'out1;out2;'), or of every op
+    of a module for an entry '<module>;*' (litert names a module's tensors '<module path>;<n>')."""
+    if tensor.endswith(MODULE_SUFFIX):
+        return f"(^|;){re.escape(tensor.removesuffix(MODULE_SUFFIX))};[0-9]*;"
     return f"(^|;){re.escape(tensor)};"
+
+
+def _module(tensor: str) -> str | None:
+    """The torch module path of a litert tensor name '<module path>;<n>' (None for fused or plain names)."""
+    scope, sep, n = tensor.rpartition(";")
+    return scope if sep and (n.isdigit() or not n) and ";" not in scope else None
+
+
+def by_module(units: list[list[str]], tensors: list[str]) -> list[list[str]]:
+    """Fallback units with each tensor of a big module (an unrolled recurrent layer) replaced by that whole
+    module: growing the kept set tensor by tensor would never reach thousands of ops within the trial budget."""
+    sizes: dict[str, int] = {}
+    for t in tensors:
+        if (m := _module(t)) is not None:
+            sizes[m] = sizes.get(m, 0) + 1
+    out = []
+    for unit in units:
+        named = [(m + MODULE_SUFFIX) if (m := _module(t)) and sizes.get(m, 0) > BIG_MODULE else t for t in unit]
+        out.append(list(dict.fromkeys(named)))
+    return out
 
 
 def _channel_nmse(target: np.ndarray, reference: np.ndarray) -> float:
@@ -93,6 +120,13 @@ def op_errors(
     return sorted(ranked, key=lambda r: (-r[1], r[0]))
 
 
+def tensor_names(model: bytes) -> list[str]:
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    graph = fb.convert_bytearray_to_object(bytearray(model))
+    return [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for sg in graph.subgraphs for t in sg.tensors]
+
+
 def tflite_remedies(
     stage: str, base: Remedy, fp32: bytes, int8: bytes, feeds: list[dict[str, np.ndarray]], signature: str, spec: Any
 ) -> list[Remedy]:
@@ -102,8 +136,9 @@ def tflite_remedies(
     if stage != "fallback":
         return spec_remedies(stage, base, [], spec.smoothing_alpha)
     prior = list(base.options.get("float_tensors", []))
-    units = [[n for n in group if n not in prior] for group, _ in op_errors(fp32, int8, feeds, signature)]
-    units = [u for u in units if u]
+    groups = by_module([group for group, _ in op_errors(fp32, int8, feeds, signature)], tensor_names(fp32))
+    units = [[n for n in group if n not in prior] for group in groups]
+    units = list({tuple(u): u for u in units if u}.values())  # a big module's units are all the same one
     return [
         fallback_remedy(base, layers, "float", float_tensors=prior + layers)
         for layers in fallback_steps(units, spec.max_fallback)

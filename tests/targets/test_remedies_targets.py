@@ -61,3 +61,21 @@ def test_tflite_remedies_change_its_flatbuffer_and_fallback_keeps_ops_float(tmp_
     assert not art["details"]["npu"]["integer_only"]  # the fallback ops run in float, and the artifact says so
     record = next(p for p in art["passes"] if p["name"] == "ai_edge_quantizer")
     assert record["config"]["remedy"]["float_tensors"] == art["details"]["remedies"]["fallback"]
+
+
+def test_tflite_fallback_keeps_an_unrolled_module_float_as_one_unit():
+    """litert unrolls an LSTM into thousands of ops named '<module path>;<n>': fallback tensor by tensor never
+    reaches them within the trial budget, so a big module's tensors fall back as one module-wide entry, whose
+    recipe regex matches every op of that module and nothing else."""
+    import re
+
+    from deployc.targets.tflite_remedies import BIG_MODULE, by_module, float_scope
+
+    lstm = "m.Encoder/torch.nn.modules.rnn.LSTM_lstm"
+    tensors = [f"{lstm};{i}" for i in range(BIG_MODULE + 5)] + ["m.Encoder/torch.nn.modules.linear.Linear_fc;"]
+    units = by_module([[f"{lstm};3", f"{lstm};4"], ["m.Encoder/torch.nn.modules.linear.Linear_fc;"]], tensors)
+    assert units == [[f"{lstm};*"], ["m.Encoder/torch.nn.modules.linear.Linear_fc;"]]
+    scope = re.compile(float_scope(units[0][0]))
+    assert scope.search(f"{lstm};821;") and scope.search(f"x;{lstm};;")  # an op writing one of its tensors
+    assert not scope.search("m.Encoder/torch.nn.modules.linear.Linear_fc;;")
+    assert not scope.search(f"{lstm}_2;5;")  # another module whose name merely starts the same
