@@ -17,8 +17,9 @@ from deployc.passes.coverage import Int8Coverage, percent
 from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
 from deployc.passes.onnx_util import io_specs, op_counts
-from deployc.passes.sensitivity import fallback_units
+from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
+from deployc.passes.tensorrt_qdq import WEIGHTED
 from deployc.registry import get_pass
 from deployc.remedies import fallback_remedy, fallback_steps, spec_remedies
 from deployc.state import ModelState
@@ -132,7 +133,22 @@ def onnx_remedies(
     kept = set(base.spec.exclude) | {n for r in quantized.history for n in r.metrics.get("concats_kept_float", {})}
     units = [[n for n in u if n not in kept] for u in units]
     steps = fallback_steps([u for u in units if u], spec.max_fallback)
-    return [fallback_remedy(base, layers, how, exclude=list(base.spec.exclude) + layers) for layers in steps]
+    surgical = [fallback_remedy(base, layers, how, exclude=list(base.spec.exclude) + layers) for layers in steps]
+    return weighted_only(base, fp32.onnx, kept, how) + surgical
+
+
+def weighted_only(base: Remedy, proto: Any, kept: set[str], how: str) -> list[Remedy]:
+    """The first fallback trial: every quantizable op but the weighted ones (Conv/MatMul/Gemm) in float. It keeps
+    every int8 MAC, so it costs less coverage than any layer fallback; it recovers graphs whose damage is spread
+    over elementwise ops: Magika's decomposed LayerNorm (Square, Rsqrt) and its activation's Exp."""
+    if how != "fp32":  # tensorrt's placement already quantizes the inputs of weighted ops only
+        return []
+    rest = [n.name for n in proto.graph.node if n.name and n.op_type in QUANTIZABLE - WEIGHTED and n.name not in kept]
+    if not rest:
+        return []
+    spec = base.spec.model_copy(update={"exclude": list(base.spec.exclude) + rest})
+    change = f"{len(rest)} op(s) in fp32: all but Conv/MatMul/Gemm (every int8 MAC kept)"
+    return [Remedy("fallback", change, spec, dict(base.options), tuple(rest))]
 
 
 class OnnxTarget(Target):

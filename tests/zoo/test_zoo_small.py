@@ -107,6 +107,24 @@ def test_magika_onnx_with_inf_constant_loads(tmp_path: Path, zoo_cache: Path) ->
     assert artifact(result, "onnx/fp32")["metrics"]["drift"] <= 1e-6
 
 
+def test_magika_int8_recovers_by_floating_its_elementwise_ops(tmp_path: Path, zoo_cache: Path) -> None:
+    """Magika (jax2tf) spreads its int8 damage over elementwise ops: a decomposed LayerNorm (Square, Rsqrt) and its
+    activation's Exp/Mul. The first fallback trial leaves only Conv/MatMul/Gemm in int8, keeps every int8 MAC,
+    and passes; as configured it misses the budget by far."""
+    targets = {"onnx": {"precision": ["int8"]}}
+    config = zoo_config("magika", tmp_path / "magika", zoo_cache, targets)
+    raw = yaml.safe_load(config.read_text())
+    raw.setdefault("quantize", {})["remedies"] = {"stages": ["fallback"]}  # straight to the fallback stage
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = build(config, out=tmp_path / "out", quiet=True)
+    int8 = artifact(result, "onnx/int8")
+    log = int8["details"]["remedies"]["trial_log"]
+    assert log[0]["drift"] > 0.2 and log[0]["gate"] == "fail"
+    assert "all but Conv/MatMul/Gemm (every int8 MAC kept)" in log[1]["change"]
+    assert int8["gate"]["status"] == "pass" and len(log) == 2
+    assert int8["details"]["int8_coverage"]["macs"] > 0.99
+
+
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_silero_onnx_state_on_axis_1_and_scalar_sr_build(tmp_path: Path, zoo_cache: Path) -> None:
     """Silero VAD's ONNX takes state [2, batch, 128] (batch on axis 1) and sr int64 [] (one value per batch):
