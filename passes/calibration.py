@@ -24,7 +24,7 @@ from deployc.ort import CalibrationReader
 # then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
 # and PyTorch's histogram: 2048 bins searched for the 128-bin threshold of least KL divergence.
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
-_METHOD = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # onnxruntime's names
 _MEMO: dict[str, tuple[frozenset[str], str]] = {}  # key -> (tensors the calibrated graph computes, cache JSON)
 
 
@@ -65,7 +65,7 @@ def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: f
         str(src),
         sorted({n.op_type for n in proto.graph.node}),
         augmented_model_path=str(work / "calibrated-augmented.onnx"),
-        calibrate_method=getattr(CalibrationMethod, _METHOD[method]),
+        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
         extra_options=_options(method, percentile),
     )
     calibrator.collect_data(CalibrationReader(data, batch))
@@ -94,8 +94,8 @@ def calibration_cache(
 
 
 def _span(td: Any) -> float:
-    lo, hi = (float(np.min(v)) for v in td.range_value)  # onnxruntime keeps 0-d or 1-element arrays
-    hi = float(np.max(td.range_value[1]))
+    low, high = td.range_value  # onnxruntime keeps 0-d or 1-element arrays
+    lo, hi = float(np.min(low)), float(np.max(high))
     return max(hi, 0.0) - min(lo, 0.0)  # the quantized range always holds 0
 
 

@@ -17,7 +17,7 @@ from deployc.contracts import Context, Pass, PassResult
 from deployc.data import Dataset
 from deployc.errors import UsageError
 from deployc.ort import CalibrationReader
-from deployc.passes.calibration import calibration_cache, mismatched_concats
+from deployc.passes.calibration import METHODS, calibration_cache, mismatched_concats
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
@@ -28,8 +28,6 @@ from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
 from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
 from deployc.state import ModelState
-
-_CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 def _machine_reduce_range() -> bool:
@@ -153,7 +151,7 @@ def quantize_int8_selected(
                 per_channel=_per_channel(proto, spec.per_channel),
                 activation_type=act,
                 weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, _CALIBRATION[spec.calibration]),
+                calibrate_method=getattr(CalibrationMethod, METHODS[spec.calibration]),
                 nodes_to_exclude=[*spec.exclude, *keep, *concats],
                 nodes_to_quantize=nodes,
                 reduce_range=spec.reduce_range,

@@ -33,7 +33,7 @@ import numpy as np
 
 from deployc.data import Dataset
 from deployc.ort import CalibrationReader
-from deployc.passes.calibration import calibration_cache
+from deployc.passes.calibration import METHODS, calibration_cache
 from deployc.passes.onnx_util import copied, producers, scratch_dir
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -261,7 +261,6 @@ def quantize_placed(
         "OpTypesToExcludeOutputQuantization": op_types,  # inputs only: outputs are fused or stay high precision
         "DedicatedQDQPair": False,  # one Q/DQ per tensor, shared by its quantized readers
     }
-    method = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[calibration]
     data = data.take(samples)
     # equal batches: the histogram calibrators stack every batch's values into one array
     batch = max(b for b in range(1, batch + 1) if len(data) % b == 0)
@@ -280,7 +279,7 @@ def quantize_placed(
                 per_channel=per_channel,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, method),
+                calibrate_method=getattr(CalibrationMethod, METHODS[calibration]),
                 nodes_to_quantize=placement.nodes,
                 extra_options=extra,
                 calibration_cache_path=cache,

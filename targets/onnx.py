@@ -116,7 +116,13 @@ def has_weight_matmul(proto: Any) -> bool:
 
 
 def onnx_remedies(
-    stage: str, base: Remedy, fp32: ModelState, int8: Callable[[Remedy], ModelState], ctx: Context, how: str
+    stage: str,
+    base: Remedy,
+    fp32: ModelState,
+    int8: Callable[[Remedy], ModelState],
+    ctx: Context,
+    how: str,
+    weighted_first: bool = False,
 ) -> list[Remedy]:
     """The remedies a Q/DQ ONNX target realises (onnx, tensorrt): spec changes, and fallback of the nodes around the
     tensors the best trial damages most (ranked from one fp32 and one int8 run on calibration samples)."""
@@ -134,15 +140,14 @@ def onnx_remedies(
     units = [[n for n in u if n not in kept] for u in units]
     steps = fallback_steps([u for u in units if u], spec.max_fallback)
     surgical = [fallback_remedy(base, layers, how, exclude=list(base.spec.exclude) + layers) for layers in steps]
-    return weighted_only(base, fp32.onnx, kept, how) + surgical
+    return (weighted_only(base, fp32.onnx, kept) if weighted_first else []) + surgical
 
 
-def weighted_only(base: Remedy, proto: Any, kept: set[str], how: str) -> list[Remedy]:
+def weighted_only(base: Remedy, proto: Any, kept: set[str]) -> list[Remedy]:
     """The first fallback trial: every quantizable op but the weighted ones (Conv/MatMul/Gemm) in float. It keeps
     every int8 MAC, so it costs less coverage than any layer fallback; it recovers graphs whose damage is spread
-    over elementwise ops: Magika's decomposed LayerNorm (Square, Rsqrt) and its activation's Exp."""
-    if how != "fp32":  # tensorrt's placement already quantizes the inputs of weighted ops only
-        return []
+    over elementwise ops: Magika's decomposed LayerNorm (Square, Rsqrt) and its activation's Exp. Not for
+    tensorrt, whose placement already quantizes the inputs of weighted ops only."""
     rest = [n.name for n in proto.graph.node if n.name and n.op_type in QUANTIZABLE - WEIGHTED and n.name not in kept]
     if not rest:
         return []
@@ -169,7 +174,7 @@ class OnnxTarget(Target):
         def int8(remedy: Remedy) -> ModelState:  # the trial's graph before CPU tuning (the pass memo has it)
             return quantize_for("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir), **settings)
 
-        return onnx_remedies(stage, base, lowered, int8, ctx, "fp32")
+        return onnx_remedies(stage, base, lowered, int8, ctx, "fp32", weighted_first=True)
 
     @classmethod
     def requires_for(cls, options: OnnxOptions) -> frozenset[str]:

@@ -61,6 +61,14 @@ def digits_onnx(demo_build: BuildResult) -> Path:
     return demo_build.out_dir / "onnx" / "digits.fp32.onnx"
 
 
+@pytest.fixture(scope="module")
+def digits_proto(digits_onnx: Path):
+    """The demo build's fp32 ONNX graph, loaded once per test module (tests may rewrite their copy)."""
+    import onnx
+
+    return onnx.load(str(digits_onnx))
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))

@@ -18,11 +18,6 @@ from deployc.passes.tensorrt_qdq import named, place, quantize_placed
 
 
 @pytest.fixture(scope="module")
-def digits_proto(digits_onnx: Path) -> onnx.ModelProto:
-    return onnx.load(str(digits_onnx))
-
-
-@pytest.fixture(scope="module")
 def calib() -> Dataset:
     x, _ = digits_arrays("train")
     return Dataset({"image": x[:32]}, None, "image")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -18,11 +16,6 @@ from deployc.passes.fp16 import convert_fp16
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
 from deployc.state import ModelState, TensorSpec
-
-
-@pytest.fixture(scope="module")
-def digits_proto(digits_onnx: Path) -> onnx.ModelProto:
-    return onnx.load(str(digits_onnx))
 
 
 @pytest.fixture(scope="module")
