@@ -9,6 +9,7 @@ COPY passes ./passes
 COPY targets ./targets
 COPY commands ./commands
 COPY examples ./examples
+COPY sweep ./sweep
 RUN pip install "torch==2.13.0" --index-url "$TORCH_INDEX_URL" \
  && pip install ".[tflite]" "torch==2.13.0" --extra-index-url "$TORCH_INDEX_URL"
 WORKDIR /work

@@ -20,11 +20,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployc.build import build  # noqa: E402
-from deployc.config import load_config  # noqa: E402
+from deployc.core.config import load_config  # noqa: E402
+from deployc.core.ort import session  # noqa: E402
+from deployc.core.timing import median_ms  # noqa: E402
+from deployc.driver.build import build  # noqa: E402
 from deployc.examples import minilm  # noqa: E402
-from deployc.ort import session  # noqa: E402
-from deployc.timing import median_ms  # noqa: E402
 
 
 def built(config: Path, out: Path, **changes: object) -> dict:

@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from deployc.data import Dataset, digits_arrays
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.examples.digits_cnn import accuracy, pretrained
 from deployc.passes.prune import StructuredConfig, prune_channels
 from deployc.passes.training import TrainConfig, fit
-from deployc.state import ModelState, TensorSpec
 
 BASE: dict[str, Any] = {"optimizer": "adam", "lr": 3e-3, "schedule": "cosine"}
 

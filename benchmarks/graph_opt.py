@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deployc.timing import interleaved
+from deployc.core.timing import interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repo root holds passes/
 
@@ -33,7 +33,7 @@ def model_and_input(name: str) -> tuple[Any, np.ndarray]:
 
     torch.manual_seed(0)
     if name == "digits":
-        from deployc.data import digits_arrays
+        from deployc.data.sources import digits_arrays
         from deployc.examples.digits_cnn import pretrained
 
         return pretrained().eval(), digits_arrays("test")[0][:1]
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import torch
 
+    from deployc.core.state import ModelState, TensorSpec
+    from deployc.outputs.report import human_bytes
     from deployc.passes.export import export_onnx
     from deployc.passes.onnx_util import op_counts
     from deployc.passes.simplify import simplify_proto
-    from deployc.report import human_bytes
-    from deployc.state import ModelState, TensorSpec
 
     model, x = model_and_input(args.model)
     xt = torch.from_numpy(x)

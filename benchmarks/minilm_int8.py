@@ -1,5 +1,5 @@
 """all-MiniLM-L6-v2 int8 on onnx, tflite and tensorrt (onnxruntime proxy): cosine drift, int8 coverage, size and
-batch-1 latency against fp32 (deployc.timing's interleaved rounds), with and without quantize.smoothing, beside
+batch-1 latency against fp32 (deployc.core.timing's interleaved rounds), with and without quantize.smoothing, beside
 onnxruntime's quantize_static defaults on the same fp32 graph.
 
     DEPLOYC_ZOO_CACHE=/work/.zoo-cache .venv/bin/python benchmarks/minilm_int8.py [--out /tmp/minilm-int8] [--alpha 0.8]
@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import deployc_command, prepare
 from zoo_lib import catalog, fetch
 
-from deployc.data import Dataset
-from deployc.ort import CalibrationReader, session
-from deployc.timing import interleaved
+from deployc.core.ort import CalibrationReader, session
+from deployc.core.timing import interleaved
+from deployc.data.dataset import Dataset
 
 
 def build(config: dict, folder: Path, name: str) -> dict:

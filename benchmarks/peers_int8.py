@@ -14,7 +14,7 @@ samples deployc used, through benchmarks/peers (each in its own venv):
 Every graph is scored here with the zoo's metric on the validation set: CPU artifacts (deployc onnx/int8,
 quantize_static) with onnxruntime's CPU kernels as users run them; TensorRT artifacts (deployc tensorrt/int8,
 Model Optimizer) with their Q/DQ run as written (deployc's proxy: no TensorRT here). Latency ratio to fp32 (batch 1,
-deployc.timing's interleaved rounds, thread CPU clock) only for the CPU artifacts: a proxy's latency says nothing
+deployc.core.timing's interleaved rounds, thread CPU clock) only for the CPU artifacts: a proxy's latency says nothing
 about a GPU. Verdict per model: deployc's best int8 drift against the best peer's.
 """
 
@@ -46,8 +46,8 @@ def deployc_build(name: str, out: Path) -> tuple[object, dict[str, dict], Path]:
     import zoo
     from zoo_lib import catalog, fetch
 
-    from deployc.build import build
-    from deployc.config import load_config
+    from deployc.core.config import load_config
+    from deployc.driver.build import build
 
     config_path = zoo.prepare(catalog.BY_NAME[name], out, fetch.cache_dir(None))
     raw = yaml.safe_load(config_path.read_text())
@@ -87,8 +87,8 @@ def peer_graph(tool: str, options: dict, fp32: Path, calib: Path, out: Path) -> 
 
 def cpu_latency(scorer, graphs: dict[str, Path]) -> dict[str, float]:
     """Batch-1 latency / fp32's of each CPU graph, within interleaved rounds on one thread."""
-    from deployc.ort import session
-    from deployc.timing import interleaved
+    from deployc.core.ort import session
+    from deployc.core.timing import interleaved
 
     one = {k: v[:1] for k, v in scorer.inputs.items()}
     runs = {who: (lambda s=session(path, threads=1): s.run(None, one)) for who, path in graphs.items()}

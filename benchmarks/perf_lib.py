@@ -1,4 +1,4 @@
-"""Shared by the performance benchmarks: interleaved timing through deployc.timing, the table they print, and
+"""Shared by the performance benchmarks: interleaved timing through deployc.core.timing, the table they print, and
 onnxruntime's per-op profile (where the time of an ONNX graph goes)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from deployc.timing import Clock, Rounds, interleaved, machine
+from deployc.core.timing import Clock, Rounds, interleaved, machine
 
 
 def ort_runner(path: Path, feed: dict[str, np.ndarray], threads: int) -> Callable[[], Any]:
-    from deployc.ort import session
+    from deployc.core.ort import session
 
     sess = session(path, threads)
     return lambda: sess.run(None, feed)
@@ -32,7 +32,7 @@ def time_table(
     sizes: dict[str, int | None] | None = None,
 ) -> tuple[Rounds, str]:
     """Time the candidates in interleaved rounds; (the rounds, a markdown table with ratios to `baseline`)."""
-    from deployc.report import human_bytes
+    from deployc.outputs.report import human_bytes
 
     result = interleaved(candidates, rounds=rounds, per_round=per_round, clock=clock)
     unit = "CPU ms (calling thread)" if clock == "thread_cpu" else "wall ms"
@@ -119,9 +119,9 @@ def int8_conv_peak_gmacs(channels: int = 256, size: int = 28, runs: int = 30) ->
     import torch
     from onnxruntime.quantization import QuantType, quantize_static
 
-    from deployc.data import Dataset
-    from deployc.ort import CalibrationReader
-    from deployc.timing import measure
+    from deployc.core.ort import CalibrationReader
+    from deployc.core.timing import measure
+    from deployc.data.dataset import Dataset
 
     with tempfile.TemporaryDirectory(prefix="deployc-peak-") as work:
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset, digits_arrays
-from deployc.instruments import Instruments
-from deployc.loader import initial_facts, load_model
-from deployc.manager import run_pass
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.loader import initial_facts, load_model
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.passes.finetune import Finetune, FinetuneConfig
 from deployc.passes.model_stats import validation_metric
 from deployc.passes.prune import PruneStructured, StructuredConfig

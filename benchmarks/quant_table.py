@@ -20,18 +20,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset, digits_arrays
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.core.config import load_config
+from deployc.core.state import ModelState, TensorSpec
+from deployc.core.timing import median_ms
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.examples.models import DigitsMobileNet
-from deployc.instruments import Instruments
 from deployc.passes.export import export_onnx
 from deployc.passes.qat import QatConfig, qat
 from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
 from deployc.passes.simplify import simplify_proto
 from deployc.passes.training import TrainConfig, fit
-from deployc.state import ModelState, TensorSpec
-from deployc.timing import median_ms
 
 SPEC = (TensorSpec("image", ("batch", 1, 8, 8)),)
 
@@ -73,7 +74,7 @@ def macs(proto: Any) -> tuple[int, int]:
 
 
 def evaluate(proto: Any, x: np.ndarray, y: np.ndarray, runs: int) -> dict[str, float]:
-    from deployc.ort import session
+    from deployc.core.ort import session
 
     sess = session(proto, threads=1)
     top1 = float((sess.run(None, {"image": x})[0].argmax(1) == y).mean())
@@ -146,7 +147,7 @@ def main() -> None:
 
     import onnx
 
-    from deployc.build import build
+    from deployc.driver.build import build
     from deployc.examples.quant_hostile import hostile
 
     model = hostile()

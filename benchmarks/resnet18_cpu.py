@@ -1,5 +1,5 @@
 """ResNet-18 (ImageNet-shaped, batch 1, 224×224) on this CPU, in ONE process, candidates timed in interleaved rounds:
-torch eager fp32, onnxruntime on deployc's fp32 artifact, deployc's int8 artifact (built by `deployc.build`,
+torch eager fp32, onnxruntime on deployc's fp32 artifact, deployc's int8 artifact (built by `deployc.driver.build`,
 tuned for this CPU), and a plain `onnxruntime.quantization.quantize_static` of a plain export.
 
     .venv/bin/python benchmarks/resnet18_cpu.py                          # int8 / eager, goal ≤ 0.15×
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     from perf_lib import conv_macs, int8_conv_peak_gmacs, op_profile, ort_runner, profile_table, time_table
     from three_target_build import calibration_images
 
-    from deployc.build import build
-    from deployc.config import load_config
+    from deployc.core.config import load_config
+    from deployc.core.ort import CalibrationReader
+    from deployc.core.state import ModelState, TensorSpec
+    from deployc.driver.build import build
     from deployc.examples.models import ResNet18
-    from deployc.ort import CalibrationReader
     from deployc.passes.export import export_onnx
-    from deployc.state import ModelState, TensorSpec
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     plain, plain_int8 = args.out / "plain.fp32.onnx", args.out / "plain.int8.onnx"
     onnx.save(export_onnx(model, state), plain)
     calib = [x for x, _ in calibration_images()]
-    from deployc.data import Dataset
+    from deployc.data.dataset import Dataset
 
     calib_ds = Dataset({"image": np.concatenate([c["image"] for c in calib])}, None, "random")
     quantize_static(str(plain), str(plain_int8), CalibrationReader(calib_ds, 16))  # library defaults

@@ -23,13 +23,13 @@ import onnxruntime as ort
 import torch
 from torch.nn.utils import prune
 
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
 from deployc.examples.models import ResNet18
-from deployc.ort import session
 from deployc.passes.export import export_onnx
 from deployc.passes.model_stats import params_and_macs, prunable_layers
 from deployc.passes.prune import StructuredConfig, prune_channels
 from deployc.passes.simplify import simplify_proto
-from deployc.state import ModelState, TensorSpec
 
 
 def magnitude(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo import prepare
 from zoo_lib import catalog, fetch
 
-from deployc.data import Dataset
+from deployc.data.dataset import Dataset
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.sensitivity import QUANTIZABLE, fallback_units, single_layer_errors
 

@@ -15,12 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployc.build import build  # noqa: E402
-from deployc.config import load_config  # noqa: E402
-from deployc.data import digits_arrays  # noqa: E402
-from deployc.registry import get_target  # noqa: E402
-from deployc.report import human_bytes  # noqa: E402
-from deployc.timing import interleaved  # noqa: E402
+from deployc.compiler.registry import get_target  # noqa: E402
+from deployc.core.config import load_config  # noqa: E402
+from deployc.core.timing import interleaved  # noqa: E402
+from deployc.data.sources import digits_arrays  # noqa: E402
+from deployc.driver.build import build  # noqa: E402
+from deployc.outputs.report import human_bytes  # noqa: E402
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ class Scorer:
     """The zoo's metric of any graph of one model, on its validation data, run with onnxruntime."""
 
     def __init__(self, config, data: Path, fp32: Path, batch: int):
-        from deployc.metrics import get_metric
+        from deployc.data.metrics import get_metric
 
         self.name = config.name
         with np.load(data) as npz:
@@ -66,7 +66,7 @@ class Scorer:
     def outputs(self, path: Path, as_written: bool = False) -> list[np.ndarray]:
         """as_written: Q/DQ run as written (float math on the quantized values), as deployc's TensorRT proxy runs
         them; else onnxruntime's CPU int8 kernels (which saturate on x86 without VNNI), as a CPU user runs them."""
-        from deployc.ort import session
+        from deployc.core.ort import session
 
         sess = session(path, threads=None, optimize=not as_written)
         n = len(next(iter(self.inputs.values())))
@@ -96,8 +96,8 @@ def deployc_builds(name: str, out: Path) -> tuple[dict, dict[str, dict], Path]:
     import zoo
     from zoo_lib import catalog, fetch
 
-    from deployc.build import build
-    from deployc.config import load_config
+    from deployc.core.config import load_config
+    from deployc.driver.build import build
 
     config_path = zoo.prepare(catalog.BY_NAME[name], out, fetch.cache_dir(None))
     raw = yaml.safe_load(config_path.read_text())

@@ -63,7 +63,7 @@ def config(targets: dict[str, dict]) -> dict:
 
 
 def registered(wanted: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
-    from deployc.registry import target_names
+    from deployc.compiler.registry import target_names
 
     names = set(target_names())
     return {k: v for k, v in wanted.items() if k in names}, [k for k in wanted if k not in names]
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     t_import = time.perf_counter()
-    from deployc.build import build
-    from deployc.config import load_config
-    from deployc.report import report_view
+    from deployc.core.config import load_config
+    from deployc.driver.build import build
+    from deployc.outputs.report import report_view
 
     targets, missing = registered(WANTED)
     cfg = load_config(config(targets), base_dir=HERE)

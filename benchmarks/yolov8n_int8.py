@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from perf_lib import conv_macs, op_profile, ort_runner, profile_table, time_table
     from zoo_lib import catalog, fetch
 
-    from deployc.build import build
-    from deployc.config import load_config
-    from deployc.ort import session
+    from deployc.core.config import load_config
+    from deployc.core.ort import session
+    from deployc.driver.build import build
 
     os.environ.setdefault("DEPLOYC_CACHE_DIR", str(args.out / "pass-cache"))  # fresh: the tuned build pays in full
     config_path = zoo.prepare(catalog.BY_NAME["yolov8n"], args.out, fetch.cache_dir(None))

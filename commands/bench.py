@@ -20,11 +20,6 @@ from typing import Any
 
 from deployc.errors import UsageError
 
-# baseline names (bench_baselines.py makes them; defined here so loading the command stays light)
-EAGER = "torch eager fp32"
-EAGER_1T = "torch eager fp32, 1 thread"
-QSTATIC = "ort quantize_static (plain)"
-
 
 class PeakRss:
     """Samples this process's resident memory in a thread; .peak_mb is the rise above the start."""
@@ -66,7 +61,7 @@ def _failed(exc: BaseException) -> str:
 
 def open_and_score(cand: Any, data: Any, reference: Any, big: dict, eval_batch: int) -> tuple[Any, dict[str, Any]]:
     """Open a candidate, score it on the validation set and run one large batch; (runner or None, row)."""
-    from deployc.validate import compare, run_batched
+    from deployc.data.reference import compare, run_batched
 
     row: dict[str, Any] = {"name": cand.name, "kind": cand.kind, "bytes": cand.bytes, **cand.extra}
     if cand.skipped:
@@ -88,7 +83,8 @@ def time_rows(
     runners: dict[str, Any], rows: list[dict[str, Any]], one: dict, big: dict, runs: int, min_seconds: float
 ) -> dict[str, Any]:
     """Batch-1 latency and throughput of every open runner, in interleaved rounds; fills the rows."""
-    from deployc.timing import interleaved
+    from deployc.commands.bench_baselines import EAGER, QSTATIC  # numpy & co.: not when the CLI only lists commands
+    from deployc.core.timing import interleaved
 
     rounds = max(5, min(20, runs // 5))
     latency = interleaved({k: (lambda r=r: r(one)) for k, r in runners.items()}, rounds, -(-runs // rounds))
@@ -120,6 +116,8 @@ def time_rows(
 
 def add_size_ratios(rows: list[dict[str, Any]]) -> None:
     """Size relative to torch eager's state_dict (latency and throughput ratios come from the rounds)."""
+    from deployc.commands.bench_baselines import EAGER  # numpy & co.: not when the CLI only lists commands
+
     eager = next((r for r in rows if r["name"] == EAGER and r.get("bytes")), None)
     for r in rows:
         if eager and r.get("bytes") and "skipped" not in r:
@@ -128,7 +126,7 @@ def add_size_ratios(rows: list[dict[str, Any]]) -> None:
 
 def bench_table(result: dict[str, Any]) -> dict[str, Any]:
     """The bench as a {title, header, rows} table (report.md / report.html render these)."""
-    from deployc.report import human_bytes
+    from deployc.outputs.report import human_bytes
 
     def f(r: dict[str, Any], key: str, fmt: str) -> str:
         return format(r[key], fmt) if r.get(key) is not None else "—"
@@ -162,7 +160,7 @@ def _resolve(
     target_path: Path, out: Path | None, config_dir: Path | None, quiet: bool, cache: bool
 ) -> tuple[dict, Path, Any]:
     """(manifest, build dir, BuildConfig with paths resolving like the original) for a CONFIG or a BUILD_DIR."""
-    from deployc.config import load_config
+    from deployc.core.config import load_config
 
     if target_path.is_dir():
         mpath = target_path / "manifest.json"
@@ -171,7 +169,7 @@ def _resolve(
         manifest = json.loads(mpath.read_text())
         base = config_dir or Path(manifest.get("config_dir") or Path.cwd())
         return manifest, target_path, load_config(manifest["config"], base_dir=Path(base))
-    from deployc.build import build
+    from deployc.driver.build import build
 
     result = build(target_path, out=out, quiet=quiet, cache=cache)
     return result.manifest, result.out_dir, load_config(target_path)
@@ -193,11 +191,11 @@ def run_bench(
     import numpy as np
 
     from deployc.commands.bench_baselines import artifact_candidates, baseline_candidates
-    from deployc.data import calibration_source, load_dataset
-    from deployc.instruments import Instruments
-    from deployc.loader import load_model
-    from deployc.metrics import get_metric
-    from deployc.validate import compute_reference
+    from deployc.compiler.instruments import Instruments
+    from deployc.compiler.loader import load_model
+    from deployc.data.metrics import get_metric
+    from deployc.data.reference import compute_reference
+    from deployc.data.sources import calibration_source, load_dataset
 
     log = Instruments(quiet=quiet).log
     target_path = Path(target_path)
@@ -255,9 +253,9 @@ def run_bench(
 
 
 def _write(result: dict[str, Any], out_dir: Path, manifest: dict[str, Any]) -> None:
-    from deployc.manifest import write_json_atomic
-    from deployc.report import markdown_table
-    from deployc.report_html import write_html_report
+    from deployc.outputs.report import markdown_table
+    from deployc.outputs.report_html import write_html_report
+    from deployc.storage.files import write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "bench.json", result)

@@ -11,10 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from deployc.commands.bench import EAGER, EAGER_1T, QSTATIC
-from deployc.ort import CalibrationReader, session
-from deployc.state import dynamic_shapes
-from deployc.validate import as_arrays
+from deployc.core.ort import CalibrationReader, session
+from deployc.core.state import dynamic_shapes
+from deployc.data.reference import as_arrays
+
+# the baselines' names, in bench's table and in its ratio columns
+EAGER = "torch eager fp32"
+EAGER_1T = "torch eager fp32, 1 thread"
+QSTATIC = "ort quantize_static (plain)"
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -181,8 +185,8 @@ def _file_candidate(name: str, path: Path, runner: Callable[[Path], Runner], fai
 
 def artifact_candidates(manifest: dict[str, Any], build_dir: Path) -> list[Candidate]:
     """Each artifact of the manifest, run through its Target's infer() from the registry."""
-    from deployc.contracts import Artifact
-    from deployc.registry import get_target
+    from deployc.compiler.contracts import Artifact
+    from deployc.compiler.registry import get_target
 
     cands = []
     for a in manifest["artifacts"]:

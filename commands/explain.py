@@ -45,9 +45,9 @@ def layer_report(
     """(per-layer errors worst first, facts about the comparison) for a finished build."""
     import onnx
 
-    from deployc.config import load_config
-    from deployc.data import calibration_source, load_dataset
-    from deployc.state import TensorSpec
+    from deployc.core.config import load_config
+    from deployc.core.state import TensorSpec
+    from deployc.data.sources import calibration_source, load_dataset
 
     build_dir = Path(build_dir)
     manifest = _manifest(build_dir)

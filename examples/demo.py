@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deployc.build import BuildResult, build
+from deployc.driver.build import BuildResult, build
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deployc.data import digits_arrays
+from deployc.data.sources import digits_arrays
 from deployc.examples.models import DigitsMobileNetV3, DigitsResNet
 
 EPOCHS = 25

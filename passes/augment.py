@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from deployc.config import suggest
+from deployc.core.config import suggest
 from deployc.errors import UsageError
 
 Augment = Callable[[Any, Any], Any]  # (batch tensor, torch.Generator) -> batch tensor

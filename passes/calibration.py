@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
-from deployc.ort import CalibrationReader
+from deployc.core.ort import CalibrationReader
+from deployc.data.dataset import Dataset
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
 # then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's

@@ -133,7 +133,7 @@ def _run_shapes(proto: Any, names: list[str], feeds: dict[str, np.ndarray]) -> d
     (onnxruntime's contrib ops such as DynamicQuantizeLSTM have no ONNX shape function)."""
     import onnx
 
-    from deployc.ort import session
+    from deployc.core.ort import session
 
     exposed = copied(proto)
     produced = {o for n in exposed.graph.node for o in n.output if o} - {o.name for o in exposed.graph.output}

@@ -34,9 +34,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.state import ModelState, Table
 from deployc.passes.onnx_util import producers
-from deployc.state import ModelState, Table
 
 CpuName = Literal["auto", "x86-vnni", "x86-avx2", "arm64", "portable"]
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")

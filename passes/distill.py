@@ -9,13 +9,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployc.config import BuildConfig, ModelConfig
-from deployc.contracts import Context, Pass, PassResult
-from deployc.data import Dataset
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.config import BuildConfig, ModelConfig
+from deployc.core.state import ModelState, Table
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
 from deployc.passes.student import StudentConfig, count_params, make_student
 from deployc.passes.training import TrainConfig, fit, split_holdout
-from deployc.state import ModelState, Table
 
 
 class TeacherConfig(BaseModel):
@@ -67,7 +67,7 @@ class DistillConfig(TrainConfig):
 
 def load_teacher(cfg: TeacherConfig, state: ModelState, config: BuildConfig) -> Any:
     """The configured teacher through the model loader (same weight checks), errors prefixed with our key."""
-    from deployc.loader import load_model
+    from deployc.compiler.loader import load_model
 
     model = ModelConfig(factory=cfg.factory, weights=cfg.weights, inputs=config.model.inputs)
     try:
@@ -201,7 +201,7 @@ class Distill(Pass):
         adapters: bool,
     ) -> PassResult:
         """Teacher vs student on the training holdout (the samples fit() kept out): params, latency, metric."""
-        from deployc.metrics import cosine_rows, get_metric
+        from deployc.data.metrics import cosine_rows, get_metric
 
         cfg: DistillConfig = self.config
         names = [s.name for s in state.inputs]

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.compiler.export_errors import user_location
+from deployc.core.state import ModelState, dynamic_shapes
 from deployc.errors import UsageError
-from deployc.export_errors import user_location
 from deployc.passes.onnx_util import op_counts
-from deployc.state import ModelState, dynamic_shapes
 
 
 class ExportError(UsageError):

@@ -10,12 +10,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveFloat
 
-from deployc.contracts import Context, Pass, PassResult
-from deployc.data import Dataset
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.state import ModelState, Table
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
 from deployc.passes.model_stats import stats_from_record, summary_row, summary_table, validation_metric
 from deployc.passes.training import FitResult, LossFn, TrainConfig, fit
-from deployc.state import ModelState, Table
 
 DistillLoss = Literal["soft", "embedding", "mse"]
 
@@ -84,7 +84,7 @@ def choose_teacher(cfg: FinetuneConfig, state: ModelState, ctx: Context) -> tupl
 
 def distill_kind(ctx: Context) -> DistillLoss:
     """soft targets for a label metric (classes); a label-free metric compares outputs, so the loss does too."""
-    from deployc.metrics import get_metric
+    from deployc.data.metrics import get_metric
 
     metric = get_metric(ctx.config)
     if metric.name == "cosine":

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from deployc.contracts import Context
-from deployc.ort import session
-from deployc.state import ModelState, PassRecord, Table
-from deployc.timing import median_ms
+from deployc.compiler.contracts import Context
+from deployc.core.ort import session
+from deployc.core.state import ModelState, PassRecord, Table
+from deployc.core.timing import median_ms
 
 PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear")  # layer types whose weights the pruning passes touch
 
@@ -70,7 +70,7 @@ def validation_metric(module: Any, state: ModelState, ctx: Context | None) -> fl
     """The build's metric on data.validation when it compares against labels; None otherwise."""
     import torch
 
-    from deployc.metrics import get_metric
+    from deployc.data.metrics import get_metric
 
     data = ctx.validation if ctx else None
     if data is None or data.labels is None or any(s.name not in data.inputs for s in state.inputs):

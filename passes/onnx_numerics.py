@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.core.state import onnx_dtype_name
+from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import copied
-from deployc.state import onnx_dtype_name
 
 FP16_MAX = 65504.0
 FP16_TINY = 2.0**-25  # below half the smallest fp16 subnormal a value rounds to zero

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from deployc.ort import session
+from deployc.core.ort import session
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs
 
 QDQ_PER_CHANNEL_OPSET = 13

@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployc.config import suggest
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.config import suggest
+from deployc.core.state import ModelState, Table
 from deployc.errors import UsageError
 from deployc.passes import model_stats
 from deployc.passes.model_stats import (
@@ -22,7 +23,6 @@ from deployc.passes.model_stats import (
     summary_row,
     summary_table,
 )
-from deployc.state import ModelState, Table
 
 
 def match_layers(module: Any, patterns: list[str], key: str) -> set[str]:

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.state import ModelState, Table
 from deployc.errors import UsageError
 from deployc.passes.finetune import history_table
 from deployc.passes.model_stats import (
@@ -22,7 +23,6 @@ from deployc.passes.model_stats import (
 )
 from deployc.passes.prune import Importance, importance_estimator, match_layers, output_layers, taylor_gradients
 from deployc.passes.training import TrainConfig, fit
-from deployc.state import ModelState, Table
 
 
 class GradualConfig(TrainConfig):

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import Field
 
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.state import ModelState, Table, dynamic_shapes
 from deployc.passes.training import TrainConfig, fit
-from deployc.state import ModelState, Table, dynamic_shapes
 
 
 class QatConfig(TrainConfig):

@@ -12,11 +12,12 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from deployc.config import QuantizeSpec
-from deployc.contracts import Context, Pass, PassResult
-from deployc.data import Dataset
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.config import QuantizeSpec
+from deployc.core.ort import CalibrationReader
+from deployc.core.state import ModelState
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
-from deployc.ort import CalibrationReader
 from deployc.passes.calibration import METHODS, calibration_cache, mismatched_concats
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
@@ -27,7 +28,6 @@ from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
 from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
-from deployc.state import ModelState
 
 
 def _machine_reduce_range() -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
+from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import producers
 from deployc.passes.sensitivity import layer_name, layer_outputs
 

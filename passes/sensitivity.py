@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import producers
 
 # ops onnxruntime's QDQ quantizer gives int8 weights or activations; the candidates for fp32 fallback

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.state import ModelState
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
 from deployc.passes.onnx_util import copied, op_counts
-from deployc.state import ModelState
 
 
 class SimplifyConfig(BaseModel):

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs
 from deployc.passes.onnx_util import copied, producers
 

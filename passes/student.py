@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployc.core.pyimport import import_callable
 from deployc.errors import UsageError
-from deployc.pyimport import import_callable
 
 
 class StudentConfig(BaseModel):

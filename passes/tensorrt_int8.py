@@ -19,8 +19,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from deployc.config import QuantizeSpec
-from deployc.contracts import Context, Pass, PassResult
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.config import QuantizeSpec
+from deployc.core.state import ModelState
 from deployc.errors import UsageError
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
@@ -29,7 +30,6 @@ from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.quantize import smoothed
 from deployc.passes.tensorrt_qdq import named, place, quantize_placed
-from deployc.state import ModelState
 
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear with fp16 scales (and fp16 in/out) need opset 19
 HighPrecision = Literal["fp16", "fp32"]

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data import Dataset
-from deployc.ort import CalibrationReader
+from deployc.core.ort import CalibrationReader
+from deployc.data.dataset import Dataset
 from deployc.passes.calibration import METHODS, calibration_cache
 from deployc.passes.onnx_util import copied, producers, scratch_dir
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
 
-from deployc.contracts import Context
-from deployc.data import Dataset
+from deployc.compiler.contracts import Context
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
 
 # loss_fn(module, inputs, labels) -> scalar tensor; the default is cross-entropy (int labels) or MSE (float labels)

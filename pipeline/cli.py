@@ -16,7 +16,7 @@ from deployc.errors import DeploycError, UsageError
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    from deployc.report import report_view
+    from deployc.outputs.report import report_view
 
     m = report_view(result.manifest, result.timings)
     return {
@@ -37,7 +37,7 @@ def print_table(result: Any, stream: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from deployc.report import artifact_header, artifact_rows, report_view
+    from deployc.outputs.report import artifact_header, artifact_rows, report_view
 
     manifest = report_view(result.manifest, result.timings)
     table = Table(title=f"deployc: {manifest['name']} ({manifest['status']})")
@@ -50,7 +50,7 @@ def print_table(result: Any, stream: Any = None) -> None:
 
 def finish_build(result: Any, args: argparse.Namespace, wrote: bool = True) -> int:
     """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
-    from deployc.ci_summary import append_step_summary
+    from deployc.outputs.ci_summary import append_step_summary
 
     try:
         append_step_summary(result.out_dir / "report.md")
@@ -66,13 +66,13 @@ def finish_build(result: Any, args: argparse.Namespace, wrote: bool = True) -> i
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from deployc.uptodate import up_to_date  # light: hashes the inputs before torch & co. are imported
+    from deployc.driver.uptodate import up_to_date  # light: hashes the inputs before torch & co. are imported
 
     fresh = None if args.no_cache else up_to_date(args.config, args.out, args.target)
     if fresh is not None:
         return finish_build(fresh, args, wrote=False)
-    from deployc.build import build
-    from deployc.ci_summary import check_step_summary
+    from deployc.driver.build import build
+    from deployc.outputs.ci_summary import check_step_summary
 
     check_step_summary()
     result = build(
@@ -88,9 +88,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate_config(args: argparse.Namespace) -> int:
-    from deployc.build import check
-    from deployc.preflight import preflight
-    from deployc.quiet import ThirdPartyOutput
+    from deployc.core.quiet import ThirdPartyOutput
+    from deployc.driver.build import check
+    from deployc.validation.preflight import preflight
 
     _, manager = check(args.config)
     with ThirdPartyOutput(enabled=not args.debug):
@@ -103,7 +103,7 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from deployc.cache import PassCache
+    from deployc.compiler.pass_cache import PassCache
 
     cache = PassCache()
     result = cache.prune(_parse_size(args.max_size)) if args.action == "prune" else cache.info()
@@ -112,7 +112,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     elif not args.quiet:
-        from deployc.report import human_bytes
+        from deployc.outputs.report import human_bytes
 
         print(
             f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
@@ -144,7 +144,7 @@ def _plugin_commands(argv: list[str] | None) -> dict[str, Any]:
     word = next((a for a in argv or [] if not a.startswith("-")), None)
     if word in BUILTIN_COMMANDS or (word is None and "--version" in (argv or [])):
         return {}
-    from deployc.registry import COMMANDS, commands, get, names
+    from deployc.compiler.registry import COMMANDS, commands, get, names
 
     return {word: get(COMMANDS, word)} if word in names(COMMANDS) else commands()
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_notes(exc: BaseException) -> None:
-    """What deployc.quiet captured from third-party libraries before an internal error."""
+    """What deployc.core.quiet captured from third-party libraries before an internal error."""
     for note in getattr(exc, "__notes__", []):
         print(note, file=sys.stderr)
 

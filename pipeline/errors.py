@@ -11,6 +11,12 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+def failure_text(exc: BaseException) -> str:
+    """'TypeName: message' on one line (its lines joined by '; '), short enough for a table cell."""
+    text = "; ".join(line.strip(" -") for line in str(exc).splitlines() if line.strip(" -"))
+    return f"{type(exc).__name__}: {text}".rstrip(": ")[:600]
+
+
 class DeploycError(Exception):
     """Base class: an error reported without a traceback (the exit code says whose it is to fix)."""
 

@@ -8,11 +8,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.config import REMEDY_STAGES
-from deployc.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.manager import run_pass
+from deployc.compiler.registry import get_pass
+from deployc.core.config import REMEDY_STAGES
+from deployc.core.ort import session
+from deployc.core.state import ModelState
 from deployc.errors import UsageError
-from deployc.manager import run_pass
-from deployc.ort import session
 from deployc.passes.coverage import Int8Coverage, percent
 from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
@@ -20,9 +22,6 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.passes.tensorrt_qdq import WEIGHTED
-from deployc.registry import get_pass
-from deployc.remedies import fallback_remedy, fallback_steps, spec_remedies
-from deployc.state import ModelState
 from deployc.targets.quantized_details import (
     DYNAMIC_HINT,
     NothingInInt8,
@@ -30,6 +29,7 @@ from deployc.targets.quantized_details import (
     merged,
     quantized_details,
 )
+from deployc.validation.remedies import fallback_remedy, fallback_steps, spec_remedies
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployc.contracts import Context
+from deployc.compiler.contracts import Context
+from deployc.core.state import ModelState
 from deployc.passes.coverage import Int8Coverage, coverage_details, onnx_int8_coverage
 from deployc.passes.onnx_numerics import sample_feeds
-from deployc.state import ModelState
 
 DYNAMIC_HINT = (
     "onnxruntime's dynamic int8 quantizes only MatMul/Gemm/LSTM/Attention weights; convolutions need int8 (static)"

@@ -12,14 +12,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployc.config import REMEDY_STAGES
-from deployc.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.manager import run_pass
+from deployc.core.config import REMEDY_STAGES
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
 from deployc.errors import PipelineError, UsageError
-from deployc.manager import run_pass
-from deployc.ort import session
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
-from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight

@@ -20,10 +20,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployc.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.core.state import ModelState, PassRecord
 from deployc.errors import UsageError
 from deployc.passes.coverage import coverage_details
-from deployc.state import ModelState, PassRecord
 from deployc.targets.tflite_coverage import tflite_int8_coverage
 from deployc.targets.tflite_remedies import STAGES, float_scope, ranges_for, tflite_remedies
 from deployc.targets.tflite_transformer import smooth_module, transformer_ops, transformer_recipe

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from deployc.contracts import Remedy
+from deployc.compiler.contracts import Remedy
 from deployc.passes.sensitivity import damage
-from deployc.remedies import fallback_remedy, fallback_steps, spec_remedies
+from deployc.validation.remedies import fallback_remedy, fallback_steps, spec_remedies
 
 RANGES = ("min_max", "moving_average")  # calibration: the quantizer's two range estimators (qsv_utils)
 WEIGHT_ALGORITHMS = ("min_max", "mse", "octav")  # AlgorithmName.MIN_MAX_UNIFORM_QUANT / MSE / OCTAV

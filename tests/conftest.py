@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployc.build import BuildResult, build
+from deployc.driver.build import BuildResult, build
 
 # Every cache the suite (and the builds it spawns) would write goes to a temporary folder, never the user's home.
 _CACHES = tempfile.mkdtemp(prefix="deployc-tests-")
@@ -92,7 +92,7 @@ def tiny_factory(tmp_path: Path) -> Path:
 
 
 def digits_npz(path: Path, n: int = 64, calib: bool = True) -> Path:
-    from deployc.data import digits_arrays
+    from deployc.data.sources import digits_arrays
 
     x, y = digits_arrays("test")
     arrays = {"image": x[:n], "labels": y[:n]}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deployc.data import Dataset
+from deployc.data.dataset import Dataset
 
 VOCAB, SEQ, DIM, HEADS, FF = 64, 16, 32, 2, 64
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from deployc.timing import interleaved
+from deployc.core.timing import interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers
@@ -79,7 +79,7 @@ def agreement(model: str, ref: np.ndarray, out: np.ndarray) -> dict:
 
 
 def latency_ratios(paths: dict[str, Path], x: np.ndarray, threads: int, rounds: int, per_round: int) -> dict:
-    """Batch-1 median ms per model and its ratio to fp32, from deployc.timing's interleaved rounds (load from
+    """Batch-1 median ms per model and its ratio to fp32, from deployc.core.timing's interleaved rounds (load from
     others hits all models alike; ratios are taken within each round)."""
     sessions = {k: session(p, threads) for k, p in paths.items()}
     feeds = {k: {s.get_inputs()[0].name: x[:1]} for k, s in sessions.items()}

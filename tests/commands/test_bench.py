@@ -7,7 +7,8 @@ import json
 import pytest
 
 from deployc.cli import main
-from deployc.commands.bench import EAGER, QSTATIC, add_size_ratios, run_bench
+from deployc.commands.bench import add_size_ratios, run_bench
+from deployc.commands.bench_baselines import EAGER, QSTATIC
 from deployc.errors import UsageError
 
 

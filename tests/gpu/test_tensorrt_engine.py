@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployc.build import BuildResult, build
+from deployc.driver.build import BuildResult, build
 from deployc.targets.tensorrt import EngineRunner, engine_unavailable
 from tests.conftest import digits_config
 

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from deployc.data import Dataset, digits_arrays
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.passes import calibration
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.tensorrt_qdq import named, place, quantize_placed
@@ -83,7 +84,7 @@ def _box_and_score_head() -> onnx.ModelProto:
 
 
 def test_a_concat_of_pixels_and_scores_stays_float_and_keeps_the_scores():
-    from deployc.ort import session
+    from deployc.core.ort import session
     from deployc.passes.quantize import Int8Config, quantize_int8_selected
 
     proto = _box_and_score_head()

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.build import build
-from deployc.data import Dataset
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.driver.build import build
 from deployc.passes.coverage import coverage_details, onnx_int8_coverage
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
-from deployc.state import ModelState, TensorSpec
 
 MODELS = '''
 import numpy as np

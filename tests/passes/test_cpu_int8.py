@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.contracts import Context
-from deployc.data import Dataset
-from deployc.instruments import Instruments
-from deployc.manager import run_pass
-from deployc.ort import session
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.manager import run_pass
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
 from deployc.passes.cpu_int8 import (
     CpuInt8,
     CpuInt8Config,
@@ -27,7 +28,6 @@ from deployc.passes.cpu_int8 import (
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.simplify import simplify_proto
-from deployc.state import ModelState, TensorSpec
 
 
 class ConvSiLU(nn.Sequential):

@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.build import build
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset, digits_arrays
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.loader import load_model
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
+from deployc.driver.build import build
 from deployc.errors import UsageError
-from deployc.instruments import Instruments
-from deployc.loader import load_model
-from deployc.manager import run_pass
 from deployc.passes.distill import Distill, DistillConfig
 from deployc.passes.distill_losses import (
     FeatureHints,

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.data import digits_arrays
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.sources import digits_arrays
 from deployc.passes.export import ExportError, export_onnx
-from deployc.state import ModelState, TensorSpec
 
 DIGITS = ModelState(inputs=(TensorSpec("image", ("batch", 1, 8, 8)),))
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from deployc.build import check
-from deployc.config import load_config
-from deployc.data import Dataset
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.data.dataset import Dataset
+from deployc.data.metrics import cosine_rows
+from deployc.driver.build import check
 from deployc.errors import PipelineError, UsageError
-from deployc.manager import run_pass
-from deployc.metrics import cosine_rows
 from deployc.passes.finetune import Finetune, FinetuneConfig
 from deployc.passes.prune import PruneStructured, StructuredConfig
 from deployc.passes.student import count_params
@@ -74,7 +74,7 @@ def test_bad_training_options_fail_at_config_check():
 
 
 def test_build_with_prune_and_finetune_reports_summary(tmp_path):
-    from deployc.build import build
+    from deployc.driver.build import build
 
     config = digits_config(
         passes=[{"prune.structured": {"ratio": 0.25, "measure_onnx": False}}, {"finetune": {"epochs": 2, "lr": 3e-3}}],

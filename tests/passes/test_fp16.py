@@ -9,15 +9,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset
-from deployc.instruments import Instruments
-from deployc.manager import run_pass
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
 from deployc.passes.fp16 import convert_fp16, finite_fp16, predicted_fp32_nodes
 from deployc.passes.onnx_numerics import intermediate_stats, run_outputs
 from deployc.passes.quantize import QuantizeFp16
-from deployc.state import ModelState, TensorSpec
 from tests.conftest import digits_config
 
 
@@ -154,7 +154,7 @@ def test_fp16_of_a_graph_whose_layers_sit_in_an_if():
     what subgraphs read (onnx_ir's cannot), and the dead-Cast cleanup keeps Casts only a branch reads."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from deployc.manager import graph_problem
+    from deployc.compiler.manager import graph_problem
 
     proto = branchy()
     x = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32), "flag": np.array(True)}

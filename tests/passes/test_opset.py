@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployc.build import build
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.driver.build import build
 
 
 def opset11_classifier(local_function: bool = False) -> onnx.ModelProto:

@@ -13,19 +13,20 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from deployc.config import load_config
-from deployc.contracts import Context, Pass, PassResult
-from deployc.data import Dataset, digits_arrays
+from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.errors import UsageError
 from deployc.examples.models import DigitsConcatNet
-from deployc.instruments import Instruments
-from deployc.manager import run_pass
-from deployc.ort import session
 from deployc.passes.export import ExportCheck, ExportError, export_onnx
 from deployc.passes.model_stats import params_and_macs
 from deployc.passes.prune import MagnitudeConfig, PruneMagnitude, PruneStructured, StructuredConfig
 from deployc.passes.prune_gradual import GradualConfig, PruneGradual
-from deployc.state import ModelState, TensorSpec
 from tests.conftest import digits_config
 
 X_TEST, Y_TEST = digits_arrays("test")

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset, digits_arrays
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.manager import run_pass
+from deployc.core.config import load_config
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.errors import UsageError
-from deployc.instruments import Instruments
-from deployc.manager import run_pass
-from deployc.ort import session
 from deployc.passes.export import export_onnx
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.qat import Qat, QatConfig
-from deployc.state import ModelState, TensorSpec
 from deployc.targets.onnx import quantize_for
 from tests.conftest import digits_config
 

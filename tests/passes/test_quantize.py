@@ -9,13 +9,14 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from deployc.data import Dataset, digits_arrays
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.passes.export import export_onnx
 from deployc.passes.fp16 import convert_fp16
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
-from deployc.state import ModelState, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,8 @@ def test_int8_only_quantizes_the_named_node(digits_proto, calib):
 
 
 def test_latency_gate_warns_or_fails_an_int8_artifact_slower_than_fp32():
-    from deployc.contracts import Artifact
-    from deployc.gates import latency_gate
+    from deployc.compiler.contracts import Artifact
+    from deployc.validation.gates import latency_gate
 
     def arts():
         fp32 = Artifact("onnx", "fp32", None, "onnxruntime", "1", perf={"latency_ms_batch1": 0.10})
@@ -279,8 +280,8 @@ def test_shared_bias_next_to_a_tensor_named_like_its_copies(tmp_path):
     from onnx import TensorProto, helper
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from deployc.manager import graph_problem
-    from deployc.ort import CalibrationReader
+    from deployc.compiler.manager import graph_problem
+    from deployc.core.ort import CalibrationReader
 
     rng = np.random.default_rng(0)
     inits = [
@@ -319,7 +320,7 @@ def test_dense_layer_with_a_row_bias(tmp_path):
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from deployc.ort import CalibrationReader
+    from deployc.core.ort import CalibrationReader
 
     rng = np.random.default_rng(0)
     inits = [

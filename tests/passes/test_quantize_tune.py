@@ -9,13 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-from deployc.build import BuildResult, build
-from deployc.data import Dataset, digits_arrays
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
+from deployc.driver.build import BuildResult, build
 from deployc.examples.digits_cnn import pretrained
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.simplify import simplify_proto
-from deployc.state import ModelState, TensorSpec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quant_tune.yaml"
 

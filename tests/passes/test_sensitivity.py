@@ -6,14 +6,15 @@ import numpy as np
 import onnx
 import pytest
 
-from deployc.data import Dataset, digits_arrays
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.examples.quant_hostile import hostile
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.quantize_checks import channel_range_warnings
 from deployc.passes.sensitivity import activation_errors, channel_nmse, damage, fallback_units, single_layer_errors
 from deployc.passes.simplify import simplify_proto
-from deployc.state import ModelState, TensorSpec
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deployc.ort import session
+from deployc.core.ort import session
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.simplify import SimplifyConfig, simplify_proto, simplify_stages
 
@@ -99,13 +99,13 @@ def test_simplify_drops_a_stage_that_changes_the_numbers():
 
 
 def test_simplify_pass_reports_dropped_stages_in_its_metrics(tmp_path):
-    from deployc.config import load_config
-    from deployc.contracts import Context
-    from deployc.data import Dataset
-    from deployc.instruments import Instruments
-    from deployc.manager import run_pass
+    from deployc.compiler.contracts import Context
+    from deployc.compiler.instruments import Instruments
+    from deployc.compiler.manager import run_pass
+    from deployc.core.config import load_config
+    from deployc.core.state import ModelState, TensorSpec
+    from deployc.data.dataset import Dataset
     from deployc.passes.simplify import Simplify
-    from deployc.state import ModelState, TensorSpec
     from tests.conftest import digits_config
 
     x = np.zeros((2, 16), np.float32)

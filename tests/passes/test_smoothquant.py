@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.data import Dataset
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
 from deployc.passes.export import export_onnx
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.quantize import Int8Config, quantize_int8
 from deployc.passes.simplify import SimplifyConfig, simplify_stages
 from deployc.passes.smoothquant import MUL_SUFFIX, smooth, smoothable
-from deployc.state import ModelState, TensorSpec
 from tests.tiny_bert import SEQ, TinyBert, token_arrays, token_dataset
 
 INPUTS = tuple(TensorSpec(n, ("batch", SEQ), "int64") for n in ("input_ids", "attention_mask"))

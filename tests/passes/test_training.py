@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from deployc.data import Dataset, digits_arrays
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.errors import UsageError
 from deployc.examples.models import DigitsResNet
 from deployc.passes.augment import build_augmenter

@@ -5,8 +5,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from deployc.data import Dataset, digits_arrays
-from deployc.ort import session
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
 from deployc.passes.coverage import onnx_int8_coverage
 from deployc.passes.quantize import Int8Config, quantize_int8, quantize_int8_selected
 from deployc.passes.transformer_int8 import attention_softmaxes

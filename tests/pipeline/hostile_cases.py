@@ -145,7 +145,7 @@ def factory_sys_exit(env: Env) -> None:
 def kill_while_publishing(env: Env) -> None:
     """Publishing dies after the old manifest is gone and one new file moved in: the old reports must be gone."""
     _built_out(env)
-    import deployc.outdir as outdir
+    import deployc.storage.outdir as outdir
 
     real, moved = os.replace, []
 
@@ -327,7 +327,7 @@ def prune_racing_build(env: Env) -> None:
     """`cache prune --max-size 0` runs again and again while a build reads and writes the cache."""
     import threading
 
-    from deployc.cache import PassCache
+    from deployc.compiler.pass_cache import PassCache
 
     stop = threading.Event()
 

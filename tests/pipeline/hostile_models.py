@@ -132,8 +132,8 @@ def nan_target() -> type:
     from onnx import helper
     from pydantic import BaseModel, ConfigDict
 
-    from deployc.contracts import Artifact, Target
-    from deployc.ort import session
+    from deployc.compiler.contracts import Artifact, Target
+    from deployc.core.ort import session
 
     class NanOptions(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -170,7 +170,7 @@ def argparse_at_import(env: Env) -> None:
 
 
 def nan_artifact(env: Env) -> None:
-    from deployc.registry import TARGETS, _registered, register_target
+    from deployc.compiler.registry import TARGETS, _registered, register_target
     from tests.pipeline.hostile_models import nan_target
 
     if "test.nan" not in _registered[TARGETS]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from deployc.build import build
-from deployc.registry import get_target
-from tests.pipeline.test_remedies import hostile_config
+from deployc.compiler.registry import get_target
+from deployc.driver.build import build
+from tests.pipeline.validation.test_remedies import hostile_config
 
 
 def _int8(result, target: str) -> dict:

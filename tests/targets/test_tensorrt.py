@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployc.build import BuildResult, build
+from deployc.core.ort import session
+from deployc.core.state import TensorSpec
+from deployc.driver.build import BuildResult, build
 from deployc.errors import UsageError
-from deployc.ort import session
-from deployc.state import TensorSpec
 from deployc.targets.tensorrt import (
     AxisRange,
     TensorrtOptions,

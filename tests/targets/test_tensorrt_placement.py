@@ -18,15 +18,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.core.config import load_config
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
-from deployc.instruments import Instruments
-from deployc.ort import session
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.tensorrt_qdq import place, quantize_placed
-from deployc.state import ModelState, TensorSpec
 from deployc.targets.tensorrt import TensorrtOptions, TensorrtTarget
 from deployc.targets.tensorrt_support import preflight
 from tests.conftest import digits_config

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from deployc.build import BuildResult, build, check
-from deployc.config import load_config
-from deployc.contracts import Context
-from deployc.data import Dataset, digits_arrays
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.core.config import load_config
+from deployc.data.dataset import Dataset
+from deployc.data.sources import digits_arrays
+from deployc.driver.build import BuildResult, build, check
 from deployc.errors import PipelineError
-from deployc.instruments import Instruments
 from deployc.targets.tflite import TfliteOptions, TfliteTarget, npu_profile, quantize_flatbuffer
 from tests.conftest import digits_config
 

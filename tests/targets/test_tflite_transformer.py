@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployc.build import build
+from deployc.driver.build import build
 
 TOKENS = """
 import numpy as np

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from zoo_lib import catalog, fetch  # noqa: E402
 
-from deployc.build import build  # noqa: E402
+from deployc.driver.build import build  # noqa: E402
 from deployc.errors import DeploycError  # noqa: E402
 
 

@@ -1,0 +1,262 @@
+"""Content-addressed cache of ONNX-level pass results, on disk across builds and in memory within one.
+
+key = sha256(input state + pass name + resolved config + the data the pass reads + library versions).
+A hit restores the output graph and the pass's metrics without running the pass. Only passes that
+declare `cacheable = True` (their whole output is the ONNX graph) are cached; torch-level passes are
+not, because restoring a rewired nn.Module would need a pickle.
+
+The in-memory memo lives as long as one build's PassCache and is used even with `--no-cache`: when two
+targets run the same pass on the same input (export and simplify for onnx and tensorrt, fp16 for both),
+it runs once. It keeps the output graph itself, so the second user shares it (passes never mutate input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployc.core.state import ModelState, Table
+from deployc.errors import first_line
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DEPLOYC_CACHE_DIR") or Path.home() / ".cache" / "deployc") / "passes"
+
+
+def module_digest(module: Any) -> str:
+    """Hash of a torch module's architecture (its repr) and every weight and buffer."""
+    import torch
+
+    h = hashlib.sha256(repr(module).encode())
+    for name, value in module.state_dict().items():
+        h.update(name.encode())
+        if not isinstance(value, torch.Tensor):
+            h.update(repr(value).encode())
+            continue
+        t = value.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        try:
+            h.update(t.numpy().tobytes())
+        except (TypeError, RuntimeError):  # dtypes numpy cannot hold (bfloat16, quantized): their raw bytes
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def state_digest(state: ModelState) -> str:
+    """Hash of what a pass reads from the state: the ONNX graph, else the torch module's structure and weights."""
+    h = hashlib.sha256()
+    for spec in state.inputs:
+        h.update(repr(spec).encode())
+    h.update(repr(sorted(state.facts)).encode())
+    if state.onnx is not None:
+        h.update(state.onnx.SerializeToString(deterministic=True))
+    elif state.module is not None:
+        h.update(module_digest(state.module).encode())
+    return h.hexdigest()
+
+
+def dataset_digest(data: Any) -> str:
+    if data is None:
+        return "none"
+    h = hashlib.sha256()
+    for name in sorted(data.inputs):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(data.inputs[name]).tobytes())
+    if data.labels is not None:
+        h.update(np.ascontiguousarray(data.labels).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class CacheHit:
+    proto: Any
+    modified: bool
+    metrics: dict[str, Any]
+    tables: tuple[Table, ...]
+    facts_added: list[str]
+
+
+class PassCache:
+    """The cache is only a cache: a damaged entry is dropped and rebuilt, an unusable folder means building
+    without it, and neither ever fails a build (both are logged through `warn`)."""
+
+    def __init__(self, root: Path | None = None, enabled: bool = True, warn: Any = None):
+        self.root = root or default_cache_dir()
+        self.enabled = enabled  # the disk cache; the in-memory memo is always on
+        self.warn = warn or (lambda message: None)
+        self.hits = 0
+        self.misses = 0
+        self.memo_hits = 0
+        self._memo: dict[str, CacheHit] = {}
+
+    @classmethod
+    def for_build(cls, enabled: bool, warn: Any) -> PassCache:
+        """The build's cache, disabled with a warning when its folder cannot be created or written."""
+        cache = cls(enabled=enabled, warn=warn)
+        if enabled:
+            try:
+                cache.root.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=cache.root, prefix=".probe-"):
+                    pass
+            except OSError as exc:
+                cache.enabled = False
+                warn(f"warning: pass cache '{cache.root}' is unusable ({exc.strerror or exc}); building without it")
+        return cache
+
+    def key(self, state: ModelState, p: Any, config: dict[str, Any], data_digests: list[str]) -> str:
+        from deployc.core.versions import library_versions
+
+        versions = {k: v for k, v in library_versions().items() if k != "deployc"}
+        code = code_version(type(p))
+        payload = json.dumps([p.name, config, data_digests, versions, code], sort_keys=True, default=str)
+        return hashlib.sha256((state_digest(state) + payload).encode()).hexdigest()
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        folder = self.root / key[:2]
+        return folder / f"{key}.onnx", folder / f"{key}.json"
+
+    def load(self, key: str) -> CacheHit | None:
+        """The memo's entry for `key`, else the disk's (when enabled), else None."""
+        if key in self._memo:
+            self.memo_hits += 1
+            return self._memo[key]
+        hit = self._load_disk(key)
+        if hit is not None:
+            self._memo[key] = hit
+        return hit
+
+    def _load_disk(self, key: str) -> CacheHit | None:
+        import onnx
+
+        model_path, meta_path = self._paths(key)
+        if not (self.enabled and model_path.is_file() and meta_path.is_file()):
+            self.misses += 1
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            data = model_path.read_bytes()
+            if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                raise ValueError("its content does not match the hash it was stored with")
+            proto = onnx.load_model_from_string(data)
+            tables = tuple(
+                Table(t["title"], tuple(t["header"]), tuple(map(tuple, t["rows"])), frozenset(t["timed"]))
+                for t in meta.get("tables", [])
+            )
+            hit = CacheHit(proto, meta.get("modified", True), dict(meta["metrics"]), tables, list(meta["facts_added"]))
+        except FileNotFoundError:  # pruned by `deployc cache prune` meanwhile
+            self.misses += 1
+            return None
+        except Exception as exc:
+            self.warn(f"warning: pass cache entry {model_path} is damaged ({first_line(exc)}); dropped and rebuilt")
+            for path in (meta_path, model_path):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            now = time.time()
+            os.utime(meta_path, (now, now))  # recency for prune()
+        self.hits += 1
+        return hit
+
+    def store(
+        self,
+        key: str,
+        proto: Any,
+        modified: bool,
+        metrics: dict[str, Any],
+        tables: tuple[Table, ...],
+        facts_added: list[str],
+    ) -> None:
+        self._memo[key] = CacheHit(proto, modified, dict(metrics), tuple(tables), list(facts_added))
+        if not self.enabled:
+            return
+        model_path, meta_path = self._paths(key)
+        data = proto.SerializeToString()
+        saved = [{**t.to_json(), "timed": sorted(t.timed)} for t in tables]
+        meta = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "modified": modified,
+            "metrics": metrics,
+            "tables": saved,
+            "facts_added": facts_added,
+        }
+        try:
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            writer = f".tmp-{socket.gethostname()}-{os.getpid()}"  # unique across machines sharing the folder
+            tmp = model_path.with_suffix(writer)
+            tmp.write_bytes(data)
+            os.replace(tmp, model_path)
+            tmp = meta_path.with_suffix(writer)
+            tmp.write_text(json.dumps(meta, default=str))
+            os.replace(tmp, meta_path)  # written last: an entry without its .json is never read
+        except OSError as exc:
+            self.enabled = False
+            self.warn(
+                f"warning: cannot write to the pass cache '{self.root}' ({exc.strerror or exc}); continuing without it"
+            )
+
+    def entries(self) -> list[tuple[Path, Path, float, int]]:
+        """(model, meta, last use, bytes) for every complete entry."""
+        out = []
+        for meta in self.root.glob("*/*.json"):
+            model = meta.with_suffix(".onnx")
+            try:
+                out.append((model, meta, meta.stat().st_mtime, model.stat().st_size + meta.stat().st_size))
+            except OSError:
+                continue  # removed meanwhile, or half an entry
+        return out
+
+    def info(self) -> dict[str, Any]:
+        entries = self.entries()
+        return {"path": str(self.root), "entries": len(entries), "bytes": sum(e[3] for e in entries)}
+
+    def prune(self, max_bytes: int) -> dict[str, Any]:
+        """Delete least recently used entries until the cache holds at most max_bytes. Safe beside running builds:
+        a build whose entry vanishes rebuilds it, and temp files younger than an hour may be a build's write."""
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        entries = sorted(self.entries(), key=lambda e: e[2], reverse=True)
+        kept, removed = 0, 0
+        for model, meta, _, size in entries:
+            if kept + size <= max_bytes:
+                kept += size
+                continue
+            meta.unlink(missing_ok=True)
+            model.unlink(missing_ok=True)
+            removed += 1
+        for tmp in self.root.glob("*/*.tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > 3600:
+                    tmp.unlink()
+        return {"removed": removed, "bytes": kept}
+
+
+# packages that sit inside deployc's folder once installed as a wheel; each pass's own folder is hashed apart
+_PLUGIN_FOLDERS = ("passes", "targets", "commands", "examples", "sweep")
+
+
+@functools.cache
+def code_version(pass_cls: type) -> str:
+    """Hash of the driver's code (every sub-package) and of every module beside the pass's own (the helpers it
+    calls), so editing either invalidates the pass's cached results. Works for third-party passes and the installed
+    layout alike."""
+    driver = Path(__file__).resolve().parents[1]
+    files = [p for p in driver.rglob("*.py") if p.relative_to(driver).parts[0] not in _PLUGIN_FOLDERS]
+    files += Path(inspect.getfile(pass_cls)).resolve().parent.glob("*.py")
+    h = hashlib.sha256()
+    for path in sorted(set(files)):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]

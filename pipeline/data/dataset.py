@@ -1,0 +1,72 @@
+"""Dataset: the samples a build reads, whole arrays with samples first, fed in batches along each input's batch axis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deployc.core.state import TensorSpec
+
+
+def batch_axis(spec: TensorSpec) -> int | None:
+    """Where the model takes the samples of a batch: the dynamic axis named like 'batch', else axis 0 when it is
+    dynamic or every axis is fixed, else the first dynamic axis; None for a scalar input (fed as is, shared by
+    every sample)."""
+    if not spec.shape:
+        return None
+    named = [i for i, d in enumerate(spec.shape) if isinstance(d, str)]
+    default = 0 if not named or named[0] == 0 else named[0]
+    return next((i for i in named if "batch" in str(spec.shape[i]).lower()), default)
+
+
+def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
+    """The spec's shape without its batch axis: what one sample looks like."""
+    axis = batch_axis(spec)
+    return spec.shape if axis is None else spec.shape[:axis] + spec.shape[axis + 1 :]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Whole arrays in memory, samples first (axis 0), one per model input, plus optional labels.
+
+    `axes` says where the model wants each input's batch axis (default 0; None: a 0-d input every sample
+    shares); batches() moves the samples there, so only feeding knows about non-leading batch axes.
+    """
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+    axes: dict[str, int | None] = field(default_factory=dict)
+    fixed_batch: int | None = None  # the model's batch axis has a fixed size: every batch holds exactly that many
+
+    def _axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
+
+    def __len__(self) -> int:
+        batched = [v for k, v in self.inputs.items() if self._axis(k) is not None]
+        return len(batched[0]) if batched else 1
+
+    def take(self, n: int) -> Dataset:
+        inputs = {k: v if self._axis(k) is None else v[:n] for k, v in self.inputs.items()}
+        labels = None if self.labels is None else self.labels[:n]
+        return Dataset(inputs, labels, self.source, self.axes, self.fixed_batch)
+
+    def batch_len(self, batch: dict[str, np.ndarray]) -> int:
+        """How many samples a batch from batches() holds."""
+        for k, v in batch.items():
+            axis = self._axis(k)
+            if axis is not None:
+                return int(v.shape[axis])
+        return 1
+
+    def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        size = self.fixed_batch or size
+        for start in range(0, len(self), size):
+            sl = slice(start, start + size)
+            feed = {}
+            for k, v in self.inputs.items():
+                axis = self._axis(k)
+                feed[k] = v if axis is None else (v[sl] if axis == 0 else np.moveaxis(v[sl], 0, axis))
+            yield feed, None if self.labels is None else self.labels[sl]

@@ -1,0 +1,291 @@
+"""Accuracy remedies: an artifact that misses its drift budget is emitted again with remedies, in a fixed order,
+until one passes its gate or the trial budget (quantize.remedies.max_trials) runs out.
+
+The loop knows no pass and no target. It asks the target which stages it can try on the artifact
+(`Target.remedy_stages`), then, stage by stage in config.REMEDY_STAGES' order (calibration, granularity, symmetry,
+smoothing, fallback), for candidates that change the best trial so far (`Target.remedies`); each candidate is
+re-emitted from the same lowered graph/flatbuffer and validated by the same gate as the first artifact, on
+data.validation. The first that passes ships; if none does, the closest one (lowest drift) ships with its failed
+gate. Every trial is recorded in the shipped artifact's details and history (a table in the reports).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployc.compiler.contracts import Artifact, Context, Reemit, Remedy, Target
+from deployc.core.config import REMEDY_STAGES, QuantizeSpec, RemediesSpec, ValidateConfig
+from deployc.core.state import PassRecord, Table
+from deployc.errors import failure_text
+from deployc.storage.files import file_digest
+
+STAGE_FIELDS = {"smoothing": "smoothing"}  # stage -> the QuantizeSpec field a target must realise to offer it
+TRIALS_DIR = ".remedies"  # inside the staging folder; removed before the out dir is published
+
+
+@dataclass
+class Trial:
+    index: int
+    remedy: Remedy
+    artifact: Artifact
+    seconds: float = 0.0
+    sha256: str | None = None  # of the trial's artifact file: a stage that changes nothing shows as a repeated hash
+
+    @property
+    def drift(self) -> float:
+        drift = self.artifact.metrics.get("drift") if self.artifact.gate.get("status") in ("pass", "fail") else None
+        return float(drift) if isinstance(drift, (int, float)) and math.isfinite(drift) else math.inf
+
+    @property
+    def passed(self) -> bool:
+        return self.artifact.gate.get("status") == "pass"
+
+
+def needs_remedy(art: Artifact, rules: ValidateConfig) -> bool:
+    """A failed gate that remedies can act on: drift past the budget or non-finite outputs (not low int8 coverage,
+    which a remedy could only make worse)."""
+    if art.gate.get("status") != "fail":
+        return False
+    drift = art.metrics.get("drift")
+    return not isinstance(drift, (int, float)) or not math.isfinite(drift) or drift > rules.max_drift + 1e-12
+
+
+def best(trials: list[Trial]) -> Trial:
+    """The first passing trial, else the lowest drift (ties go to the earlier, simpler trial)."""
+    passing = [t for t in trials if t.passed]
+    return passing[0] if passing else min(trials, key=lambda t: (t.drift, t.index))
+
+
+def _capable(target: Target, stage: str) -> bool:
+    """A stage realised by a QuantizeSpec field only some targets implement is tried only on those."""
+    field = STAGE_FIELDS.get(stage)
+    return field is None or field in target.quantize_fields
+
+
+def _key(remedy: Remedy) -> str:
+    return remedy.spec.model_dump_json() + repr(sorted(remedy.options.items()))
+
+
+# ---- candidates the targets share: the spec-level stages ---------------------------------------------------
+
+
+def spec_remedies(stage: str, base: Remedy, methods: list[str], alpha: float) -> list[Remedy]:
+    """Candidates of the stages that change one QuantizeSpec field (calibration, granularity, symmetry,
+    smoothing), from `base`; a target offers those its quantizer realises."""
+    spec = base.spec
+
+    def change(text: str, **update: Any) -> Remedy:
+        return Remedy(stage, text, spec.model_copy(update=update), dict(base.options), base.fallback)
+
+    if stage == "calibration":
+        return [change(m, calibration=m) for m in methods if m != spec.calibration]
+    if stage == "granularity":
+        return [
+            change(
+                "per-tensor weights" if spec.per_channel else "per-channel weights", per_channel=not spec.per_channel
+            )
+        ]
+    if stage == "symmetry":
+        flipped = not spec.symmetric_activations
+        return [change("symmetric activations" if flipped else "asymmetric activations", symmetric_activations=flipped)]
+    if stage == "smoothing" and spec.smoothing is None:
+        return [change(f"SmoothQuant alpha {alpha:g}", smoothing=alpha)]
+    return []
+
+
+def fallback_steps(units: list[list[str]], limit: int) -> list[list[str]]:
+    """The layers each fallback trial keeps out of int8: those of the 1, 2, 4, 8 ... worst groups (a group: the
+    layers one damaged tensor is quantized for), then all `limit` groups; k groups cost about log2(k) trials."""
+    limit = min(limit, len(units))
+    counts, k = [], 1
+    while k < limit:
+        counts.append(k)
+        k *= 2
+    if limit:
+        counts.append(limit)
+    return [list(dict.fromkeys(name for unit in units[:n] for name in unit)) for n in counts]
+
+
+def fallback_remedy(base: Remedy, layers: list[str], how: str, **update: Any) -> Remedy:
+    """`base` with `layers` (worst first) kept out of int8; `update` says where the target puts them."""
+    short = [name.rsplit("/", 1)[-1] for name in layers]  # TFLite tensor names carry the whole module path
+    shown = ", ".join(short[:4]) + (f" (+{len(layers) - 4})" if len(layers) > 4 else "")
+    spec = base.spec.model_copy(update={k: v for k, v in update.items() if k in QuantizeSpec.model_fields})
+    options = {**base.options, **{k: v for k, v in update.items() if k not in QuantizeSpec.model_fields}}
+    return Remedy("fallback", f"{len(layers)} layer(s) in {how}: {shown}", spec, options, tuple(layers))
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+
+
+def remedy_artifact(
+    target: Target,
+    first: Artifact,
+    reemit: Reemit,
+    lowered: Any,
+    ctx: Context,
+    validate: Callable[[Artifact], None],
+    spec: RemediesSpec,
+    log: Callable[[str], None],
+) -> Artifact:
+    """Try remedies on `first` (validated, failed) until one passes or spec.max_trials artifacts were made; returns
+    the artifact that ships, its file in first's place, with every trial in details['remedies'] and its history."""
+    t0 = time.perf_counter()
+    offered = set(target.remedy_stages(first, lowered))
+    stages = [s for s in REMEDY_STAGES if s in spec.stages and s in offered and _capable(target, s)]
+    if not stages:  # e.g. an fp16 or dynamic artifact, or a graph a pass already quantized
+        return first
+    trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
+    seen = {_key(trials[0].remedy)}
+    skipped: dict[str, str] = {}
+    root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
+    log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages)})")
+    for stage in stages:
+        if trials[-1].passed or len(trials) >= spec.max_trials:
+            break
+        base = best(trials)
+        try:
+            candidates = target.remedies(stage, base.remedy, base.artifact, lowered, ctx)
+        except Exception as exc:  # a stage the target cannot prepare (e.g. a ranking run that fails) is skipped
+            skipped[stage] = failure_text(exc)
+            log(f"{first.label}: remedy stage {stage} skipped: {skipped[stage]}")
+            continue
+        for remedy in candidates:
+            if len(trials) >= spec.max_trials or trials[-1].passed:
+                break
+            if _key(remedy) in seen:
+                continue
+            seen.add(_key(remedy))
+            trial = _run(len(trials) + 1, remedy, target, reemit, ctx, root, validate)
+            trials.append(trial)
+            log(f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)}")
+    chosen = best(trials)
+    shipped = _ship(chosen, first, ctx.work_dir, root)
+    shutil.rmtree(ctx.work_dir / TRIALS_DIR, ignore_errors=True)
+    _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0)
+    if skipped:
+        shipped.details["remedies"]["skipped_stages"] = skipped
+    return shipped
+
+
+def _run(
+    index: int,
+    remedy: Remedy,
+    target: Target,
+    reemit: Reemit,
+    ctx: Context,
+    root: Path,
+    validate: Callable[[Artifact], None],
+) -> Trial:
+    t0 = time.perf_counter()
+    work = root / str(index)
+    art = reemit(ctx.for_remedy(remedy, work))
+    try:
+        validate(art)
+    except Exception as exc:  # its runtime cannot run this trial: the others may still do
+        art.error = failure_text(exc)
+        art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
+    target.close(art)
+    return Trial(index, remedy, art, time.perf_counter() - t0, _digest(art))
+
+
+def _digest(art: Artifact) -> str | None:
+    return file_digest(art.path) if art.path is not None and art.path.is_file() else None
+
+
+def _outcome(trial: Trial) -> str:
+    status = trial.artifact.gate.get("status")
+    if status == "error":
+        return f"error: {trial.artifact.gate.get('reason')}"
+    return f"drift {'n/a' if math.isinf(trial.drift) else f'{trial.drift:+.4g}'}, {status}"
+
+
+def _ship(chosen: Trial, first: Artifact, staging: Path, root: Path) -> Artifact:
+    """The chosen trial's artifact with its files moved to where the first artifact's are."""
+    art = chosen.artifact
+    if chosen.index == 1 or art.path is None:
+        return art
+    work = root / str(chosen.index)
+    for src in sorted(p for p in work.rglob("*") if p.is_file()):
+        dst = staging / src.relative_to(work)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    art.path = staging / art.path.relative_to(work)
+    return art
+
+
+def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, stages: list[str], seconds: float) -> None:
+    """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop,
+    fallback ranking included (timings.json)."""
+    data = ctx.validation
+    scored = f"data.validation ({data.source}, {len(data)} samples)" if data is not None else "data.validation"
+    metric = ctx.reference.metric.label if ctx.reference is not None else "metric"
+    log = [
+        {
+            "trial": t.index,
+            "stage": t.remedy.stage,
+            "change": t.remedy.change,
+            "metric": t.artifact.metrics.get("metric"),
+            "drift": None if math.isinf(t.drift) else t.drift,
+            "gate": t.artifact.gate.get("status"),
+            "sha256": t.sha256,
+            **({"error": t.artifact.gate.get("reason")} if t.artifact.gate.get("status") == "error" else {}),
+            **({"fallback": list(t.remedy.fallback)} if t.remedy.fallback else {}),
+        }
+        for t in trials
+    ]
+    summary = {
+        "trials": len(trials),
+        "chosen_trial": chosen.index,
+        "passed": chosen.passed,
+        "stages": stages,
+        "scored_on": scored,
+        "budget": ctx.config.validate_.max_drift,
+        "fallback": list(chosen.remedy.fallback),
+        "quantize": chosen.remedy.spec.model_dump(mode="json", exclude={"remedies"}),
+        "trial_log": log,
+    }
+    art.details["remedies"] = summary
+    rows = tuple(
+        (
+            t.index,
+            t.remedy.stage,
+            t.remedy.change,
+            "n/a" if t.artifact.metrics.get("metric") is None else f"{t.artifact.metrics['metric']:.4f}",
+            "n/a" if math.isinf(t.drift) else f"{t.drift:+.4g}",
+            t.artifact.gate.get("status", ""),
+            "shipped" if t is chosen else "",
+            f"{t.seconds:.2f}" if t.index > 1 else "—",
+        )
+        for t in trials
+    )
+    table = Table(
+        f"remedies: {art.label} trials (scored by its gate on {scored}; budget {summary['budget']:g} {metric} drift)",
+        ("trial", "stage", "change", metric, "drift", "gate", "", "seconds"),
+        rows,
+        timed=frozenset({7}),
+    )
+    record = PassRecord(
+        "remedies",
+        {"stages": stages},
+        chosen.index != 1,
+        {k: summary[k] for k in ("trials", "chosen_trial", "passed", "scored_on")},
+        (table,),
+        {f"trial_{t.index}_seconds": round(t.seconds, 3) for t in trials[1:]},
+        seconds=seconds,
+    )
+    art.history = tuple(art.history) + (record,)
+    if chosen.index != 1 or len(trials) > 1:
+        how = f"after {len(trials)} remedy trials" if chosen.passed else f"closest of {len(trials)} remedy trials"
+        art.gate = dict(
+            art.gate,
+            reason=f"{art.gate.get('reason', '')} ({how}; shipped trial {chosen.index}: "
+            f"{chosen.remedy.stage}, {chosen.remedy.change})",
+        )
