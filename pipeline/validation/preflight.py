@@ -36,7 +36,9 @@ def preflight(config_or_path: str | Path | dict | BuildConfig) -> None:
     for role, source in (("calibration", calibration_source(config)), ("train", train_source(config))):
         if source is not None:
             load_dataset(_probe(source), config, state.inputs, role)
-    ref = compute_reference(state, validation.take(PROBE_SAMPLES), metric, config.data.batch_size, config.data.output)
+    ref = compute_reference(
+        state, validation.take(PROBE_SAMPLES), metric, config.data.batch_size, config.data.output, config.model.outputs
+    )
     if metric.classes and validation.labels is not None:
         class_ids(validation.labels, ref.outputs[ref.covered[0]], metric, validation.source)
     if state.module is not None:
