@@ -226,7 +226,8 @@ class OnnxTarget(Target):
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         ins, outs = (with_layout(e) for e in io_specs(done.onnx))
-        save_onnx(done.onnx, path, artifact_metadata(ctx, self.name, label, ins, outs))
+        metadata = artifact_metadata(ctx, self.name, label, ins, outs)
+        save_onnx(done.onnx, path, metadata)
         return Artifact(
             target=self.name,
             precision=label,
@@ -240,6 +241,7 @@ class OnnxTarget(Target):
                 "ops": op_counts(done.onnx),
                 "execution_provider": "CPUExecutionProvider",
                 "threads": self.options.threads,
+                "metadata": metadata,
                 **merged(
                     _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
                 ),

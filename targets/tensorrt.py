@@ -374,8 +374,9 @@ class TensorrtTarget(Target):
         path = ctx.work_dir / "tensorrt" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         ins, outs = (with_layout(e) for e in io_specs(done.onnx))
-        save_onnx(done.onnx, path, artifact_metadata(ctx, self.name, label, ins, outs))
-        details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
+        metadata = artifact_metadata(ctx, self.name, label, ins, outs)
+        save_onnx(done.onnx, path, metadata)
+        details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report, "metadata": metadata}
         coverage = int8_coverage_of(label, done, ctx)
         if coverage is not None and not coverage.int8_ops:
             raise NothingInInt8(coverage)

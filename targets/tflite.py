@@ -3,7 +3,6 @@ level with litert-torch, quantized with ai-edge-quantizer, run with ai-edge-lite
 
 from __future__ import annotations
 
-import collections
 import importlib
 import importlib.metadata
 import importlib.util
@@ -28,13 +27,13 @@ from deployc.targets.metadata import artifact_metadata, output_names
 from deployc.targets.tflite_coverage import tflite_int8_coverage
 from deployc.targets.tflite_export import EdgeSignature, Layout, edge_module, edge_signature, from_layout, to_layout
 from deployc.targets.tflite_flatbuffer import name_io_tensors, with_metadata
+from deployc.targets.tflite_npu import npu_profile, npu_summary, op_report
 from deployc.targets.tflite_remedies import STAGES, float_scope, ranges_for, tflite_remedies
 from deployc.targets.tflite_transformer import smooth_module, transformer_ops, transformer_recipe
-from deployc.targets.vela import QUICK_CHECK, Accelerator, npu_reports, vela_missing
+from deployc.targets.vela import Accelerator, vela_missing
 
 Precision = Literal["fp32", "fp16", "dynamic", "int8"]
 SIGNATURE = "serving_default"  # the one signature litert_torch.convert gives a module
-_INT_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "INT4", "BOOL"}
 
 
 class TfliteOptions(BaseModel):
@@ -309,48 +308,6 @@ def quantize_flatbuffer(
     return bytes(result.quantized_model), details
 
 
-def op_report(model: bytes) -> tuple[dict[str, int], list[dict[str, Any]], list[str]]:
-    """Op counts, the ops that touch a float tensor (float islands), and the float graph-edge conversions."""
-    from ai_edge_litert.tools import flatbuffer_utils as fb
-
-    m = fb.convert_bytearray_to_object(bytearray(model))
-    counts: collections.Counter[str] = collections.Counter()
-    islands, edges = [], []
-    for sg in m.subgraphs:
-        graph_io = set(sg.inputs) | set(sg.outputs)
-        for i, op in enumerate(sg.operators):
-            name = fb.opcode_to_name(m, op.opcodeIndex) or f"opcode_{op.opcodeIndex}"
-            counts[name] += 1
-            tensors = [t for t in list(op.inputs) + list(op.outputs) if t >= 0]
-            floats = [t for t in tensors if fb.type_to_name(sg.tensors[t].type) not in _INT_TYPES]
-            if not floats:
-                continue
-            if name in ("QUANTIZE", "DEQUANTIZE") and all(t in graph_io for t in floats):
-                edges.append(f"{name}#{i}")
-                continue
-            islands.append({"op": name, "index": i, "float_tensors": [_tensor_name(sg.tensors[t]) for t in floats]})
-    return dict(sorted(counts.items())), islands, edges
-
-
-def _tensor_name(tensor: Any) -> str:
-    name = tensor.name
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def npu_profile(model: bytes, accelerators: list[str] | None = None) -> dict[str, Any]:
-    """Is every op integer-only (NPUs and delegates reject float islands)? And, with `accelerators` and Vela
-    installed, where Vela places each op on each of them (targets/vela.py)."""
-    _, islands, edges = op_report(model)
-    profile: dict[str, Any] = {"integer_only": not islands, "float_ops": islands, "float_io_conversions": edges}
-    missing = vela_missing() if accelerators else "no accelerator named in targets.tflite.npu"
-    if missing:
-        profile["check"] = f"{QUICK_CHECK}; {missing}"
-    else:
-        profile["check"] = "vela"
-        profile["accelerators"] = npu_reports(model, accelerators)
-    return profile
-
-
 def _quantization(detail: dict[str, Any]) -> dict[str, Any] | None:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if not scale:
@@ -472,12 +429,18 @@ class TfliteTarget(Target):
                 ),
             )
         ins, outs = io_entries(model, signature)
-        model = with_metadata(model, artifact_metadata(ctx, self.name, precision, ins, outs))
+        metadata = artifact_metadata(ctx, self.name, precision, ins, outs)
+        model = with_metadata(model, metadata)
         path = ctx.work_dir / "tflite" / f"{ctx.config.name}.{precision}.tflite"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(model)
         ops, _, _ = op_report(model)
-        details = {"converter": f"litert-torch {importlib.metadata.version('litert-torch')}", "ops": ops, **details}
+        details = {
+            "converter": f"litert-torch {importlib.metadata.version('litert-torch')}",
+            "ops": ops,
+            **details,
+            "metadata": metadata,
+        }
         if precision in ("int8", "dynamic"):
             details.update(coverage_details(tflite_int8_coverage(model), f"tflite/{precision}", ctx.instruments.log))
         if precision == "int8":  # what the flatbuffer takes and gives (float for a transformer's int8)
@@ -542,18 +505,3 @@ def _from_tensor(y: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
     if q is None:
         return np.asarray(y, dtype=np.float32)
     return ((y.astype(np.float32) - q["zero_point"]) * q["scale"]).astype(np.float32)
-
-
-def npu_summary(report: dict[str, Any]) -> str:
-    """'59/59 ops on the NPU, 0.184 ms, SRAM 6.6 KiB, flash 72.0 KiB' or the CPU ops with Vela's reasons."""
-    if "error" in report:
-        return f"Vela could not compile it: {report['error']}"
-    total = report["npu_ops"] + report["cpu_ops"]
-    text = f"{report['npu_ops']}/{total} ops on the NPU"
-    if report.get("inference_ms") is not None:
-        text += f", {report['inference_ms']:.3f} ms"
-    if report.get("sram_kib") is not None:
-        text += f", SRAM {report['sram_kib']:.1f} KiB, flash {report.get('flash_kib') or 0:.1f} KiB"
-    if report["cpu_fallback"]:
-        text += "; on the CPU: " + "; ".join(f"{c['op']} ({c['reason']})" for c in report["cpu_fallback"])
-    return text

@@ -115,7 +115,9 @@ class ModelConfig(StrictModel):
     labels: Path | list[str] | None = Field(
         None, description="class labels: a UTF-8 file with one label per line, or a list; recorded in artifacts"
     )
-    version: str | None = Field(None, min_length=1, max_length=100, description="the model's version, recorded in artifacts")
+    version: str | None = Field(
+        None, min_length=1, max_length=100, description="the model's version, recorded in artifacts"
+    )
     allow_pickle: bool = Field(False, description="allow loading pickled objects (runs code from the file)")
 
     @field_validator("outputs")
