@@ -115,19 +115,45 @@ def _tail(log: Path, lines: int = 5) -> str:
 
 def convert_fp32(state: ModelState, signature: EdgeSignature) -> bytes:
     """The float flatbuffer of the torch module, traced at batch 1 (TFLite models here have fixed shapes), with the
-    signature's names and layouts (targets/tflite_export.py)."""
+    signature's names and layouts (targets/tflite_export.py). When TRANSPOSEs remain, litert's greedy layout
+    partitioner is tried too and the one with fewer kept: its default min-cut keeps a reduction in NCHW when the
+    tensor it reduces is also an NHWC output (one TRANSPOSE the greedy one avoids)."""
     with _quiet_fds() as log:
         try:
-            import litert_torch
-
             module, kwargs = edge_module(state, signature)
-            return name_io_tensors(bytes(litert_torch.convert(module, (), sample_kwargs=kwargs).model_content()))
+            best = _converted(module, kwargs, None)
+            if transposes(best):
+                greedy = _converted(module, kwargs, "GREEDY")
+                best = greedy if transposes(greedy) < transposes(best) else best
+            return name_io_tensors(best)
         except Exception as exc:
             detail = _tail(log)
             raise UsageError(
                 f"targets.tflite: litert-torch could not convert the model: {type(exc).__name__}: "
                 f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
             ) from exc
+
+
+LAYOUT_PARTITIONER = "LAYOUT_OPTIMIZE_PARTITIONER"  # litert_torch.config reads it at conversion time
+
+
+def _converted(module: Any, kwargs: dict[str, Any], partitioner: str | None) -> bytes:
+    import litert_torch
+
+    before = os.environ.get(LAYOUT_PARTITIONER)
+    if partitioner is not None:
+        os.environ[LAYOUT_PARTITIONER] = partitioner
+    try:
+        return bytes(litert_torch.convert(module, (), sample_kwargs=kwargs).model_content())
+    finally:
+        if before is None:
+            os.environ.pop(LAYOUT_PARTITIONER, None)
+        else:
+            os.environ[LAYOUT_PARTITIONER] = before
+
+
+def transposes(model: bytes) -> int:
+    return op_report(model)[0].get("TRANSPOSE", 0)
 
 
 def smoothed_flatbuffer(state: ModelState, ctx: Context, alpha: float, signature: EdgeSignature) -> tuple[bytes, int]:
@@ -383,13 +409,8 @@ class TfliteTarget(Target):
         fp32 = convert_fp32(state, signature)
         config = {"batch": 1, "layout": self.options.layout}
         # the target's own passes enter each artifact's history like the pipeline's (the report lists them)
-        record = PassRecord(
-            "litert.convert",
-            config,
-            True,
-            {"bytes": len(fp32), **signature.to_json()},
-            seconds=time.perf_counter() - t0,
-        )
+        facts = {"bytes": len(fp32), "transposes": transposes(fp32), **signature.to_json()}
+        record = PassRecord("litert.convert", config, True, facts, seconds=time.perf_counter() - t0)
         return Lowered(fp32, record, signature)
 
     def _check_npu(self, ctx: Context) -> None:
