@@ -4,7 +4,7 @@ onnxruntime), so `deployc build` of an unchanged config returns in well under a 
 The build key is a sha256 over (README "What a no-op rebuild hashes" lists the same):
 - the resolved config (every key after validation, paths as written) and the `--target` selection;
 - the bytes of every file the config names: model.weights / model.onnx (and the external-data files it
-  names) / model.exported, and the .npz data files;
+  names) / model.exported / model.labels, and the .npz data files;
 - the source of every Python file a factory string names (model.factory, data.* 'file.py:callable' or
   'package.module:callable') and of the other .py files in its folder (a factory often imports its neighbours);
 - deployc's own source files, the name and version of every installed distribution (the *.dist-info folders
@@ -103,6 +103,8 @@ def _input_files(config: BuildConfig) -> list[Path]:
             if key == "onnx" and path.is_file():
                 files += _external_data(path)
     files += _factory_sources(m.factory, config.base_dir)
+    if isinstance(m.labels, Path):  # a labels file: every artifact carries its labels
+        files.append(config.resolve(m.labels))
     for source in (config.data.train, config.data.calibration, config.data.validation):
         if source is not None and source.kind == "npz":
             files.append(config.resolve(source.path))
