@@ -16,11 +16,10 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployc.commands.package_bundle import BUNDLE_FORMAT, is_bundle, write_bundle
+from deployc.commands.package_bundle import BUNDLE_FORMAT, Source, is_bundle, write_bundle
 from deployc.errors import UsageError
 from deployc.storage.files import file_digest
 
@@ -28,16 +27,6 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_KEY_BYTES = 1 << 20
 KEY_FILE = ".deployc-build-key.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class Source:
-    """What the bundle is made of, read and checked: the manifest, its sha256, and the chosen artifact's entry."""
-
-    build_dir: Path
-    manifest: dict[str, Any]
-    manifest_sha256: str
-    entry: dict[str, Any]
 
 
 def _open_inside(build_dir: Path, rel: str, what: str) -> int:

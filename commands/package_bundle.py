@@ -9,17 +9,26 @@ import io
 import json
 import re
 import tarfile
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 from deployc.errors import UsageError
-
-if TYPE_CHECKING:
-    from deployc.commands.package import Source
 
 BUNDLE_FORMAT = "deployc-bundle/1"
 FIRST = "metadata.json"  # the first member: is_bundle() reads only it
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the bundle is made of, read and checked: the manifest, its sha256, and the chosen artifact's entry."""
+
+    build_dir: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    entry: dict[str, Any]
 
 
 def _dict(value: Any) -> dict[str, Any]:

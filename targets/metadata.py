@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from deployc.compiler.contracts import Context
-from deployc.core.config import MAX_LABELS, BuildConfig, config_digest
-from deployc.errors import UsageError, regular_file
+from deployc.core.config import config_digest, read_labels
+from deployc.errors import UsageError
 from deployc.targets.tflite_export import is_image
 
 PREFIX = "deployc."
-MAX_LABELS_BYTES = 1 << 20
 
 
 def output_names(ctx: Context, count: int) -> list[str]:
@@ -40,39 +39,9 @@ def output_names(ctx: Context, count: int) -> list[str]:
     return [f"output_{i}" for i in range(count)]
 
 
-def read_labels(config: BuildConfig) -> list[str] | None:
-    """model.labels as a list: given inline, or read from a UTF-8 file with one label per line."""
-    labels = config.model.labels
-    if labels is None or isinstance(labels, list):
-        return labels
-    path = regular_file(config.resolve(labels), "model.labels", "labels file")
-    data = path.read_bytes()[: MAX_LABELS_BYTES + 1]
-    if len(data) > MAX_LABELS_BYTES:
-        raise UsageError(f"model.labels: '{path}' is over {MAX_LABELS_BYTES // 1024} KiB; not a labels file")
-    try:
-        lines = data.decode("utf-8").removeprefix("\ufeff").splitlines()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"model.labels: '{path}' is not UTF-8 text (offset {exc.start})") from None
-    if lines and not lines[-1].strip():
-        lines = lines[:-1]
-    empty = next((i for i, line in enumerate(lines) if not line.strip()), None)
-    if not lines or empty is not None:
-        raise UsageError(f"model.labels: '{path}' " + (f"line {empty + 1} is empty" if lines else "holds no label"))
-    if len(lines) > MAX_LABELS:
-        raise UsageError(f"model.labels: '{path}' holds {len(lines)} labels; at most {MAX_LABELS}")
-    return [line.strip() for line in lines]
-
-
 def with_layout(entries: list[dict[str, Any]], layout: str = "nchw") -> list[dict[str, Any]]:
     """I/O entries with `layout` set: `layout` for a 4-D float tensor without one, None for the others."""
     return [dict(e, layout=e.get("layout") or (layout if is_image(e["shape"], e["dtype"]) else None)) for e in entries]
-
-
-def _check_labels(labels: list[str], outputs: list[dict[str, Any]]) -> None:
-    classes = {d for o in outputs for d in o["shape"][1:] if isinstance(d, int)}
-    if len(labels) not in classes:
-        shown = ", ".join(f"{o['name']} {o['shape']}" for o in outputs)
-        raise UsageError(f"model.labels: {len(labels)} labels, but no output has {len(labels)} classes ({shown})")
 
 
 def artifact_metadata(
@@ -82,8 +51,6 @@ def artifact_metadata(
     config = ctx.config
     normalize = {i.name: i.normalize.model_dump() for i in config.model.inputs if i.normalize is not None}
     labels = read_labels(config)
-    if labels is not None:
-        _check_labels(labels, outputs)
 
     def spec(entry: dict[str, Any], with_normalize: bool) -> dict[str, Any]:
         out = {k: entry.get(k) for k in ("name", "shape", "dtype", "layout", "quantization")}

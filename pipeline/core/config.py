@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deployc.errors import UsageError
+from deployc.errors import UsageError, regular_file
 
 
 class StrictModel(BaseModel):
@@ -166,6 +166,7 @@ class ModelConfig(StrictModel):
 
 OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,199}")
 MAX_LABELS = 100_000
+MAX_LABELS_BYTES = 1 << 20
 
 FACTORY_CAP = 100_000  # samples read from a data factory without data.*.limit: a generator may never end
 
@@ -372,6 +373,38 @@ def config_digest(config: BuildConfig) -> str:
     manifest's digest, which cannot sit inside the artifacts the manifest hashes."""
     dumped = config.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
     return hashlib.sha256(json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_labels(config: BuildConfig) -> list[str] | None:
+    """model.labels as a list: given inline, or read from a UTF-8 file with one label per line (bounded, checked)."""
+    labels = config.model.labels
+    if labels is None or isinstance(labels, list):
+        return labels
+    path = regular_file(config.resolve(labels), "model.labels", "labels file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_LABELS_BYTES + 1)
+    if len(data) > MAX_LABELS_BYTES:
+        raise UsageError(f"model.labels: '{path}' is over {MAX_LABELS_BYTES // 1024} KiB; not a labels file")
+    try:
+        lines = data.decode("utf-8").removeprefix("\ufeff").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"model.labels: '{path}' is not UTF-8 text (offset {exc.start})") from None
+    if lines and not lines[-1].strip():
+        lines = lines[:-1]
+    empty = next((i for i, line in enumerate(lines) if not line.strip()), None)
+    if not lines or empty is not None:
+        raise UsageError(f"model.labels: '{path}' " + (f"line {empty + 1} is empty" if lines else "holds no label"))
+    if len(lines) > MAX_LABELS:
+        raise UsageError(f"model.labels: '{path}' holds {len(lines)} labels; at most {MAX_LABELS}")
+    return [line.strip() for line in lines]
+
+
+def check_labels(labels: list[str] | None, shapes: list[tuple[int, ...]], names: list[str]) -> None:
+    """The labels name the classes of some output: one of its non-batch dimensions has as many entries."""
+    if labels is None or any(len(labels) in tuple(s)[1:] for s in shapes):
+        return
+    shown = ", ".join(f"{n} [{', '.join(['batch', *map(str, s[1:])])}]" for n, s in zip(names, shapes))
+    raise UsageError(f"model.labels: {len(labels)} labels, but no output has {len(labels)} classes ({shown})")
 
 
 def metric_label(name: str) -> str:

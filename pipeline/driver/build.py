@@ -20,7 +20,7 @@ from deployc.compiler.manager import PassManager
 from deployc.compiler.pass_cache import PassCache
 from deployc.compiler.prefix import PassPrefix, capture, resume
 from deployc.compiler.registry import instruments as plugin_instruments
-from deployc.core.config import BuildConfig, config_digest, load_config
+from deployc.core.config import BuildConfig, check_labels, config_digest, load_config, read_labels
 from deployc.core.state import ModelState
 from deployc.core.timing import machine
 from deployc.core.versions import library_versions
@@ -106,6 +106,7 @@ def load_inputs(config: BuildConfig, manager: PassManager, instruments: Instrume
     reference = compute_reference(
         state, validation, metric, config.data.batch_size, config.data.output, config.model.outputs
     )
+    check_labels(read_labels(config), [o.shape for o in reference.outputs], reference.names)
     instruments.log(
         f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deployc.compiler.export_errors import user_location
 from deployc.compiler.loader import load_model
-from deployc.core.config import BuildConfig, DataSource, load_config
+from deployc.core.config import BuildConfig, DataSource, check_labels, load_config, read_labels
 from deployc.core.state import ModelState, dynamic_shapes
 from deployc.data.metrics import get_metric
 from deployc.data.reference import class_ids, compute_reference
@@ -39,6 +39,7 @@ def preflight(config_or_path: str | Path | dict | BuildConfig) -> None:
     ref = compute_reference(
         state, validation.take(PROBE_SAMPLES), metric, config.data.batch_size, config.data.output, config.model.outputs
     )
+    check_labels(read_labels(config), [o.shape for o in ref.outputs], ref.names)
     if metric.classes and validation.labels is not None:
         class_ids(validation.labels, ref.outputs[ref.covered[0]], metric, validation.source)
     if state.module is not None:

@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from deployc import __version__
-from deployc.compiler.contracts import Context
-from deployc.compiler.instruments import Instruments
 from deployc.compiler.loader import load_model
-from deployc.core.config import load_config
+from deployc.core.config import load_config, read_labels
 from deployc.driver.build import BuildResult, build
 from deployc.errors import UsageError
-from deployc.targets.metadata import artifact_metadata, name_outputs, read_labels
-from deployc.targets.tflite import TfliteTarget, convert_fp32, widen_constant_ranges
+from deployc.targets.metadata import name_outputs
+from deployc.targets.tflite import TfliteTarget, convert_fp32
 from deployc.targets.tflite_export import edge_signature, keep_reductions_4d
 from deployc.targets.tflite_npu import op_report
+from deployc.targets.tflite_quantize import widen_constant_ranges
 from tests.conftest import edge_config
 
 pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str(TfliteTarget.available()))
@@ -199,12 +198,17 @@ def test_bad_labels_files_are_refused_naming_the_file(tmp_path, text, error):
         read_labels(config)
 
 
-def test_labels_must_fit_an_output_and_config_names_are_checked(tmp_path):
-    config = load_config({**edge_config(tmp_path), "model": {**edge_config(tmp_path)["model"], "labels": ["a", "b"]}})
-    ctx = Context(config, None, None, None, tmp_path, Instruments(quiet=True))
-    outputs = [{"name": "logits", "shape": [1, 5], "dtype": "float32"}]
-    with pytest.raises(UsageError, match="2 labels, but no output has 2 classes"):
-        artifact_metadata(ctx, "onnx", "fp32", [], outputs)
+def test_labels_must_fit_an_output_before_anything_is_built(tmp_path):
+    config = edge_config(tmp_path)
+    config["model"] = {**config["model"], "labels": ["a", "b"]}
+    with pytest.raises(
+        UsageError, match=r"2 labels, but no output has 2 classes \(logits \[batch, 5\], features \[batch, 8, 8, 8\]\)"
+    ):
+        build(config, out=tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_names_and_normalize_are_checked(tmp_path):
     model = edge_config(tmp_path)["model"]
     for bad, error in (
         ({"outputs": ["image", "x"]}, "also an input's name"),

@@ -15,9 +15,10 @@ from deployc.data.dataset import Dataset
 from deployc.data.sources import digits_arrays
 from deployc.driver.build import BuildResult, build, check
 from deployc.errors import PipelineError
-from deployc.targets.tflite import TfliteOptions, TfliteTarget, quantize_flatbuffer
+from deployc.targets.tflite import TfliteOptions, TfliteTarget
 from deployc.targets.tflite_export import EdgeSignature
 from deployc.targets.tflite_npu import npu_profile
+from deployc.targets.tflite_quantize import quantize_flatbuffer
 from tests.conftest import digits_config
 
 pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str(TfliteTarget.available()))
