@@ -65,11 +65,15 @@ def read_small(build_dir: Path, rel: str, what: str, limit: int) -> bytes:
     return data
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON")  # deployc writes no NaN/Infinity: such a manifest is not its own
+
+
 def _json(data: bytes, where: str) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{where}: not valid JSON ({exc})") from None
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{where}: not valid JSON ({str(exc)[:200]})") from None
 
 
 def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -105,7 +109,8 @@ def read_source(build_dir: Path, target: str, precision: str) -> Source:
     _field(entry, "path", str, at)
     if not _SHA256.fullmatch(str(entry.get("sha256"))):
         raise UsageError(f"{at}: 'sha256' is not a sha256 digest")
-    _field(entry, "bytes", int, at)
+    if _field(entry, "bytes", int, at) < 0:
+        raise UsageError(f"{at}: 'bytes' is negative")
     for key in ("inputs", "outputs"):
         for i, io in enumerate(_field(entry, key, list, at)):
             _field(io, "name", str, f"{at}: {key}[{i}]")

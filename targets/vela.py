@@ -30,7 +30,7 @@ Accelerator = Literal[
     "ethos-u85-2048",
 ]
 TIMEOUT_S = 900
-QUICK_CHECK = "integer-only quick check (every tensor int8/int32; says nothing of which ops an NPU supports)"
+QUICK_CHECK = "quick check only (every tensor integer; says nothing of which ops an NPU runs)"
 
 _WARNING = re.compile(r"^Warning \(supported operators\) operator: (\S+), ofm: '(.*)'$")
 _PLACED = re.compile(r"^\s+(CPU|NPU): (\S+) = (.*) \(outputs \[[^\]]*\]\)$")

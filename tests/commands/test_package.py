@@ -138,9 +138,10 @@ def test_a_manifest_changed_after_the_build_or_pointing_outside_is_refused(edge_
         _edit_manifest(build_dir, point)
         with pytest.raises(UsageError, match="not a path inside the build dir"):
             package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz")
-    (build_dir / "manifest.json").write_text("[1, 2")
-    with pytest.raises(UsageError, match="manifest.json: not valid JSON"):
-        package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz")
+    for text in ("[1, 2", '{"manifest_version": 1, "artifacts": [], "x": NaN}', "[" * 100_000):
+        (build_dir / "manifest.json").write_text(text)
+        with pytest.raises(UsageError, match="manifest.json: not valid JSON"):
+            package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz")
 
 
 def test_out_is_never_a_file_deployc_did_not_write(edge_build, tmp_path):

@@ -61,7 +61,7 @@ def test_int8_model_is_integer_only_and_its_manifest_feeds_it(tflite_build, digi
     art = _artifact(tflite_build, "int8")
     npu = art["details"]["npu"]
     assert (npu["integer_only"], npu["float_ops"], npu["float_io_conversions"]) == (True, [], [])
-    assert npu["check"].startswith("integer-only quick check") and "accelerators" not in npu
+    assert npu["check"].startswith("quick check only") and "accelerators" not in npu
     (inp,), (out,) = art["inputs"], art["outputs"]
     assert inp["name"] == "image" and inp["dtype"] == "int8" and inp["shape"] == [1, 8, 8, 1]
     assert inp["layout"] == "nhwc" and out["layout"] is None and out["name"] == "output_0"
