@@ -2,7 +2,7 @@
 `session.get_modelmeta().custom_metadata_map`) and TFLite `metadata` entries (targets/tflite_flatbuffer.py). Values
 are strings; the structured ones are JSON.
 
-deployc.model_name, deployc.model_version   name (config `name`) and `model.version`
+deployc.model_name, deployc.model_version   name (config `name`) and `model.version` (when given)
 deployc.inputs    [{name, shape, dtype, layout, normalize, quantization}]  layout: nhwc | nchw | null (not 4-D);
                   normalize: {mean, std} the app applies first; quantization: {scale, zero_point, dtype} of an int8
                   input (x_int8 = round(x / scale) + zero_point), null when the artifact takes float
@@ -60,7 +60,6 @@ def artifact_metadata(
 
     entries = {
         "model_name": config.name,
-        "model_version": config.model.version or "",
         "inputs": json.dumps([spec(e, True) for e in inputs], sort_keys=True),
         "outputs": json.dumps([spec(e, False) for e in outputs], sort_keys=True),
         "version": importlib.metadata.version("deployc"),
@@ -68,6 +67,8 @@ def artifact_metadata(
         "target": target,
         "precision": precision,
     }
+    if config.model.version is not None:  # no empty entries: Vela warns of a zero-length buffer
+        entries["model_version"] = config.model.version
     if labels is not None:
         entries["labels"] = json.dumps(labels, ensure_ascii=False)
     return {PREFIX + k: v for k, v in entries.items()}

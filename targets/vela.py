@@ -95,7 +95,7 @@ def parse_output(text: str) -> dict[str, Any]:
         elif m := _SETTING.match(line):
             settings[m.group(1)] = m.group(2)
         elif (m := _PLACED.match(line)) and m.group(1) == "CPU":
-            op, reason = reasons.get(m.group(3), (m.group(2), "no reason given by Vela"))
+            op, reason = _reason_of(m.group(3), reasons) or (m.group(2), "no reason given by Vela")
             cpu.append({"op": op, "tensor": m.group(3), "reason": reason})
     npu, on_cpu = counts.get("NPU", 0), counts.get("CPU", 0)
     return {
@@ -106,6 +106,14 @@ def parse_output(text: str) -> dict[str, Any]:
         "npu_share": round(npu / (npu + on_cpu), 4) if npu + on_cpu else None,
         "cpu_fallback": cpu,
     }
+
+
+def _reason_of(tensor: str, reasons: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """Vela's warning for the op writing `tensor`; it may name a tensor of the op's own decomposition
+    ('<tensor>_act' for a fused activation)."""
+    if tensor in reasons:
+        return reasons[tensor]
+    return next((r for name, r in sorted(reasons.items()) if name.startswith(tensor + "_")), None)
 
 
 def _estimates(row: dict[str, str]) -> dict[str, Any]:
