@@ -22,10 +22,11 @@ from typing import Any
 from deployc.commands.package_bundle import BUNDLE_FORMAT, Source, is_bundle, write_bundle
 from deployc.errors import UsageError
 from deployc.storage.files import file_digest
+from deployc.storage.outdir import BUILD_KEY
 
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_KEY_BYTES = 1 << 20
-KEY_FILE = ".deployc-build-key.json"
+KEY_FILE = BUILD_KEY  # the build key file: it records manifest.json's hash
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

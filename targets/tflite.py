@@ -24,7 +24,7 @@ from deployc.targets.tflite_flatbuffer import name_io_tensors, with_metadata
 from deployc.targets.tflite_npu import npu_profile, npu_summary, op_report
 from deployc.targets.tflite_quantize import quantize_flatbuffer, signature_feeds
 from deployc.targets.tflite_remedies import STAGES, tflite_remedies
-from deployc.targets.tflite_runtime import SIGNATURE, interpreter_module, log_tail, quiet_fds
+from deployc.targets.tflite_runtime import SIGNATURE, interpreter_module, library_failure, quiet_fds
 from deployc.targets.tflite_transformer import smooth_module
 from deployc.targets.vela import Accelerator, vela_missing
 
@@ -84,11 +84,7 @@ def convert_fp32(state: ModelState, signature: EdgeSignature) -> bytes:
                 best = greedy if transposes(greedy) < transposes(best) else best
             return name_io_tensors(best)
         except Exception as exc:
-            detail = log_tail(log)
-            raise UsageError(
-                f"targets.tflite: litert-torch could not convert the model: {type(exc).__name__}: "
-                f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
-            ) from exc
+            raise library_failure("litert-torch could not convert the model", exc, log) from exc
 
 
 LAYOUT_PARTITIONER = "LAYOUT_OPTIMIZE_PARTITIONER"  # litert_torch.config reads it at conversion time

@@ -13,7 +13,7 @@ from deployc.compiler.contracts import Context
 from deployc.errors import UsageError
 from deployc.targets.tflite_export import EdgeSignature, to_layout
 from deployc.targets.tflite_remedies import float_scope, ranges_for
-from deployc.targets.tflite_runtime import SIGNATURE, interpreter_module, log_tail, quiet_fds
+from deployc.targets.tflite_runtime import SIGNATURE, interpreter_module, library_failure, quiet_fds
 from deployc.targets.tflite_transformer import transformer_ops, transformer_recipe
 
 
@@ -172,11 +172,7 @@ def quantize_flatbuffer(
         except UsageError:
             raise
         except Exception as exc:
-            detail = log_tail(log)
-            raise UsageError(
-                f"targets.tflite: ai-edge-quantizer failed for {precision}: {type(exc).__name__}: "
-                f"{str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
-            ) from exc
+            raise library_failure(f"ai-edge-quantizer failed for {precision}", exc, log) from exc
     if notes:
         details["notes"] = notes
     return bytes(result.quantized_model), details

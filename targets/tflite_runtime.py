@@ -53,3 +53,13 @@ def quiet_fds() -> Iterator[Path]:
 def log_tail(log: Path, lines: int = 5) -> str:
     text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
     return " | ".join(text[-lines:])
+
+
+def library_failure(what: str, exc: Exception, log: Path) -> Exception:
+    """The UsageError for a converter or quantizer that raised: its message and the last lines it logged."""
+    from deployc.errors import UsageError
+
+    detail = log_tail(log)
+    return UsageError(
+        f"targets.tflite: {what}: {type(exc).__name__}: {str(exc)[:300]}" + (f" (log: {detail})" if detail else "")
+    )
