@@ -12,7 +12,8 @@ from deployc.core.config import BuildConfig
 from deployc.core.ort import session
 from deployc.core.pyimport import import_callable
 from deployc.core.state import ModelState, TensorSpec, onnx_dtype_name
-from deployc.errors import UsageError, first_line, regular_file
+from deployc.errors import UsageError, first_line
+from deployc.storage.files import regular_file
 
 
 def initial_facts(config: BuildConfig) -> frozenset[str]:

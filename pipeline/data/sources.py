@@ -15,7 +15,8 @@ from deployc.core.pyimport import import_callable
 from deployc.core.state import TensorSpec
 from deployc.data.contract import as_samples, fit_to_spec
 from deployc.data.dataset import Dataset, batch_axis
-from deployc.errors import UsageError, regular_file
+from deployc.errors import UsageError
+from deployc.storage.files import regular_file
 
 MAX_DATA_BYTES = 8 << 30  # one data source in memory; a factory past it is refused before it fills the machine
 
