@@ -103,10 +103,11 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from deployc.compiler.pass_cache import PassCache
+    from deployc.compiler.pass_cache import DEFAULT_MAX_BYTES, PassCache
 
     cache = PassCache()
-    result = cache.prune(_parse_size(args.max_size)) if args.action == "prune" else cache.info()
+    limit = DEFAULT_MAX_BYTES if args.max_size is None else _parse_size(args.max_size)
+    result = cache.prune(limit) if args.action == "prune" else cache.info()
     if args.action == "prune":
         result = {**cache.info(), "removed": result["removed"]}
     if args.json:
@@ -175,7 +176,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_build)
     c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
     c.add_argument("action", choices=["info", "prune"])
-    c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
+    c.add_argument(
+        "--max-size",
+        help="prune: keep the most recently used entries up to this size (default 1GB, the size every build keeps)",
+    )
     c.set_defaults(func=_cmd_cache)
     for add_parser in _plugin_commands(argv).values():  # bench, explain, demo and any plugin's commands
         add_parser(sub, parents=[common])

@@ -215,6 +215,7 @@ def _build(
         write_json_atomic(staging / "manifest.json", manifest)
         write_key(staging, key)  # the no-op rebuild key, with the hashes of the staged reports it vouches for
         outdir.publish()
+        ctx.cache.trim()  # the disk cache stays within its documented size (pass_cache.DEFAULT_MAX_BYTES)
         for art in artifacts:
             if art.path is not None:
                 art.path = out_dir / art.path.relative_to(staging)
