@@ -136,6 +136,30 @@ def _parse_size(text: str) -> int:
     return int(value)
 
 
+def count(option: str, maximum: int, minimum: int = 1) -> Any:
+    """An argparse type for a numeric option: a whole number in minimum..maximum, else exit 2 naming the option
+    (argparse's own 'argument --runs: ...' error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number ({minimum}..{maximum})") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
+        return value
+
+    parse.__name__ = option  # argparse names the type in some messages
+    return parse
+
+
+def in_range(option: str, value: Any, minimum: float, maximum: float) -> None:
+    """The Python API's check of a numeric option (the CLI's `count` does it while parsing): exit 2 naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not minimum <= value <= maximum:
+        raise UsageError(f"{option}: {value!r} is outside {minimum:g}..{maximum:g}")
+
+
 BUILTIN_COMMANDS = ("build", "cache", "validate-config")
 
 
