@@ -218,8 +218,8 @@ def run_bench(
     if not target_path.exists():
         raise UsageError(f"{target_path}: no such config file or build folder")
     dest = Path(out) if out else None
-    if dest is not None and target_path.is_dir():
-        _check_dest(dest)  # before any work: --out must be a folder deployc may write into
+    if target_path.is_dir():
+        _check_dest(dest or target_path)  # before any work: a folder deployc may write its bench/ into
     manifest, build_dir, config = _resolve(target_path, dest, Path(config) if config else None, quiet, cache)
     state = load_model(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
@@ -270,9 +270,16 @@ def run_bench(
 
 
 def _check_dest(dest: Path) -> None:
-    from deployc.storage.outdir import check_out_dir
+    """dest must be a folder deployc may write into, and its BENCH_DIR/ hold only files deployc wrote there."""
+    from deployc.storage.outdir import check_out_dir, read_marker
 
     check_out_dir(dest, subdirs=(BENCH_DIR,))
+    folder = dest / BENCH_DIR
+    if folder.is_dir():
+        owned = set((read_marker(dest) or {"files": []})["files"])
+        foreign = sorted(p for p in folder.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in owned)
+        if foreign:
+            raise UsageError(f"--out: '{foreign[0]}' was not written by deployc; it is never replaced")
 
 
 def _write(result: dict[str, Any], dest: Path, manifest: dict[str, Any], build_dir: Path) -> None:

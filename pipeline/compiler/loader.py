@@ -298,10 +298,11 @@ def _load_external_data_safely(proto: Any, path: Path) -> None:
                 f"model.onnx: '{path}' initializer '{t.name}' points at external data "
                 f"'{location}' outside the model's folder; refused"
             )
-        if not target.is_file():
+        if not target.exists():
             raise UsageError(
                 f"model.onnx: '{path}' initializer '{t.name}' needs external data file '{location}', which is missing"
             )
+        regular_file(target, f"model.onnx: initializer '{t.name}' external data")  # never a FIFO, device or /proc
     if tensors:
         load_external_data_for_model(proto, str(base))
 

@@ -81,7 +81,14 @@ class CacheStore:
         return folder / f"{key}{self.suffix}", folder / f"{key}.json"
 
     def has(self, key: str) -> bool:
-        return all(_regular(p) for p in self.paths(key))
+        """Whether the entry is there: two regular files in a real folder (a link planted as the folder is never
+        read through)."""
+        blob, record = self.paths(key)
+        try:
+            real_folder = stat.S_ISDIR(os.lstat(blob.parent).st_mode)
+        except OSError:
+            return False
+        return real_folder and _regular(blob) and _regular(record)
 
     def read(self, key: str) -> tuple[dict[str, Any], bytes]:
         """(record, blob) of an entry; ValueError/UsageError when it is damaged or not deployc's."""

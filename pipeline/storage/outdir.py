@@ -291,7 +291,7 @@ class OutDir:
                 else:
                     self._write_marker()
         self._release(failed=exc_type is not None)
-        if moved and not isinstance(exc, KeyboardInterrupt):
+        if moved and not isinstance(exc, (KeyboardInterrupt, UsageError)):
             raise UsageError(
                 f"--out: '{self.path}' was removed, moved or replaced (by a link?) while the build ran; "
                 "nothing was published there"

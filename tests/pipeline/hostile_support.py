@@ -25,6 +25,7 @@ class Env:
     stdout: str = ""
     out_existed: bool = False  # the row made the out dir itself (its refusal must leave it as it was)
     out_name: str = "out"
+    fixture: Callable[[str], Any] | None = None  # pytest's getfixturevalue: session fixtures a row needs
 
     @property
     def out(self) -> Path:
