@@ -349,12 +349,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
         type=Path,
         help=f"folder whose {BENCH_DIR}/ gets bench.json, bench.md, report.html (default: the build's)",
     )
-    p.add_argument(
-        "--batch", type=count("--batch", MAX_BATCH), default=32, help="batch size of the throughput run (default 32)"
-    )
+    p.add_argument("--batch", type=count(MAX_BATCH), default=32, help="batch size of the throughput run (default 32)")
     p.add_argument(
         "--runs",
-        type=count("--runs", MAX_RUNS),
+        type=count(MAX_RUNS),
         default=100,
         help="timed batch-1 runs per candidate, spread over rounds (default 100)",
     )

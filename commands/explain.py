@@ -131,10 +131,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
     p.add_argument("--config", type=Path, help="the build's config file, when its data paths are relative to it")
     p.add_argument(
         "--samples",
-        type=count("--samples", MAX_SAMPLES),
+        type=count(MAX_SAMPLES),
         default=64,
         help="calibration samples to compare on (default 64)",
     )
-    p.add_argument("--top", type=count("--top", MAX_TOP), help="show only the N worst layers")
+    p.add_argument("--top", type=count(MAX_TOP), help="show only the N worst layers")
     p.set_defaults(func=_cmd_explain)
     return p

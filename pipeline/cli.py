@@ -136,7 +136,7 @@ def _parse_size(text: str) -> int:
     return int(value)
 
 
-def count(option: str, maximum: int, minimum: int = 1) -> Any:
+def count(maximum: int, minimum: int = 1) -> Any:
     """An argparse type for a numeric option: a whole number in minimum..maximum, else exit 2 naming the option
     (argparse's own 'argument --runs: ...' error)."""
 
@@ -149,7 +149,6 @@ def count(option: str, maximum: int, minimum: int = 1) -> Any:
             raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
         return value
 
-    parse.__name__ = option  # argparse names the type in some messages
     return parse
 
 

@@ -198,7 +198,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
     p.add_argument("--address", help="a running Ray cluster (ray start --head prints it); default: a local Ray")
     p.add_argument(
         "--max-parallel",
-        type=count("--max-parallel", MAX_PARALLEL),
+        type=count(MAX_PARALLEL),
         help="builds running at once (default: as many as Ray has CPUs for)",
     )
     p.add_argument("--resume", action="store_true", help="skip variants whose build in DIR verifies against its hashes")

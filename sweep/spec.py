@@ -75,7 +75,10 @@ class SweepConfig(StrictModel):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     retries: int = Field(
-        2, ge=0, le=100, description="Ray retries of a build whose worker died (a build that raises fails the same way again)"
+        2,
+        ge=0,
+        le=100,
+        description="Ray retries of a build whose worker died (a build that raises fails the same way again)",
     )
 
     @field_validator("vary")

@@ -274,6 +274,8 @@ class OutDir:
         for rel in stale:
             self.folder.unlink(rel)
             self._owned.discard(rel)
+        for parent in sorted({p.as_posix() for r in stale for p in Path(r).parents if p.parts}, key=len, reverse=True):
+            self.folder.rmdir_empty(parent)  # a folder deployc made for files it no longer writes (bench/, onnx/)
         for rel in sorted(staged, key=lambda r: (r == MANIFEST, r in REPORTS, r)):
             self.folder.move_in(self._staging, rel)
         self._write_marker()

@@ -261,12 +261,17 @@ def explain_artifact(kind: str) -> Callable[[Env], None]:
     return run
 
 
-def lock_fifo(env: Env) -> None:
-    ok_build(env)
-    (env.out / ".deployc.lock").unlink()
-    fifo(env.out / ".deployc.lock")
-    env.out_existed = True
-    env.build(config(env.tmp))
+def fifo_after_build(where: Callable[[Env], Path]) -> Callable[[Env], None]:
+    """A good build, then the file at where(env) replaced by a FIFO, then the same build again."""
+
+    def run(env: Env) -> None:
+        ok_build(env)
+        where(env).unlink()
+        fifo(where(env))
+        env.out_existed = True
+        env.build(config(env.tmp))
+
+    return run
 
 
 def step_summary_fifo(env: Env) -> None:
@@ -517,7 +522,12 @@ ISSUE23_ROWS = [
         2,
         r"artifacts\[0\]\.path: '.*\.onnx' is not a regular file \(a FIFO",
     ),
-    ("lock_file_replaced_by_fifo", lock_fifo, 2, r"--out: '.*\.deployc\.lock' is a FIFO, not deployc's file"),
+    (
+        "lock_file_replaced_by_fifo",
+        fifo_after_build(lambda e: e.out / ".deployc.lock"),
+        2,
+        r"--out: '.*\.deployc\.lock' is a FIFO, not deployc's file",
+    ),
     (
         "github_step_summary_fifo",
         step_summary_fifo,

@@ -17,6 +17,7 @@ from tests.pipeline.hostile_commands import (
     built,
     edit_manifest,
     fifo,
+    fifo_after_build,
     grid,
     nothing_ran,
     npz_member,
@@ -244,14 +245,6 @@ def step_summary_link(env: Env) -> None:
     ok_build(env)
 
 
-def data_becomes_fifo(env: Env) -> None:
-    ok_build(env)
-    (env.tmp / "data.npz").unlink()
-    fifo(env.tmp / "data.npz")
-    env.out_existed = True
-    env.build(config(env.tmp))
-
-
 def external_data_fifo(env: Env) -> None:
     from onnx import TensorProto, helper
 
@@ -370,11 +363,16 @@ def api_explain_samples(env: Env) -> None:
     api(env, lambda: layer_report(env.out, samples=0))
 
 
-def validate_weights_device(env: Env) -> None:
-    data_npz(env.tmp)
-    cfg = config(env.tmp)
-    cfg["model"]["weights"] = "/dev/urandom"
-    env.validate(cfg)
+def artifact_not_onnx(env: Env) -> None:
+    """A build dir whose fp32 artifact is garbage with a manifest that vouches for it (hashes match)."""
+    import hashlib
+
+    built(env)
+    garbage = b"\xff" * 256
+    (env.out / "onnx" / "h.fp32.onnx").write_bytes(garbage)
+    sha = hashlib.sha256(garbage).hexdigest()
+    edit_manifest(env, lambda m: m["artifacts"][0].update(sha256=sha, bytes=len(garbage)))
+    env.cli("explain", env.out)
 
 
 def nested_manifest(env: Env) -> None:
@@ -540,7 +538,7 @@ OWN23_ROWS = [
     ),
     (
         "data_replaced_by_fifo_after_a_build",
-        data_becomes_fifo,
+        fifo_after_build(lambda e: e.tmp / "data.npz"),
         2,
         r"data\.validation: '.*data\.npz' is not a regular file \(a FIFO",
     ),
@@ -558,12 +556,7 @@ OWN23_ROWS = [
         2,
         r"array 'x' declares \[64, 8\] float32 = 2\.0 KiB but holds 40 bytes; the file is damaged",
     ),
-    (
-        "validate_weights_dev_urandom",
-        validate_weights_device,
-        2,
-        r"model\.weights: '/dev/urandom' is not a regular file \(a device",
-    ),
+    ("explain_artifact_not_onnx_hash_vouched", artifact_not_onnx, 2, r"h\.fp32\.onnx: not a readable ONNX model \("),
     ("sweep_file_fifo", sweep_special("fifo"), 2, r"sweep: '.*sweep\.yaml' is not a regular file \(a FIFO"),
     (
         "sweep_file_5_gib",
