@@ -77,6 +77,7 @@ def nothing_ran(env: Env) -> None:
 
 def api(env: Env, call: Callable[[], Any]) -> None:
     """A Python API call, recorded like a CLI run: exit code and 'deployc: error: ...'."""
+    env.command = "python API"
     try:
         call()
         env.code, env.err = 0, ""

@@ -33,7 +33,7 @@ class Row:
 
 
 ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS + FILE_ROWS + hc23.ISSUE23_ROWS + hc23.OWN23_ROWS]
-_SEEN: list[tuple[str, int, str]] = []
+_SEEN: list[tuple[str, str, int, str]] = []
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +70,11 @@ def test_hostile(
     first = next((ln for ln in lines if ln.startswith("deployc:")), None) or next(
         ln for ln in lines if re.search(row.message, ln) or ln == lines[-1]
     )
-    _SEEN.append((row.id, env.code, first.replace(str(tmp_path), "TMP")))
+    _SEEN.append((row.id, env.command, env.code, first.replace(str(tmp_path), "TMP")))
     report = os.environ.get("DEPLOYC_HOSTILE_REPORT")
     if report:
-        lines = ["| case | exit | first line of the message |", "|---|---|---|"]
-        lines += [f"| {i} | {c} | `{m[:160]}` |" for i, c, m in _SEEN]
+        lines = ["| case | command | exit | first line of the message |", "|---|---|---|---|"]
+        lines += [f"| {i} | {cmd} | {c} | `{m[:160]}` |" for i, cmd, c, m in _SEEN]
         Path(report).write_text("\n".join(lines) + "\n")
 
 
