@@ -1,7 +1,8 @@
 """A content-addressed folder deployc owns: entries `xx/<key><suffix>` (the blob) and `xx/<key>.json` (its record).
 
-deployc uses a folder only when it made it (or found it empty) and left its marker `.deployc-cache.json`; a folder
-holding other files and no marker is never written to, listed or pruned. A record names its format, key, size
+deployc uses a folder only when it made it (or found it empty, or laid out exactly as an older deployc's cache: only
+`xx/<sha256>.onnx|.json` entries) and left its marker `.deployc-cache.json`; a folder holding other files and no
+marker is never written to, listed or pruned. A record names its format, key, size
 and sha256, so prune deletes only entries it can prove it wrote; links are never followed, other files never
 touched. The pass cache (compiler/pass_cache.py) keeps its entries here.
 """
@@ -26,6 +27,8 @@ ENTRY_FORMAT = 1
 MAX_ENTRY_BYTES = 2 << 30  # a blob deployc stores (an ONNX protobuf) cannot be larger
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _TEMP = re.compile(r"^\.[0-9a-f]{64}\.\w+\.tmp-\d+-[0-9a-f]{8}$")  # storage.files.temp_name of an entry
+_OLD_TEMP = re.compile(r"^[0-9a-f]{64}\.tmp-[\w.-]+-\d+$")  # an older deployc's temp file (<key>.tmp-<host>-<pid>)
+_ROOT_FILES = ("tensorrt.timing-cache",)  # what the tensorrt target keeps beside the entries
 
 
 def _regular(path: Path | str) -> bool:
@@ -62,11 +65,26 @@ class CacheStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.marked():
             return None
-        if os.path.lexists(self.root / CACHE_MARKER) or any(os.scandir(self.root)):
+        if os.path.lexists(self.root / CACHE_MARKER) or not self._earlier_cache():
             return f"it holds files and no deployc cache marker ({CACHE_MARKER}); deployc writes only a cache it made"
         payload = {"written_by": "deployc", "what": "cache", "entry_format": ENTRY_FORMAT}
         write_bytes_atomic(self.root / CACHE_MARKER, json_text(payload).encode())
         return None
+
+    def _earlier_cache(self) -> bool:
+        """Whether the unmarked folder is empty or holds only what a deployc from before the marker wrote there:
+        folders named by two hex digits holding <sha256>.<suffix>/.json entries (and deployc's temp files)."""
+        for top in _scandir(self.root):
+            if top.name.startswith(".probe-") or top.name in _ROOT_FILES:
+                continue
+            if len(top.name) != 2 or not top.is_dir(follow_symlinks=False):
+                return False
+            for entry in _scandir(Path(top.path)):
+                stem, _, ext = entry.name.partition(".")
+                ours = (_KEY.match(stem) and ext in ("json", self.suffix.lstrip("."))) or _OLD_TEMP.match(entry.name)
+                if not ours or not entry.is_file(follow_symlinks=False):
+                    return False
+        return True
 
     def check_ours(self) -> None:
         """A folder that exists and is not a deployc cache is refused by `cache info`/`cache prune` (exit 2)."""
@@ -97,7 +115,7 @@ class CacheStore:
             raise FileNotFoundError(blob_path)
         record = read_json(record_path, "cache", MAX_JSON_BYTES)
         data = read_bytes(blob_path, "cache", MAX_ENTRY_BYTES)
-        if not _record_of(record, key) or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        if not _record_of(record, key, legacy=True) or hashlib.sha256(data).hexdigest() != record.get("sha256"):
             raise ValueError("its content does not match the hash it was stored with")
         with contextlib.suppress(OSError):
             now = time.time()
@@ -187,16 +205,28 @@ class CacheStore:
         except UsageError:
             return False
         blob = record_path.with_name(f"{key}{self.suffix}")
-        if not _record_of(record, key):
+        if _record_of(record, key):
+            return not os.path.lexists(blob) or (_regular(blob) and os.lstat(blob).st_size == record.get("bytes"))
+        if not _record_of(record, key, legacy=True) or not _regular(blob):
             return False
-        return not os.path.lexists(blob) or (_regular(blob) and os.lstat(blob).st_size == record.get("bytes"))
+        try:  # an adopted older entry's record has no key: its blob must hash to what it says
+            return hashlib.sha256(read_bytes(blob, "cache", MAX_ENTRY_BYTES)).hexdigest() == record.get("sha256")
+        except UsageError:
+            return False
 
 
-def _record_of(record: Any, key: str) -> bool:
-    """Whether `record` is the one deployc writes for the entry `key`."""
+_LEGACY_KEYS = frozenset({"sha256", "modified", "metrics", "tables", "facts_added"})  # a record before the marker
+
+
+def _record_of(record: Any, key: str, legacy: bool = False) -> bool:
+    """Whether `record` is the one deployc writes for the entry `key` (with `legacy`, also an older deployc's record,
+    which names no key: the caller then checks the blob's hash)."""
+    if not isinstance(record, dict):
+        return False
+    if legacy and set(record) == _LEGACY_KEYS:
+        return True
     return (
-        isinstance(record, dict)
-        and record.get("written_by") == "deployc"
+        record.get("written_by") == "deployc"
         and record.get("entry_format") == ENTRY_FORMAT
         and record.get("key") == key
     )

@@ -122,3 +122,27 @@ def test_safetensors_headers_are_checked_before_loading(tmp_path: Path):
         check_safetensors(forged({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}}), "k")
     with pytest.raises(UsageError, match=r"tensor 'w': its header entry is not"):
         check_safetensors(forged({"w": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}), "k")
+
+
+def test_a_cache_laid_out_by_an_older_deployc_is_adopted_and_its_entries_proven_by_hash(tmp_path: Path):
+    import hashlib
+
+    key, blob = "e" * 64, b"an older entry"
+    folder = tmp_path / "passes" / "ee"
+    folder.mkdir(parents=True)
+    (folder / f"{key}.onnx").write_bytes(blob)
+    record = {
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "modified": True,
+        "metrics": {},
+        "tables": [],
+        "facts_added": [],
+    }
+    (folder / f"{key}.json").write_text(json.dumps(record))
+    store = CacheStore(tmp_path / "passes", ".onnx")
+    assert store.claim() is None and store.marked()
+    assert store.read(key)[1] == blob
+    (folder / f"{key}.onnx").write_bytes(b"changed")  # no longer what its record says: not provably deployc's
+    assert store.prune(0)["removed"] == 0
+    (folder / f"{key}.onnx").write_bytes(blob)
+    assert store.prune(0)["removed"] == 1 and not any(folder.iterdir())
