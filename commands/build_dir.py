@@ -80,7 +80,7 @@ def artifact_file(build_dir: Path, entry: dict[str, Any], index: int) -> Path:
     the manifest records (checked before any runtime opens it)."""
     key = f"{build_dir / 'manifest.json'}: artifacts[{index}].path"
     path = inside(build_dir, entry.get("path"), key)
-    regular_file(path, key, "artifact")
+    regular_file(path, key, "build artifact")
     if path.stat().st_size != entry.get("bytes") or file_digest(path) != entry.get("sha256"):
         raise UsageError(f"{key}: '{entry['path']}' does not match the size and sha256 the manifest records")
     return path
@@ -98,7 +98,7 @@ def load_onnx_artifact(build_dir: Path, entry: dict[str, Any], index: int) -> An
     import onnx
 
     path = artifact_file(build_dir, entry, index)
-    data = read_bytes(path, f"artifacts[{index}]", MAX_ONNX_BYTES, "ONNX artifact")
+    data = read_bytes(path, f"artifacts[{index}]", MAX_ONNX_BYTES, "model file")
     try:
         return onnx.load_model_from_string(data)
     except Exception as exc:
