@@ -51,7 +51,17 @@ def config(name: str, layout: str, accelerators: list[str]) -> dict[str, Any]:
 
 def row(label: str, layout: str, ops: dict[str, int], gate: str, name: str, report: dict[str, Any]) -> list[str]:
     if "error" in report:
-        return [label, layout, str(ops.get("TRANSPOSE", 0)), "—", f"not compiled: {report['error']}", "—", "—", "—", gate]
+        return [
+            label,
+            layout,
+            str(ops.get("TRANSPOSE", 0)),
+            "—",
+            f"not compiled: {report['error']}",
+            "—",
+            "—",
+            "—",
+            gate,
+        ]
     cpu = "; ".join(f"{c['op']}: {c['reason']}" for c in report["cpu_fallback"]) or "—"
     return [
         label,

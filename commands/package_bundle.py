@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from deployc.errors import UsageError
+from deployc.storage.files import open_regular
 
 BUNDLE_FORMAT = "deployc-bundle/1"
 FIRST = "metadata.json"  # the first member: is_bundle() reads only it
@@ -29,6 +31,7 @@ class Source:
     manifest: dict[str, Any]
     manifest_sha256: str
     entry: dict[str, Any]
+    index: int  # the entry's place in manifest["artifacts"]
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -298,7 +301,7 @@ def write_bundle(out: IO[bytes], source: Source, artifact: IO[bytes]) -> list[st
 def is_bundle(path: Any) -> bool:
     """True when `path` is a bundle deployc wrote: a .tar.gz whose first file is metadata.json of BUNDLE_FORMAT."""
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
+        with os.fdopen(open_regular(path, "--out"), "rb") as f, tarfile.open(fileobj=f, mode="r:gz") as tar:
             for _ in range(2):
                 member = tar.next()
                 if member is None:
@@ -306,6 +309,6 @@ def is_bundle(path: Any) -> bool:
                 if member.isfile() and member.name.endswith("/" + FIRST) and member.size <= 64 << 20:
                     data = tar.extractfile(member).read()
                     return json.loads(data.decode()).get("bundle_format") == BUNDLE_FORMAT
-    except (OSError, tarfile.TarError, ValueError, EOFError, AttributeError):
+    except (OSError, UsageError, tarfile.TarError, ValueError, EOFError, AttributeError):
         return False
     return False
