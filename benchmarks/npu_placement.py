@@ -62,7 +62,10 @@ def row(label: str, layout: str, ops: dict[str, int], gate: str, name: str, repo
             "—",
             gate,
         ]
-    cpu = "; ".join(f"{c['op']}: {c['reason']}" for c in report["cpu_fallback"]) or "—"
+    from deployc.validation.gates import more_on_cpu
+
+    cpu = "; ".join(f"{c['op']}: {c['reason']}" for c in report["cpu_fallback"][:8]) or "—"
+    cpu += more_on_cpu({**report, "cpu_fallback": report["cpu_fallback"][:8]})
     return [
         label,
         layout,

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from deployc.errors import UsageError
 from deployc.storage.files import open_regular
+from deployc.validation.gates import more_on_cpu
 
 BUNDLE_FORMAT = "deployc-bundle/1"
 FIRST = "metadata.json"  # the first member: is_bundle() reads only it
@@ -222,6 +223,7 @@ def _npu_lines(npu: Any) -> list[str]:
             lines.append(f"| {_clean(name)} | — | — | — | — | not compiled: {_clean(r['error'])} |")
             continue
         cpu = "; ".join(f"{_clean(c.get('op'))}: {_clean(c.get('reason'))}" for c in r.get("cpu_fallback") or [])
+        cpu += _clean(more_on_cpu(r))
         lines.append(
             f"| {_clean(name)} | {_clean(r.get('npu_ops'))}/{_clean((r.get('npu_ops') or 0) + (r.get('cpu_ops') or 0))} "
             f"| {_clean(r.get('inference_ms'))} | {_clean(r.get('sram_kib'))} | {_clean(r.get('flash_kib'))} | {cpu or '—'} |"

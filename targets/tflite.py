@@ -258,7 +258,8 @@ class TfliteTarget(Target):
             for name, report in npu.get("accelerators", {}).items():
                 ctx.instruments.log(f"tflite/int8 on {name}: {npu_summary(report)}")
             if self.options.npu_strict and not npu["integer_only"]:
-                listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"])
+                listed = ", ".join(f"{o['op']}#{o['index']}" for o in npu["float_ops"][:10])
+                listed += f" ({npu['float_op_count']} in all: {npu['float_op_types']})"
                 raise UsageError(f"targets.tflite.npu_strict: the int8 model keeps float ops: {listed}")
         return Artifact(
             target=self.name,

@@ -7,7 +7,9 @@ import collections
 from typing import Any
 
 from deployc.targets.vela import QUICK_CHECK, npu_reports, vela_missing
+from deployc.validation.gates import more_on_cpu
 
+MAX_LISTED = 64  # float ops listed by name in details.npu.float_ops; all are counted in float_op_count/_types
 _INT_TYPES = {"INT8", "UINT8", "INT16", "INT32", "INT64", "INT4", "BOOL"}
 
 
@@ -43,7 +45,13 @@ def npu_profile(model: bytes, accelerators: list[str] | None = None) -> dict[str
     """Is every op integer-only (NPUs and delegates reject float islands)? And, with `accelerators` and Vela
     installed, where Vela places each op on each of them (targets/vela.py)."""
     _, islands, edges = op_report(model)
-    profile: dict[str, Any] = {"integer_only": not islands, "float_ops": islands, "float_io_conversions": edges}
+    profile: dict[str, Any] = {
+        "integer_only": not islands,
+        "float_op_count": len(islands),
+        "float_op_types": dict(sorted(collections.Counter(o["op"] for o in islands).items())),
+        "float_ops": islands[:MAX_LISTED],  # the first ones: an LSTM unrolled to 7 000 float ops made a 2 MB manifest
+        "float_io_conversions": edges,
+    }
     missing = vela_missing() if accelerators else "no accelerator named in targets.tflite.npu"
     if missing:
         profile["check"] = f"{QUICK_CHECK}; {missing}"
@@ -65,4 +73,5 @@ def npu_summary(report: dict[str, Any]) -> str:
         text += f", SRAM {report['sram_kib']:.1f} KiB, flash {report.get('flash_kib') or 0:.1f} KiB"
     if report["cpu_fallback"]:
         text += "; on the CPU: " + "; ".join(f"{c['op']} ({c['reason']})" for c in report["cpu_fallback"])
+        text += more_on_cpu(report)
     return text

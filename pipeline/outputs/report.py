@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployc.core.config import metric_label
-from deployc.validation.gates import proxy_runtime
+from deployc.validation.gates import more_on_cpu, proxy_runtime
 
 
 def human_bytes(n: int | None) -> str:
@@ -167,6 +167,7 @@ def npu_text(report: dict[str, Any]) -> str:
     text = f"{report['npu_ops']}/{report['npu_ops'] + report['cpu_ops']} ops on the NPU"
     if report.get("cpu_fallback"):
         text += "; CPU: " + "; ".join(f"{c['op']} ({c['reason']})" for c in report["cpu_fallback"])
+        text += more_on_cpu(report)
     return text
 
 
@@ -189,7 +190,9 @@ def npu_rows(manifest: dict[str, Any]) -> list[list[str]]:
                     f"{ms:.3f}" if isinstance(ms, (int, float)) else "—",
                     _kib(r.get("sram_kib")),
                     _kib(r.get("flash_kib")),
-                    r["error"] if "error" in r else "; ".join(f"{c['op']}: {c['reason']}" for c in r["cpu_fallback"]),
+                    r["error"]
+                    if "error" in r
+                    else "; ".join(f"{c['op']}: {c['reason']}" for c in r["cpu_fallback"]) + more_on_cpu(r),
                 ]
             )
     return rows

@@ -10,6 +10,7 @@ from deployc.core.config import ValidateConfig
 from deployc.core.timing import Stats, measure
 from deployc.data.dataset import Dataset
 from deployc.data.reference import Reference, compare, matches_reference, non_finite, run_batched
+from deployc.validation.gates import more_on_cpu
 
 LOW_INT8_COVERAGE = 0.5
 
@@ -66,6 +67,7 @@ def npu_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] | None
             short.append(f"{name}: not compiled ({report['error']})")
         elif report.get("npu_share") is None or report["npu_share"] < minimum:
             fallback = "; ".join(f"{c['op']}: {c['reason']}" for c in report.get("cpu_fallback", []))
+            fallback += more_on_cpu(report)
             share = report.get("npu_share") or 0.0
             short.append(f"{name}: {share:.0%} of ops on the NPU" + (f" (on the CPU: {fallback})" if fallback else ""))
     if not short:

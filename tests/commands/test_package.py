@@ -150,6 +150,21 @@ def test_a_manifest_changed_after_the_build_or_pointing_outside_is_refused(edge_
             package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz")
 
 
+def test_special_files_in_the_build_dir_are_refused_without_blocking(edge_build, tmp_path):
+    """package reads the build dir through the I/O boundary: a FIFO or a device is never opened for a read."""
+    build_dir = _copy(edge_build, tmp_path)
+    artifact = build_dir / "tflite" / "edge.int8.tflite"
+    artifact.unlink()
+    os.mkfifo(artifact)
+    with pytest.raises(UsageError, match=r"edge.int8.tflite' is not a regular file \(a FIFO"):
+        package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz", allow_failed=True)
+    (build_dir / "manifest.json").unlink()
+    os.symlink("/dev/zero", build_dir / "manifest.json")
+    with pytest.raises(UsageError, match="manifest.json' is a symbolic link"):
+        package(build_dir, "tflite", "int8", tmp_path / "x.tar.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+
+
 def test_out_is_never_a_file_deployc_did_not_write(edge_build, tmp_path):
     out = tmp_path / "bundle.tar.gz"
     out.write_bytes(b"someone else's file")

@@ -89,7 +89,7 @@ def _ctx(samples: int = 64) -> Context:
     return Context(config, None, Dataset({"image": x}, y, "digits:train"), None, None, Instruments(quiet=True))
 
 
-def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tflite_build):
+def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tflite_build, monkeypatch):
     fp32 = (tflite_build.out_dir / _artifact(tflite_build, "fp32")["path"]).read_bytes()
     signature = EdgeSignature(("image",), ("output_0",), ("nhwc",), (None,))
     model, details = quantize_flatbuffer(fp32, "int8", _ctx(), "float32", signature)
@@ -102,6 +102,11 @@ def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tfli
     float_model = npu_profile(fp32)
     assert not float_model["integer_only"]
     assert {"CONV_2D", "FULLY_CONNECTED"} <= {o["op"] for o in float_model["float_ops"]}
+    assert float_model["float_op_count"] == len(float_model["float_ops"]) == sum(float_model["float_op_types"].values())
+    monkeypatch.setattr("deployc.targets.tflite_npu.MAX_LISTED", 2)  # a long float graph: listed in part, all counted
+    capped = npu_profile(fp32)
+    assert len(capped["float_ops"]) == 2 and capped["float_op_count"] == float_model["float_op_count"] > 2
+    assert capped["float_op_types"] == float_model["float_op_types"]
 
 
 def test_int8_requires_calibration_and_torch_level():

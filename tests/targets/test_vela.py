@@ -12,7 +12,7 @@ from deployc.compiler.instruments import Instruments
 from deployc.core.config import load_config
 from deployc.driver.build import build
 from deployc.errors import UsageError
-from deployc.targets import tflite_npu
+from deployc.targets import tflite_npu, vela
 from deployc.targets.tflite import TfliteOptions, TfliteTarget
 from deployc.targets.vela import QUICK_CHECK, parse_output, vela_missing
 from deployc.validation.gate import npu_gate
@@ -73,6 +73,25 @@ def test_min_npu_ops_gate_names_each_cpu_op_with_vela_reason():
     assert "MEAN: Unsupported depth-reduction" in gate["reason"] and "ethos-u55-128" not in gate["reason"]
     refused = npu_gate(_with_npu({"ethos-u55-128": {"error": "Failed to parse TFLite file"}}), 0.5)
     assert refused["status"] == "fail" and "not compiled (Failed to parse TFLite file)" in refused["reason"]
+
+
+def test_thousands_of_cpu_ops_are_counted_all_and_listed_in_part():
+    """An unrolled LSTM leaves thousands of ops on the CPU: the report lists the first MAX_LISTED with Vela's
+    reason and counts every one by type, and the gate and report say how many the list leaves out."""
+    ops = [("ADD", f"lstm;{i}") for i in range(30)] + [("LOGISTIC", f"lstm;{i}") for i in range(30, 45)]
+    text = "".join(
+        f"Warning (supported operators) operator: {op}, ofm: '{t}'\nReason: Unsupported dataType Float32\n\n"
+        for op, t in ops
+    )
+    text += "CPU operators = 45 (90.0%)\n" + "".join(f"   CPU: Passthrough = {t} (outputs [1, 4])\n" for _, t in ops)
+    text += "NPU operators = 5 (10.0%)\n"
+    parsed = parse_output(text)
+    assert (parsed["cpu_ops"], len(parsed["cpu_fallback"])) == (45, vela.MAX_LISTED)
+    assert parsed["cpu_op_types"] == {"ADD": 30, "LOGISTIC": 15}
+    assert parsed["cpu_fallback"][0] == {"op": "ADD", "tensor": "lstm;0", "reason": "Unsupported dataType Float32"}
+    gate = npu_gate(_with_npu({"ethos-u55-128": parsed}), 0.5)
+    assert "; … 13 more on the CPU (all CPU ops: ADD×30, LOGISTIC×15)" in gate["reason"]
+    assert gate["reason"].count("Unsupported dataType Float32") == vela.MAX_LISTED
 
 
 @needs_tflite
