@@ -10,13 +10,14 @@ with --config, and nothing the folder names is imported or unpickled.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployc.errors import UsageError
-from deployc.storage.files import file_digest, inside, read_bytes, read_json, regular_file
+from deployc.storage.files import file_digest, inside, parse_json, read_bytes, regular_file
 
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_ONNX_BYTES = 2 << 30  # an ONNX protobuf cannot be larger
@@ -58,12 +59,18 @@ class ManifestView(_Loose):
 
 def read_manifest(build_dir: Path) -> dict[str, Any]:
     """The build folder's manifest.json, checked (exit 2 naming the key when it is not deployc's shape)."""
+    return read_manifest_and_digest(build_dir)[0]
+
+
+def read_manifest_and_digest(build_dir: Path) -> tuple[dict[str, Any], str]:
+    """read_manifest, plus the sha256 of the very bytes parsed (`package` checks it against the build key file)."""
     if not build_dir.is_dir():
         raise UsageError(f"{build_dir}: not a build folder")
     path = build_dir / "manifest.json"
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{build_dir}: no manifest.json (not a finished deployc build)")
-    raw = read_json(inside(build_dir, "manifest.json", str(build_dir)), str(path), MAX_MANIFEST_BYTES, "manifest")
+    data = read_bytes(inside(build_dir, "manifest.json", str(build_dir)), str(path), MAX_MANIFEST_BYTES, "manifest")
+    raw = parse_json(data, path, str(path))
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: the top level is not a mapping; not a deployc manifest")
     try:
@@ -72,7 +79,7 @@ def read_manifest(build_dir: Path) -> dict[str, Any]:
         from deployc.core.config import format_validation_error
 
         raise UsageError(format_validation_error(exc, ManifestView, str(path)).splitlines()[0]) from None
-    return raw
+    return raw, hashlib.sha256(data).hexdigest()
 
 
 def artifact_file(build_dir: Path, entry: dict[str, Any], index: int) -> Path:

@@ -182,3 +182,38 @@ class DigitsMobileNetV3(nn.Module):
         s = self.stage1(self.stem(x))
         y = self.head(torch.cat([self.stage2(s), self.branch(s)], dim=1))
         return self.classifier(torch.flatten(self.pool(y), 1))
+
+
+class MobileNetV3Small(nn.Module):
+    """MobileNetV3-Small (Howard et al. 2019, table 2) for 3×224×224 ImageNet-shaped inputs, 1000 classes. Its
+    global pool is `x.mean((2, 3))`, as timm writes it: before channels-last lowering, TFLite got that as a
+    TRANSPOSE to NCHW and a MEAN over W and C, which Arm's Ethos-U cannot run (benchmarks/npu_placement.py)."""
+
+    # kernel, expanded channels, out channels, squeeze-excite, activation, stride
+    BLOCKS = (
+        (3, 16, 16, True, nn.ReLU, 2),
+        (3, 72, 24, False, nn.ReLU, 2),
+        (3, 88, 24, False, nn.ReLU, 1),
+        (5, 96, 40, True, nn.Hardswish, 2),
+        (5, 240, 40, True, nn.Hardswish, 1),
+        (5, 240, 40, True, nn.Hardswish, 1),
+        (5, 120, 48, True, nn.Hardswish, 1),
+        (5, 144, 48, True, nn.Hardswish, 1),
+        (5, 288, 96, True, nn.Hardswish, 2),
+        (5, 576, 96, True, nn.Hardswish, 1),
+        (5, 576, 96, True, nn.Hardswish, 1),
+    )
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        blocks, cin = [], 16
+        for kernel, hidden, cout, se, act, stride in self.BLOCKS:
+            blocks.append(Bneck(cin, hidden, cout, kernel, stride, se, act))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(96, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish())
+        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(self.blocks(self.stem(x))).mean((2, 3)))

@@ -22,6 +22,7 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.passes.tensorrt_qdq import WEIGHTED
+from deployc.targets.metadata import artifact_metadata, name_outputs, output_names, save_onnx, with_layout
 from deployc.targets.quantized_details import (
     DYNAMIC_HINT,
     NothingInInt8,
@@ -62,12 +63,14 @@ class OnnxOptions(BaseModel):
 
 
 def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -> ModelState:
-    """The state with an ONNX graph: exported (when only torch exists) and simplified (once)."""
+    """The state with an ONNX graph: exported (when only torch exists) and simplified (once), its outputs named as
+    on every target (targets/metadata.py: output_names)."""
     if state.onnx is None:
         state = run_pass(ExportOnnx(ExportConfig(opset=opset)), state, ctx)
     if simplify and "simplified" not in state.facts:
         state = run_pass(Simplify(SimplifyConfig()), state, ctx)
-    return state
+    names = output_names(ctx, len(state.onnx.graph.output))
+    return state.replace(onnx=name_outputs(state.onnx, names))
 
 
 def quantize_for(precision: str, state: ModelState, ctx: Context, **settings: Any) -> ModelState:
@@ -192,7 +195,6 @@ class OnnxTarget(Target):
         return lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
 
     def emit(self, state: ModelState, base: ModelState, ctx: Context, precision: str) -> Artifact:
-        import onnx
         import onnxruntime
 
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
@@ -223,8 +225,9 @@ class OnnxTarget(Target):
             raise NothingInInt8(coverage)
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(done.onnx, str(path))
-        ins, outs = io_specs(done.onnx)
+        ins, outs = (with_layout(e) for e in io_specs(done.onnx))
+        metadata = artifact_metadata(ctx, self.name, label, ins, outs)
+        save_onnx(done.onnx, path, metadata)
         return Artifact(
             target=self.name,
             precision=label,
@@ -238,6 +241,7 @@ class OnnxTarget(Target):
                 "ops": op_counts(done.onnx),
                 "execution_provider": "CPUExecutionProvider",
                 "threads": self.options.threads,
+                "metadata": metadata,
                 **merged(
                     _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
                 ),

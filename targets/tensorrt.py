@@ -21,6 +21,7 @@ from deployc.errors import PipelineError, UsageError
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.storage.files import read_bytes, write_bytes_atomic
+from deployc.targets.metadata import artifact_metadata, save_onnx, with_layout
 from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
@@ -364,7 +365,6 @@ class TensorrtTarget(Target):
         return base
 
     def emit(self, state: ModelState, base: ModelState, ctx: Context, precision: str) -> Artifact:
-        import onnx
         import onnxruntime
 
         no_engine = engine_unavailable() if self.options.engine else "disabled by targets.tensorrt.engine: false"
@@ -376,9 +376,10 @@ class TensorrtTarget(Target):
         report = preflight(done.onnx, profile, f"targets.tensorrt ({label})")
         path = ctx.work_dir / "tensorrt" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(done.onnx, str(path))
-        ins, outs = io_specs(done.onnx)
-        details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
+        ins, outs = (with_layout(e) for e in io_specs(done.onnx))
+        metadata = artifact_metadata(ctx, self.name, label, ins, outs)
+        save_onnx(done.onnx, path, metadata)
+        details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report, "metadata": metadata}
         coverage = int8_coverage_of(label, done, ctx)
         if coverage is not None and not coverage.int8_ops:
             raise NothingInInt8(coverage)

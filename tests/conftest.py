@@ -100,3 +100,72 @@ def digits_npz(path: Path, n: int = 64, calib: bool = True) -> Path:
         arrays["calib_image"] = digits_arrays("train")[0][:n]
     np.savez(path, **arrays)
     return path
+
+
+EDGE_MODEL = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class EdgeNet(nn.Module):
+    """3-channel images -> logits over 5 classes (after x.mean((2, 3)), what Ethos-U ran on the CPU before) and
+    the 4-D feature map (an NHWC output on tflite)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.ReLU())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, image):
+        features = self.dw(self.stem(image))
+        return self.head(features.mean((2, 3))), features
+
+
+def make():
+    return EdgeNet().eval()
+
+
+def images():
+    x = np.random.default_rng(0).uniform(0, 1, (48, 3, 16, 16)).astype(np.float32)
+    return [({"image": x[i : i + 8]}, None) for i in range(0, 48, 8)]
+'''
+
+
+def edge_config(folder: Path, **overrides: object) -> dict:
+    """The EdgeNet build (written into `folder`): named outputs, labels file, normalize, version; onnx, tflite and
+    tensorrt int8; Vela on ethos-u55-128 when installed."""
+    write(folder / "edge.py", EDGE_MODEL)
+    (folder / "labels.txt").write_text("cat\ndog\nbird\nfish\nfrog\n")
+    config = {
+        "name": "edge",
+        "model": {
+            "factory": "edge.py:make",
+            "inputs": [
+                {"name": "image", "shape": ["batch", 3, 16, 16], "normalize": {"mean": [0.4, 0.5, 0.6], "std": 0.25}}
+            ],
+            "outputs": ["logits", "features"],
+            "labels": "labels.txt",
+            "version": "2.1",
+        },
+        "data": {"validation": "edge.py:images", "calibration": "edge.py:images", "metric": "cosine"},
+        "quantize": {"samples": 48},
+        "targets": {
+            "onnx": {"precision": ["fp32", "int8"]},
+            "tflite": {"precision": ["fp32", "int8"], "npu": ["ethos-u55-128"]},
+            "tensorrt": {"precision": ["int8"]},
+        },
+        "validate": {"max_drift": 0.05, "latency_runs": 1},
+        "base_dir": str(folder),
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def edge_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """EdgeNet built once on every target (tests/targets/test_edge_artifacts.py, tests/commands/test_package.py)."""
+    folder = tmp_path_factory.mktemp("edge")
+    return build(edge_config(folder), out=folder / "out", quiet=True)

@@ -37,6 +37,7 @@ class Context:
     reference: Reference | None = None  # outputs and metric of the model as loaded (tuning scores against it)
     loaded: ModelState | None = None  # the model as loaded, before any pass (recovery training distils from it)
     remedy: Remedy | None = None  # the accuracy remedy being tried when a target re-emits an artifact
+    config_sha256: str | None = None  # config.config_digest() of the build's own config (a remedy's spec differs)
 
     def for_remedy(self, remedy: Remedy, work_dir: Path) -> Context:
         """This context with the remedy's quantize spec as the build's (what emit() reads), writing to work_dir."""

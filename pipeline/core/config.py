@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +27,35 @@ MAX_SAMPLE_BYTES = 2**31  # one sample of one input; larger declared shapes are 
 _ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4, "bool": 1}
 
 
+class NormalizeSpec(StrictModel):
+    """How the app prepares an input: x_model = (x - mean) / std, per channel (axis 1) or one value for all.
+    Recorded in every artifact's metadata and the package; deployc never applies it (the model takes x_model)."""
+
+    mean: float | list[float] = Field(description="one value, or one per channel")
+    std: float | list[float] = Field(description="one value, or one per channel; never 0")
+
+    @model_validator(mode="after")
+    def _sane(self) -> NormalizeSpec:
+        mean, std = _as_list(self.mean), _as_list(self.std)
+        if not mean or not std or len(mean) > 4096 or len(std) > 4096:
+            raise ValueError("mean and std take one value or one per channel (at most 4096)")
+        if len(mean) > 1 and len(std) > 1 and len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} values and std {len(std)}; give one per channel for both")
+        if not all(math.isfinite(v) for v in mean + std):
+            raise ValueError("mean and std must be finite numbers")
+        if any(v == 0 for v in std):
+            raise ValueError("std holds 0; every std must be non-zero")
+        return self
+
+    def channels(self) -> int:
+        """How many channels the spec names (1 when both are single values)."""
+        return max(len(_as_list(self.mean)), len(_as_list(self.std)))
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
 class InputConfig(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     shape: list[int | str] = Field(
@@ -31,6 +63,9 @@ class InputConfig(StrictModel):
     )
     dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
     dynamic_axes: dict[int, str] = Field(default_factory=dict, description="extra dynamic axes: {axis: name}")
+    normalize: NormalizeSpec | None = Field(
+        None, description="{mean, std} the app applies before the model: recorded in artifact metadata"
+    )
 
     @model_validator(mode="after")
     def _sane_shape(self) -> InputConfig:
@@ -42,6 +77,13 @@ class InputConfig(StrictModel):
         for axis in self.dynamic_axes:
             if not 0 <= axis < len(self.shape):
                 raise ValueError(f"dynamic_axes: axis {axis} is outside shape {self.shape}")
+        if self.normalize is not None and self.normalize.channels() > 1:
+            channels = self.shape[1] if len(self.shape) >= 3 else None
+            if channels != self.normalize.channels():
+                raise ValueError(
+                    f"normalize gives {self.normalize.channels()} values per channel, but shape {self.shape} has "
+                    f"{channels if isinstance(channels, int) else 'no fixed'} channels at axis 1"
+                )
         fixed = math.prod(d for d in self.resolved_shape() if isinstance(d, int))
         if fixed * _ITEMSIZE[self.dtype] > MAX_SAMPLE_BYTES:
             raise ValueError(
@@ -65,7 +107,44 @@ class ModelConfig(StrictModel):
     onnx: Path | None = Field(None, description="an .onnx file; torch-level passes refuse it")
     exported: Path | None = Field(None, description="a torch.export .pt2 file")
     inputs: list[InputConfig] = Field(default_factory=list)
+    outputs: list[str] | None = Field(
+        None,
+        max_length=1024,
+        description="names of the model's outputs, in order, used on every target (default: output_0, output_1, "
+        "...; an ONNX model's own names)",
+    )
+    labels: Path | list[str] | None = Field(
+        None, description="class labels: a UTF-8 file with one label per line, or a list; recorded in artifacts"
+    )
+    version: str | None = Field(
+        None, min_length=1, max_length=100, description="the model's version, recorded in artifacts"
+    )
     allow_pickle: bool = Field(False, description="allow loading pickled objects (runs code from the file)")
+
+    @field_validator("outputs")
+    @classmethod
+    def _output_names(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if not OUTPUT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"'{name}' is not an output name: 1-200 of letters, digits, '_', '.', '-', ':', '/', "
+                    "starting with a letter or '_'"
+                )
+        dup = next((n for n in names or [] if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"the name '{dup}' is used twice")
+        return names
+
+    @field_validator("labels")
+    @classmethod
+    def _label_list(cls, labels: Path | list[str] | None) -> Path | list[str] | None:
+        if isinstance(labels, list):
+            if not labels or len(labels) > MAX_LABELS:
+                raise ValueError(f"give 1 to {MAX_LABELS} labels")
+            bad = next((i for i, x in enumerate(labels) if not x.strip() or len(x) > 200 or "\n" in x), None)
+            if bad is not None:
+                raise ValueError(f"label [{bad}] is empty, longer than 200 characters or holds a line break")
+        return labels
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -80,8 +159,15 @@ class ModelConfig(StrictModel):
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
             raise ValueError(f"inputs: the name '{dup}' is used twice")
+        clash = next((n for n in self.outputs or [] if n in names), None)
+        if clash is not None:
+            raise ValueError(f"outputs: '{clash}' is also an input's name; inputs and outputs need distinct names")
         return self
 
+
+OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,199}")
+MAX_LABELS = 100_000
+MAX_LABELS_BYTES = 1 << 20
 
 FACTORY_CAP = 100_000  # samples read from a data factory without data.*.limit: a generator may never end
 
@@ -232,6 +318,13 @@ class ValidateConfig(StrictModel):
         description="fail an int8/dynamic artifact that runs less than this share of its MACs (or weights) in int8",
     )
     latency_runs: int = Field(20, ge=1, le=10_000, description="batch-1 runs timed per artifact (median reported)")
+    min_npu_ops: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fail an artifact whose NPU compiler (Vela, targets.tflite.npu) places less than this share of "
+        "its ops on the NPU, for any accelerator named",
+    )
     latency_gate: Literal["off", "warn", "fail"] = Field(
         "warn", description="int8/dynamic artifact not faster than fp32 on the same runtime: log it, or fail its gate"
     )
@@ -273,6 +366,43 @@ class BuildConfig(StrictModel):
         """A path from the config, relative to the config file's folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
+
+
+def config_digest(config: BuildConfig) -> str:
+    """sha256 of the resolved config exactly as manifest.json records it (canonical JSON, no base_dir): every
+    artifact carries it in its metadata, so an artifact names the build config it came from. It is not the
+    manifest's digest, which cannot sit inside the artifacts the manifest hashes."""
+    dumped = config.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_labels(config: BuildConfig) -> list[str] | None:
+    """model.labels as a list: given inline, or read from a UTF-8 file with one label per line (bounded, checked)."""
+    labels = config.model.labels
+    if labels is None or isinstance(labels, list):
+        return labels
+    path = config.resolve(labels)
+    data = read_bytes(path, "model.labels", MAX_LABELS_BYTES, "labels file")
+    try:
+        lines = data.decode("utf-8").removeprefix("\ufeff").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"model.labels: '{path}' is not UTF-8 text (offset {exc.start})") from None
+    if lines and not lines[-1].strip():
+        lines = lines[:-1]
+    empty = next((i for i, line in enumerate(lines) if not line.strip()), None)
+    if not lines or empty is not None:
+        raise UsageError(f"model.labels: '{path}' " + (f"line {empty + 1} is empty" if lines else "holds no label"))
+    if len(lines) > MAX_LABELS:
+        raise UsageError(f"model.labels: '{path}' holds {len(lines)} labels; at most {MAX_LABELS}")
+    return [line.strip() for line in lines]
+
+
+def check_labels(labels: list[str] | None, shapes: list[tuple[int, ...]], names: list[str]) -> None:
+    """The labels name the classes of some output: one of its non-batch dimensions has as many entries."""
+    if labels is None or any(len(labels) in tuple(s)[1:] for s in shapes):
+        return
+    shown = ", ".join(f"{n} [{', '.join(['batch', *map(str, s[1:])])}]" for n, s in zip(names, shapes))
+    raise UsageError(f"model.labels: {len(labels)} labels, but no output has {len(labels)} classes ({shown})")
 
 
 def metric_label(name: str) -> str:

@@ -27,17 +27,21 @@ class Reference:
     covered: list[int] = field(default_factory=lambda: [0])  # the outputs the metric reads
 
 
-def as_arrays(out: Any) -> list[np.ndarray]:
-    """A model's output (tensor, or tuples/lists/dicts of them, nested) as a flat list of numpy arrays."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out.detach().cpu().numpy()]
+def flat_outputs(out: Any) -> list[Any]:
+    """A model's output (tensor, or tuples/lists/dicts of them, nested) as a flat list, Nones dropped: the order
+    every target numbers (and names) the outputs in."""
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (tuple, list)):
-        return [a for o in out if o is not None for a in as_arrays(o)]
-    return [np.asarray(out)]
+        return [a for o in out if o is not None for a in flat_outputs(o)]
+    return [out]
+
+
+def as_arrays(out: Any) -> list[np.ndarray]:
+    """flat_outputs() as numpy arrays."""
+    import torch
+
+    return [o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in flat_outputs(out)]
 
 
 def _batch_axis(arr: np.ndarray, n: int) -> int | None:
@@ -159,13 +163,27 @@ def _metric_value(metric: Metric, outputs: list[np.ndarray], ref: Reference) -> 
 
 
 def compute_reference(
-    state: ModelState, data: Dataset, metric: Metric, batch_size: int, output: int | str | None = None
+    state: ModelState,
+    data: Dataset,
+    metric: Metric,
+    batch_size: int,
+    output: int | str | None = None,
+    output_names: list[str] | None = None,
 ) -> Reference:
+    """`output_names` (model.outputs) name the outputs on every target; by default output_0, ... for a torch model,
+    the graph's own names for an ONNX one."""
     if metric.needs_labels and data.labels is None:
         raise UsageError(f"data.metric: '{metric.name}' needs labels, and data.validation ({data.source}) has none")
     outputs, names = reference_outputs(state, data, batch_size)
     if not outputs:
         raise UsageError("model: the model as loaded returns no tensor outputs")
+    if output_names:
+        if len(output_names) != len(outputs):
+            raise UsageError(
+                f"model.outputs: names {len(output_names)} output(s) ({', '.join(output_names)}), but the model "
+                f"returns {len(outputs)} ({', '.join(names)})"
+            )
+        names = list(output_names)
     bad = non_finite(outputs, names)
     if bad:
         raise UsageError(f"data.validation ({data.source}): the model as loaded gives non-finite outputs: {bad}")

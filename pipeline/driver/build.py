@@ -20,7 +20,7 @@ from deployc.compiler.manager import PassManager
 from deployc.compiler.pass_cache import PassCache
 from deployc.compiler.prefix import PassPrefix, capture, resume
 from deployc.compiler.registry import instruments as plugin_instruments
-from deployc.core.config import BuildConfig, load_config
+from deployc.core.config import BuildConfig, check_labels, config_digest, load_config, read_labels
 from deployc.core.state import ModelState
 from deployc.core.timing import machine
 from deployc.core.versions import library_versions
@@ -89,6 +89,7 @@ class Loaded:
             cache,
             reference=self.reference,
             loaded=self.state,  # recovery fine-tuning distils from the model as loaded, in a prefix run too
+            config_sha256=config_digest(config),
         )
 
 
@@ -102,7 +103,10 @@ def load_inputs(config: BuildConfig, manager: PassManager, instruments: Instrume
     needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
     train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
 
-    reference = compute_reference(state, validation, metric, config.data.batch_size, config.data.output)
+    reference = compute_reference(
+        state, validation, metric, config.data.batch_size, config.data.output, config.model.outputs
+    )
+    check_labels(read_labels(config), [o.shape for o in reference.outputs], reference.names)
     instruments.log(
         f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
     )
@@ -269,6 +273,7 @@ def _manifest(
         "status": "failed" if failed or not ran else "passed",
         "pipeline": manager.pipeline_string(),
         "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
+        "config_sha256": config_digest(config),  # what every artifact's metadata carries (deployc.config_sha256)
         "budget": {
             "max_drift": config.validate_.max_drift,
             "drift_units": metric.name,  # drift is in the metric's own units, not a fraction of it

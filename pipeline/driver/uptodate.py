@@ -4,9 +4,9 @@ onnxruntime), so `deployc build` of an unchanged config returns in well under a 
 The build key is a sha256 over (README "What a no-op rebuild hashes" lists the same):
 - the resolved config (every key after validation, paths as written) and the `--target` selection;
 - every file the config names: model.weights / model.onnx (and the external-data files it names) /
-  model.exported, and the .npz data files — read through the I/O boundary (regular files only: a FIFO or a
-  /proc file is keyed as what it is, never read), by content up to HASH_CONTENT_LIMIT (512 MiB) and by size,
-  inode and modification time beyond it (a 1 TB file is not read to decide whether to rebuild);
+  model.exported / model.labels, and the .npz data files — read through the I/O boundary (regular files only:
+  a FIFO or a /proc file is keyed as what it is, never read), by content up to HASH_CONTENT_LIMIT (512 MiB) and
+  by size, inode and modification time beyond it (a 1 TB file is not read to decide whether to rebuild);
 - the source of every Python file a factory string names (model.factory, data.* 'file.py:callable' or
   'package.module:callable'), of the other .py files in its folder (a factory often imports its neighbours) and
   of the packages below that folder (sub-folders holding an __init__.py), at most MAX_SOURCES files;
@@ -142,6 +142,8 @@ def _input_files(config: BuildConfig) -> list[Path]:
             if key == "onnx" and path.is_file():
                 files += _external_data(path)
     files += _factory_sources(m.factory, config.base_dir)
+    if isinstance(m.labels, Path):  # a labels file: every artifact carries its labels
+        files.append(config.resolve(m.labels))
     for source in (config.data.train, config.data.calibration, config.data.validation):
         if source is not None and source.kind == "npz":
             files.append(config.resolve(source.path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployc.core.config import metric_label
-from deployc.validation.gates import proxy_runtime
+from deployc.validation.gates import more_on_cpu, proxy_runtime
 
 
 def human_bytes(n: int | None) -> str:
@@ -149,11 +149,65 @@ def _target_notes(details: dict[str, Any]) -> str:
     if npu:
         floats = [f"{o['op']}#{o['index']}" for o in npu.get("float_ops", [])]
         out += "; NPU: integer-only" if npu.get("integer_only") else f"; NPU: float ops: {', '.join(floats)}"
+        if not npu.get("accelerators") and npu.get("check", "vela") != "vela":
+            out += f" ({npu['check']})"
+        for name, report in (npu.get("accelerators") or {}).items():
+            out += f"; {name} (Vela): {npu_text(report)}"
     if details.get("notes"):
         out += "; notes: " + "; ".join(details["notes"])
     if details.get("warnings"):
         out += "; ⚠️ " + "; ".join(str(w) for w in details["warnings"])
     return out
+
+
+def npu_text(report: dict[str, Any]) -> str:
+    """'59/59 ops on the NPU' or '9/10 ops on the NPU; CPU: MEAN (Unsupported depth-reduction ...)'."""
+    if "error" in report:
+        return f"not compiled: {report['error']}"
+    text = f"{report['npu_ops']}/{report['npu_ops'] + report['cpu_ops']} ops on the NPU"
+    if report.get("cpu_fallback"):
+        text += "; CPU: " + "; ".join(f"{c['op']} ({c['reason']})" for c in report["cpu_fallback"])
+        text += more_on_cpu(report)
+    return text
+
+
+def _kib(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "—"
+
+
+def npu_rows(manifest: dict[str, Any]) -> list[list[str]]:
+    """One row per artifact and accelerator Vela compiled it for (shared with report.html)."""
+    rows = []
+    for a in manifest["artifacts"]:
+        for name, r in (((a.get("details") or {}).get("npu") or {}).get("accelerators") or {}).items():
+            ms = r.get("inference_ms")
+            rows.append(
+                [
+                    f"{a['target']}/{a['precision']}",
+                    name,
+                    f"{r.get('system_config') or '—'}, {r.get('memory_mode') or '—'}",
+                    "—" if "error" in r else f"{r['npu_ops']}/{r['npu_ops'] + r['cpu_ops']}",
+                    f"{ms:.3f}" if isinstance(ms, (int, float)) else "—",
+                    _kib(r.get("sram_kib")),
+                    _kib(r.get("flash_kib")),
+                    r["error"]
+                    if "error" in r
+                    else "; ".join(f"{c['op']}: {c['reason']}" for c in r["cpu_fallback"]) + more_on_cpu(r),
+                ]
+            )
+    return rows
+
+
+NPU_HEADER = [
+    "artifact",
+    "accelerator",
+    "Vela system config, memory mode",
+    "ops on NPU",
+    "est. ms",
+    "SRAM KiB",
+    "flash KiB",
+    "on the CPU (Vela's reason)",
+]
 
 
 def budget_text(manifest: dict[str, Any]) -> str:
@@ -205,6 +259,17 @@ def render_report(manifest: dict[str, Any]) -> str:
             + (f"; `{a['path']}`" if a.get("path") else "")
         )
     out += ["### Gates", "", *details, ""]
+    npu = npu_rows(manifest)
+    if npu:
+        out += [
+            "## NPU placement (Vela)",
+            "",
+            "Estimates from Arm's Vela compiler with its default system configuration for each accelerator; a SoC's "
+            "own vela.ini changes time and memory, not which ops run on the NPU.",
+            "",
+            markdown_table(NPU_HEADER, npu),
+            "",
+        ]
     where = (manifest.get("timings") or {}).get("machine")
     if where:
         out += [

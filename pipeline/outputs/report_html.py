@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.core.config import metric_label
-from deployc.outputs.report import budget_text, drift_text, gate_text, human_bytes, int8_text
+from deployc.outputs.report import NPU_HEADER, budget_text, drift_text, gate_text, human_bytes, int8_text, npu_rows
 from deployc.storage.files import read_json, write_text_atomic
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
@@ -265,6 +265,17 @@ def _plots_section(manifest: dict[str, Any]) -> str:
     return f"<h2>Accuracy vs cost</h2><p class=meta>{note}</p><div class=plots>{''.join(figs)}</div>"
 
 
+def _npu_section(manifest: dict[str, Any]) -> str:
+    rows = npu_rows(manifest)
+    if not rows:
+        return ""
+    note = (
+        "Estimates from Arm's Vela compiler with its default system configuration for each accelerator; a SoC's own "
+        "vela.ini changes time and memory, not which ops run on the NPU."
+    )
+    return f"<h2>NPU placement (Vela)</h2><p class=meta>{note}</p>" + html_table(NPU_HEADER, rows, left=(0, 1, 2, 7))
+
+
 def _sensitivity_section(manifest: dict[str, Any]) -> str:
     parts = []
     for p in manifest.get("all_passes", manifest["passes"]):
@@ -319,6 +330,7 @@ def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | N
     body = (
         head
         + _artifact_section(manifest)
+        + _npu_section(manifest)
         + _plots_section(manifest)
         + _sensitivity_section(manifest)
         + _passes_section(manifest)

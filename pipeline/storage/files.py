@@ -147,7 +147,11 @@ def read_bytes(path: Path, key: str, max_bytes: int, what: str = "file") -> byte
 
 def read_json(path: Path, key: str, max_bytes: int = MAX_JSON_BYTES, what: str = "JSON file") -> Any:
     """Parsed JSON of a bounded regular file; malformed text is a UsageError naming the file and line."""
-    data = read_bytes(path, key, max_bytes, what)
+    return parse_json(read_bytes(path, key, max_bytes, what), path, key)
+
+
+def parse_json(data: bytes, path: Path, key: str) -> Any:
+    """JSON of bytes read from `path` (see read_json); a UsageError naming the file when malformed."""
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:

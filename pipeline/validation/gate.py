@@ -10,6 +10,7 @@ from deployc.core.config import ValidateConfig
 from deployc.core.timing import Stats, measure
 from deployc.data.dataset import Dataset
 from deployc.data.reference import Reference, compare, matches_reference, non_finite, run_batched
+from deployc.validation.gates import more_on_cpu
 
 LOW_INT8_COVERAGE = 0.5
 
@@ -54,9 +55,29 @@ def coverage_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] |
     return {"status": "fail", "reason": reason}
 
 
+def npu_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] | None:
+    """A failed gate for an artifact whose NPU compiler placed less than validate.min_npu_ops of its ops on an
+    accelerator it was compiled for (details.npu.accelerators), or could not compile it; None when it holds."""
+    accelerators = (artifact.details.get("npu") or {}).get("accelerators") or {}
+    if minimum is None or not accelerators:
+        return None
+    short = []
+    for name, report in accelerators.items():
+        if "error" in report:
+            short.append(f"{name}: not compiled ({report['error']})")
+        elif report.get("npu_share") is None or report["npu_share"] < minimum:
+            fallback = "; ".join(f"{c['op']}: {c['reason']}" for c in report.get("cpu_fallback", []))
+            fallback += more_on_cpu(report)
+            share = report.get("npu_share") or 0.0
+            short.append(f"{name}: {share:.0%} of ops on the NPU" + (f" (on the CPU: {fallback})" if fallback else ""))
+    if not short:
+        return None
+    return {"status": "fail", "reason": f"below validate.min_npu_ops {minimum:.0%}: " + " | ".join(short)}
+
+
 def _gate(artifact: Artifact, outputs: list[np.ndarray], ref: Reference, rules: ValidateConfig) -> dict[str, str]:
     drift = artifact.metrics["drift"]
-    low = coverage_gate(artifact, rules.min_int8_coverage)
+    low = coverage_gate(artifact, rules.min_int8_coverage) or npu_gate(artifact, rules.min_npu_ops)
     if low:
         return low
     shown = f"{ref.metric.label} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.label} units)"

@@ -41,6 +41,16 @@ def latency_gate(artifacts: list[Any], mode: str = "warn") -> list[str]:
     return found
 
 
+def more_on_cpu(report: dict[str, Any]) -> str:
+    """What an NPU report's capped cpu_fallback list leaves out: '; … 7012 more on the CPU (ADD×900, …)', or ''."""
+    fallback = report.get("cpu_fallback") or []
+    more = (report.get("cpu_ops") or 0) - len(fallback)
+    if more <= 0 or not isinstance(report.get("cpu_op_types"), dict):
+        return ""
+    types = ", ".join(f"{op}×{n}" for op, n in sorted(report["cpu_op_types"].items(), key=lambda kv: -kv[1]))
+    return f"; … {more} more on the CPU (all CPU ops: {types})"
+
+
 def proxy_runtime(runtime: str | None, details: dict[str, Any]) -> str | None:
     """The stand-in runtime an artifact was validated on (TensorRT without a GPU: onnxruntime), else None."""
     engine = details.get("engine")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deployc.compiler.export_errors import user_location
 from deployc.compiler.loader import load_model
-from deployc.core.config import BuildConfig, DataSource, load_config
+from deployc.core.config import BuildConfig, DataSource, check_labels, load_config, read_labels
 from deployc.core.state import ModelState, dynamic_shapes
 from deployc.data.metrics import get_metric
 from deployc.data.reference import class_ids, compute_reference
@@ -36,7 +36,10 @@ def preflight(config_or_path: str | Path | dict | BuildConfig) -> None:
     for role, source in (("calibration", calibration_source(config)), ("train", train_source(config))):
         if source is not None:
             load_dataset(_probe(source), config, state.inputs, role)
-    ref = compute_reference(state, validation.take(PROBE_SAMPLES), metric, config.data.batch_size, config.data.output)
+    ref = compute_reference(
+        state, validation.take(PROBE_SAMPLES), metric, config.data.batch_size, config.data.output, config.model.outputs
+    )
+    check_labels(read_labels(config), [o.shape for o in ref.outputs], ref.names)
     if metric.classes and validation.labels is not None:
         class_ids(validation.labels, ref.outputs[ref.covered[0]], metric, validation.source)
     if state.module is not None:

@@ -15,7 +15,10 @@ from deployc.data.dataset import Dataset
 from deployc.data.sources import digits_arrays
 from deployc.driver.build import BuildResult, build, check
 from deployc.errors import PipelineError
-from deployc.targets.tflite import TfliteOptions, TfliteTarget, npu_profile, quantize_flatbuffer
+from deployc.targets.tflite import TfliteOptions, TfliteTarget
+from deployc.targets.tflite_export import EdgeSignature
+from deployc.targets.tflite_npu import npu_profile
+from deployc.targets.tflite_quantize import quantize_flatbuffer
 from tests.conftest import digits_config
 
 pytestmark = pytest.mark.skipif(TfliteTarget.available() is not None, reason=str(TfliteTarget.available()))
@@ -56,9 +59,12 @@ def test_quantized_flatbuffers_are_smaller(tflite_build):
 
 def test_int8_model_is_integer_only_and_its_manifest_feeds_it(tflite_build, digits_model):
     art = _artifact(tflite_build, "int8")
-    assert art["details"]["npu"] == {"integer_only": True, "float_ops": [], "float_io_conversions": []}
+    npu = art["details"]["npu"]
+    assert (npu["integer_only"], npu["float_ops"], npu["float_io_conversions"]) == (True, [], [])
+    assert npu["check"].startswith("quick check only") and "accelerators" not in npu
     (inp,), (out,) = art["inputs"], art["outputs"]
-    assert inp["name"] == "image" and inp["dtype"] == "int8" and inp["shape"] == [1, 1, 8, 8]
+    assert inp["name"] == "image" and inp["dtype"] == "int8" and inp["shape"] == [1, 8, 8, 1]
+    assert inp["layout"] == "nhwc" and out["layout"] is None and out["name"] == "output_0"
     assert out["dtype"] == "int8" and out["quantization"]["scale"] > 0
     # an app developer's loop: quantize with the manifest's numbers, run, dequantize
     from ai_edge_litert.interpreter import Interpreter
@@ -68,7 +74,8 @@ def test_int8_model_is_integer_only_and_its_manifest_feeds_it(tflite_build, digi
     q_in, q_out = inp["quantization"], out["quantization"]
     agree = 0
     for i in range(40):
-        xi = np.clip(np.round(x[i : i + 1] / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
+        nhwc = x[i : i + 1].transpose(0, 2, 3, 1)
+        xi = np.clip(np.round(nhwc / q_in["scale"]) + q_in["zero_point"], -128, 127).astype(np.int8)
         yi = runner(**{inp["signature_key"]: xi})[out["signature_key"]]
         logits = (yi.astype(np.float32) - q_out["zero_point"]) * q_out["scale"]
         ref = digits_model(torch.from_numpy(x[i : i + 1])).detach().numpy()
@@ -82,9 +89,10 @@ def _ctx(samples: int = 64) -> Context:
     return Context(config, None, Dataset({"image": x}, y, "digits:train"), None, None, Instruments(quiet=True))
 
 
-def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tflite_build):
+def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tflite_build, monkeypatch):
     fp32 = (tflite_build.out_dir / _artifact(tflite_build, "fp32")["path"]).read_bytes()
-    model, details = quantize_flatbuffer(fp32, "int8", _ctx(), "float32", ["image"])
+    signature = EdgeSignature(("image",), ("output_0",), ("nhwc",), (None,))
+    model, details = quantize_flatbuffer(fp32, "int8", _ctx(), "float32", signature)
     npu = npu_profile(model)
     assert npu["integer_only"] and sorted(e.split("#")[0] for e in npu["float_io_conversions"]) == [
         "DEQUANTIZE",
@@ -94,6 +102,11 @@ def test_float_io_int8_keeps_only_edge_conversions_and_fp32_lists_float_ops(tfli
     float_model = npu_profile(fp32)
     assert not float_model["integer_only"]
     assert {"CONV_2D", "FULLY_CONNECTED"} <= {o["op"] for o in float_model["float_ops"]}
+    assert float_model["float_op_count"] == len(float_model["float_ops"]) == sum(float_model["float_op_types"].values())
+    monkeypatch.setattr("deployc.targets.tflite_npu.MAX_LISTED", 2)  # a long float graph: listed in part, all counted
+    capped = npu_profile(fp32)
+    assert len(capped["float_ops"]) == 2 and capped["float_op_count"] == float_model["float_op_count"] > 2
+    assert capped["float_op_types"] == float_model["float_op_types"]
 
 
 def test_int8_requires_calibration_and_torch_level():

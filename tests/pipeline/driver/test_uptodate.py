@@ -174,3 +174,11 @@ def test_an_onnx_models_external_data_is_part_of_the_key(tmp_path):
     assert build_key(load_config(raw, base_dir=tmp_path)) == key  # only the files the model names count
     (tmp_path / "w.bin").write_bytes((tmp_path / "w.bin").read_bytes()[::-1])
     assert build_key(load_config(raw, base_dir=tmp_path)) != key
+
+
+def test_a_labels_file_is_part_of_the_key(tmp_path):
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    raw = {"model": {"onnx": "m.onnx", "labels": "labels.txt"}, "data": {"validation": "data.npz"}}
+    key = build_key(load_config(raw, base_dir=tmp_path))
+    (tmp_path / "labels.txt").write_text("dog\ncat\n")  # every artifact carries the labels: a rebuild must notice
+    assert build_key(load_config(raw, base_dir=tmp_path)) != key
