@@ -28,8 +28,8 @@ from deployc.sweep.results import (
     verified_build,
 )
 from deployc.sweep.runner import Outcome, RayExecutor, executor_info, start_ray
-from deployc.sweep.search import FixedSearch, make_search
-from deployc.sweep.spec import load_sweep
+from deployc.sweep.search import FixedSearch, Search, make_search
+from deployc.sweep.spec import Sweep, load_sweep
 
 
 def run_sweep(
@@ -47,14 +47,7 @@ def run_sweep(
     sweep = load_sweep(sweep_path)
     if max_parallel is not None and max_parallel < 1:
         raise UsageError(f"--max-parallel: {max_parallel}; give 1 or more")
-    search = make_search(sweep)
-    # every config the search may build is checked (milliseconds each) before Ray starts: a bad one is exit 2
-    if search.adaptive:
-        variants = [sweep.variant(sweep.combination(i)) for i in range(sweep.size)]
-    else:
-        variants = search.ask(sys.maxsize)
-        search = FixedSearch(variants)
-    checked = {v.id: check_variant(sweep, v) for v in variants}
+    search, checked = checked_variants(sweep)
     out = Path(out).resolve()
     check_out_dir(out)  # a new or empty folder, or one deployc wrote (an earlier sweep)
     if (out / "manifest.json").exists():
@@ -62,7 +55,7 @@ def run_sweep(
     marker = read_marker(out) if out.exists() else None
     if (out / "sweep.json").exists() and (marker is None or "sweep.json" not in marker["files"]):
         raise UsageError(f"--out: '{out / 'sweep.json'}' was not written by deployc; it is never replaced")
-    total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(variants)
+    total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(checked)
     instruments = Instruments(quiet=quiet)
     entries: dict[str, dict[str, Any]] = {}
     with OutDir(out) as outdir:  # one sweep at a time in DIR; its summary files are staged and moved in last
@@ -117,6 +110,29 @@ def run_sweep(
         write_json_atomic(outdir.staging / "sweep.json", summary)
         outdir.publish()
     return summary
+
+
+def checked_variants(sweep: Sweep) -> tuple[Search, dict[str, Planned]]:
+    """The search and every variant it may build, each config and pipeline checked (milliseconds each, before Ray
+    starts): a bad one is a UsageError naming the sweep file, the variant and the key."""
+    search = make_search(sweep)
+    if search.adaptive:
+        variants = [sweep.variant(sweep.combination(i)) for i in range(sweep.size)]
+    else:
+        variants = search.ask(sys.maxsize)
+        search = FixedSearch(variants)
+    return search, {v.id: check_variant(sweep, v) for v in variants}
+
+
+def check_sweep_file(path: Path, data: Any) -> dict[str, Any] | None:
+    """`deployc validate-config SWEEP.yaml`: None when `data` (the parsed file) is not a sweep file, else the sweep
+    checked as `deployc sweep` checks it before building anything (raises a UsageError naming what is wrong)."""
+    if not (isinstance(data, dict) and "vary" in data and "base" in data and "model" not in data):
+        return None
+    sweep = load_sweep(path)
+    _, checked = checked_variants(sweep)
+    pipelines = sorted({p.manager.pipeline_string() for p in checked.values()})
+    return {"kind": "sweep", "base": str(sweep.base_path), "variants": len(checked), "pipelines": pipelines}
 
 
 def print_pareto(summary: dict[str, Any], stream: Any = None) -> None:

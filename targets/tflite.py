@@ -243,6 +243,7 @@ def quantize_flatbuffer(
         "quantizer": f"ai-edge-quantizer {importlib.metadata.version('ai-edge-quantizer')}",
         "per_channel": ctx.config.quantize.per_channel,
     }
+    ctx.instruments.log(f"tflite/{precision}: quantizing with ai-edge-quantizer …")
     with _quiet_fds() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the calibrator's "preserve_all_tensors is for debugging" notice
         try:
@@ -370,6 +371,7 @@ class TfliteTarget(Target):
         if state.module is None:
             raise UsageError("targets.tflite: needs the torch model (model.factory or model.exported)")
         t0 = time.perf_counter()
+        ctx.instruments.log("tflite: converting the model with litert-torch …")
         fp32 = convert_fp32(state)
         # the target's own passes enter each artifact's history like the pipeline's (the report lists them)
         return fp32, PassRecord(

@@ -13,8 +13,10 @@ The build key is a sha256 over (README "What a no-op rebuild hashes" lists the s
 Files a data factory reads at run time are not hashed: change its source, or pass --no-cache, to rebuild.
 
 A build stores its key in OUT/.deployc-build-key.json together with the sha256 of the files it wrote beside
-the artifacts; the out dir is up to date when that key equals the current one, no build holds its lock,
-manifest.json and the key file are regular files, and every artifact and report matches its recorded hash.
+the artifacts and what went into the key (the config, each input file's digest, deployc's files, the installed
+distributions), so a rebuild can say which input changed; the out dir is up to date when that key equals the
+current one, no build holds its lock, manifest.json and the key file are regular files, and every artifact and
+report matches its recorded hash.
 """
 
 from __future__ import annotations
@@ -26,18 +28,21 @@ import os
 import platform
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from deployc.core.config import BuildConfig, load_config
+from deployc.driver.result import BuildResult
+from deployc.errors import UsageError
 from deployc.storage.files import file_digest
 from deployc.storage.outdir import BUILD_KEY, LOCK_NAME, MARKER_NAME, read_marker
 
 KEY_FILE = BUILD_KEY
 KEY_VERSION = 1
 REPORT_FILES = ("report.md", "report.html", "junit.xml", "timings.json", "manifest.json")
+CONFIG_NAME = "deployc.yaml"  # the config a one-line build saves into its out dir (driver/oneline.py)
 _DEPLOYC_PACKAGES = (
     "deployc",
     "deployc.passes",
@@ -142,33 +147,150 @@ def _cpu() -> str:
     return f"{platform.machine()} {' '.join(sorted(flags.split()))}"
 
 
-def build_key(config: BuildConfig, targets: list[str] | None = None) -> str:
-    """sha256 of everything that defines the build (see the module docstring); a missing file hashes as 'missing'."""
+class BuildKey(str):
+    """The build key (a sha256 hex string) with `inputs`, what it was computed from: stored beside the build so a
+    later rebuild can name the input that changed."""
+
+    inputs: dict[str, Any]
+
+
+def key_inputs(config: BuildConfig, targets: list[str] | None = None) -> dict[str, Any]:
+    """Everything the build key hashes, by kind (see the module docstring); a missing file's digest is 'missing'."""
+    return {
+        "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
+        "base_dir": str(config.base_dir.resolve()),
+        "targets": sorted(targets) if targets else None,
+        "files": [
+            [str(p.resolve()), file_digest(p) if p.is_file() else "missing"] for p in _input_files(config)
+        ],  # a list: a file named twice (validation and calibration) counts twice
+        "deployc": {label: file_digest(path) for label, path in _deployc_sources()},
+        "distributions": _distributions(),
+        "python": sys.version,
+        "cpu": _cpu(),
+    }
+
+
+def build_key(config: BuildConfig, targets: list[str] | None = None) -> BuildKey:
+    """sha256 of everything that defines the build (see the module docstring)."""
+    inputs = key_inputs(config, targets)
     h = hashlib.sha256()
 
     def add(label: str, value: Any) -> None:
         h.update(json.dumps([label, value], sort_keys=True, default=str).encode())
 
     add("key", KEY_VERSION)
-    add("config", config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}))
-    add("base_dir", str(config.base_dir.resolve()))
-    add("targets", sorted(targets) if targets else None)
-    for path in _input_files(config):
-        add(str(path.resolve()), file_digest(path) if path.is_file() else "missing")
-    for label, path in _deployc_sources():
-        add(label, file_digest(path))
-    add("distributions", _distributions())
-    add("python", sys.version)
-    add("cpu", _cpu())
-    return h.hexdigest()
+    for name in ("config", "base_dir", "targets"):
+        add(name, inputs[name])
+    for path, digest in inputs["files"]:
+        add(path, digest)
+    for label, digest in inputs["deployc"].items():
+        add(label, digest)
+    for name in ("distributions", "python", "cpu"):
+        add(name, inputs[name])
+    key = BuildKey(h.hexdigest())
+    key.inputs = inputs
+    return key
 
 
 def write_key(out_dir: Path, key: str) -> None:
-    """Record the key and the hashes of the reports beside the artifacts (called after manifest.json is written)."""
+    """Record the key, what it was computed from, and the hashes of the reports beside the artifacts (called after
+    manifest.json is written)."""
     from deployc.storage.files import write_json_atomic
 
     files = {name: file_digest(out_dir / name) for name in REPORT_FILES if (out_dir / name).is_file()}
-    write_json_atomic(out_dir / KEY_FILE, {"version": KEY_VERSION, "key": key, "files": files})
+    record = {"version": KEY_VERSION, "key": key, "files": files}
+    if isinstance(key, BuildKey):
+        record["inputs"] = key.inputs
+    if (out_dir / CONFIG_NAME).is_file():  # a later one-line build must not replace it once a person edited it
+        record["config_file"] = file_digest(out_dir / CONFIG_NAME)
+    write_json_atomic(out_dir / KEY_FILE, record)
+
+
+def check_config_replaceable(out_dir: Path) -> None:
+    """Before a one-line build replaces OUT/deployc.yaml: refuse (exit 2, before any work) when deployc did not
+    write it, or a person edited it since."""
+    path = out_dir / CONFIG_NAME
+    if not (path.exists() or path.is_symlink()):
+        return
+    marker = read_marker(out_dir) if (out_dir / MARKER_NAME).is_file() else None
+    if marker is None or CONFIG_NAME not in marker.get("files", []) or not _regular(path):
+        raise UsageError(f"--out: '{path}' was not written by deployc; it is never replaced. Choose another --out")
+    try:
+        stored = json.loads((out_dir / KEY_FILE).read_text()).get("config_file")
+    except (OSError, ValueError):
+        stored = None
+    if stored != file_digest(path):
+        raise UsageError(
+            f"--out: '{path}' was edited since deployc wrote it; build it with `deployc build {path}`, or remove it "
+            "to build from the flags again"
+        )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{'validate.max_drift': 0.01, 'passes[0].finetune.epochs': 3, ...}: a config's leaves by dotted key."""
+    if isinstance(value, dict) and value:
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}" if prefix else key).items()
+        }
+    if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}[{i}]").items()}
+    return {prefix: value}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str) if value is not _ABSENT else "(unset)"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_ABSENT = object()
+
+
+def _where(path: str) -> str:
+    """A path as a person reads it: relative to the current folder when below it."""
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path
+
+
+def _listed(items: list[str], limit: int = 3) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two key_inputs(): 'config key validate.max_drift: 0.01 -> 0.02', 'models/net.py
+    changed', 'deployc's own files changed (cli.py)', 'installed packages changed (torch-2.13.0 -> ...)'."""
+    reasons = []
+    a, b = _flat(old.get("config", {})), _flat(new.get("config", {}))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+    reasons += [f"config key {k}: {_shown(a.get(k, _ABSENT))} -> {_shown(b.get(k, _ABSENT))}" for k in keys[:3]]
+    if len(keys) > 3:
+        reasons.append(f"{len(keys) - 3} more config keys")
+    if old.get("base_dir") != new.get("base_dir"):
+        reasons.append(f"the config's folder: {old.get('base_dir')} -> {new.get('base_dir')}")
+    if old.get("targets") != new.get("targets"):
+        reasons.append(f"--target: {old.get('targets') or 'all'} -> {new.get('targets') or 'all'}")
+    before, now = dict(map(tuple, old.get("files", []))), dict(map(tuple, new.get("files", [])))
+    for path in sorted(before.keys() | now.keys()):
+        if path not in before:
+            reasons.append(f"{_where(path)} is new (a file the build reads)")
+        elif path not in now:
+            reasons.append(f"{_where(path)} is no longer read")
+        elif before[path] != now[path]:
+            reasons.append(f"{_where(path)} {'is missing' if now[path] == 'missing' else 'changed'}")
+    ours_old, ours_new = old.get("deployc", {}), new.get("deployc", {})
+    ours = sorted(k for k in ours_old.keys() | ours_new.keys() if ours_old.get(k) != ours_new.get(k))
+    if ours:
+        reasons.append(f"deployc's own files changed ({_listed(ours)})")
+    gone = sorted(set(old.get("distributions", [])) - set(new.get("distributions", [])))
+    came = sorted(set(new.get("distributions", [])) - set(old.get("distributions", [])))
+    if gone or came:
+        shown = [n.removesuffix(".dist-info").removesuffix(".egg-info") for n in came] or ["-"]
+        reasons.append(f"installed packages changed (now {_listed(shown)}; before {_listed(gone) if gone else '-'})")
+    for name, what in (("python", "the Python version"), ("cpu", "the CPU (int8 artifacts are tuned for it)")):
+        if old.get(name) != new.get(name):
+            reasons.append(f"{what} changed")
+    return reasons
 
 
 def _regular(path: Path) -> bool:
@@ -191,19 +313,6 @@ def _locked(out_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-@dataclass
-class UpToDate:
-    """An out dir whose build matches the current inputs: what the CLI reports instead of building."""
-
-    out_dir: Path
-    manifest: dict[str, Any]
-    timings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 3 if self.manifest.get("status") == "failed" else 0
 
 
 def _not_owned(out_dir: Path) -> str | None:
@@ -233,7 +342,8 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
     except (OSError, ValueError):
         return "its key file or manifest is unreadable"
     if stored.get("key") != key:
-        return "inputs changed"
+        reasons = changed_inputs(stored["inputs"], key.inputs) if _comparable(stored, key) else []
+        return "inputs changed" + (f": {'; '.join(reasons)}" if reasons else "")
     if _locked(out_dir):
         return "another build is writing it"
     foreign = _not_owned(out_dir)
@@ -252,19 +362,68 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
     return None
 
 
-def up_to_date(config_path: Path, out: Path | None, targets: list[str] | None) -> UpToDate | None:
-    """The finished build in the out dir when it matches the current inputs, else None (then build).
+def _comparable(stored: dict[str, Any], key: str) -> bool:
+    return isinstance(stored.get("inputs"), dict) and isinstance(key, BuildKey)
 
-    Anything unexpected (a config that does not load, a missing file) also gives None: the full build
-    reports it with its usual error."""
+
+def default_out(source: Any, name: str) -> Path:
+    """Where a build goes without --out: the folder of a config deployc saved into its own out dir
+    (OUT/deployc.yaml, listed in OUT's marker), else deployc-out/<name>."""
+    if isinstance(source, (str, Path)) and Path(source).name == CONFIG_NAME:
+        folder = Path(source).parent
+        marker = read_marker(folder) if (folder / MARKER_NAME).is_file() else None
+        if marker is not None and CONFIG_NAME in marker.get("files", []):
+            return folder
+    return Path("deployc-out") / name
+
+
+def saved_config(source: Any, out_dir: Path) -> str | None:
+    """The text of a config read from OUT/deployc.yaml (it is saved again with the build), else None."""
+    if not isinstance(source, (str, Path)) or Path(source).name != CONFIG_NAME:
+        return None
     try:
-        config = load_config(config_path)
-        out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
-        if stale_reason(out_dir, build_key(config, targets)) is not None:
-            return None
+        if Path(source).resolve() == (out_dir / CONFIG_NAME).resolve():
+            return Path(source).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a build finds in its out dir: `result` when it already holds this exact build; else `reason`, why it
+    must be built again (None for a first build, or when the config cannot be read: the build reports that)."""
+
+    result: BuildResult | None
+    reason: str | None
+    out_dir: Path | None
+
+
+def check_fresh(
+    source: str | Path | dict | BuildConfig, out: Path | None, targets: list[str] | None, rebuild: bool = False
+) -> Freshness:
+    """Is the out dir up to date? rebuild=True (--no-cache) never takes the stored build, but still says why."""
+    try:
+        config = load_config(source)
+        out_dir = Path(out) if out is not None else default_out(source, config.name)
+    except Exception:
+        return Freshness(None, None, None)
+    try:
+        if not ((out_dir / KEY_FILE).exists() or (out_dir / "manifest.json").exists()):
+            return Freshness(None, None, out_dir)  # a first build
+        if rebuild:
+            return Freshness(None, "every pass runs again (--no-cache)", out_dir)
+        reason = stale_reason(out_dir, build_key(config, targets))
+        if reason is not None:
+            return Freshness(None, reason, out_dir)
         manifest = json.loads((out_dir / "manifest.json").read_text())
         timings_path = out_dir / "timings.json"
         timings = json.loads(timings_path.read_text()) if _regular(timings_path) else {}
     except Exception:
-        return None
-    return UpToDate(out_dir, manifest, timings)
+        return Freshness(None, None, out_dir)
+    return Freshness(BuildResult(out_dir, manifest, [], timings, up_to_date=True), None, out_dir)
+
+
+def up_to_date(config_path: Path, out: Path | None, targets: list[str] | None) -> BuildResult | None:
+    """The finished build in the out dir when it matches the current inputs, else None (then build)."""
+    return check_fresh(config_path, out, targets).result
