@@ -174,3 +174,66 @@ def test_an_onnx_models_external_data_is_part_of_the_key(tmp_path):
     assert build_key(load_config(raw, base_dir=tmp_path)) == key  # only the files the model names count
     (tmp_path / "w.bin").write_bytes((tmp_path / "w.bin").read_bytes()[::-1])
     assert build_key(load_config(raw, base_dir=tmp_path)) != key
+
+
+def test_the_python_api_has_the_clis_up_to_date_check_and_exit_codes(project, capsys):
+    import deployc
+
+    out = project / "out"
+    first = deployc.build(project / "tiny.yaml", out=out, quiet=True)
+    assert first.exit_code == 0 and first.up_to_date is False and first.artifacts
+    before = _stamps(out)
+    again = deployc.build(str(project / "tiny.yaml"), out=out, quiet=True)
+    assert again.up_to_date is True and again.exit_code == 0 and again.manifest == first.manifest
+    assert _stamps(out) == before  # nothing ran, nothing was written
+    forced = deployc.build(project / "tiny.yaml", out=out, cache=False)  # like --no-cache: every pass again
+    assert forced.up_to_date is False and _stamps(out)["manifest.json"] != before["manifest.json"]
+    assert f"deployc: building {out} again: every pass runs again (--no-cache)" in capsys.readouterr().err
+    with pytest.raises(TypeError):
+        deployc.build(project / "tiny.yaml", out, True)  # keyword arguments only, each one typed and named
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ("factory source", "models/tiny.py changed"),
+        ("neighbour module", "models/helpers.py changed"),
+        ("config", "config key validate.max_drift: 1.0 -> 0.5"),
+        ("data file", "data.npz changed"),
+        ("report deleted", "report.md changed since the build"),
+        ("foreign file", "notes.txt was not written by deployc"),
+    ],
+)
+def test_every_rebuild_says_why(project, monkeypatch, capsys, change, said):
+    monkeypatch.chdir(project)  # paths in the reasons are relative to the current folder
+    assert _build(project) == 0
+    out = project / "out"
+    if change == "factory source":
+        (project / "models" / "tiny.py").write_text(MODEL.replace("manual_seed(0)", "manual_seed(1)"))
+    elif change == "neighbour module":
+        (project / "models" / "helpers.py").write_text("SCALE = 2\n")
+    elif change == "config":
+        raw = yaml.safe_load((project / "tiny.yaml").read_text())
+        raw["validate"]["max_drift"] = 0.5
+        (project / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    elif change == "data file":
+        with np.load(project / "data.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        np.savez(project / "data.npz", **dict(arrays, image=arrays["image"][::-1].copy()))
+    elif change == "report deleted":
+        (out / "report.md").unlink()
+    else:
+        (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    code = main(["build", str(project / "tiny.yaml"), "--out", str(out), "--force"])
+    assert code == 0
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert first_line.startswith(f"deployc: building {out} again: ") and said in first_line
+
+
+def test_a_key_file_records_what_the_key_hashed(project):
+    assert _build(project) == 0
+    stored = json.loads((project / "out" / KEY_FILE).read_text())
+    key = build_key(load_config(project / "tiny.yaml"))
+    assert stored["key"] == key and stored["inputs"] == json.loads(json.dumps(key.inputs))
+    assert {Path(p).name for p, _ in stored["inputs"]["files"]} == {"tiny.py", "helpers.py", "data.npz"}
