@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from deployc.compiler.registry import target_names
 from deployc.core.config import BuildConfig, load_config
 from deployc.errors import UsageError
 
@@ -251,7 +252,7 @@ _SECTION_HELP = {
     "inputs: a string dimension is a dynamic axis",
     "data": "validation: what every artifact is checked on (digits[:split], FILE.npz, FILE.py:callable); "
     "calibration: int8 calibration samples; metric: top1 | top5 | cosine | mse | FILE.py:callable",
-    "targets": "onnx | tflite | tensorrt, each with precision: [fp32, fp16, int8, dynamic]",
+    "targets": "{targets}, each with precision: [fp32, fp16, int8, dynamic]",
     "validate": "max_drift: the budget in the metric's own units (top1 0.01 = one point); an artifact past it fails",
 }
 _EXAMPLES = """\
@@ -283,7 +284,8 @@ def render(raw: dict[str, Any], notes: dict[str, list[str]], header: list[str]) 
     lines = [f"# {h}" if h else "#" for h in header] + [""]
     for key, value in raw.items():
         if key in _SECTION_HELP:
-            lines += ["# " + t for t in textwrap.wrap(f"{key}: {_SECTION_HELP[key]}", 108, subsequent_indent="  ")]
+            text = _SECTION_HELP[key].format(targets=" | ".join(target_names()))
+            lines += ["# " + t for t in textwrap.wrap(f"{key}: {text}", 108, subsequent_indent="  ")]
         lines += ["#   " + t for n in notes.get(key, []) for t in textwrap.wrap(n, 106, subsequent_indent="  ")]
         lines.append(yaml.dump({key: value}, Dumper=_Dumper, sort_keys=False, width=110).rstrip())
         lines.append("")

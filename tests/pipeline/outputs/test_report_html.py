@@ -9,8 +9,9 @@ from html.parser import HTMLParser
 
 import pytest
 
+from deployc.outputs.plots import pareto_front
 from deployc.outputs.report import report_view
-from deployc.outputs.report_html import pareto_front, render_html, write_html_report
+from deployc.outputs.report_html import render_html, write_html_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -191,7 +192,8 @@ def test_report_has_no_emoji_and_draws_the_budget(demo_build, tmp_path):
     assert not _EMOJI.search(page)
     assert '<svg class="icon"' in page  # the gate icons are drawn, no font needed
     assert "Dashed red line: the drift budget 1.00%: top1 ≥" in page
-    from deployc.outputs.report_html import budget_of, points, scatter_figure
+    from deployc.outputs.plots import budget_of, scatter_figure
+    from deployc.outputs.report_html import points
 
     view = report_view(demo_build.manifest, demo_build.timings)
     budget = budget_of(view)
@@ -204,7 +206,8 @@ def test_report_has_no_emoji_and_draws_the_budget(demo_build, tmp_path):
 def test_plot_labels_never_overlap_on_a_crowded_plot(demo_build):
     from matplotlib.text import Text
 
-    from deployc.outputs.report_html import budget_of, points, scatter_figure
+    from deployc.outputs.plots import budget_of, scatter_figure
+    from deployc.outputs.report_html import points
 
     view = _crowded(demo_build, proxy=False)
     pts = points(view)
