@@ -76,7 +76,7 @@ def _cached(name: str, make: Callable[[], nn.Module]) -> nn.Module:
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    log.info(f"training {name} on digits ({EPOCHS} epochs, once; cached in {path.parent}) …")
+    log.info(f"training {name} on digits once ({EPOCHS} epochs; cached in {path.parent}) …")
     model = train(make=make)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

@@ -10,6 +10,7 @@ a converter, a calibration); `quiet` silences all of it.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -42,10 +43,15 @@ class Heartbeat:
         self.activity: tuple[str, float] | None = None  # (what runs, since when)
 
     def heard(self, line: str) -> None:
-        """A line reached the console: silence starts again; a line ending in '…' names the work now running."""
+        """A line reached the console: silence starts again. A line ending in '…' names the work now running (its
+        trailing parenthesis left out); an indented line is a detail of that work (an epoch, a progress step) and
+        keeps it; any other line ends it."""
         self.said = self.spoke = self.clock()
         text = line.strip()
-        self.activity = (text.rstrip(ONGOING).strip(), self.said) if text.endswith(ONGOING) else None
+        if text.endswith(ONGOING):
+            self.activity = (re.sub(r"\s*\([^()]*\)$", "", text.rstrip(ONGOING).strip()), self.said)
+        elif not line[:1].isspace():
+            self.activity = None
 
     def begin(self, what: str) -> None:
         self.activity = (what, self.clock())

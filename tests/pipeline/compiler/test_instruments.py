@@ -93,3 +93,20 @@ def test_deployc_info_records_reach_the_console_and_others_do_not():
         logging.getLogger("some.library").info("chatter")
     assert stream.getvalue() == "training digits_resnet on digits …\n"
     assert logging.getLogger("deployc").handlers == []  # the bridge is removed after the build
+
+
+def test_indented_lines_are_details_of_the_named_work():
+    inst, stream, clock = _instruments()
+    inst.log("training digits_resnet on digits once (25 epochs; cached in /tmp/x) …")
+    clock.now += 7
+    inst.log("  training epoch 1/25 loss=1.2 (7 s)")  # a detail: the work goes on
+    clock.now += 10
+    inst._beat()
+    inst.log("reference top1 = 0.99 on 450 samples")  # a new top-level line: that work is over
+    clock.now += 10
+    inst._beat()
+    assert stream.getvalue().splitlines()[2:] == [
+        "  … training digits_resnet on digits once: still running (17 s)",
+        "reference top1 = 0.99 on 450 samples",
+        "  … still working (10 s since the last line)",
+    ]
