@@ -20,8 +20,8 @@ from typing import Any, Protocol, TextIO
 
 from deployc.core.quiet import OWN_PREFIX, ThirdPartyOutput
 
-HEARTBEAT_SECONDS = 10.0  # the longest the console stays silent while a build runs (plus POLL_SECONDS)
-POLL_SECONDS = 1.0
+HEARTBEAT_SECONDS = 9.0  # silence before a heartbeat line: with the poll and a loaded machine, ~10 s at most
+POLL_SECONDS = 0.5
 ONGOING = "…"  # a log line ending with it names work that runs until the next line
 
 
