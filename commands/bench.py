@@ -199,7 +199,7 @@ def compact_table(result: dict[str, Any]) -> dict[str, Any]:
     return {"title": title, "header": header, "rows": rows, "notes": notes}
 
 
-_COMPACT = (("metric", ".4f"), ("p50_ms", ".3f"), ("iqr_ms", ".3f"), ("x_eager_p50", ".2f"), ("throughput", ".0f"))
+_COMPACT = (("metric", ".4f"), ("p50_ms", ".3f"), ("iqr_ms", ".3f"), ("x_eager_p50", ".3g"), ("throughput", ".0f"))
 
 
 def print_compact(result: dict[str, Any], stream: Any = None, width: int = 100) -> None:
