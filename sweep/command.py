@@ -67,7 +67,7 @@ def run_sweep(
                 f"({executor['nodes']} node(s), {executor['cpus']:g} CPUs)"
             )
             runner = RayExecutor(out, sweep.config.resources, sweep.config.retries, max_parallel, cache)
-            with instruments.progress("variants", total) as advance:
+            with instruments.beating(), instruments.progress("variants", total) as advance:
 
                 def on_done(p: Planned, outcome: Outcome) -> None:
                     run = runner.prefixes.get(outcome.prefix) if outcome.prefix else None
