@@ -170,14 +170,14 @@ def _other_kind(path: Path) -> dict[str, Any] | None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from deployc.compiler.pass_cache import PassCache
+    from deployc.compiler.pass_cache import DEFAULT_MAX_BYTES, PassCache
     from deployc.outputs.report import human_bytes
 
     cache = PassCache()
     before = cache.info()
     result = dict(before, error=None)
     if args.action == "prune":
-        limit = _parse_size(args.max_size)
+        limit = DEFAULT_MAX_BYTES if args.max_size is None else _parse_size(args.max_size)
         removed = cache.prune(limit)["removed"]
         result = dict(cache.info(), error=None, removed=removed, limit=limit)
         result["freed"] = max(0, before["bytes"] - result["bytes"])
@@ -209,6 +209,29 @@ def _parse_size(text: str) -> int:
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"--max-size: '{text}' must be a finite size of 0 or more, like 500MB or 2G")
     return int(value)
+
+
+def count(maximum: int, minimum: int = 1) -> Any:
+    """An argparse type for a numeric option: a whole number in minimum..maximum, else exit 2 naming the option
+    (argparse's own 'argument --runs: ...' error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number ({minimum}..{maximum})") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
+        return value
+
+    return parse
+
+
+def in_range(option: str, value: Any, minimum: float, maximum: float) -> None:
+    """The Python API's check of a numeric option (the CLI's `count` does it while parsing): exit 2 naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not minimum <= value <= maximum:
+        raise UsageError(f"{option}: {value!r} is outside {minimum:g}..{maximum:g}")
 
 
 BUILTIN_COMMANDS = ("build", "cache", "validate-config")
@@ -279,7 +302,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
     c.add_argument("action", choices=["info", "prune"])
     c.add_argument(
-        "--max-size", default="1GB", help="prune: keep the most recently used entries up to this size (default 1GB)"
+        "--max-size",
+        help="prune: keep the most recently used entries up to this size (default 1GB, the size every build keeps)",
     )
     c.set_defaults(func=_cmd_cache)
     for add_parser in _plugin_commands(argv).values():  # bench, explain, demo and any plugin's commands

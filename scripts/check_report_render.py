@@ -1,6 +1,8 @@
 """Render a build's report.html in headless Chromium, save a PNG screenshot, and check the layout.
 
-    python scripts/check_report_render.py BUILD_DIR [--png report.png] [--width 1280] [--height 2000]
+    python scripts/check_report_render.py BUILD_DIR|REPORT.html [--png report.png] [--width 1280] [--height 2000]
+
+(BUILD_DIR/bench/ holds the report `deployc bench` wrote: give that folder or its report.html.)
 
 Exit 0 when Chromium rendered the page, every embedded <img> decodes as a PNG and the browser decoded it, and
 no table is wider than its box at this window width (a clipped column); 1 otherwise. The layout is measured by
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=2000)
     args = p.parse_args(argv)
-    page = args.build_dir / "report.html"
+    page = args.build_dir if args.build_dir.suffix == ".html" else args.build_dir / "report.html"
     if not page.is_file():
         print(f"{page}: not found (build with a deployc that writes report.html)", file=sys.stderr)
         return 1
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if browser is None:
         print("no chromium on PATH: apt-get install -y chromium", file=sys.stderr)
         return 1
-    png = args.png or args.build_dir / "report.png"
+    png = args.png or page.with_suffix(".png")
     try:
         screenshot(page, png, args.width, args.height, browser)
         problems = layout_problems(measure(page, args.width, browser))

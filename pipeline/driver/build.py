@@ -203,7 +203,7 @@ def _build(
             "machine": machine(),
         }
         # everything a person or CI reads is staged with the artifacts and published with them, manifest last
-        (staging / "report.md").write_text(render_report(report_view(manifest, timings)), encoding="utf-8")
+        write_text_atomic(staging / "report.md", render_report(report_view(manifest, timings)))
         write_html_report(manifest, staging, timings)
         write_junit(manifest, staging, timings)
         write_json_atomic(staging / "timings.json", timings)
@@ -212,6 +212,7 @@ def _build(
         write_json_atomic(staging / "manifest.json", manifest)
         write_key(staging, key)  # the no-op rebuild key, with the hashes of the staged reports it vouches for
         outdir.publish()
+        ctx.cache.trim()  # the disk cache stays within its documented size (pass_cache.DEFAULT_MAX_BYTES)
         for art in artifacts:
             if art.path is not None:
                 art.path = out_dir / art.path.relative_to(staging)

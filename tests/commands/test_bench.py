@@ -13,9 +13,22 @@ from deployc.errors import UsageError
 
 
 @pytest.fixture(scope="module")
-def bench(demo_build, tmp_path_factory):
+def demo_config(tmp_path_factory):
+    """The demo build's config as a file: bench on a build folder whose config names a factory needs it."""
+    import yaml
+
+    from tests.conftest import digits_config
+
+    path = tmp_path_factory.mktemp("config") / "digits.yaml"
+    path.write_text(yaml.safe_dump(digits_config(targets={"onnx": {"precision": ["fp32", "int8"]}})))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench(demo_build, demo_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return run_bench(demo_build.out_dir, out=out, runs=5, batch=8, min_seconds=0.05, quiet=True), out
+    result = run_bench(demo_build.out_dir, out=out, runs=5, batch=8, min_seconds=0.05, quiet=True, config=demo_config)
+    return result, out / "bench"
 
 
 def test_every_artifact_and_baseline_is_measured(bench, demo_build):
@@ -76,11 +89,13 @@ def test_folder_without_manifest_is_a_usage_error(tmp_path):
         run_bench(tmp_path / "missing.yaml", quiet=True)
 
 
-def test_cli_json_goes_to_stdout(demo_build, tmp_path, capsys):
+def test_cli_json_goes_to_stdout(demo_build, demo_config, tmp_path, capsys):
     code = main(
         [
             "bench",
             str(demo_build.out_dir),
+            "--config",
+            str(demo_config),
             "--out",
             str(tmp_path),
             "--no-baselines",
@@ -106,8 +121,9 @@ def test_config_is_built_then_benched_and_the_report_shows_the_table(tmp_path):
     out = tmp_path / "out"
     result = run_bench(config, out=out, baselines=False, runs=3, batch=4, min_seconds=0.05, quiet=True)
     assert [r["name"] for r in result["rows"]] == ["onnx/fp32"]
-    assert (out / "manifest.json").is_file() and (out / "bench.json").is_file()
-    assert result["table"]["title"] in (out / "report.html").read_text(encoding="utf-8")
+    assert (out / "manifest.json").is_file() and (out / "bench" / "bench.json").is_file()
+    assert result["table"]["title"] in (out / "bench" / "report.html").read_text(encoding="utf-8")
+    assert result["table"]["title"] not in (out / "report.html").read_text(encoding="utf-8")  # the build's own
 
 
 def test_the_terminal_table_fits_100_columns_and_proxies_enter_no_ratio(bench):
@@ -136,7 +152,7 @@ def header_index(table: dict, name: str) -> int:
     return table["header"].index(name)
 
 
-def test_proxy_rows_get_no_ratio_from_the_rounds(demo_build, tmp_path):
+def test_proxy_rows_get_no_ratio_from_the_rounds(demo_build, demo_config, tmp_path):
     import copy
     import json
 
@@ -149,7 +165,7 @@ def test_proxy_rows_get_no_ratio_from_the_rounds(demo_build, tmp_path):
         (build / a["path"]).parent.mkdir(parents=True, exist_ok=True)
         (build / a["path"]).write_bytes((demo_build.out_dir / a["path"]).read_bytes())
     (build / "manifest.json").write_text(json.dumps(manifest))
-    result = run_bench(build, out=tmp_path / "b", runs=5, batch=4, min_seconds=0.02, quiet=True)
+    result = run_bench(build, out=tmp_path / "b", runs=5, batch=4, min_seconds=0.02, quiet=True, config=demo_config)
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["onnx/int8"]["proxy"] == "onnxruntime" and rows["onnx/int8"]["p50_ms"] > 0
     assert "x_eager_p50" not in rows["onnx/int8"] and "x_qstatic_p50" not in rows["onnx/int8"]

@@ -21,7 +21,7 @@ def _one_object(out: str) -> dict:
 @pytest.mark.parametrize(
     "argv, code, error",
     [
-        (["build", "missing.yaml"], 2, "missing.yaml: config file not found"),
+        (["build", "missing.yaml"], 2, "config file 'missing.yaml' not found"),
         (["build", "c.yaml", "--no-such-flag"], 2, "unrecognized arguments: --no-such-flag"),
         (["build"], 2, "give a CONFIG file, or --model and --data"),
         (["validate-config", "bad.yaml"], 2, "unknown key (did you mean 'targets'?)"),
