@@ -131,3 +131,21 @@ def test_a_config_with_one_line_precisions_is_refused(project, capsys):
     config = write(project / "c.yaml", "model: {onnx: m.onnx}\ndata: {validation: digits}\n")
     assert main(["build", str(config), "--target", "onnx:int8"]) == 2
     assert "NAME:PRECISION is for the one-line start" in capsys.readouterr().err
+
+
+def test_a_one_line_build_folder_is_read_with_its_own_paths_and_names_its_saved_config(project, monkeypatch):
+    from deployc.commands.build_dir import config_for, read_manifest
+
+    out = project / "out"
+    assert _oneline(project, out) == 0
+    with pytest.raises(UsageError, match=r"--config .*out/deployc\.yaml"):  # a factory: the hint names the file
+        config_for(out, read_manifest(out), None, model=True)
+    onnx_out = project / "from-onnx"  # an ONNX model names no code: its stored config is used, paths and all
+    argv = ["build", "--model", str(out / "onnx" / "tiny.fp32.onnx"), "--data", str(project / "digits.npz")]
+    assert main([*argv, "--target", "onnx:fp32", "--max-drift", "1", "--out", str(onnx_out), "--quiet"]) == 0
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths resolve against the build folder, not the current one
+    cfg = config_for(onnx_out, read_manifest(onnx_out), None, model=True)
+    assert cfg.resolve(cfg.model.onnx).resolve() == (out / "onnx" / "tiny.fp32.onnx").resolve()
+    assert cfg.resolve(cfg.data.validation.path).resolve() == (project / "digits.npz").resolve()
