@@ -149,24 +149,24 @@ def bench_table(result: dict[str, Any]) -> dict[str, Any]:
 
     header = ["candidate", "size", result["metric"], "drift", "p50 ms", "IQR ms", "p90 ms", "p99 ms"]
     header += [f"samples/s @{result['batch']}", "peak MB", "×eager p50", "×eager samples/s", "×eager size"]
-    header += ["×qstatic p50", "stable"]
+    header += ["×qstatic p50"]  # an unstable row's p50 is starred, as in the terminal: one column fewer
     rows = []
     for r in result["rows"]:
         if r.get("skipped"):
-            rows.append([r["name"], human_bytes(r.get("bytes")), f"skipped: {r['skipped']}"] + ["—"] * 12)
+            rows.append([r["name"], human_bytes(r.get("bytes")), f"skipped: {r['skipped']}"] + ["—"] * 11)
             continue
         rows.append(
             [_name(r), human_bytes(r.get("bytes")), f(r, "metric", ".4f"), _drift(r)]
-            + [f(r, k, ".3f") for k in ("p50_ms", "iqr_ms", "p90_ms", "p99_ms")]
-            + [f(r, "throughput", ".1f"), f(r, "peak_mb", ".1f"), f(r, "x_eager_p50", ".3f")]
-            + [f(r, "x_eager_throughput", ".2f"), f(r, "x_eager_size", ".3f"), f(r, "x_qstatic_p50", ".3f")]
-            + ["unstable" if r.get("unstable") else "yes"]
+            + [f(r, "p50_ms", ".3f") + ("*" if r.get("unstable") else "")]
+            + [f(r, k, ".3f") for k in ("iqr_ms", "p90_ms", "p99_ms")]
+            + [f(r, "throughput", ".1f"), f(r, "peak_mb", ".1f"), f(r, "x_eager_p50", ".3g")]
+            + [f(r, "x_eager_throughput", ".2f"), f(r, "x_eager_size", ".3f"), f(r, "x_qstatic_p50", ".3g")]
         )
     load = result["load_average"]
     title = (
         f"Benchmark: {result['model']} — batch-1 latency, {result['runs']} runs per candidate in interleaved "
         f"rounds after warm-up; ratios taken within each round; {result['cpu_count']} CPU cores, load average "
-        f"{load[0]:.1f} before, {load[1]:.1f} after; unstable: IQR above 25% of the median"
+        f"{load[0]:.1f} before, {load[1]:.1f} after; * unstable: IQR above 25% of the median"
     )
     return {"title": title, "header": header, "rows": rows}
 

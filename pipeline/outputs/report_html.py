@@ -29,12 +29,12 @@ body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px;font-size:.9em;word-break:break-all}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d0d7de;padding:.35rem .6rem;text-align:right;vertical-align:top;white-space:nowrap}
+th,td{border:1px solid #d0d7de;padding:.35rem .5rem;text-align:right;vertical-align:top;white-space:nowrap}
 td.w,th.w{white-space:normal;min-width:7rem;max-width:40rem;overflow-wrap:break-word;text-align:left}
 td.w:last-child{min-width:14rem}
 .icon{display:inline-block;width:.95em;height:.95em;vertical-align:-.12em;margin-right:.3em}
 .scroll{overflow-x:auto;max-width:100%}
-th{background:#f6f8fa}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fbfcfd}
+th{background:#f6f8fa;white-space:normal}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fbfcfd}
 .badge{display:inline-block;padding:.15rem .6rem;border-radius:1rem;font-weight:600;color:#fff}
 .passed{background:#1a7f37}.failed{background:#cf222e}
 .pass{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.skipped{color:#6e7781}
@@ -189,7 +189,7 @@ def _sensitivity_section(manifest: dict[str, Any]) -> str:
 def _tables_section(manifest: dict[str, Any], extra_tables: list[dict[str, Any]]) -> str:
     tables = [t for p in manifest.get("all_passes", manifest["passes"]) for t in p.get("tables", [])]
     return "".join(
-        f"<h2>{_e(t['title'])}</h2>" + html_table(list(t["header"]), [list(r) for r in t["rows"]])
+        f"<h2>{_e(t['title'])}</h2>" + html_table(list(t["header"]), [list(r) for r in t["rows"]], wrap=(0,))
         for t in tables + list(extra_tables)
     )
 
