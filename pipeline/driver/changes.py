@@ -56,7 +56,8 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     before, now = dict(map(tuple, old.get("files", []))), dict(map(tuple, new.get("files", [])))
     for path in sorted(before.keys() | now.keys()):
         if path not in before:
-            reasons.append(f"{_where(path)} is new (a file the build reads)")
+            why = "a module beside a factory, which may import it" if path.endswith(".py") else "a file the build reads"
+            reasons.append(f"{_where(path)} is new ({why})")
         elif path not in now:
             reasons.append(f"{_where(path)} is no longer read")
         elif before[path] != now[path]:

@@ -81,6 +81,8 @@ def _change(project: Path, change: str) -> None:
         (project / "models" / "tiny.py").write_text(MODEL.replace("manual_seed(0)", "manual_seed(1)"))
     elif change == "neighbour module":
         (project / "models" / "helpers.py").write_text("SCALE = 2\n")
+    elif change == "new module":
+        (project / "models" / "extra.py").write_text("UNUSED = 1\n")
     elif change == "config":
         raw = yaml.safe_load((project / "tiny.yaml").read_text())
         raw["validate"]["max_drift"] = 0.5
@@ -205,6 +207,7 @@ def test_the_python_api_has_the_clis_up_to_date_check_and_exit_codes(project, ca
     [
         ("factory source", "models/tiny.py changed"),
         ("neighbour module", "models/helpers.py changed"),
+        ("new module", "models/extra.py is new (a module beside a factory, which may import it)"),
         ("config", "config key validate.max_drift: 1.0 -> 0.5"),
         ("data file", "data.npz changed"),
         ("report deleted", "report.md changed since the build"),
