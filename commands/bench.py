@@ -3,7 +3,9 @@ otherwise ship (see bench_baselines.py), in one process. Each candidate is opene
 set (metric, peak memory); then all of them are timed together in interleaved rounds after warm-up (batch-1
 latency, then throughput at a larger batch), so load on a shared machine hits every candidate alike. Rows
 give medians with their spread (IQR); ratios to torch eager are taken within each round; a row whose spread
-is large is marked unstable, and the table states the load average before and after.
+is large is marked unstable, and the table states the load average before and after. A TensorRT artifact timed on
+onnxruntime (no GPU) is a proxy: its row says so and it enters no ratio. The terminal shows a compact table that
+fits 100 columns; bench.md and bench.json hold every column.
 
 A BUILD_DIR is data (commands/build_dir.py): its manifest is checked, its artifacts must be regular files inside it
 with the hashes it records, and the model, data and metric come from its stored config only when that names no
@@ -118,6 +120,8 @@ def time_rows(
             throughput=batch / heavy.times[name].median * 1000,
             unstable=latency.unstable(name, EAGER if EAGER in base else None) or heavy.times[name].unstable,
         )
+        if row.get("proxy"):  # a stand-in runtime's time says nothing of the target's: no ratio
+            continue
         if EAGER in base:
             row["x_eager_p50"] = latency.ratio(name, EAGER).median
             row["x_eager_throughput"] = 1 / heavy.ratio(name, EAGER).median
@@ -145,31 +149,90 @@ def bench_table(result: dict[str, Any]) -> dict[str, Any]:
 
     header = ["candidate", "size", result["metric"], "drift", "p50 ms", "IQR ms", "p90 ms", "p99 ms"]
     header += [f"samples/s @{result['batch']}", "peak MB", "×eager p50", "×eager samples/s", "×eager size"]
-    header += ["×qstatic p50", "stable"]
+    header += ["×qstatic p50"]  # an unstable row's p50 is starred, as in the terminal: one column fewer
     rows = []
     for r in result["rows"]:
         if r.get("skipped"):
-            rows.append([r["name"], human_bytes(r.get("bytes")), f"skipped: {r['skipped']}"] + ["—"] * 12)
+            rows.append([r["name"], human_bytes(r.get("bytes")), f"skipped: {r['skipped']}"] + ["—"] * 11)
             continue
-        drift = f"{r['drift'] * 100:+.2f}%" if r.get("drift") is not None else "—"
         rows.append(
-            [r["name"], human_bytes(r.get("bytes")), f(r, "metric", ".4f"), drift]
-            + [f(r, k, ".3f") for k in ("p50_ms", "iqr_ms", "p90_ms", "p99_ms")]
-            + [f(r, "throughput", ".1f"), f(r, "peak_mb", ".1f"), f(r, "x_eager_p50", ".3f")]
-            + [f(r, "x_eager_throughput", ".2f"), f(r, "x_eager_size", ".3f"), f(r, "x_qstatic_p50", ".3f")]
-            + ["unstable" if r.get("unstable") else "yes"]
+            [_name(r), human_bytes(r.get("bytes")), f(r, "metric", ".4f"), _drift(r)]
+            + [f(r, "p50_ms", ".3f") + ("*" if r.get("unstable") else "")]
+            + [f(r, k, ".3f") for k in ("iqr_ms", "p90_ms", "p99_ms")]
+            + [f(r, "throughput", ".1f"), f(r, "peak_mb", ".1f"), f(r, "x_eager_p50", ".3g")]
+            + [f(r, "x_eager_throughput", ".2f"), f(r, "x_eager_size", ".3f"), f(r, "x_qstatic_p50", ".3g")]
         )
     load = result["load_average"]
     title = (
         f"Benchmark: {result['model']} — batch-1 latency, {result['runs']} runs per candidate in interleaved "
         f"rounds after warm-up; ratios taken within each round; {result['cpu_count']} CPU cores, load average "
-        f"{load[0]:.1f} before, {load[1]:.1f} after; unstable: IQR above 25% of the median"
+        f"{load[0]:.1f} before, {load[1]:.1f} after; * unstable: IQR above 25% of the median"
     )
     return {"title": title, "header": header, "rows": rows}
 
 
+def _name(r: dict[str, Any]) -> str:
+    return f"{r['name']} (proxy: {r['proxy']})" if r.get("proxy") else r["name"]
+
+
+def _drift(r: dict[str, Any]) -> str:
+    return f"{r['drift'] * 100:+.2f}%" if r.get("drift") is not None else "—"
+
+
+def compact_table(result: dict[str, Any]) -> dict[str, Any]:
+    """The bench for a 100-column terminal: candidate, size, metric, drift, p50, IQR, ×eager, throughput, and
+    `notes` under it (unstable rows, proxies, skipped candidates); bench.md has every column."""
+    from deployc.outputs.report import human_bytes
+
+    header = ["candidate", "size", result["metric"], "drift", "p50 ms", "IQR", "×eager", "samples/s"]
+    rows, notes = [], []
+    for r in result["rows"]:
+        if r.get("skipped"):
+            rows.append([f"{r['name']} (skipped)", human_bytes(r.get("bytes"))] + ["—"] * 6)
+            notes.append(f"{r['name']}: skipped: {r['skipped']}")
+            continue
+        shown = {k: f"{r[k]:{fmt}}" if r.get(k) is not None else "—" for k, fmt in _COMPACT}
+        if r.get("proxy"):
+            notes.append(f"{r['name']}: timed on {r['proxy']} as a proxy for its target: in no ratio")
+        if r.get("unstable") and shown["p50_ms"] != "—":
+            shown["p50_ms"] += "*"
+        name = f"{r['name']} (proxy)" if r.get("proxy") else r["name"]
+        rows.append(
+            [name, human_bytes(r.get("bytes")), shown["metric"], _drift(r)] + [shown[k] for k, _ in _COMPACT[1:]]
+        )
+    if any(r.get("unstable") for r in result["rows"]):
+        notes.append("* unstable: the spread (IQR) is above 25% of the median; rerun on a quieter machine")
+    load = result["load_average"]
+    title = (
+        f"Benchmark: {result['model']} — batch-1 latency in interleaved rounds; ×eager: p50 ratio to torch eager "
+        f"within each round (below 1 is faster); samples/s at batch {result['batch']}; load {load[0]:.1f} → "
+        f"{load[1]:.1f} on {result['cpu_count']} cores"
+    )
+    return {"title": title, "header": header, "rows": rows, "notes": notes}
+
+
+_COMPACT = (("metric", ".4f"), ("p50_ms", ".3f"), ("iqr_ms", ".3f"), ("x_eager_p50", ".3g"), ("throughput", ".0f"))
+
+
+def print_compact(result: dict[str, Any], stream: Any = None, width: int = 100) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = compact_table(result)
+    console = Console(file=stream or sys.stdout, width=width)
+    table = Table(title=t["title"], box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for i, col in enumerate(t["header"]):
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+    for row in t["rows"]:
+        table.add_row(*[str(c) for c in row])
+    console.print(table)
+    for note in [*t["notes"], "every column (p90, p99, peak memory, size and throughput ratios): bench.md"]:
+        console.print(note, highlight=False, markup=False)
+
+
 def _resolve(
-    target_path: Path, out: Path | None, config: Path | None, quiet: bool, cache: bool
+    target_path: Path, out: Path | None, config: Path | None, quiet: bool, cache: bool, instruments: Any = None
 ) -> tuple[dict, Path, Any]:
     """(manifest, build dir, BuildConfig) for a CONFIG (built first) or a BUILD_DIR (read as data)."""
     from deployc.commands.build_dir import checked_artifacts, config_for, read_manifest
@@ -183,7 +246,7 @@ def _resolve(
     from deployc.core.config import load_config
     from deployc.driver.build import build
 
-    result = build(target_path, out=out, quiet=quiet, cache=cache)
+    result = build(target_path, out=out, quiet=quiet, cache=cache, instruments=instruments)
     return result.manifest, result.out_dir, load_config(target_path)
 
 
@@ -197,6 +260,7 @@ def run_bench(
     quiet: bool = False,
     min_seconds: float = 1.0,
     cache: bool = True,
+    instruments: Any = None,
 ) -> dict[str, Any]:
     """Benchmark a build (BUILD_DIR, with `config` naming its config when the stored one names code) or build a
     CONFIG first; writes bench.json, bench.md and report.html into BENCH_DIR/ of `out` (default: the build folder)
@@ -209,18 +273,22 @@ def run_bench(
     from deployc.data.metrics import get_metric
     from deployc.data.reference import compute_reference
     from deployc.data.sources import calibration_source, load_dataset
+    from deployc.outputs.report import proxy_of
 
     in_range("batch", batch, 1, MAX_BATCH)
     in_range("runs", runs, 1, MAX_RUNS)
     in_range("min_seconds", min_seconds, 1e-3, 3600)
-    log = Instruments(quiet=quiet).log
+    log = (instruments or Instruments(quiet=quiet)).log
     target_path = Path(target_path)
     if not target_path.exists():
         raise UsageError(f"{target_path}: no such config file or build folder")
     dest = Path(out) if out else None
     if target_path.is_dir():
         _check_dest(dest or target_path)  # before any work: a folder deployc may write its bench/ into
-    manifest, build_dir, config = _resolve(target_path, dest, Path(config) if config else None, quiet, cache)
+    manifest, build_dir, config = _resolve(
+        target_path, dest, Path(config) if config else None, quiet, cache, instruments
+    )
+    log("bench: loading the model and data …")  # a line ending in '…' names the work the heartbeat reports
     state = load_model(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
     calib_src = calibration_source(config)
@@ -231,16 +299,20 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="deployc-bench-") as work:
         cands = []
         if baselines:
-            log("bench: building baselines (plain export, quantize_static, litert-torch default)")
+            log("bench: building baselines (plain export, quantize_static, litert-torch default) …")
             cands += baseline_candidates(state, calibration, config.quantize.samples, Path(work))
         cands += artifact_candidates(manifest, build_dir)
         rows, runners = [], {}
+        proxies = {f"{a['target']}/{a['precision']}": proxy_of(a) for a in manifest["artifacts"]}
+        log(f"bench: opening {len(cands)} candidates and scoring each on the validation set …")
         for cand in cands:
             runner, row = open_and_score(cand, validation, reference, big, config.data.batch_size)
+            row.update({"proxy": proxies[cand.name]} if proxies.get(cand.name) else {})
             rows.append(row)
             if runner is not None:
                 runners[cand.name] = runner
-            log(f"bench: {cand.name}: " + (f"skipped ({row['skipped']})" if "skipped" in row else "opened"))
+            log(f"  {cand.name}: " + (f"skipped ({row['skipped']})" if "skipped" in row else "opened and scored"))
+        log(f"bench: timing {len(runners)} candidates in interleaved rounds (batch 1, then batch {batch}) …")
         try:
             rounds = time_rows(runners, rows, one, big, runs, min_seconds) if runners else {}
         finally:
@@ -250,7 +322,7 @@ def run_bench(
     add_size_ratios(rows)
     for row in rows:
         if "p50_ms" in row:
-            log(f"bench: {row['name']}: p50 {row['p50_ms']:.3f} ms (IQR {row['iqr_ms']:.3f})")
+            log(f"  {row['name']}: p50 {row['p50_ms']:.3f} ms (IQR {row['iqr_ms']:.3f})")
     lat = rounds.get("latency", {}).get("load_average", [0.0, 0.0])
     result = {
         "model": manifest["name"],
@@ -310,29 +382,25 @@ def _write(result: dict[str, Any], dest: Path, manifest: dict[str, Any], build_d
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(
-        args.target,
-        out=args.out,
-        batch=args.batch,
-        runs=args.runs,
-        baselines=not args.no_baselines,
-        config=args.config,
-        quiet=args.quiet or args.json,
-        cache=not getattr(args, "no_cache", False),
-    )
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2, default=str))
-    elif not args.quiet:
-        from rich.console import Console
-        from rich.table import Table
+    from deployc.compiler.instruments import Instruments
 
-        t = result["table"]
-        table = Table(title=t["title"])
-        for i, col in enumerate(t["header"]):
-            table.add_column(col, justify="left" if i == 0 else "right")
-        for row in t["rows"]:
-            table.add_row(*[str(c) for c in row])
-        Console(file=sys.stdout, width=220).print(table)
+    instruments = Instruments(quiet=args.quiet or args.json)
+    with instruments.third_party_quiet(enabled=not args.debug):  # absl, XNNPACK, W1207... stay out, as in build
+        result = run_bench(
+            args.target,
+            out=args.out,
+            batch=args.batch,
+            runs=args.runs,
+            baselines=not args.no_baselines,
+            config=args.config,
+            quiet=args.quiet or args.json,
+            cache=not getattr(args, "no_cache", False),
+            instruments=instruments,
+        )
+    if args.json:
+        print(json.dumps({"error": None, **{k: v for k, v in result.items() if k != "table"}}, indent=2, default=str))
+    elif not args.quiet:
+        print_compact(result)
     return 0
 
 

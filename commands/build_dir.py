@@ -139,9 +139,13 @@ def config_for(build_dir: Path, manifest: dict[str, Any], config: str | Path | N
 
     if config is not None:
         return load_config(config)
+    from deployc.driver.uptodate import CONFIG_NAME, default_out
+
     where = build_dir / "manifest.json"
+    # a one-line build saved its config into the folder: its relative paths resolve against it, not the cwd
+    base = build_dir.resolve() if default_out(build_dir / CONFIG_NAME, "") == build_dir else None
     try:
-        cfg = load_config(manifest.get("config") or {})
+        cfg = load_config(manifest.get("config") or {}, base_dir=base)
     except UsageError as exc:
         raise UsageError(f"{where}: {str(exc).splitlines()[0]}") from None
     code = code_named(cfg, model)
@@ -149,5 +153,6 @@ def config_for(build_dir: Path, manifest: dict[str, Any], config: str | Path | N
         raise UsageError(
             f"{where}: its config names Python code ({code}); a build folder is data and deployc never runs code it "
             "names. Pass --config with the build's config file"
+            + (f" (this one-line build saved it: --config {build_dir / CONFIG_NAME})" if base is not None else "")
         )
     return cfg

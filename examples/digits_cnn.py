@@ -4,8 +4,9 @@ scikit-learn's digits once, then cached."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from deployc.examples.models import DigitsMobileNetV3, DigitsResNet
 
 EPOCHS = 25
 SEED = 0
+log = logging.getLogger(__name__)  # deployc's own logger: a build shows its INFO lines (training runs in a factory)
 
 
 def cache_dir() -> Path:
@@ -43,13 +45,16 @@ def train(epochs: int = EPOCHS, seed: int = SEED, make: Callable[[], nn.Module] 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    t0 = time.monotonic()
+    for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(64):
             opt.zero_grad()
-            loss_fn(model(x[idx]), y[idx]).backward()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
             opt.step()
         sched.step()
+        log.info(f"  training epoch {epoch + 1}/{epochs} loss={float(loss):.4g} ({time.monotonic() - t0:.0f} s)")
     return model.eval()
 
 
@@ -79,7 +84,7 @@ def _cached(name: str, make: Callable[[], nn.Module]) -> nn.Module:
         return model.eval()
     except (UsageError, OSError, SafetensorError, RuntimeError, ValueError, KeyError):
         pass  # missing, not a regular file, damaged, or another model's: train it again
-    print(f"training {name} on digits (once; cached in {path.parent})", file=sys.stderr)
+    log.info(f"training {name} on digits once ({EPOCHS} epochs; cached in {path.parent}) …")
     model = train(make=make)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))

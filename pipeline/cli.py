@@ -8,6 +8,8 @@ import json
 import math
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ def _summary(result: Any) -> dict[str, Any]:
 
     m = report_view(result.manifest, result.timings)
     return {
+        "error": None,
         "status": m["status"],
         "exit_code": result.exit_code,
         "out_dir": str(result.out_dir),
@@ -48,8 +51,9 @@ def print_table(result: Any, stream: Any = None) -> None:
     Console(file=stream or sys.stdout, width=140).print(table)
 
 
-def finish_build(result: Any, args: argparse.Namespace, wrote: bool = True) -> int:
+def finish_build(result: Any, args: argparse.Namespace, wrote: bool | None = None) -> int:
     """Print the summary (JSON on stdout, or the table), append report.md to a GitHub job summary."""
+    wrote = not getattr(result, "up_to_date", False) if wrote is None else wrote
     from deployc.outputs.ci_summary import append_step_summary
 
     try:
@@ -66,25 +70,61 @@ def finish_build(result: Any, args: argparse.Namespace, wrote: bool = True) -> i
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from deployc.driver.uptodate import up_to_date  # light: hashes the inputs before torch & co. are imported
+    from deployc.driver.oneline import oneline_config, oneline_out, wants_oneline
+    from deployc.driver.uptodate import check_config_replaceable
 
-    fresh = None if args.no_cache else up_to_date(args.config, args.out, args.target)
-    if fresh is not None:
-        return finish_build(fresh, args, wrote=False)
-    from deployc.driver.build import build
+    if wants_oneline(args):
+        if args.config is not None:
+            raise UsageError(f"give a CONFIG ('{args.config}') or the one-line flags (--model, --data ...), not both")
+        args.out = oneline_out(args)
+        check_config_replaceable(args.out)
+        with _folder_for_paths(args.out):
+            written = oneline_config(args, args.argv, args.out)
+            return _build(args, written.config, None, written.text)
+    elif args.config is None:
+        raise UsageError("give a CONFIG file, or --model and --data for the one-line start (deployc build --help)")
+    targets = args.target
+    if any(":" in t for t in targets or []):
+        raise UsageError(
+            f"--target: '{next(t for t in targets if ':' in t)}': with a CONFIG, --target names a target "
+            "(the config gives its precisions); NAME:PRECISION is for the one-line start"
+        )
+    return _build(args, args.config, targets, None)
+
+
+def _build(args: argparse.Namespace, source: Any, targets: list[str] | None, text: str | None) -> int:
+    import deployc
     from deployc.outputs.ci_summary import check_step_summary
 
-    check_step_summary()
-    result = build(
-        args.config,
+    result = deployc.build_unless_fresh(
+        source,
         out=args.out,
-        targets=args.target,
+        targets=targets,
         quiet=args.quiet or args.json,
         cache=not args.no_cache,
         force=args.force,
         debug=args.debug,
+        config_text=text,
+        before_build=check_step_summary,
     )
     return finish_build(result, args)
+
+
+@contextmanager
+def _folder_for_paths(out: Path) -> Iterator[None]:
+    """The one-line config's paths are relative to OUT ('../net.py:make'), which the OS resolves only when OUT
+    exists: it is made first, and removed again when the build leaves it empty (a failed first build)."""
+    made = not out.exists()
+    if made:
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise UsageError(f"--out: cannot create '{out}': {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _cmd_validate_config(args: argparse.Namespace) -> int:
@@ -92,33 +132,68 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
     from deployc.driver.build import check
     from deployc.validation.preflight import preflight
 
+    other = _other_kind(args.config)
+    if other is not None:
+        if args.json:
+            print(json.dumps({"valid": True, "error": None, **other}))
+        elif not args.quiet:
+            shown = "\n".join(f"pipeline: {p}" for p in other.get("pipelines", []))
+            print(
+                f"{args.config}: ok ({other['kind']} file: {other.get('variants', '?')} variants, each checked)\n{shown}"
+            )
+        return 0
     _, manager = check(args.config)
     with ThirdPartyOutput(enabled=not args.debug):
         preflight(args.config)
     if args.json:
-        print(json.dumps({"valid": True, "pipeline": manager.pipeline_string()}))
+        print(json.dumps({"valid": True, "error": None, "kind": "build", "pipeline": manager.pipeline_string()}))
     elif not args.quiet:
         print(f"{args.config}: ok\npipeline: {manager.pipeline_string()}")
     return 0
 
 
+def _other_kind(path: Path) -> dict[str, Any] | None:
+    """The summary of a file another plugin checks (a sweep file), or None for a build config (or an unreadable
+    file: the build config's checks report it)."""
+    from deployc.compiler.registry import config_checks
+    from deployc.core.config import parse_yaml
+
+    try:
+        data = parse_yaml(path)
+    except UsageError:
+        return None
+    for check in config_checks():
+        summary = check(path, data)
+        if summary is not None:
+            return summary
+    return None
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from deployc.compiler.pass_cache import DEFAULT_MAX_BYTES, PassCache
+    from deployc.outputs.report import human_bytes
 
     cache = PassCache()
-    limit = DEFAULT_MAX_BYTES if args.max_size is None else _parse_size(args.max_size)
-    result = cache.prune(limit) if args.action == "prune" else cache.info()
+    before = cache.info()
+    result = dict(before, error=None)
     if args.action == "prune":
-        result = {**cache.info(), "removed": result["removed"]}
+        limit = DEFAULT_MAX_BYTES if args.max_size is None else _parse_size(args.max_size)
+        removed = cache.prune(limit)["removed"]
+        result = dict(cache.info(), error=None, removed=removed, limit=limit)
+        result["freed"] = max(0, before["bytes"] - result["bytes"])
     if args.json:
         print(json.dumps(result))
     elif not args.quiet:
-        from deployc.outputs.report import human_bytes
-
-        print(
-            f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
-            + (f" ({result['removed']} removed)" if "removed" in result else "")
-        )
+        holds = f"{result['path']}: {result['entries']} entries, {human_bytes(result['bytes'])}"
+        if args.action == "info":
+            print(holds)
+        elif result["removed"]:
+            print(
+                f"pruned {result['removed']} least recently used entries ({human_bytes(result['freed'])}) to stay "
+                f"within --max-size {human_bytes(result['limit'])}; {holds}"
+            )
+        else:
+            print(f"nothing to prune: {holds}, within --max-size {human_bytes(result['limit'])}")
     return 0
 
 
@@ -173,13 +248,30 @@ def _plugin_commands(argv: list[str] | None) -> dict[str, Any]:
     return {word: get(COMMANDS, word)} if word in names(COMMANDS) else commands()
 
 
+class BadUsage(UsageError):
+    """A command line argparse rejects; carries the usage line of the (sub)command."""
+
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() reports bad usage like any error (--json included)."""
+
+    def error(self, message: str) -> Any:
+        raise BadUsage(message, self.format_usage())
+
+
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from deployc.driver.oneline import add_flags
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     common.add_argument("--debug", action="store_true", help="show Python tracebacks")
     common.add_argument("--no-cache", action="store_true", help="run every pass; neither read nor write the pass cache")
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="deployc",
         description="Compile a trained PyTorch model into validated deployment artifacts.",
         epilog="exit codes: 0 built and every gate passed; 2 bad usage, config or input (nothing built); "
@@ -187,10 +279,20 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"deployc {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", parents=[common], help="build and validate the artifacts a config describes")
-    b.add_argument("config", type=Path)
-    b.add_argument("--out", type=Path, help="output folder (default: deployc-out/<name>)")
-    b.add_argument("--target", action="append", help="build only this target (repeatable)")
+    b = sub.add_parser(
+        "build",
+        parents=[common],
+        help="build and validate the artifacts a config (or the one-line flags) describes",
+        description="deployc build CONFIG [--out DIR], or the one-line start: deployc build --model FILE.py:fn "
+        "[--weights W] [--input NAME:SHAPE] --data DATA [--target onnx:int8 ...] --out DIR (writes DIR/deployc.yaml: "
+        "`deployc build DIR/deployc.yaml` is the same build). An out dir that already holds this exact build is "
+        "left as it is ('up to date'); a rebuild says which input changed.",
+    )
+    b.add_argument("config", type=Path, nargs="?", help="a build config (YAML); omit it for the one-line start")
+    b.add_argument(
+        "--out", type=Path, help="output folder (default: deployc-out/<name>; for CONFIG=DIR/deployc.yaml, DIR)"
+    )
+    add_flags(b)
     b.add_argument(
         "--force",
         action="store_true",
@@ -214,31 +316,40 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = parser(argv)
-    args = p.parse_args(argv)
+    as_json, debug = "--json" in argv, "--debug" in argv  # known before parsing: a usage error answers in JSON too
     try:
+        args = parser(argv).parse_args(argv)
+        args.argv = list(argv)
+        as_json, debug = args.json, args.debug
         return args.func(args)
+    except BadUsage as exc:
+        if not as_json:
+            print(exc.usage, end="", file=sys.stderr)
+        return _failed(exc, 2, "error", as_json)
     except DeploycError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         kind = "internal error" if exc.exit_code == 1 else "error"  # exit 1: a bug in deployc or a library
-        hint = " (run with --debug for the traceback)" if exc.exit_code == 1 and not args.debug else ""
-        print(f"deployc: {kind}: {exc}{hint}", file=sys.stderr)
-        if exc.exit_code == 1:
-            _print_notes(exc)
-        return exc.exit_code
+        hint = " (run with --debug for the traceback)" if exc.exit_code == 1 and not debug else ""
+        return _failed(exc, exc.exit_code, kind, as_json, hint)
     except KeyboardInterrupt:
-        print("deployc: interrupted", file=sys.stderr)
-        return 130
+        return _failed("interrupted", 130, None, as_json)
     except Exception as exc:  # an internal error: a bug in deployc or a library, not the user's input
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(
-            f"deployc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        return _failed(exc, 1, "internal error", as_json, " (run with --debug for the traceback)")
+
+
+def _failed(exc: BaseException | str, code: int, kind: str | None, as_json: bool, hint: str = "") -> int:
+    """Report a command that stopped: one line on stderr (with what third-party libraries printed before an internal
+    error) and, with --json, one JSON object on stdout: {"error", "exit_code", ...}."""
+    text = str(exc) if isinstance(exc, (str, DeploycError)) else f"{type(exc).__name__}: {exc}"
+    print(f"deployc: {kind}: {text}{hint}" if kind else f"deployc: {text}", file=sys.stderr)
+    if code == 1 and not isinstance(exc, str):
         _print_notes(exc)
-        return 1
+    if as_json:
+        print(json.dumps({"error": text, "exit_code": code, "status": "error"}))
+    return code
 
 
 def _print_notes(exc: BaseException) -> None:

@@ -37,8 +37,8 @@ from deployc.sweep.runner import (
     refuse_planted,
     start_ray,
 )
-from deployc.sweep.search import FixedSearch, make_search
-from deployc.sweep.spec import load_sweep
+from deployc.sweep.search import FixedSearch, Search, make_search
+from deployc.sweep.spec import Sweep, load_sweep
 
 MAX_PARALLEL = 4096
 
@@ -59,26 +59,18 @@ def run_sweep(
     sweep = load_sweep(sweep_path)
     if max_parallel is not None:
         in_range("--max-parallel", max_parallel, 1, MAX_PARALLEL)
-    search = make_search(sweep)
-    # every config the search may build is checked (milliseconds each) before Ray starts: a bad one is exit 2.
-    # tpe proposes from a space that may be far larger: each vary value is checked once instead
-    if search.adaptive:
-        variants = sweep.one_value_each()
-    else:
-        variants = search.ask(sys.maxsize)
-        search = FixedSearch(variants)
-    checked = {v.id: check_variant(sweep, v) for v in variants}
+    search, checked = checked_variants(sweep)
     out = Path(out).resolve()
     check_out_dir(out)  # a new or empty folder, or one deployc wrote (an earlier sweep)
-    for v in [] if search.adaptive else variants:
-        refuse_planted(out / v.id)
+    for planned in [] if search.adaptive else checked.values():
+        refuse_planted(out / planned.variant.id)
     check_local_cpus(address, sweep.config.resources, sweep.path)
     if (out / "manifest.json").exists():
         raise UsageError(f"--out: '{out}' holds a deployc build; a sweep writes one build per variant below it")
     marker = read_marker(out) if out.exists() else None
     if (out / "sweep.json").exists() and (marker is None or "sweep.json" not in marker["files"]):
         raise UsageError(f"--out: '{out / 'sweep.json'}' was not written by deployc; it is never replaced")
-    total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(variants)
+    total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(checked)
     instruments = Instruments(quiet=quiet)
     entries: dict[str, dict[str, Any]] = {}
     with OutDir(out) as outdir, instruments.third_party_quiet(enabled=not debug):  # Ray's output captured too
@@ -92,7 +84,7 @@ def run_sweep(
                 f"({executor['nodes']} node(s), {executor['cpus']:g} CPUs)"
             )
             runner = RayExecutor(out, sweep.config.resources, sweep.config.retries, max_parallel, cache)
-            with instruments.progress("variants", total) as advance:
+            with instruments.beating(), instruments.progress("variants", total) as advance:
 
                 def on_done(p: Planned, outcome: Outcome) -> None:
                     run = runner.prefixes.get(outcome.prefix) if outcome.prefix else None
@@ -135,6 +127,31 @@ def run_sweep(
         write_json_atomic(outdir.staging / "sweep.json", summary)
         outdir.publish()
     return summary
+
+
+def checked_variants(sweep: Sweep) -> tuple[Search, dict[str, Planned]]:
+    """The search and every variant it may build, each config and pipeline checked (milliseconds each, before Ray
+    starts): a bad one is a UsageError naming the sweep file, the variant and the key."""
+    search = make_search(sweep)
+    # tpe proposes from a space that may be far larger: each vary value is checked once instead
+    if search.adaptive:
+        variants = sweep.one_value_each()
+    else:
+        variants = search.ask(sys.maxsize)
+        search = FixedSearch(variants)
+    return search, {v.id: check_variant(sweep, v) for v in variants}
+
+
+def check_sweep_file(path: Path, data: Any) -> dict[str, Any] | None:
+    """`deployc validate-config SWEEP.yaml`: None when `data` (the parsed file) is not a sweep file, else the sweep
+    checked as `deployc sweep` checks it before building anything (raises a UsageError naming what is wrong)."""
+    if not (isinstance(data, dict) and "vary" in data and "base" in data and "model" not in data):
+        return None
+    sweep = load_sweep(path)
+    search, checked = checked_variants(sweep)
+    pipelines = sorted({p.manager.pipeline_string() for p in checked.values()})
+    variants = sweep.size if search.adaptive else len(checked)
+    return {"kind": "sweep", "base": str(sweep.base_path), "variants": variants, "pipelines": pipelines}
 
 
 def print_pareto(summary: dict[str, Any], stream: Any = None) -> None:

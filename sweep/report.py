@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from deployc.core.config import metric_label
+from deployc.outputs.plots import pareto_front, scatter_png
 from deployc.outputs.report import human_bytes
-from deployc.outputs.report_html import html_figure, html_page, html_table, pareto_front, scatter_png
+from deployc.outputs.report_html import html_figure, html_page, html_table
 from deployc.storage.files import write_text_atomic
 
 

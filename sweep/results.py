@@ -11,7 +11,7 @@ from deployc.core.config import load_config
 from deployc.driver.build import check
 from deployc.driver.uptodate import build_key, stale_reason
 from deployc.errors import DeploycError, UsageError
-from deployc.outputs.report_html import pareto_front
+from deployc.outputs.plots import pareto_front
 from deployc.storage.files import read_json
 from deployc.sweep.plan import Planned
 from deployc.sweep.runner import Outcome

@@ -194,6 +194,7 @@ class TfliteTarget(Target):
         self._check_npu(ctx)
         t0 = time.perf_counter()
         signature = edge_signature(state, lambda count: output_names(ctx, count), self.options.layout)
+        ctx.instruments.log("tflite: converting the model with litert-torch …")
         fp32 = convert_fp32(state, signature)
         config = {"batch": 1, "layout": self.options.layout}
         # the target's own passes enter each artifact's history like the pipeline's (the report lists them)

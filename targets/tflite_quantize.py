@@ -159,6 +159,7 @@ def quantize_flatbuffer(
         "quantizer": f"ai-edge-quantizer {importlib.metadata.version('ai-edge-quantizer')}",
         "per_channel": ctx.config.quantize.per_channel,
     }
+    ctx.instruments.log(f"tflite/{precision}: quantizing with ai-edge-quantizer …")
     with quiet_fds() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the calibrator's "preserve_all_tensors is for debugging" notice
         try:

@@ -17,13 +17,14 @@ from deployc.errors import UsageError
 if TYPE_CHECKING:  # imported when a plugin loads: the CLI reads command names without numpy
     from deployc.compiler.contracts import Pass, Target
 
-PASSES, TARGETS, INSTRUMENTS, COMMANDS = (
+PASSES, TARGETS, INSTRUMENTS, COMMANDS, CONFIG_CHECKS = (
     "deployc.passes",
     "deployc.targets",
     "deployc.instruments",
     "deployc.commands",
+    "deployc.config_checks",  # other files `validate-config` recognises: check(path, data) -> summary | None
 )
-_registered: dict[str, dict[str, Any]] = {PASSES: {}, TARGETS: {}, INSTRUMENTS: {}, COMMANDS: {}}
+_registered: dict[str, dict[str, Any]] = {PASSES: {}, TARGETS: {}, INSTRUMENTS: {}, COMMANDS: {}, CONFIG_CHECKS: {}}
 
 P = TypeVar("P", bound="type[Pass]")
 T = TypeVar("T", bound="type[Target]")
@@ -63,7 +64,7 @@ def get(group: str, name: str) -> Any:
         return _registered[group][name]
     if name not in _declared(group):
         known = names(group)
-        kind = {PASSES: "pass", TARGETS: "target", INSTRUMENTS: "instrument", COMMANDS: "command"}[group]
+        kind = {PASSES: "pass", TARGETS: "target", INSTRUMENTS: "instrument", COMMANDS: "command"}.get(group, group)
         raise KeyError(f"unknown {kind} '{name}'{suggest(name, set(known))}; known: {', '.join(known)}")
     return _load(group, name)
 
@@ -110,3 +111,9 @@ def instruments() -> list[Any]:
 def commands() -> dict[str, Any]:
     """CLI command plugins: name → add_parser(subparsers, parents)."""
     return {n: get(COMMANDS, n) for n in names(COMMANDS)}
+
+
+def config_checks() -> list[Any]:
+    """Checks of other file kinds for `validate-config` (a sweep file): check(path, data) gives a summary dict,
+    or None when the file is not of its kind."""
+    return [get(CONFIG_CHECKS, n) for n in names(CONFIG_CHECKS)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from deployc.core.versions import library_versions
 from deployc.data.metrics import get_metric
 from deployc.data.reference import Reference, compute_reference
 from deployc.data.sources import calibration_source, load_dataset, train_source
-from deployc.driver.uptodate import build_key, write_key
+from deployc.driver.result import BuildResult
+from deployc.driver.uptodate import CONFIG_NAME, build_key, default_out, saved_config, write_key
 from deployc.errors import DeploycError, UsageError, failure_text
 from deployc.outputs.junit import write_junit
 from deployc.outputs.manifest import MANIFEST_VERSION, artifact_entry
@@ -38,18 +39,6 @@ from deployc.storage.outdir import OutDir, check_out_dir
 from deployc.validation.gate import coverage_warning, validate_artifact
 from deployc.validation.gates import latency_gate
 from deployc.validation.remedies import needs_remedy, remedy_artifact
-
-
-@dataclass
-class BuildResult:
-    out_dir: Path
-    manifest: dict[str, Any]  # what manifest.json holds (deterministic)
-    artifacts: list[Artifact] = field(default_factory=list)
-    timings: dict[str, Any] = field(default_factory=dict)  # what timings.json holds (wall times, latency)
-
-    @property
-    def exit_code(self) -> int:
-        return 3 if self.manifest["status"] == "failed" else 0
 
 
 def check(
@@ -94,6 +83,7 @@ class Loaded:
 
 
 def load_inputs(config: BuildConfig, manager: PassManager, instruments: Instruments) -> Loaded:
+    instruments.log("loading the model and data …")
     state = load_model(config, log=instruments.log)
     state = state.replace(facts=state.facts | initial_facts(config))
     metric = get_metric(config)
@@ -139,6 +129,7 @@ def build(
     force: bool = False,
     debug: bool = False,
     start: PassPrefix | None = None,
+    config_text: str | None = None,
 ) -> BuildResult:
     """Run one build; returns the result (exit_code 0 or 3) or raises a DeploycError (2 or 1).
 
@@ -146,18 +137,21 @@ def build(
     debug: let third-party libraries print to the terminal instead of capturing their output.
     start: the first passes' result, from run_prefix() on a config with the same model, data and first passes
     (a sweep shares one between variants); the manifest and artifacts are the same as without it.
+    config_text: the config as YAML, saved as OUT/deployc.yaml with the build (the one-line start); a config read
+    from OUT/deployc.yaml itself is saved again (default out: its folder).
     """
     t_start = time.perf_counter()
     config, manager = check(config_or_path, targets)
     key = build_key(config, targets)  # the inputs as they are now; stored with the outputs for no-op rebuilds
     instruments = instruments or Instruments(quiet=quiet)
     instruments.extra.extend(plugin_instruments())
-    out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
+    out_dir = Path(out) if out is not None else default_out(config_or_path, config.name)
+    config_text = config_text if config_text is not None else saved_config(config_or_path, out_dir)
     check_out_dir(out_dir, force, tuple(manager.targets))
     instruments.log(f"pipeline: {manager.pipeline_string()}")
     with instruments.third_party_quiet(enabled=not debug):
         try:
-            return _build(config, manager, out_dir, instruments, cache, t_start, key, start)
+            return _build(config, manager, out_dir, instruments, cache, t_start, key, start, config_text)
         except (OSError, DeploycError) as exc:
             cause = exc if isinstance(exc, OSError) else exc.__cause__
             if isinstance(cause, OSError) and cause.errno in _ENVIRONMENT_ERRNOS:
@@ -181,6 +175,7 @@ def _build(
     t_start: float,
     key: str,
     start: PassPrefix | None,
+    config_text: str | None = None,
 ) -> BuildResult:
     loaded = load_inputs(config, manager, instruments)
     state = resume(start, manager.passes, loaded.state) if start is not None else loaded.state
@@ -216,6 +211,8 @@ def _build(
         write_html_report(manifest, staging, timings)
         write_junit(manifest, staging, timings)
         write_json_atomic(staging / "timings.json", timings)
+        if config_text is not None:
+            write_text_atomic(staging / CONFIG_NAME, config_text)
         write_json_atomic(staging / "manifest.json", manifest)
         write_key(staging, key)  # the no-op rebuild key, with the hashes of the staged reports it vouches for
         outdir.publish()

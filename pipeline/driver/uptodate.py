@@ -17,8 +17,10 @@ Not hashed: files a factory reads at run time, and environment variables a facto
 its source, or pass --no-cache, to rebuild.
 
 A build stores its key in OUT/.deployc-build-key.json together with the sha256 of the files it wrote beside
-the artifacts; the out dir is up to date when that key equals the current one, no build holds its lock,
-manifest.json and the key file are regular files, and every artifact and report matches its recorded hash.
+the artifacts and what went into the key (the config, each input file's digest, deployc's files, the installed
+distributions), so a rebuild can say which input changed; the out dir is up to date when that key equals the
+current one, no build holds its lock, manifest.json and the key file are regular files, and every artifact and
+report matches its recorded hash.
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ import platform
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from deployc.core.config import BuildConfig, load_config
+from deployc.core.config import MAX_CONFIG_BYTES, BuildConfig, load_config
+from deployc.driver.changes import changed_inputs
+from deployc.driver.result import BuildResult
 from deployc.errors import UsageError
-from deployc.storage.files import file_digest, input_digest, open_regular, read_json, relative_path
+from deployc.storage.files import file_digest, input_digest, open_regular, read_bytes, read_json, relative_path
 from deployc.storage.outdir import BUILD_KEY, LOCK_NAME, MARKER_NAME, read_marker
 
 KEY_FILE = BUILD_KEY
 KEY_VERSION = 1
 REPORT_FILES = ("report.md", "report.html", "junit.xml", "timings.json", "manifest.json")
+CONFIG_NAME = "deployc.yaml"  # the config a one-line build saves into its out dir (driver/oneline.py)
 _DEPLOYC_PACKAGES = (
     "deployc",
     "deployc.passes",
@@ -183,33 +188,83 @@ def _cpu() -> str:
     return f"{platform.machine()} {' '.join(sorted(flags.split()))}"
 
 
-def build_key(config: BuildConfig, targets: list[str] | None = None) -> str:
-    """sha256 of everything that defines the build (see the module docstring); a missing file hashes as 'missing'."""
+class BuildKey(str):
+    """The build key (a sha256 hex string) with `inputs`, what it was computed from: stored beside the build so a
+    later rebuild can name the input that changed."""
+
+    inputs: dict[str, Any]
+
+
+def key_inputs(config: BuildConfig, targets: list[str] | None = None) -> dict[str, Any]:
+    """Everything the build key hashes, by kind (see the module docstring); a missing file's digest is 'missing'."""
+    return {
+        "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
+        "base_dir": str(config.base_dir.resolve()),
+        "targets": sorted(targets) if targets else None,
+        "files": [
+            [str(p.resolve()), input_digest(p)] for p in _input_files(config)
+        ],  # a list: a file named twice (validation and calibration) counts twice
+        "deployc": {label: file_digest(path) for label, path in _deployc_sources()},
+        "distributions": _distributions(),
+        "python": sys.version,
+        "cpu": _cpu(),
+    }
+
+
+def build_key(config: BuildConfig, targets: list[str] | None = None) -> BuildKey:
+    """sha256 of everything that defines the build (see the module docstring)."""
+    inputs = key_inputs(config, targets)
     h = hashlib.sha256()
 
     def add(label: str, value: Any) -> None:
         h.update(json.dumps([label, value], sort_keys=True, default=str).encode())
 
     add("key", KEY_VERSION)
-    add("config", config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}))
-    add("base_dir", str(config.base_dir.resolve()))
-    add("targets", sorted(targets) if targets else None)
-    for path in _input_files(config):
-        add(str(path.resolve()), input_digest(path))
-    for label, path in _deployc_sources():
-        add(label, file_digest(path))
-    add("distributions", _distributions())
-    add("python", sys.version)
-    add("cpu", _cpu())
-    return h.hexdigest()
+    for name in ("config", "base_dir", "targets"):
+        add(name, inputs[name])
+    for path, digest in inputs["files"]:
+        add(path, digest)
+    for label, digest in inputs["deployc"].items():
+        add(label, digest)
+    for name in ("distributions", "python", "cpu"):
+        add(name, inputs[name])
+    key = BuildKey(h.hexdigest())
+    key.inputs = inputs
+    return key
 
 
 def write_key(out_dir: Path, key: str) -> None:
-    """Record the key and the hashes of the reports beside the artifacts (called after manifest.json is written)."""
+    """Record the key, what it was computed from, and the hashes of the reports beside the artifacts (called after
+    manifest.json is written)."""
     from deployc.storage.files import write_json_atomic
 
     files = {name: file_digest(out_dir / name) for name in REPORT_FILES if (out_dir / name).is_file()}
-    write_json_atomic(out_dir / KEY_FILE, {"version": KEY_VERSION, "key": key, "files": files})
+    record = {"version": KEY_VERSION, "key": key, "files": files}
+    if isinstance(key, BuildKey):
+        record["inputs"] = key.inputs
+    if (out_dir / CONFIG_NAME).is_file():  # a later one-line build must not replace it once a person edited it
+        record["config_file"] = file_digest(out_dir / CONFIG_NAME)
+    write_json_atomic(out_dir / KEY_FILE, record)
+
+
+def check_config_replaceable(out_dir: Path) -> None:
+    """Before a one-line build replaces OUT/deployc.yaml: refuse (exit 2, before any work) when deployc did not
+    write it, or a person edited it since."""
+    path = out_dir / CONFIG_NAME
+    if not (path.exists() or path.is_symlink()):
+        return
+    marker = read_marker(out_dir) if (out_dir / MARKER_NAME).is_file() else None
+    if marker is None or CONFIG_NAME not in marker.get("files", []) or not _regular(path):
+        raise UsageError(f"--out: '{path}' was not written by deployc; it is never replaced. Choose another --out")
+    try:
+        stored = read_json(out_dir / KEY_FILE, "build key").get("config_file")
+    except (OSError, ValueError, AttributeError, UsageError):
+        stored = None
+    if stored != file_digest(path):
+        raise UsageError(
+            f"--out: '{path}' was edited since deployc wrote it; build it with `deployc build {path}`, or remove it "
+            "to build from the flags again"
+        )
 
 
 def _regular(path: Path) -> bool:
@@ -234,19 +289,6 @@ def _locked(out_dir: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-@dataclass
-class UpToDate:
-    """An out dir whose build matches the current inputs: what the CLI reports instead of building."""
-
-    out_dir: Path
-    manifest: dict[str, Any]
-    timings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 3 if self.manifest.get("status") == "failed" else 0
 
 
 def _not_owned(out_dir: Path) -> str | None:
@@ -278,7 +320,8 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
     except (OSError, ValueError, UsageError):
         return "its key file or manifest is unreadable"
     if stored.get("key") != key:
-        return "inputs changed"
+        reasons = changed_inputs(stored["inputs"], key.inputs) if _comparable(stored, key) else []
+        return "inputs changed" + (f": {'; '.join(reasons)}" if reasons else "")
     if _locked(out_dir):
         return "another build is writing it"
     foreign = _not_owned(out_dir)
@@ -300,19 +343,68 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
     return None
 
 
-def up_to_date(config_path: Path, out: Path | None, targets: list[str] | None) -> UpToDate | None:
-    """The finished build in the out dir when it matches the current inputs, else None (then build).
+def _comparable(stored: dict[str, Any], key: str) -> bool:
+    return isinstance(stored.get("inputs"), dict) and isinstance(key, BuildKey)
 
-    Anything unexpected (a config that does not load, a missing file) also gives None: the full build
-    reports it with its usual error."""
+
+def default_out(source: Any, name: str) -> Path:
+    """Where a build goes without --out: the folder of a config deployc saved into its own out dir
+    (OUT/deployc.yaml, listed in OUT's marker), else deployc-out/<name>."""
+    if isinstance(source, (str, Path)) and Path(source).name == CONFIG_NAME:
+        folder = Path(source).parent
+        marker = read_marker(folder) if (folder / MARKER_NAME).is_file() else None
+        if marker is not None and CONFIG_NAME in marker.get("files", []):
+            return folder
+    return Path("deployc-out") / name
+
+
+def saved_config(source: Any, out_dir: Path) -> str | None:
+    """The text of a config read from OUT/deployc.yaml (it is saved again with the build), else None."""
+    if not isinstance(source, (str, Path)) or Path(source).name != CONFIG_NAME:
+        return None
     try:
-        config = load_config(config_path)
-        out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
-        if stale_reason(out_dir, build_key(config, targets)) is not None:
-            return None
+        if Path(source).resolve() == (out_dir / CONFIG_NAME).resolve():
+            return read_bytes(Path(source), "config", MAX_CONFIG_BYTES).decode("utf-8")
+    except (OSError, UsageError, UnicodeDecodeError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a build finds in its out dir: `result` when it already holds this exact build; else `reason`, why it
+    must be built again (None for a first build, or when the config cannot be read: the build reports that)."""
+
+    result: BuildResult | None
+    reason: str | None
+    out_dir: Path | None
+
+
+def check_fresh(
+    source: str | Path | dict | BuildConfig, out: Path | None, targets: list[str] | None, rebuild: bool = False
+) -> Freshness:
+    """Is the out dir up to date? rebuild=True (--no-cache) never takes the stored build, but still says why."""
+    try:
+        config = load_config(source)
+        out_dir = Path(out) if out is not None else default_out(source, config.name)
+    except Exception:
+        return Freshness(None, None, None)
+    try:
+        if not ((out_dir / KEY_FILE).exists() or (out_dir / "manifest.json").exists()):
+            return Freshness(None, None, out_dir)  # a first build
+        if rebuild:
+            return Freshness(None, "every pass runs again (--no-cache)", out_dir)
+        reason = stale_reason(out_dir, build_key(config, targets))
+        if reason is not None:
+            return Freshness(None, reason, out_dir)
         manifest = read_json(out_dir / "manifest.json", "manifest")
         timings_path = out_dir / "timings.json"
         timings = read_json(timings_path, "timings") if _regular(timings_path) else {}
     except Exception:
-        return None
-    return UpToDate(out_dir, manifest, timings)
+        return Freshness(None, None, out_dir)
+    return Freshness(BuildResult(out_dir, manifest, [], timings, up_to_date=True), None, out_dir)
+
+
+def up_to_date(config_path: Path, out: Path | None, targets: list[str] | None) -> BuildResult | None:
+    """The finished build in the out dir when it matches the current inputs, else None (then build)."""
+    return check_fresh(config_path, out, targets).result

@@ -1,17 +1,28 @@
 """report.html: the build report a person opens in a browser — one self-contained file (plots are
-base64 PNGs), with the artifact table, accuracy-vs-cost plots with their Pareto front, per-layer
-sensitivity when tuning measured it, and every table the passes produced."""
+base64 PNGs), with the artifact table, accuracy-vs-cost plots with their Pareto front and the drift budget,
+per-layer sensitivity when tuning measured it, and every table the passes produced. It needs no font beyond
+the browser's default: gate icons are inline SVG, not emoji; plot labels are placed so none overlaps another."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
 from deployc.core.config import metric_label
-from deployc.outputs.report import NPU_HEADER, budget_text, drift_text, gate_text, human_bytes, int8_text, npu_rows
+from deployc.outputs.plots import budget_of, scatter_png, sensitivity_chart
+from deployc.outputs.report import (
+    NPU_HEADER,
+    budget_text,
+    drift_text,
+    gate_text,
+    human_bytes,
+    int8_text,
+    latency_text,
+    npu_rows,
+    proxy_note,
+    proxy_of,
+)
 from deployc.storage.files import read_json, write_text_atomic
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
@@ -20,15 +31,19 @@ body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px;font-size:.9em;word-break:break-all}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d0d7de;padding:.35rem .6rem;text-align:right;vertical-align:top;white-space:nowrap}
+th,td{border:1px solid #d0d7de;padding:.35rem .5rem;text-align:right;vertical-align:top;white-space:nowrap}
+td.w,th.w{white-space:normal;min-width:7rem;max-width:40rem;overflow-wrap:break-word;text-align:left}
+td.w:last-child{min-width:14rem}
+.icon{display:inline-block;width:.95em;height:.95em;vertical-align:-.12em;margin-right:.3em}
 .scroll{overflow-x:auto;max-width:100%}
-th{background:#f6f8fa}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fbfcfd}
+th{background:#f6f8fa;white-space:normal}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fbfcfd}
 .badge{display:inline-block;padding:.15rem .6rem;border-radius:1rem;font-weight:600;color:#fff}
 .passed{background:#1a7f37}.failed{background:#cf222e}
 .pass{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.skipped{color:#6e7781}
 .meta{color:#57606a;margin:.2rem 0}.plots{display:flex;flex-wrap:wrap;gap:1rem}
 .plots figure{margin:0;flex:1 1 480px}.plots img{width:100%;border:1px solid #d0d7de;border-radius:6px}
 figcaption{color:#57606a;font-size:.85rem}.reason{color:#57606a;font-size:.85rem;text-align:left}
+.error{color:#9a6700;font-weight:600}
 """
 
 
@@ -40,9 +55,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def html_table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = (0,), raw: bool = False) -> str:
-    """An HTML table; columns in `left` are left-aligned (names, text), the rest right (numbers)."""
-    cls = [' class="l"' if i in left else "" for i in range(max([len(header)] + [len(r) for r in rows]))]
+def html_table(
+    header: list[str],
+    rows: list[list[Any]],
+    left: tuple[int, ...] = (0,),
+    raw: bool = False,
+    wrap: tuple[int, ...] = (),
+) -> str:
+    """An HTML table; columns in `left` are left-aligned (names, text), the rest right (numbers); columns in `wrap`
+    (long text: reasons, metrics) wrap instead of widening the table past the page."""
+    width = max([len(header)] + [len(r) for r in rows])
+    cls = [' class="w"' if i in wrap else ' class="l"' if i in left else "" for i in range(width)]
     head = "".join(f"<th{cls[i]}>{_e(h)}</th>" for i, h in enumerate(header))
     body = "".join(
         "<tr>" + "".join(f"<td{cls[i]}>{c if raw else _e(_fmt(c))}</td>" for i, c in enumerate(r)) + "</tr>"
@@ -57,7 +80,8 @@ def artifact_format(artifact: dict[str, Any]) -> str:
 
 
 def points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Artifacts that ran: label, metric, batch-1 ms and bytes (what the plots show)."""
+    """Artifacts that ran: label, metric, batch-1 ms and bytes (what the plots show). A proxy's latency (TensorRT
+    validated on onnxruntime) is not the artifact's: its `ms` is None, so it stays off the latency axis."""
     out = []
     for a in manifest["artifacts"]:
         m, perf = a.get("metrics") or {}, a.get("perf") or {}
@@ -66,150 +90,13 @@ def points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "label": f"{a['target']}/{a['precision']}",
                     "metric": m["metric"],
-                    "ms": perf.get("latency_ms_batch1"),
+                    "ms": None if proxy_of(a) else perf.get("latency_ms_batch1"),
+                    "proxy": proxy_of(a),
                     "bytes": a.get("bytes"),
                     "status": (a.get("gate") or {}).get("status"),
                 }
             )
     return out
-
-
-def pareto_front(
-    pts: list[dict[str, Any]], cost: str | tuple[str, ...], higher_is_better: bool = True
-) -> list[dict[str, Any]]:
-    """Points no other point beats on every cost (lower) and the metric at once; sorted by the first cost."""
-    costs = (cost,) if isinstance(cost, str) else tuple(cost)
-    usable = [p for p in pts if all(p.get(c) is not None for c in costs)]
-    sign = 1 if higher_is_better else -1
-
-    def losses(p: dict[str, Any]) -> list[float]:  # every coordinate lower-is-better
-        return [p[c] for c in costs] + [-sign * p["metric"]]
-
-    def dominated(p: dict[str, Any]) -> bool:
-        mine = losses(p)
-        return any(
-            all(a <= b for a, b in zip(theirs, mine)) and theirs != mine for theirs in (losses(q) for q in usable)
-        )
-
-    return sorted((p for p in usable if not dominated(p)), key=lambda p: p[costs[0]])
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def scatter_png(
-    pts: list[dict[str, Any]],
-    cost: str,
-    xlabel: str,
-    metric: str,
-    higher_is_better: bool,
-    front: list[dict[str, Any]] | None = None,
-    chosen: dict[str, Any] | None = None,
-    label_all: bool = True,
-) -> str | None:
-    """A base64 PNG of metric vs `cost`, green passed / red failed, the Pareto front (default: of every point)
-    ringed, `chosen` starred. Every cluster of points is labelled, or (label_all=False) only the chosen one."""
-    from matplotlib.figure import Figure  # Figure without pyplot: no global state, Agg canvas on savefig
-
-    usable = [p for p in pts if p.get(cost) is not None]
-    if not usable:
-        return None
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    colours = {"pass": "#1a7f37", "fail": "#cf222e"}
-    for p in usable:
-        ax.scatter(p[cost], p["metric"], s=60, color=colours.get(p["status"], "#6e7781"), zorder=3)
-    groups = (
-        _label_groups(usable, cost)
-        if label_all
-        else [(chosen[cost], chosen["metric"], chosen["label"])]
-        if chosen and chosen.get(cost) is not None
-        else []
-    )
-    xs = [g[0] for g in groups] if label_all else [p[cost] for p in usable]
-    dx = (max(xs) - min(xs)) or 1.0
-    for x, y, label in groups:
-        # below when a close neighbour sits higher (its label goes above); left of points near the right edge
-        below = any(abs(x2 - x) < 0.15 * dx and y2 > y for x2, y2, _ in groups)
-        right_edge = x > min(xs) + 0.6 * dx
-        ax.annotate(
-            label,
-            (x, y),
-            textcoords="offset points",
-            xytext=(-7 if right_edge else 7, -13 if below else 6),
-            ha="right" if right_edge else "left",
-            fontsize=8,
-        )
-    front = pareto_front(usable, cost, higher_is_better) if front is None else front
-    ax.step(
-        [p[cost] for p in front],
-        [p["metric"] for p in front],
-        where="post",
-        color="#0969da",
-        linestyle="--",
-        linewidth=1.2,
-        zorder=2,
-    )
-    ax.scatter(
-        [p[cost] for p in front],
-        [p["metric"] for p in front],
-        s=180,
-        facecolors="none",
-        edgecolors="#0969da",
-        linewidths=1.5,
-        label="Pareto front",
-        zorder=4,
-    )  # ringed: visible even alone
-    if chosen is not None and chosen.get(cost) is not None:
-        ax.scatter([chosen[cost]], [chosen["metric"]], s=260, marker="*", color="#bf8700", label="chosen", zorder=5)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.margins(x=0.25, y=0.15)
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.ticklabel_format(axis="y", useOffset=False)  # plain metric values, not "1e-5 + 9.999e-1" offsets
-    return _png(fig)
-
-
-def _label_groups(pts: list[dict[str, Any]], cost: str) -> list[tuple[float, float, str]]:
-    """One label per cluster of (nearly) coincident points, e.g. 'onnx/fp32, tflite/fp32'; sorted by cost."""
-    xs, ys = [p[cost] for p in pts], [p["metric"] for p in pts]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    groups: list[list[dict[str, Any]]] = []
-    for p in sorted(pts, key=lambda p: p[cost]):
-        near = next(
-            (
-                g
-                for g in groups
-                if abs(g[0][cost] - p[cost]) < 0.03 * dx and abs(g[0]["metric"] - p["metric"]) < 0.03 * dy
-            ),
-            None,
-        )
-        if near is None:
-            groups.append([p])
-        else:
-            near.append(p)
-    return [(g[0][cost], g[0]["metric"], ", ".join(p["label"] for p in g)) for g in groups]
-
-
-def _sensitivity_chart(rows: list[dict[str, Any]], title: str) -> str:
-    from matplotlib.figure import Figure
-
-    rows = sorted(rows, key=lambda r: r["error"], reverse=True)[:30]  # the 30 most sensitive layers stay readable
-    fig = Figure(figsize=(7.5, 0.8 + 0.28 * len(rows)), layout="constrained")
-    ax = fig.add_subplot()
-    ax.barh([str(r["layer"]) for r in rows][::-1], [r["error"] for r in rows][::-1], color="#0969da")
-    ax.set_xlabel("error when only this layer is quantized")
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
 
 
 def html_figure(b64: str | None, caption: str) -> str:
@@ -218,13 +105,32 @@ def html_figure(b64: str | None, caption: str) -> str:
     return f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
+# gate icons drawn inline (no font needed): a tick, a cross, an open circle, a warning triangle
+_ICON_PATHS = {
+    "pass": '<circle cx="8" cy="8" r="7.5" fill="#1a7f37"/><path d="M4.5 8.3l2.3 2.3 4.7-4.9" fill="none" '
+    'stroke="#fff" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round"/>',
+    "fail": '<circle cx="8" cy="8" r="7.5" fill="#cf222e"/><path d="M5.3 5.3l5.4 5.4M10.7 5.3l-5.4 5.4" '
+    'stroke="#fff" stroke-width="1.8" stroke-linecap="round"/>',
+    "skipped": '<circle cx="8" cy="8" r="6.6" fill="none" stroke="#6e7781" stroke-width="1.8"/>'
+    '<path d="M5 8h6" stroke="#6e7781" stroke-width="1.8" stroke-linecap="round"/>',
+    "error": '<path d="M8 1.2L15.2 14.5H.8z" fill="#bf8700"/><path d="M8 5.8v4" stroke="#fff" stroke-width="1.7" '
+    'stroke-linecap="round"/><circle cx="8" cy="12.3" r="1" fill="#fff"/>',
+}
+
+
+def gate_icon(status: str) -> str:
+    """An inline SVG icon for a gate status ('' for an unknown one)."""
+    path = _ICON_PATHS.get(status)
+    return f'<svg class="icon" viewBox="0 0 16 16" aria-hidden="true">{path}</svg>' if path else ""
+
+
 def _artifact_section(manifest: dict[str, Any]) -> str:
     metric = manifest["reference"]["metric"]
     rows = []
     for a in manifest["artifacts"]:
-        m, gate, perf = a.get("metrics") or {}, a.get("gate") or {}, a.get("perf") or {}
+        m, gate = a.get("metrics") or {}, a.get("gate") or {}
         status = gate.get("status", "")
-        ms = perf.get("latency_ms_batch1")
+        text = gate_text(gate, a.get("runtime"), a.get("details") or {})
         rows.append(
             [
                 _e(a["target"]),
@@ -234,13 +140,13 @@ def _artifact_section(manifest: dict[str, Any]) -> str:
                 f"{m['metric']:.4f}" if isinstance(m.get("metric"), (int, float)) else "—",
                 _e(int8_text(a)),
                 _e(drift_text(m, metric)),
-                f"{ms:.3f}" if ms is not None else "—",
-                f'<span class="{_e(status)}">{_e(gate_text(gate, a.get("runtime"), a.get("details") or {}, True))}</span>',
-                f'<span class="reason">{_e(gate.get("reason", ""))}</span>',
+                _e(latency_text(a)),
+                f'<span class="{_e(status)}">{gate_icon(status)}{_e(text)}</span>',
+                f'<span class="reason">{_e(gate.get("reason", ""))}{_e(proxy_note(a))}</span>',
             ]
         )
     header = ["target", "format", "precision", "size", metric, "int8", "drift", "ms (batch 1)", "gate", "why"]
-    return "<h2>Artifacts</h2>" + html_table(header, rows, left=(0, 1, 2, 8, 9), raw=True)
+    return "<h2>Artifacts</h2>" + html_table(header, rows, left=(0, 2), raw=True, wrap=(1, 8, 9))
 
 
 def _plots_section(manifest: dict[str, Any]) -> str:
@@ -254,14 +160,21 @@ def _plots_section(manifest: dict[str, Any]) -> str:
     unit, scale = ("MB", 2**20) if largest >= 2**20 else ("KB", 2**10)
     for p in pts:
         p["size"] = None if p["bytes"] is None else p["bytes"] / scale
+    budget = budget_of(manifest)
     figs = [
-        html_figure(scatter_png(pts, "ms", "batch-1 latency (ms)", label, hib), f"{label} vs latency"),
-        html_figure(scatter_png(pts, "size", f"size ({unit})", label, hib), f"{label} vs size"),
+        html_figure(scatter_png(pts, "ms", "batch-1 latency (ms)", label, hib, budget=budget), f"{label} vs latency"),
+        html_figure(scatter_png(pts, "size", f"size ({unit})", label, hib, budget=budget), f"{label} vs size"),
     ]
     note = (
-        "Ringed and dashed: the Pareto front — artifacts no other artifact beats on both cost and "
+        "Ringed and dashed blue: the Pareto front — artifacts no other artifact beats on both cost and "
         f"{_e(ref['metric'])}. Green passed its gate, red failed."
     )
+    if budget is not None:
+        note += f" Dashed red line: the {_e(budget.text)} (an artifact beyond it fails); dotted grey: the reference."
+    proxies = [p for p in pts if p["proxy"]]
+    if proxies:
+        shown = ", ".join(f"{_e(p['label'])} (measured on {_e(p['proxy'])})" for p in proxies)
+        note += f" Not on the latency plot: {shown} — a proxy's latency is not the target's."
     return f"<h2>Accuracy vs cost</h2><p class=meta>{note}</p><div class=plots>{''.join(figs)}</div>"
 
 
@@ -281,7 +194,7 @@ def _sensitivity_section(manifest: dict[str, Any]) -> str:
     for p in manifest.get("all_passes", manifest["passes"]):
         rows = [r for r in (p.get("metrics") or {}).get("sensitivity") or [] if "layer" in r and "error" in r]
         if rows:
-            chart = _sensitivity_chart(rows, f"pass {p['name']}: {len(rows)} layers")
+            chart = sensitivity_chart(rows, f"pass {p['name']}: {len(rows)} layers")
             parts.append(html_figure(chart, f"per-layer sensitivity measured by {p['name']}"))
     return "<h2>Per-layer sensitivity</h2>" + "".join(parts) if parts else ""
 
@@ -289,7 +202,7 @@ def _sensitivity_section(manifest: dict[str, Any]) -> str:
 def _tables_section(manifest: dict[str, Any], extra_tables: list[dict[str, Any]]) -> str:
     tables = [t for p in manifest.get("all_passes", manifest["passes"]) for t in p.get("tables", [])]
     return "".join(
-        f"<h2>{_e(t['title'])}</h2>" + html_table(list(t["header"]), [list(r) for r in t["rows"]])
+        f"<h2>{_e(t['title'])}</h2>" + html_table(list(t["header"]), [list(r) for r in t["rows"]], wrap=(0,))
         for t in tables + list(extra_tables)
     )
 
@@ -308,7 +221,8 @@ def _passes_section(manifest: dict[str, Any]) -> str:
         ]
         for p in passes
     ]
-    return "<h2>Passes</h2>" + html_table(["pass", "for", "modified", "seconds", "metrics"], rows, left=(0, 1, 2, 4))
+    header = ["pass", "for", "modified", "seconds", "metrics"]
+    return "<h2>Passes</h2>" + html_table(header, rows, left=(0, 1, 2), wrap=(4,))
 
 
 def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | None = None) -> str:

@@ -163,6 +163,7 @@ def remedy_artifact(
             if _key(remedy) in seen:
                 continue
             seen.add(_key(remedy))
+            log(f"{first.label}: remedy trial {len(trials) + 1} ({stage}: {remedy.change}) …")
             trial = _run(len(trials) + 1, remedy, target, reemit, ctx, root, validate)
             trials.append(trial)
             log(f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)}")

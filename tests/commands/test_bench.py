@@ -124,3 +124,49 @@ def test_config_is_built_then_benched_and_the_report_shows_the_table(tmp_path):
     assert (out / "manifest.json").is_file() and (out / "bench" / "bench.json").is_file()
     assert result["table"]["title"] in (out / "bench" / "report.html").read_text(encoding="utf-8")
     assert result["table"]["title"] not in (out / "report.html").read_text(encoding="utf-8")  # the build's own
+
+
+def test_the_terminal_table_fits_100_columns_and_proxies_enter_no_ratio(bench):
+    import copy
+    import io
+
+    from deployc.commands.bench import bench_table, print_compact
+
+    result = copy.deepcopy(bench[0])
+    proxy = dict(next(r for r in result["rows"] if r["name"] == "onnx/int8"), name="tensorrt/int8", proxy="onnxruntime")
+    for key in ("x_eager_p50", "x_eager_throughput", "x_qstatic_p50"):
+        proxy.pop(key)  # as time_rows leaves a proxy row: timed, but in no ratio
+    result["rows"] += [proxy, {"name": "tflite/int8", "kind": "artifact", "bytes": None, "skipped": "x " * 80}]
+    stream = io.StringIO()
+    print_compact(result, stream)
+    lines = stream.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert any(line.lstrip().startswith("tensorrt/int8 (proxy)") and " — " in line for line in lines)
+    assert "tensorrt/int8: timed on onnxruntime as a proxy for its target: in no ratio" in stream.getvalue()
+    full = bench_table(result)  # bench.md keeps every column; the proxy row there has no ratio either
+    row = next(r for r in full["rows"] if r[0].startswith("tensorrt/int8"))
+    assert row[0] == "tensorrt/int8 (proxy: onnxruntime)" and row[header_index(full, "×eager p50")] == "—"
+
+
+def header_index(table: dict, name: str) -> int:
+    return table["header"].index(name)
+
+
+def test_proxy_rows_get_no_ratio_from_the_rounds(demo_build, demo_config, tmp_path):
+    import copy
+    import json
+
+    manifest = copy.deepcopy(demo_build.manifest)
+    int8 = next(a for a in manifest["artifacts"] if a["precision"] == "int8")
+    int8.update(runtime="onnxruntime (TensorRT proxy)", details=dict(int8["details"], engine="not built (no GPU)"))
+    build = tmp_path / "build"
+    build.mkdir()
+    for a in manifest["artifacts"]:
+        (build / a["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (build / a["path"]).write_bytes((demo_build.out_dir / a["path"]).read_bytes())
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    result = run_bench(build, out=tmp_path / "b", runs=5, batch=4, min_seconds=0.02, quiet=True, config=demo_config)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["onnx/int8"]["proxy"] == "onnxruntime" and rows["onnx/int8"]["p50_ms"] > 0
+    assert "x_eager_p50" not in rows["onnx/int8"] and "x_qstatic_p50" not in rows["onnx/int8"]
+    assert rows["onnx/fp32"]["x_eager_p50"] > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deployc.errors import UsageError
-from deployc.outputs.report_html import pareto_front
+from deployc.outputs.plots import pareto_front
 from deployc.sweep.plan import plan_prefixes
 from deployc.sweep.results import check_variant, choose, pareto
 from deployc.sweep.search import TpeSearch, make_search

@@ -75,20 +75,14 @@ def test_unchanged_inputs_are_up_to_date_without_heavy_imports_or_writes(project
     assert _stamps(out) == before  # nothing written, not even the lock file
 
 
-@pytest.mark.parametrize(
-    "change",
-    ["factory source", "neighbour module", "config", "data file", "artifact damaged", "report deleted"],
-)
-def test_any_change_rebuilds(project, change):
-    assert _build(project) == 0
+def _change(project: Path, change: str) -> None:
     out = project / "out"
-    config = load_config(project / "tiny.yaml")
-    key = build_key(config)
-    assert stale_reason(out, key) is None
     if change == "factory source":
         (project / "models" / "tiny.py").write_text(MODEL.replace("manual_seed(0)", "manual_seed(1)"))
     elif change == "neighbour module":
         (project / "models" / "helpers.py").write_text("SCALE = 2\n")
+    elif change == "new module":
+        (project / "models" / "extra.py").write_text("UNUSED = 1\n")
     elif change == "config":
         raw = yaml.safe_load((project / "tiny.yaml").read_text())
         raw["validate"]["max_drift"] = 0.5
@@ -101,8 +95,23 @@ def test_any_change_rebuilds(project, change):
     elif change == "artifact damaged":
         with open(out / "onnx" / "tiny.fp32.onnx", "ab") as f:
             f.write(b"\0")
-    else:
+    elif change == "report deleted":
         (out / "report.md").unlink()
+    else:
+        (out / "notes.txt").write_text("mine")
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["factory source", "neighbour module", "config", "data file", "artifact damaged", "report deleted"],
+)
+def test_any_change_rebuilds(project, change):
+    assert _build(project) == 0
+    out = project / "out"
+    config = load_config(project / "tiny.yaml")
+    key = build_key(config)
+    assert stale_reason(out, key) is None
+    _change(project, change)
     new_key = build_key(load_config(project / "tiny.yaml"))
     reason = stale_reason(out, new_key)
     assert reason is not None
@@ -182,3 +191,52 @@ def test_a_labels_file_is_part_of_the_key(tmp_path):
     key = build_key(load_config(raw, base_dir=tmp_path))
     (tmp_path / "labels.txt").write_text("dog\ncat\n")  # every artifact carries the labels: a rebuild must notice
     assert build_key(load_config(raw, base_dir=tmp_path)) != key
+
+
+def test_the_python_api_has_the_clis_up_to_date_check_and_exit_codes(project, capsys):
+    import deployc
+
+    out = project / "out"
+    first = deployc.build(project / "tiny.yaml", out=out, quiet=True)
+    assert first.exit_code == 0 and first.up_to_date is False and first.artifacts
+    before = _stamps(out)
+    again = deployc.build(str(project / "tiny.yaml"), out=out, quiet=True)
+    assert again.up_to_date is True and again.exit_code == 0 and again.manifest == first.manifest
+    assert _stamps(out) == before  # nothing ran, nothing was written
+    forced = deployc.build(project / "tiny.yaml", out=out, cache=False)  # like --no-cache: every pass again
+    assert forced.up_to_date is False and _stamps(out)["manifest.json"] != before["manifest.json"]
+    assert f"deployc: building {out} again: every pass runs again (--no-cache)" in capsys.readouterr().err
+    with pytest.raises(TypeError):
+        deployc.build(project / "tiny.yaml", out, True)  # keyword arguments only, each one typed and named
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ("factory source", "models/tiny.py changed"),
+        ("neighbour module", "models/helpers.py changed"),
+        ("new module", "models/extra.py is new (a module beside a factory, which may import it)"),
+        ("config", "config key validate.max_drift: 1.0 -> 0.5"),
+        ("data file", "data.npz changed"),
+        ("report deleted", "report.md changed since the build"),
+        ("foreign file", "notes.txt was not written by deployc"),
+    ],
+)
+def test_every_rebuild_says_why(project, monkeypatch, capsys, change, said):
+    monkeypatch.chdir(project)  # paths in the reasons are relative to the current folder
+    assert _build(project) == 0
+    out = project / "out"
+    _change(project, change)
+    capsys.readouterr()
+    code = main(["build", str(project / "tiny.yaml"), "--out", str(out), "--force"])
+    assert code == 0
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert first_line.startswith(f"deployc: building {out} again: ") and said in first_line
+
+
+def test_a_key_file_records_what_the_key_hashed(project):
+    assert _build(project) == 0
+    stored = json.loads((project / "out" / KEY_FILE).read_text())
+    key = build_key(load_config(project / "tiny.yaml"))
+    assert stored["key"] == key and stored["inputs"] == json.loads(json.dumps(key.inputs))
+    assert {Path(p).name for p, _ in stored["inputs"]["files"]} == {"tiny.py", "helpers.py", "data.npz"}

@@ -9,8 +9,9 @@ from html.parser import HTMLParser
 
 import pytest
 
+from deployc.outputs.plots import pareto_front
 from deployc.outputs.report import report_view
-from deployc.outputs.report_html import pareto_front, render_html, write_html_report
+from deployc.outputs.report_html import render_html, write_html_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -111,14 +112,14 @@ def test_demo_report_is_self_contained_with_decodable_plots(demo_build, tmp_path
     for a in demo_build.manifest["artifacts"]:
         assert a["precision"] in parsed.cells
         assert f"{a['metrics']['metric']:.4f}" in parsed.cells
-    assert "✅ pass" in parsed.cells
+    assert "pass" in parsed.cells
     assert not list(tmp_path.glob(".report.html.tmp-*"))  # written via a temp file and renamed
 
 
 def test_fail_skip_sensitivity_and_every_pass_table_render(rich_manifest):
     page = render_html(rich_manifest)
     parsed = _parse(page)
-    assert "❌ fail" in parsed.cells and "❎ skipped" in parsed.cells
+    assert "fail" in parsed.cells and "skipped" in parsed.cells
     assert "TFLite" in parsed.cells  # format comes from the file suffix
     assert "no GPU <here> & no TensorRT" in parsed.cells  # escaped in the HTML, intact once parsed
     assert "<here>" not in page
@@ -153,3 +154,90 @@ def test_pareto_front_keeps_only_undominated_points():
     assert [p["label"] for p in pareto_front(pts, "ms")] == ["c", "a", "d"]
     # lower-is-better metrics (mse): the smallest error at each cost wins
     assert [p["label"] for p in pareto_front(pts, "ms", higher_is_better=False)] == ["c"]
+
+
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f]")  # emoji, dingbats, symbols, variation selector
+
+
+def _crowded(demo_build, proxy: bool = True) -> dict:
+    """The demo manifest with 11 artifacts, some nearly coincident, some failed, three TensorRT proxies."""
+    m = copy.deepcopy(demo_build.manifest)
+    timings = copy.deepcopy(demo_build.timings)
+    base, arts = m["artifacts"][0], []
+    ref = m["reference"]["value"]
+    for target, precision, drop, ms, size in (
+        [
+            ("onnx", "fp32", 0, 0.021, 80_000), ("onnx", "fp16", 0, 0.022, 41_000), ("onnx", "int8", 0.002, 0.014, 23_000),
+            ("onnx", "dynamic", 0.0007, 0.020, 30_000), ("tflite", "fp32", 0, 0.024, 81_000),
+            ("tflite", "fp16", 0, 0.025, 42_000), ("tflite", "int8", 0.016, 0.015, 24_000),
+            ("tflite", "dynamic", 0.001, 0.021, 31_000), ("tensorrt", "fp32", 0, 24.0, 80_500),
+            ("tensorrt", "int8", 0.003, 25.1, 25_000), ("tensorrt", "fp16", 0, 23.0, 41_500),
+        ]
+    ):  # fmt: skip
+        a = copy.deepcopy(base)
+        a.update(target=target, precision=precision, bytes=size, path=f"{target}/digits.{precision}.onnx")
+        a["metrics"] = dict(a["metrics"], metric=ref - drop, drift=drop)
+        a["gate"] = {"status": "fail" if drop > 0.01 else "pass", "reason": "x " * (60 if drop > 0.01 else 2)}
+        if target == "tensorrt" and proxy:
+            a["runtime"] = "onnxruntime (TensorRT proxy)"
+            a["details"] = dict(a.get("details") or {}, engine="not built (no CUDA GPU visible)")
+        timings["artifacts"][f"{target}/{precision}"] = {"latency_ms_batch1": ms}
+        arts.append(a)
+    m["artifacts"] = arts
+    return report_view(m, timings)
+
+
+def test_report_has_no_emoji_and_draws_the_budget(demo_build, tmp_path):
+    page = write_html_report(demo_build.manifest, tmp_path, demo_build.timings).read_text(encoding="utf-8")
+    assert not _EMOJI.search(page)
+    assert '<svg class="icon"' in page  # the gate icons are drawn, no font needed
+    assert "Dashed red line: the drift budget 1.00%: top1 ≥" in page
+    from deployc.outputs.plots import budget_of, scatter_figure
+    from deployc.outputs.report_html import points
+
+    view = report_view(demo_build.manifest, demo_build.timings)
+    budget = budget_of(view)
+    assert budget.limit == pytest.approx(view["reference"]["value"] - 0.01)
+    fig, _ = scatter_figure(points(view), "ms", "ms", "top1", True, budget=budget)
+    drawn = {line.get_label(): line.get_ydata()[0] for line in fig.axes[0].get_lines()}
+    assert drawn[budget.text] == pytest.approx(budget.limit)  # the budget line sits at reference − max_drift
+
+
+def test_plot_labels_never_overlap_on_a_crowded_plot(demo_build):
+    from matplotlib.text import Text
+
+    from deployc.outputs.plots import budget_of, scatter_figure
+    from deployc.outputs.report_html import points
+
+    view = _crowded(demo_build, proxy=False)
+    pts = points(view)
+    for p in pts:
+        p["size"] = p["bytes"] / 1024
+    for cost in ("ms", "size"):
+        fig, labels = scatter_figure(pts, cost, cost, "top1", True, budget=budget_of(view))
+        renderer = fig.canvas.get_renderer()
+        frame = fig.axes[0].get_window_extent(renderer)
+        for label in labels:
+            label.update_positions(renderer)
+        boxes = [Text.get_window_extent(label, renderer) for label in labels]  # the text, not its leader line
+        assert sum(len(label.get_text().split(", ")) for label in labels) == len(pts)  # every point is named
+        for i, a in enumerate(boxes):
+            assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), (labels[i].get_text(), cost)
+
+
+def test_proxy_latency_stays_off_the_latency_axis_and_reads_proxy(demo_build):
+    from deployc.outputs.report import render_report
+    from deployc.outputs.report_html import points
+
+    view = _crowded(demo_build)
+    by_label = {p["label"]: p for p in points(view)}
+    assert by_label["tensorrt/int8"]["ms"] is None and by_label["tensorrt/int8"]["proxy"] == "onnxruntime"
+    assert by_label["onnx/int8"]["ms"] == pytest.approx(0.014)
+    parsed = _parse(render_html(view))
+    row = parsed.cells.index("tensorrt") if "tensorrt" in parsed.cells else None
+    assert row is not None and "proxy" in parsed.cells[row : row + 10]  # the ms column says proxy
+    assert "24.000" not in parsed.cells  # the proxy's onnxruntime time is no table figure
+    md = render_report(view)
+    assert "| tensorrt | fp32 |" in md and "| proxy |" in md and "measured on onnxruntime, a proxy" in md
