@@ -18,6 +18,7 @@ from deployc.core.ort import CalibrationReader
 from deployc.core.state import ModelState
 from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
+from deployc.passes.bias_correction import BiasCorrection, correct_biases
 from deployc.passes.calibration import METHODS, calibration_cache, mismatched_concats
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
@@ -107,6 +108,7 @@ class Int8Result:
     selection: Int8Selection | None  # what a transformer-style graph kept in float (None: the quantizer's defaults)
     smoothing: Smoothing | None
     concats_kept: dict[str, str]  # Concat nodes left float: their inputs' ranges differ too much for one scale
+    bias_correction: BiasCorrection | None = None  # None: quantize.bias_correction off
 
 
 def _default_op_types() -> set[str]:
@@ -158,7 +160,10 @@ def quantize_int8_selected(
                 extra_options={**extra, **options},
                 calibration_cache_path=cache,
             )
-        return Int8Result(onnx.load(str(out)), selection, smoothing, concats)
+        quantized, correction = onnx.load(str(out)), None
+        if spec.bias_correction:
+            quantized, correction = correct_biases(quantized, prepared, samples, batch)
+        return Int8Result(quantized, selection, smoothing, concats, correction)
 
 
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
@@ -188,6 +193,8 @@ def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, An
         metrics["int8_selection"] = result.selection.to_json()
     if result.smoothing is not None:
         metrics["smoothing"] = result.smoothing.to_json()
+    if result.bias_correction is not None:
+        metrics["bias_correction"] = result.bias_correction.to_json()
     for node, why in result.concats_kept.items():
         ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
     if result.concats_kept:

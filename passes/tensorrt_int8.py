@@ -23,6 +23,7 @@ from deployc.compiler.contracts import Context, Pass, PassResult
 from deployc.core.config import QuantizeSpec
 from deployc.core.state import ModelState
 from deployc.errors import UsageError
+from deployc.passes.bias_correction import correct_biases
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
 from deployc.passes.onnx_util import op_counts, producers
@@ -134,6 +135,7 @@ class TensorrtInt8(Pass):
             kept = "; ".join(f"'{n}': {why}" for n, why in placement.kept.items()) or "the graph has none"
             raise UsageError(f"{self.name}: no weighted op to run in int8 on TensorRT ({kept})")
         per_channel = cfg.per_channel and not up.per_channel_blocked
+        float_graph = proto
         proto, restored = quantize_placed(
             proto,
             placement,
@@ -145,6 +147,9 @@ class TensorrtInt8(Pass):
             cfg.percentile,
             root=state.onnx,
         )
+        if cfg.bias_correction:  # float biases here: the shift is subtracted from them as they are
+            proto, correction = correct_biases(proto, float_graph, ctx.calibration.take(cfg.samples))
+            metrics["bias_correction"] = correction.to_json()
         fp32_nodes: dict[str, str] = {}
         if fp16:
             half = finite_fp16(proto, feeds)

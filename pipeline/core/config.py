@@ -200,6 +200,11 @@ class QuantizeSpec(StrictModel):
         description="SmoothQuant alpha: before int8, move activation outlier ranges into the weights of MatMul/Gemm "
         "(Linear) layers by per-channel scales max|X|^alpha / max|W|^(1-alpha); None: no smoothing",
     )
+    bias_correction: bool = Field(
+        True,
+        description="fold each int8 op's mean output shift from quantization into its bias (onnx and tensorrt int8, "
+        "passes/bias_correction.py); tflite: not applied, ai-edge-quantizer derives its int32 biases itself",
+    )
 
     @model_validator(mode="before")
     @classmethod
