@@ -37,9 +37,12 @@ class BiasCorrection:
     largest_shift: float = 0.0  # max |shift| / max |bias| over corrected ops
 
     def to_json(self) -> dict[str, Any]:
+        reasons: dict[str, list[str]] = {}
+        for node, why in sorted(self.skipped.items()):
+            reasons.setdefault(why, []).append(node)
         return {
             "corrected": len(self.corrected),
-            "skipped": dict(sorted(self.skipped.items())),
+            "skipped": {why: {"count": len(n), "first": n[0]} for why, n in reasons.items()},
             "largest_relative_shift": round(self.largest_shift, 4),
         }
 

@@ -23,8 +23,9 @@ from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.passes.tensorrt_qdq import WEIGHTED
 from deployc.targets.quantized_details import (
-    DYNAMIC_HINT,
+    DYNAMIC_OPS,
     NothingInInt8,
+    float_reasons,
     int8_coverage_of,
     merged,
     quantized_details,
@@ -216,11 +217,13 @@ class OnnxTarget(Target):
                 "onnxruntime",
                 onnxruntime.__version__,
                 details={"int8_coverage": coverage.to_json()},
-                skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_HINT}); it would be the fp32 "
+                skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_OPS}; "
+                f"{float_reasons('onnx/dynamic', coverage, [], done.onnx) or 'the graph has no weighted op'}); "
+                "it would be the fp32 "
                 "graph under another name, no smaller and no faster",
             )
         if coverage is not None and not coverage.int8_ops:
-            raise NothingInInt8(coverage)
+            raise NothingInInt8(coverage, float_reasons(f"onnx/{label}", coverage, list(done.history), done.onnx))
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(done.onnx, str(path))

@@ -21,7 +21,7 @@ from deployc.errors import PipelineError, UsageError
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
 from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
-from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
+from deployc.targets.quantized_details import NothingInInt8, float_reasons, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -378,7 +378,7 @@ class TensorrtTarget(Target):
         details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report}
         coverage = int8_coverage_of(label, done, ctx)
         if coverage is not None and not coverage.int8_ops:
-            raise NothingInInt8(coverage)
+            raise NothingInInt8(coverage, float_reasons(f"tensorrt/{label}", coverage, list(done.history), done.onnx))
         details.update(quantized_details(f"{self.name}/{label}", coverage, base, done, ctx))
         details.update(stats)
         runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__
