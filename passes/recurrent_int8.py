@@ -219,13 +219,17 @@ def _rewrite(node: Any, seq: int, inits: dict[str, Any], b: _Builder) -> list[An
     return finals
 
 
-def unroll_recurrent(proto: Any) -> Unrolled:
-    """`proto` with every LSTM/GRU of its main graph that can be unrolled rewritten (see the module docstring)."""
+def unroll_recurrent(proto: Any, mode: str = "unroll") -> Unrolled:
+    """`proto` with every LSTM/GRU of its main graph that can be unrolled rewritten (see the module docstring);
+    mode 'float' (quantize.recurrent) keeps every one whole and says so."""
     from deployc.passes.opset import onnx_opset
 
     nodes = [n for n in proto.graph.node if n.op_type in RECURRENT_OPS]
     if not nodes:
         return Unrolled(proto)
+    if mode == "float":
+        why = "quantize.recurrent: float (kept whole, its onnxruntime/TensorRT float kernel)"
+        return Unrolled(proto, (), {n.name or f"{n.op_type}_{k}": why for k, n in enumerate(nodes)})
     inits = {i.name: i for i in proto.graph.initializer}
     lengths, opset = _seq_lengths(proto), onnx_opset(proto)
     out = copied(proto)

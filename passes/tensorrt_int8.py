@@ -130,7 +130,7 @@ class TensorrtInt8(Pass):
         proto, smoothing = smoothed(proto, ctx.calibration.take(cfg.samples), cfg)  # quantize.smoothing (SmoothQuant)
         if smoothing is not None:
             metrics["smoothing"] = smoothing.to_json()
-        unrolled = unroll_recurrent(quantizer_ready(proto))  # LSTM/GRU gate MatMuls become weighted ops
+        unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent)  # LSTM/GRU gate MatMuls become weighted ops
         proto = unrolled.proto
         if unrolled.rewritten or unrolled.kept:
             metrics["recurrent"] = unrolled.to_json()

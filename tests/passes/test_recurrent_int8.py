@@ -97,3 +97,14 @@ def test_a_recurrent_node_of_unknown_length_is_kept_with_the_reason():
     unrolled = unroll_recurrent(proto)
     assert unrolled.proto is proto and not unrolled.rewritten
     assert all(why.startswith("its sequence length is not fixed") for why in unrolled.kept.values())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_float_keeps_every_node_whole_with_the_switch_named(kind):
+    proto = _proto(kind, False)
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False, recurrent="float"))
+    assert op_counts(result.proto)[kind] == 2 and result.recurrent is not None and not result.recurrent.rewritten
+    assert len(result.recurrent.kept) == 2
+    assert all(why.startswith("quantize.recurrent: float") for why in result.recurrent.kept.values())
+    assert onnx_int8_coverage(result.proto).float_ops == {kind: 2}
