@@ -58,23 +58,37 @@ IGNORED_SCOPES = {
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def deployc_build(name: str, out: Path) -> tuple[object, dict[str, dict], Path]:
-    """The zoo config of `name` built by deployc (onnx fp32 + int8, tensorrt int8); artifacts by label."""
+def deployc_build(name: str, out: Path, reuse: Path | None = None) -> tuple[object, dict[str, dict], Path]:
+    """The zoo config of `name` built by deployc (onnx fp32 + int8, tensorrt int8); artifacts by label.
+    `reuse`: an earlier build of that same config (its manifest's config must match), read instead of building."""
     import yaml
     import zoo
     from zoo_lib import catalog, fetch
 
     from deployc.core.config import load_config
     from deployc.driver.build import build
+    from deployc.storage.files import read_json
 
     config_path = zoo.prepare(catalog.BY_NAME[name], out, fetch.cache_dir(None))
     raw = yaml.safe_load(config_path.read_text())
     raw["targets"] = {"onnx": {"precision": ["fp32", "int8"]}, "tensorrt": {"precision": ["int8"]}}
     config = load_config(raw, base_dir=config_path.parent)
-    result = build(config, out=config_path.parent / "build-peers", quiet=True)
+    if reuse is None:
+        result = build(config, out=config_path.parent / "build-peers", quiet=True)
+        out_dir, manifest = result.out_dir, result.manifest
+    else:
+        out_dir, manifest = reuse, read_json(reuse / "manifest.json", "--reuse")
+        built = {(a["target"], a["precision"]) for a in manifest["artifacts"]}
+        if built != {("onnx", "fp32"), ("onnx", "int8"), ("tensorrt", "int8")}:
+            raise SystemExit(f"--reuse {reuse}: built {sorted(built)}, not onnx fp32+int8 and tensorrt int8")
+        want = config.model_dump(mode="json")["quantize"]
+        differ = {k for k, v in manifest["config"]["quantize"].items() if want.get(k) != v}
+        if differ:
+            raise SystemExit(f"--reuse {reuse}: built with other quantize settings ({sorted(differ)})")
+        print(f"{name}: deployc artifacts read from {reuse}", file=sys.stderr)
     arts = {
-        f"{a['target']}/{a['precision']}": {**a, "file": result.out_dir / a["path"] if a.get("path") else None}
-        for a in result.manifest["artifacts"]
+        f"{a['target']}/{a['precision']}": {**a, "file": out_dir / a["path"] if a.get("path") else None}
+        for a in manifest["artifacts"]
     }
     return config, arts, config_path.parent
 
@@ -159,12 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="peers-int8-")))
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="MODEL=BUILD_DIR",
+        help="score an earlier deployc build of the same zoo config instead of building it again",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("DEPLOYC_CACHE_DIR", str(args.out / "pass-cache"))
 
+    reused = {k: Path(v) for k, v in (r.split("=", 1) for r in args.reuse)}
     rows, verdicts = [], []
     for name in args.models.split(","):
-        config, arts, folder = deployc_build(name, args.out)
+        config, arts, folder = deployc_build(name, args.out, reused.get(name))
         fp32 = arts["onnx/fp32"]["file"]
         scorer = Scorer(config, folder / "data.npz", fp32, config.data.batch_size)
         calib = calibration_npz(folder, config.quantize.samples)
