@@ -16,6 +16,13 @@ quantize_static) with onnxruntime's CPU kernels as users run them; TensorRT arti
 Model Optimizer) with their Q/DQ run as written (deployc's proxy: no TensorRT here). Latency ratio to fp32 (batch 1,
 deployc.core.timing's interleaved rounds, thread CPU clock) only for the CPU artifacts: a proxy's latency says nothing
 about a GPU. Verdict per model: deployc's best int8 drift against the best peer's.
+
+NNCF on OpenVINO (issue 26): nncf.quantize(ov.convert_model(fp32), ...) with its default preset (PERFORMANCE) and
+MIXED, and on YOLOv8n MIXED with Ultralytics' ignored scope for the head (its own exporter's setting); the IR it
+writes runs on OpenVINO only. Every CPU graph that is ONNX (deployc's onnx/int8, quantize_static) is scored on
+onnxruntime and on OpenVINO (f32 inference precision, so bf16-capable CPUs do not change the float part), and timed
+on both runtimes in the same interleaved rounds (1 thread, thread CPU clock: both run inference on the calling
+thread). Needs `openvino` in deployc's venv (pip install 'deployc[openvino]').
 """
 
 from __future__ import annotations
@@ -37,26 +44,51 @@ PEERS = (  # (label, tool, options, kind)
     ("onnxruntime quantize_static (defaults)", "ort", {}, "cpu"),
     ("Model Optimizer ONNX PTQ (defaults: rest fp16)", "modelopt", {}, "tensorrt"),
     ("Model Optimizer ONNX PTQ (rest fp32)", "modelopt", {"high_precision_dtype": "fp32"}, "tensorrt"),
+    ("NNCF (default preset) on OpenVINO", "nncf", {}, "openvino"),
+    ("NNCF MIXED on OpenVINO", "nncf", {"preset": "MIXED"}, "openvino"),
 )
+# where NNCF's users set an ignored scope: Ultralytics' exporter on YOLO heads (patterns rewritten for the names an
+# ONNX export gives: model.22 is the Detect head; its box decoding arithmetic, the DFL and the Sigmoids stay float)
+IGNORED_SCOPES = {
+    "yolov8n": {
+        "patterns": [r".*/model\.22/(Add|Sub|Mul|Div)[^/]*", r".*/model\.22/dfl/.*"],
+        "types": ["Sigmoid"],
+    }
+}
+OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def deployc_build(name: str, out: Path) -> tuple[object, dict[str, dict], Path]:
-    """The zoo config of `name` built by deployc (onnx fp32 + int8, tensorrt int8); artifacts by label."""
+def deployc_build(name: str, out: Path, reuse: Path | None = None) -> tuple[object, dict[str, dict], Path]:
+    """The zoo config of `name` built by deployc (onnx fp32 + int8, tensorrt int8); artifacts by label.
+    `reuse`: an earlier build of that same config (its manifest's config must match), read instead of building."""
     import yaml
     import zoo
     from zoo_lib import catalog, fetch
 
     from deployc.core.config import load_config
     from deployc.driver.build import build
+    from deployc.storage.files import read_json
 
     config_path = zoo.prepare(catalog.BY_NAME[name], out, fetch.cache_dir(None))
     raw = yaml.safe_load(config_path.read_text())
     raw["targets"] = {"onnx": {"precision": ["fp32", "int8"]}, "tensorrt": {"precision": ["int8"]}}
     config = load_config(raw, base_dir=config_path.parent)
-    result = build(config, out=config_path.parent / "build-peers", quiet=True)
+    if reuse is None:
+        result = build(config, out=config_path.parent / "build-peers", quiet=True)
+        out_dir, manifest = result.out_dir, result.manifest
+    else:
+        out_dir, manifest = reuse, read_json(reuse / "manifest.json", "--reuse")
+        built = {(a["target"], a["precision"]) for a in manifest["artifacts"]}
+        if built != {("onnx", "fp32"), ("onnx", "int8"), ("tensorrt", "int8")}:
+            raise SystemExit(f"--reuse {reuse}: built {sorted(built)}, not onnx fp32+int8 and tensorrt int8")
+        want = config.model_dump(mode="json")["quantize"]
+        differ = {k for k, v in manifest["config"]["quantize"].items() if want.get(k) != v}
+        if differ:
+            raise SystemExit(f"--reuse {reuse}: built with other quantize settings ({sorted(differ)})")
+        print(f"{name}: deployc artifacts read from {reuse}", file=sys.stderr)
     arts = {
-        f"{a['target']}/{a['precision']}": {**a, "file": result.out_dir / a["path"] if a.get("path") else None}
-        for a in result.manifest["artifacts"]
+        f"{a['target']}/{a['precision']}": {**a, "file": out_dir / a["path"] if a.get("path") else None}
+        for a in manifest["artifacts"]
     }
     return config, arts, config_path.parent
 
@@ -85,15 +117,54 @@ def peer_graph(tool: str, options: dict, fp32: Path, calib: Path, out: Path) -> 
     return out
 
 
-def cpu_latency(scorer, graphs: dict[str, Path]) -> dict[str, float]:
-    """Batch-1 latency / fp32's of each CPU graph, within interleaved rounds on one thread."""
+def _ov_model(path: Path):
+    import openvino as ov
+
+    return ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
+
+
+def ov_outputs(scorer, path: Path) -> list[np.ndarray]:
+    """The graph's outputs on OpenVINO over the validation set, batch by batch as the scorer runs onnxruntime."""
+    model = _ov_model(path)
+    n = len(next(iter(scorer.inputs.values())))
+    parts = []
+    for i in range(0, n, scorer.batch):
+        result = model({k: v[i : i + scorer.batch] for k, v in scorer.inputs.items()})
+        parts.append([np.asarray(result[o]) for o in model.outputs])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def ov_row(scorer, who: str, graph: Path, counts: dict) -> dict:
+    outs = ov_outputs(scorer, graph)
+    value = float(scorer.metric.fn(outs, scorer.reference if scorer.metric.similarity else scorer.targets))
+    drift = scorer.metric.drift(scorer.reference_value, value)
+    return {"model": scorer.name, "who": who, "rest": "—", **counts, "value": value, "drift": drift, "gate": "—"}
+
+
+def fake_quantize_count(xml: Path) -> dict:
+    import openvino as ov
+
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ops())
+    return {"q": fq, "dq": fq}
+
+
+def cpu_latency(scorer, graphs: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Batch-1 latency / fp32-on-onnxruntime's of each CPU graph on each runtime it runs on (ONNX files: both;
+    OpenVINO IR: OpenVINO), within the same interleaved rounds on one thread."""
     from deployc.core.ort import session
     from deployc.core.timing import interleaved
 
     one = {k: v[:1] for k, v in scorer.inputs.items()}
-    runs = {who: (lambda s=session(path, threads=1): s.run(None, one)) for who, path in graphs.items()}
-    rounds = interleaved(runs, rounds=8, per_round=5, clock="thread_cpu")
-    return {who: rounds.ratio(who, "fp32").median for who in graphs}
+    runs = {}
+    for who, path in graphs.items():
+        if Path(path).suffix == ".onnx":
+            runs[(who, "onnxruntime")] = lambda s=session(path, threads=1): s.run(None, one)
+        runs[(who, "openvino")] = lambda m=_ov_model(path).create_infer_request(): m.infer(one)
+    rounds = interleaved({f"{w}|{r}": fn for (w, r), fn in runs.items()}, rounds=8, per_round=5, clock="thread_cpu")
+    out: dict[str, dict[str, float]] = {}
+    for who, runtime in runs:
+        out.setdefault(who, {})[runtime] = rounds.ratio(f"{who}|{runtime}", "fp32|onnxruntime").median
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="peers-int8-")))
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="MODEL=BUILD_DIR",
+        help="score an earlier deployc build of the same zoo config instead of building it again",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("DEPLOYC_CACHE_DIR", str(args.out / "pass-cache"))
 
+    reused = {k: Path(v) for k, v in (r.split("=", 1) for r in args.reuse)}
     rows, verdicts = [], []
     for name in args.models.split(","):
-        config, arts, folder = deployc_build(name, args.out)
+        config, arts, folder = deployc_build(name, args.out, reused.get(name))
         fp32 = arts["onnx/fp32"]["file"]
         scorer = Scorer(config, folder / "data.npz", fp32, config.data.batch_size)
         calib = calibration_npz(folder, config.quantize.samples)
@@ -120,22 +199,35 @@ def main(argv: list[str] | None = None) -> int:
             trials = len(((art.get("details") or {}).get("remedies") or {}).get("trial_log") or []) or 1
             row = scorer.row(f"deployc {label}", "—", art["file"], art["gate"]["status"], as_written=kind != "cpu")
             model_rows.append({**row, "kind": kind, "file": art["file"], "trials": trials})
-        for label, tool, options, kind in PEERS:
-            out = folder / f"{tool}{'-' + '-'.join(options) if options else ''}.int8.onnx"
+        peers = list(PEERS)
+        if name in IGNORED_SCOPES:
+            scope = {"preset": "MIXED", "ignored_scope": IGNORED_SCOPES[name]}
+            peers.append(("NNCF MIXED + ignored scope on OpenVINO", "nncf", scope, "openvino"))
+        for label, tool, options, kind in peers:
+            suffix = ".xml" if tool == "nncf" else ".onnx"
+            out = folder / f"{tool}{'-' + '-'.join(options) if options else ''}.int8{suffix}"
             graph = peer_graph(tool, options, fp32, calib, out)
             if isinstance(graph, str):
                 print(f"{name}: {label} did not run: {graph}", file=sys.stderr)
                 model_rows.append({"model": name, "who": label, "error": graph.splitlines()[0][:120]})
                 continue
-            row = scorer.row(label, "—", graph, as_written=kind != "cpu")
-            model_rows.append({**row, "kind": kind, "file": graph})
+            if kind == "openvino":
+                row = ov_row(scorer, label, graph, fake_quantize_count(graph))
+            else:
+                row = scorer.row(label, "—", graph, as_written=kind != "cpu")
+            model_rows.append({**row, "kind": kind, "file": graph, "runtime": "openvino" if kind == "openvino" else ""})
+        for r in [r for r in model_rows if r.get("kind") == "cpu" and "error" not in r]:  # ONNX CPU graphs on OpenVINO
+            counts = {"q": r["q"], "dq": r["dq"]}
+            model_rows.append({**ov_row(scorer, r["who"], r["file"], counts), "kind": "cpu", "file": r["file"],
+                               "runtime": "openvino", "gate": r["gate"], "alias": True})  # fmt: skip
         built = [r for r in model_rows if "error" not in r]
         ratios = cpu_latency(scorer, {("fp32" if r["who"] == "fp32" else r["who"]): r["file"] for r in built
-                                      if r["kind"] == "cpu"})  # fmt: skip
+                                      if r["kind"] in ("cpu", "openvino") and not r.get("alias")})  # fmt: skip
         for r in built:
-            r["bytes"] = Path(r["file"]).stat().st_size
-            r["latency"] = ratios.get(r["who"])
-        ours = [r for r in built if r["who"].startswith("deployc")]
+            r["bytes"] = sum(p.stat().st_size for p in (Path(r["file"]), Path(r["file"]).with_suffix(".bin"))
+                             if p.is_file() and (p.suffix != ".bin" or Path(r["file"]).suffix == ".xml"))  # fmt: skip
+            r["latency"] = ratios.get("fp32" if r["who"] == "fp32" else r["who"])
+        ours = [r for r in built if r["who"].startswith("deployc") and not r.get("alias")]  # as shipped and gated
         peers = [r for r in built if r["who"] not in ("fp32",) and not r["who"].startswith("deployc")]
         if ours and peers:
             mine, theirs = min(ours, key=lambda r: r["drift"]), min(peers, key=lambda r: r["drift"])
@@ -147,19 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
         print(f"[peers] {name} done", file=sys.stderr, flush=True)
 
-    fp32_bytes = {r["model"]: r["bytes"] for r in rows if r.get("who") == "fp32"}
+    fp32_bytes = {r["model"]: r["bytes"] for r in rows if r.get("who") == "fp32" and not r.get("alias")}
     print(
-        "| model | quantizer | Q | DQ | metric | drift vs fp32 | size vs fp32 | latency vs fp32 (CPU) | deployc gate |"
+        "| model | quantizer | scored on | Q | DQ | metric | drift vs fp32 | size vs fp32 | latency vs fp32 on "
+        "onnxruntime: onnxruntime / OpenVINO | deployc gate |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {r['who']} | — | — | — | failed: {r['error']} | — | — | — |")
+            print(f"| {r['model']} | {r['who']} | — | — | — | — | failed: {r['error']} | — | — | — |")
             continue
-        latency = f"{r['latency']:.2f}×" if r.get("latency") is not None else "— (TensorRT graph)"
+        lat = r.get("latency") or {}
+        latency = " / ".join(f"{lat[k]:.2f}×" if k in lat else "—" for k in ("onnxruntime", "openvino"))
+        latency = latency if lat else "— (TensorRT graph)"
         gate = f"{r['gate']} ({r['trials']} trial{'s' if r['trials'] > 1 else ''})" if "trials" in r else r["gate"]
+        runtime = r.get("runtime") or ("onnxruntime" if r["kind"] != "tensorrt" else "Q/DQ as written (proxy)")
         print(
-            f"| {r['model']} | {r['who']} | {r['q']} | {r['dq']} | {r['value']:.4f} | {r['drift']:+.4f} | "
+            f"| {r['model']} | {r['who']} | {runtime} | {r['q']} | {r['dq']} | {r['value']:.4f} | {r['drift']:+.4f} | "
             f"{r['bytes'] / fp32_bytes[r['model']]:.2f}× | {latency} | {gate} |"
         )
     print("\n" + "\n".join(verdicts))

@@ -18,6 +18,7 @@ from deployc.core.ort import CalibrationReader
 from deployc.core.state import ModelState
 from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
+from deployc.passes.bias_correction import BiasCorrection, correct_biases
 from deployc.passes.calibration import METHODS, calibration_cache, mismatched_concats
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
@@ -25,6 +26,7 @@ from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
 from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
@@ -107,6 +109,8 @@ class Int8Result:
     selection: Int8Selection | None  # what a transformer-style graph kept in float (None: the quantizer's defaults)
     smoothing: Smoothing | None
     concats_kept: dict[str, str]  # Concat nodes left float: their inputs' ranges differ too much for one scale
+    bias_correction: BiasCorrection | None = None  # None: quantize.bias_correction off
+    recurrent: Unrolled | None = None  # LSTM/GRU unrolled into int8 gate MatMuls (None: the graph has none)
 
 
 def _default_op_types() -> set[str]:
@@ -135,8 +139,16 @@ def quantize_int8_selected(
     }
     with scratch_dir() as work:
         src = _prepared(proto, work)
-        prepared = onnx.load(src)
+        # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
+        unrolled = unroll_recurrent(onnx.load(src), spec.recurrent)
+        if unrolled.rewritten:
+            onnx.save(unrolled.proto, src)
+        prepared = unrolled.proto
         selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
+        if unrolled.rewritten:  # gate MatMuls int8, gate math float: MatMul outputs stay float (MatMulIntegerToFloat)
+            keep += list(unrolled.elementwise)
+            outputs_float = options.get("OpTypesToExcludeOutputQuantization", [])
+            options = {**options, "OpTypesToExcludeOutputQuantization": sorted({*outputs_float, "MatMul"})}
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             batch = calibration_batch(spec, len(samples))
@@ -158,7 +170,11 @@ def quantize_int8_selected(
                 extra_options={**extra, **options},
                 calibration_cache_path=cache,
             )
-        return Int8Result(onnx.load(str(out)), selection, smoothing, concats)
+        quantized, correction = onnx.load(str(out)), None
+        if spec.bias_correction:
+            quantized, correction = correct_biases(quantized, prepared, samples, batch)
+        recurrent = unrolled if unrolled.rewritten or unrolled.kept else None
+        return Int8Result(quantized, selection, smoothing, concats, correction, recurrent)
 
 
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
@@ -188,6 +204,12 @@ def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, An
         metrics["int8_selection"] = result.selection.to_json()
     if result.smoothing is not None:
         metrics["smoothing"] = result.smoothing.to_json()
+    if result.bias_correction is not None:
+        metrics["bias_correction"] = result.bias_correction.to_json()
+    if result.recurrent is not None:
+        metrics["recurrent"] = result.recurrent.to_json()
+        for node, why in result.recurrent.kept.items():
+            ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
     for node, why in result.concats_kept.items():
         ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
     if result.concats_kept:

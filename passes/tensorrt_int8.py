@@ -23,12 +23,14 @@ from deployc.compiler.contracts import Context, Pass, PassResult
 from deployc.core.config import QuantizeSpec
 from deployc.core.state import ModelState
 from deployc.errors import UsageError
+from deployc.passes.bias_correction import correct_biases
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
 from deployc.passes.onnx_util import op_counts, producers
 from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.quantize import smoothed
+from deployc.passes.recurrent_int8 import unroll_recurrent
 from deployc.passes.tensorrt_qdq import named, place, quantize_placed
 
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear with fp16 scales (and fp16 in/out) need opset 19
@@ -128,12 +130,19 @@ class TensorrtInt8(Pass):
         proto, smoothing = smoothed(proto, ctx.calibration.take(cfg.samples), cfg)  # quantize.smoothing (SmoothQuant)
         if smoothing is not None:
             metrics["smoothing"] = smoothing.to_json()
-        proto = quantizer_ready(proto)
+        unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent)  # LSTM/GRU gate MatMuls become weighted ops
+        proto = unrolled.proto
+        if unrolled.rewritten or unrolled.kept:
+            metrics["recurrent"] = unrolled.to_json()
+            for node, why in unrolled.kept.items():
+                ctx.instruments.log(f"{self.name}: '{node}' stays in high precision: {why}")
         placement = place(proto, set(cfg.exclude) | set(cfg.fallback))
         if not placement.weighted:
-            kept = "; ".join(f"'{n}': {why}" for n, why in placement.kept.items()) or "the graph has none"
+            kept = "; ".join(f"'{n}': {why}" for n, why in {**placement.kept, **unrolled.kept}.items())
+            kept = kept or "the graph has none"
             raise UsageError(f"{self.name}: no weighted op to run in int8 on TensorRT ({kept})")
         per_channel = cfg.per_channel and not up.per_channel_blocked
+        float_graph = proto
         proto, restored = quantize_placed(
             proto,
             placement,
@@ -145,6 +154,9 @@ class TensorrtInt8(Pass):
             cfg.percentile,
             root=state.onnx,
         )
+        if cfg.bias_correction:  # float biases here: the shift is subtracted from them as they are
+            proto, correction = correct_biases(proto, float_graph, ctx.calibration.take(cfg.samples))
+            metrics["bias_correction"] = correction.to_json()
         fp32_nodes: dict[str, str] = {}
         if fp16:
             half = finite_fp16(proto, feeds)

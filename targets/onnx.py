@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployc.compiler.contracts import Artifact, Context, Remedy, Target
 from deployc.compiler.manager import run_pass
@@ -24,8 +25,9 @@ from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.passes.tensorrt_qdq import WEIGHTED
 from deployc.targets.metadata import artifact_metadata, name_outputs, output_names, save_onnx, with_layout
 from deployc.targets.quantized_details import (
-    DYNAMIC_HINT,
+    DYNAMIC_OPS,
     NothingInInt8,
+    float_reasons,
     int8_coverage_of,
     merged,
     quantized_details,
@@ -33,6 +35,8 @@ from deployc.targets.quantized_details import (
 from deployc.validation.remedies import fallback_remedy, fallback_steps, spec_remedies
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
+Runtime = Literal["onnxruntime", "openvino"]
+OPENVINO = "@openvino"  # precision suffix of the twin artifact OpenVINO validates (same file)
 
 
 CHANNEL_PROBE_SAMPLES = 16  # calibration samples the per-tensor channel-range warnings look at
@@ -60,6 +64,18 @@ class OnnxOptions(BaseModel):
     cpu: CpuName = Field(
         "auto", description="CPU the int8 artifact is tuned for (passes/cpu_int8.py); auto: the build machine's"
     )
+    runtimes: list[Runtime] = Field(
+        default_factory=lambda: ["onnxruntime"],
+        description="runtimes each artifact is validated and timed on; openvino (the `openvino` extra) adds a row "
+        "'<precision>@openvino' per artifact for the same file, run with f32 inference precision",
+    )
+
+    @field_validator("runtimes")
+    @classmethod
+    def _onnxruntime_first(cls, runtimes: list[str]) -> list[str]:
+        if not runtimes or runtimes[0] != "onnxruntime" or len(set(runtimes)) != len(runtimes):
+            raise ValueError("list onnxruntime first (it builds and remedies the artifacts), each runtime once")
+        return runtimes
 
 
 def lower_to_onnx(state: ModelState, ctx: Context, opset: int, simplify: bool) -> ModelState:
@@ -218,11 +234,13 @@ class OnnxTarget(Target):
                 "onnxruntime",
                 onnxruntime.__version__,
                 details={"int8_coverage": coverage.to_json()},
-                skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_HINT}); it would be the fp32 "
+                skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_OPS}; "
+                f"{float_reasons('onnx/dynamic', coverage, [], done.onnx) or 'the graph has no weighted op'}); "
+                "it would be the fp32 "
                 "graph under another name, no smaller and no faster",
             )
         if coverage is not None and not coverage.int8_ops:
-            raise NothingInInt8(coverage)
+            raise NothingInInt8(coverage, float_reasons(f"onnx/{label}", coverage, list(done.history), done.onnx))
         path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         ins, outs = (with_layout(e) for e in io_specs(done.onnx))
@@ -250,11 +268,65 @@ class OnnxTarget(Target):
             history=done.history[len(state.history) :],
         )
 
+    def build(self, state: ModelState, ctx: Context, finish: Any = None) -> list[Artifact]:
+        artifacts = super().build(state, ctx, finish)
+        if "openvino" not in self.options.runtimes:
+            return artifacts
+        done = finish or (lambda art, reemit, lowered: art)
+        return artifacts + [done(_on_openvino(a), None, None) for a in artifacts if a.path is not None]
+
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
-        key = str(artifact.path)
+        key = f"{artifact.runtime}:{artifact.path}"
         if key not in self._sessions:
-            self._sessions[key] = session(key, self.options.threads)
+            opener = _openvino_model if artifact.runtime == "openvino" else session
+            self._sessions[key] = opener(str(artifact.path), self.options.threads)
+        if artifact.runtime == "openvino":
+            result = self._sessions[key](batch)
+            return [np.asarray(result[out]) for out in self._sessions[key].outputs]
         return self._sessions[key].run(None, batch)
 
     def close(self, artifact: Artifact) -> None:
-        self._sessions.pop(str(artifact.path), None)
+        self._sessions.pop(f"{artifact.runtime}:{artifact.path}", None)
+
+
+def openvino_missing() -> str | None:
+    """None when OpenVINO can run here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'deployc[openvino]')"
+    return None
+
+
+def _openvino_model(path: str, threads: int | None) -> Any:
+    """An OpenVINO CPU model of an ONNX file; f32 inference precision: on CPUs with bf16 units OpenVINO would
+    otherwise run the float part in bf16, which the gate would then measure instead of the artifact."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(path, "CPU", config)
+
+
+def _on_openvino(art: Artifact) -> Artifact:
+    """The twin of an onnx artifact that OpenVINO validates: the same file, its own gate and latency."""
+    missing = openvino_missing()
+    version = "" if missing else importlib.metadata.version("openvino")
+    return Artifact(
+        art.target,
+        f"{art.precision}{OPENVINO}",
+        art.path,
+        "openvino",
+        version,
+        inputs=art.inputs,
+        outputs=art.outputs,
+        details={
+            "same_file_as": art.label,
+            "inference_precision": "f32",
+            "device": "CPU",
+            **({"int8_coverage": art.details["int8_coverage"]} if "int8_coverage" in art.details else {}),
+        },
+        skipped=missing,
+        history=art.history,
+    )

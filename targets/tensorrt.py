@@ -23,7 +23,7 @@ from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtIn
 from deployc.storage.files import read_bytes, write_bytes_atomic
 from deployc.targets.metadata import artifact_metadata, save_onnx, with_layout
 from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
-from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
+from deployc.targets.quantized_details import NothingInInt8, float_reasons, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -382,7 +382,7 @@ class TensorrtTarget(Target):
         details: dict[str, Any] = {"ops": op_counts(done.onnx), "preflight": report, "metadata": metadata}
         coverage = int8_coverage_of(label, done, ctx)
         if coverage is not None and not coverage.int8_ops:
-            raise NothingInInt8(coverage)
+            raise NothingInInt8(coverage, float_reasons(f"tensorrt/{label}", coverage, list(done.history), done.onnx))
         details.update(quantized_details(f"{self.name}/{label}", coverage, base, done, ctx))
         details.update(stats)
         runtime, version = "onnxruntime (TensorRT proxy)", onnxruntime.__version__

@@ -17,13 +17,14 @@ import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TOOLS = ("ort", "modelopt", "olive", "inc")
+TOOLS = ("ort", "modelopt", "olive", "inc", "nncf")
 # What each venv must import for the peer to count as available.
 MODULES = {
     "ort": "onnxruntime.quantization",
     "modelopt": "modelopt.onnx.quantization",
     "olive": "olive.passes.onnx.quantization",
     "inc": "onnx_neural_compressor.quantization",
+    "nncf": "nncf, openvino",
 }
 
 

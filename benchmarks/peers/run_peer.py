@@ -1,6 +1,6 @@
 """Quantize one ONNX model to int8 with one peer tool, run inside that tool's own venv.
 
-    python run_peer.py --tool {ort,modelopt,olive,inc} --onnx IN.onnx --calib CALIB.npz --out OUT.onnx
+    python run_peer.py --tool {ort,modelopt,olive,inc,nncf} --onnx IN.onnx --calib CALIB.npz --out OUT.onnx
                        [--samples N] [--option KEY=JSON ...]
 
 CALIB.npz holds one array per model input name, samples first. Each peer runs with its library
@@ -217,15 +217,49 @@ def quantize_inc(model: Path, arrays: dict, out: Path, options: dict) -> dict:
     return used
 
 
+def quantize_nncf(model: Path, arrays: dict, out: Path, options: dict) -> dict:
+    """NNCF on OpenVINO, as its users run it: nncf.quantize(ov.convert_model(onnx), nncf.Dataset(samples)). OUT is
+    an OpenVINO IR (.xml + .bin): the model NNCF hands over runs on OpenVINO only. Options: preset (PERFORMANCE,
+    MIXED), ignored_scope ({"names"|"patterns"|"types": [...]}, matched against the OpenVINO model), and any other
+    keyword of nncf.quantize."""
+    import re
+
+    import nncf
+    import openvino as ov
+
+    used = {**_defaults(nncf.quantize, ["preset", "target_device", "subset_size", "fast_bias_correction"])}
+    used.update(options)
+    kwargs = dict(options)
+    if "preset" in kwargs:
+        kwargs["preset"] = nncf.QuantizationPreset[kwargs["preset"]]
+    scope = kwargs.pop("ignored_scope", None)
+    ov_model = ov.convert_model(str(model))
+    if scope:
+        names = [op.get_friendly_name() for op in ov_model.get_ops()]
+        kwargs["ignored_scope"] = nncf.IgnoredScope(**scope, validate=False)
+        used["ignored_scope_matched"] = sum(any(re.fullmatch(p, n) for p in scope.get("patterns", [])) for n in names)
+    samples = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(next(iter(arrays.values()))))]
+    quantized = nncf.quantize(ov_model, nncf.Dataset(samples), **kwargs)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return used
+
+
 TOOLS = {
     "ort": (quantize_ort, "onnxruntime"),
     "modelopt": (quantize_modelopt, "nvidia-modelopt"),
     "olive": (quantize_olive, "olive-ai"),
     "inc": (quantize_inc, "onnx-neural-compressor"),
+    "nncf": (quantize_nncf, "nncf"),
 }
 
 
 def op_counts(path: Path) -> dict:
+    if path.suffix == ".xml":  # an OpenVINO IR: its int8 points are FakeQuantize ops (one per quantized tensor)
+        import openvino as ov
+
+        ops = collections.Counter(op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops())
+        fq = ops["FakeQuantize"]
+        return {"QuantizeLinear": fq, "DequantizeLinear": fq, "qlinear_ops": 0, "float_ops": 0, "opset": None}
     ops = collections.Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
     return {
         "QuantizeLinear": ops["QuantizeLinear"],
@@ -312,10 +346,12 @@ def main(argv=None) -> int:
         report["seconds"] = round(time.perf_counter() - start, 2)
         if not args.out.exists():
             raise RuntimeError(f"{args.tool} reported success but wrote no {args.out}")
-        inline_external_data(args.out)
+        if args.out.suffix != ".xml":  # an OpenVINO IR keeps its weights in OUT.bin
+            inline_external_data(args.out)
+        size = sum(p.stat().st_size for p in (args.out, args.out.with_suffix(".bin")) if p.is_file())
         report.update(
             ok=True,
-            bytes=args.out.stat().st_size,
+            bytes=size,
             **op_counts(args.out),
             options={k: _plain(v) for k, v in used.items()},
         )

@@ -20,6 +20,8 @@ declare -A SPEC=(
   [olive]="olive-ai[cpu]==0.13.0 onnxruntime==1.32.0 requests"
   # onnx-neural-compressor 1.0 imports prettytable and scipy without declaring them.
   [inc]="onnx-neural-compressor==1.0 prettytable scipy"
+  # NNCF's OpenVINO backend: nncf.quantize(ov.convert_model(onnx_path), ...); onnxruntime to score its graphs too.
+  [nncf]="nncf==3.4.0 openvino==2026.4.1 onnx==1.23.2 onnxruntime==1.32.0"
 )
 tools=("$@")
 [ ${#tools[@]} -eq 0 ] && tools=(ort modelopt olive inc)
@@ -49,11 +51,11 @@ done
 # Record what each venv actually resolved to (the peers' own versions and the runtime under them).
 {
   echo "# written by setup_venvs.sh on $(date -u +%Y-%m-%d); python $("$python" -V 2>&1 | cut -d' ' -f2)"
-  for tool in ort modelopt olive inc; do
+  for tool in ort modelopt olive inc nncf; do
     [ -x "$dir/$tool/bin/python" ] || continue
     printf '%s: ' "$tool"
     "$dir/$tool/bin/python" -m pip list --format=freeze 2>/dev/null \
-      | grep -i -E '^(onnxruntime(-gpu)?|onnx|numpy|torch|nvidia-modelopt|olive-ai|onnx-neural-compressor|onnx[-_]graphsurgeon|neural-compressor)==' \
+      | grep -i -E '^(onnxruntime(-gpu)?|onnx|numpy|torch|nvidia-modelopt|olive-ai|onnx-neural-compressor|nncf|openvino|onnx[-_]graphsurgeon|neural-compressor)==' \
       | tr '\n' ' '
     echo
   done

@@ -287,6 +287,17 @@ class QuantizeSpec(StrictModel):
         description="SmoothQuant alpha: before int8, move activation outlier ranges into the weights of MatMul/Gemm "
         "(Linear) layers by per-channel scales max|X|^alpha / max|W|^(1-alpha); None: no smoothing",
     )
+    bias_correction: bool = Field(
+        True,
+        description="fold each int8 op's mean output shift from quantization into its bias (onnx and tensorrt int8, "
+        "passes/bias_correction.py); tflite: not applied, ai-edge-quantizer derives its int32 biases itself",
+    )
+    recurrent: Literal["unroll", "float"] = Field(
+        "unroll",
+        description="onnx and tensorrt int8: unroll fixed-length LSTM/GRU into int8 gate MatMuls "
+        "(passes/recurrent_int8.py; one node per step: onnxruntime runs resemblyzer's 160 steps 42x slower than its "
+        "float LSTM kernel, benchmarks/peers/README.md), or keep them whole in float",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -4,18 +4,19 @@ emitted under an int8 name."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
+from deployc.core.ort import session
 from deployc.core.state import ModelState, TensorSpec
 from deployc.data.dataset import Dataset
 from deployc.driver.build import build
-from deployc.passes.coverage import coverage_details, onnx_int8_coverage
+from deployc.passes.coverage import coverage_details, onnx_int8_coverage, percent
 from deployc.passes.export import export_onnx
 from deployc.passes.quantize import DynamicConfig, Int8Config, quantize_dynamic_int8, quantize_int8
 
@@ -88,7 +89,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _lstm_proto() -> tuple:
+def _lstm_proto(any_length: bool = False) -> tuple:
+    """A 20-step LSTM + head; any_length: its input's time axis made symbolic, as an exporter that keeps sequence
+    lengths dynamic writes it (torch.export specializes this one)."""
     torch.manual_seed(0)
     lstm = nn.LSTM(16, 64, batch_first=True)
     head = nn.Linear(64, 4)
@@ -102,27 +105,41 @@ def _lstm_proto() -> tuple:
             return self.head(self.lstm(x)[0][:, -1])
 
     proto = export_onnx(Net().eval(), ModelState(inputs=(TensorSpec("x", ("batch", 20, 16)),)))
+    if any_length:
+        proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "time"
+        del proto.graph.value_info[:]
     x = np.random.default_rng(0).standard_normal((32, 20, 16)).astype(np.float32)
     return proto, x
 
 
-def test_lstm_static_int8_keeps_the_lstm_float_and_says_so():
+def test_lstm_static_int8_runs_its_gate_matmuls_in_int8():
+    """A fixed-length LSTM is unrolled (passes/recurrent_int8.py): every MAC int8, outputs close to fp32."""
     proto, x = _lstm_proto()
-    int8 = onnx_int8_coverage(quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config()))
-    # MACs: LSTM 20 steps × 4·64·(16+64) = 409,600; head 64·4 = 256 (the only int8 op)
-    assert int8.macs == pytest.approx(256 / (409_600 + 256), rel=1e-6)
-    assert int8.float_ops == {"LSTM": 1}
-    logged: list[str] = []
-    details = coverage_details(int8, "onnx/int8", logged.append, "LSTM stays float")
-    assert details["warnings"] == ["onnx/int8: 0.06% in int8 because LSTM stays float"] and len(logged) == 1
-    assert details["int8_coverage"] == {"macs": 0.0006, "weights": 0.0123, "float_ops": {"LSTM": 1}}
+    quantized = quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config())
+    int8 = onnx_int8_coverage(quantized)
+    assert int8.macs == 1.0 and int8.float_ops == {}
+    got, want = session(quantized).run(None, {"x": x})[0], session(proto).run(None, {"x": x})[0]
+    assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
     dynamic = onnx_int8_coverage(quantize_dynamic_int8(proto, DynamicConfig()), {"x": x[:1]})
     assert dynamic.macs == 1.0 and dynamic.float_ops == {}
+    logged: list[str] = []
     assert "warnings" not in coverage_details(dynamic, "onnx/dynamic", logged.append, "unused hint")
     assert onnx_int8_coverage(proto).macs == 0.0  # the fp32 graph: nothing in int8
 
 
-def test_coverage_in_the_manifest_with_a_warning(models_dir: Path, tmp_path: Path):
+def test_lstm_of_unknown_length_stays_float_and_says_why():
+    proto, x = _lstm_proto(any_length=True)
+    int8 = onnx_int8_coverage(quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config()), {"x": x[:1]})
+    assert int8.float_ops == {"LSTM": 1} and int8.share < 0.05  # the head (64·4 weights) is the only int8 op
+    logged: list[str] = []
+    details = coverage_details(int8, "onnx/int8", logged.append, "LSTM stays float")
+    assert details["warnings"] == [f"onnx/int8: {percent(int8.share)} in int8 because LSTM stays float"]
+    assert len(logged) == 1
+
+
+def test_coverage_in_the_manifest_names_the_real_reason(models_dir: Path, tmp_path: Path):
+    """The fixed-length LSTM runs in int8; the one of unknown length stays float and both targets say why in their
+    own terms (no convolution advice on a model without convolutions, no onnxruntime reason on tensorrt)."""
     config = {
         "name": "speaker",
         "model": {"factory": f"{models_dir}/models.py:lstm", "inputs": [{"name": "x", "shape": ["batch", 20, 16]}]},
@@ -131,20 +148,30 @@ def test_coverage_in_the_manifest_with_a_warning(models_dir: Path, tmp_path: Pat
             "calibration": f"{models_dir}/models.py:frames",
             "metric": "cosine",
         },
-        "targets": {"onnx": {"precision": ["fp32", "int8", "dynamic"]}},
+        "targets": {"onnx": {"precision": ["fp32", "int8", "dynamic"]}, "tensorrt": {"precision": ["int8"]}},
         "validate": {"max_drift": 0.05, "latency_runs": 2},
     }
-    result = build(config, out=tmp_path / "out", quiet=True)
-    arts = {a["precision"]: a for a in json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"]}
-    int8, dynamic = arts["int8"]["details"], arts["dynamic"]["details"]
-    assert int8["int8_coverage"]["float_ops"] == {"LSTM": 1} and int8["int8_coverage"]["macs"] < 0.01
-    assert "onnx/int8 runs only 0% of its MACs in int8; float ops: LSTM×1" in int8["warnings"]  # the driver's
-    assert any(
-        w.startswith("onnx/int8: 0.06% in int8 because onnxruntime's static int8 leaves LSTM") for w in int8["warnings"]
-    )
-    assert dynamic["int8_coverage"] == {"macs": 1.0, "weights": 1.0, "float_ops": {}}
-    assert "int8_coverage" not in arts["fp32"]["details"]
+    result = build(config, out=tmp_path / "fixed", quiet=True)
+    arts = {f"{a['target']}/{a['precision']}": a for a in result.manifest["artifacts"]}
+    assert arts["onnx/int8"]["details"]["int8_coverage"]["macs"] == 1.0
+    assert arts["tensorrt/int8"]["details"]["int8_coverage"]["macs"] > 0.99  # the 4-wide head: below its GEMM shapes
+    for key in ("onnx/int8", "tensorrt/int8"):
+        assert not any("in int8 because" in w for w in arts[key]["details"].get("warnings", []))
+    assert arts["onnx/dynamic"]["details"]["int8_coverage"] == {"macs": 1.0, "weights": 1.0, "float_ops": {}}
+    assert "int8_coverage" not in arts["onnx/fp32"]["details"]
     assert result.exit_code == 0
+
+    onnx.save(_lstm_proto(any_length=True)[0], tmp_path / "any_length.onnx")
+    config["model"] = {"onnx": str(tmp_path / "any_length.onnx")}
+    result = build(config, out=tmp_path / "dynamic", quiet=True)
+    arts = {f"{a['target']}/{a['precision']}": a for a in result.manifest["artifacts"]}
+    onnx_warning = next(w for w in arts["onnx/int8"]["details"]["warnings"] if "in int8 because" in w)
+    assert "LSTM×1 stay float (not unrolled (" in onnx_warning and "sequence length is not fixed" in onnx_warning
+    assert any(w.endswith("of its MACs in int8; float ops: LSTM×1") for w in arts["onnx/int8"]["details"]["warnings"])
+    trt = arts["tensorrt/int8"]
+    trt_text = trt["gate"].get("reason", "") + " ".join(trt["details"].get("warnings", []))
+    assert "sequence length is not fixed" in trt_text and "onnxruntime" not in trt_text
+    assert not any("Conv" in w for a in arts.values() for w in a["details"].get("warnings", []))
 
 
 @pytest.mark.parametrize(

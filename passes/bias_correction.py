@@ -1,0 +1,246 @@
+"""Bias correction of an int8 Q/DQ graph: each int8 weighted op's bias absorbs the mean shift its quantization
+adds to its output, measured on the float inputs it would see (NNCF's fast bias correction, Nagel et al. 2019).
+
+For an op y = W·x + b whose weight and input are quantized, the expected output moves by
+E[W_q·Q(x)] − E[W·x] = (W_q − W)·μ + W_q·ε per output channel, with μ the per-channel mean of the float input
+and ε the mean of Q(x) − x (rounding and clipping of the input, a percentile range's clipped tail). Both are
+measured once on calibration samples through the float graph; the bias then holds b − that shift. Local by
+design: a correction chasing errors accumulated through the whole quantized network (sequential bias correction)
+made YOLOv8n's outputs worse here (means matched, errors of deep layers grew 2-3x: benchmarks/peers/README.md).
+
+Ops corrected: Conv/ConvTranspose/Gemm with a bias input (an int32 DequantizeLinear from onnxruntime's
+quantizer, or a float initializer on the tensorrt placement) and MatMul followed by an Add of a float constant;
+others are left as they are and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
+from deployc.passes.onnx_util import copied, producers
+
+INT32 = (-(2**31), 2**31 - 1)
+FEATURE_AXIS = {"Conv": 1, "ConvTranspose": 1, "Gemm": -1, "MatMul": -1}  # the input axis the weight contracts
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """What bias correction changed: ops corrected, ops it could not correct (and why), largest relative shift."""
+
+    corrected: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)
+    largest_shift: float = 0.0  # max |shift| / max |bias| over corrected ops
+
+    def to_json(self) -> dict[str, Any]:
+        reasons: dict[str, list[str]] = {}
+        for node, why in sorted(self.skipped.items()):
+            reasons.setdefault(why, []).append(node)
+        return {
+            "corrected": len(self.corrected),
+            "skipped": {why: {"count": len(n), "first": n[0]} for why, n in reasons.items()},
+            "largest_relative_shift": round(self.largest_shift, 4),
+        }
+
+
+@dataclass(frozen=True)
+class _Site:
+    node: Any
+    weight: np.ndarray  # float weight, as the fp32 graph has it
+    weight_q: np.ndarray  # dequantized int8 weight
+    source: str  # the float tensor the op's input quantizes
+    q_node: Any  # its QuantizeLinear
+    bias: tuple[str, Any]  # ("int32", its DequantizeLinear) | ("float", initializer name)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _dequantized(dq: Any, values: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The float values of a DequantizeLinear of a constant (per-tensor or along its axis)."""
+    if dq.input[0] not in values or dq.input[1] not in values:
+        return None
+    q = values[dq.input[0]].astype(np.float64)
+    scale = values[dq.input[1]].astype(np.float64)
+    zero = values[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] in values else 0.0
+    if np.ndim(scale) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[_attr(dq, "axis", 1)] = -1
+        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+    return (q - zero) * scale
+
+
+def _sites(qdq: Any, fp32: Any) -> tuple[list[_Site], dict[str, str]]:
+    """The weighted ops of `qdq` whose int8 weight and quantized input can be traced to `fp32` (same node names)."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    float_weights = {i.name: i for i in fp32.graph.initializer}
+    float_nodes = {n.name: n for n in fp32.graph.node if n.name}
+    fp32_tensors = {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input}
+    producer = producers(qdq.graph.node)
+    readers: dict[str, list[Any]] = {}
+    for n in qdq.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    sites, skipped = [], {}
+    for n in qdq.graph.node:
+        if n.op_type not in FEATURE_AXIS or len(n.input) < 2:
+            continue
+        dq_x, dq_w = producer.get(n.input[0]), producer.get(n.input[1])
+        if dq_x is None or dq_w is None or {dq_x.op_type, dq_w.op_type} != {"DequantizeLinear"}:
+            continue  # not an int8 op
+        q = producer.get(dq_x.input[0])
+        original = float_nodes.get(n.name)
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in fp32_tensors or original is None:
+            skipped[n.name] = "its input or weight cannot be traced to the float graph"
+            continue
+        w_name = original.input[1] if len(original.input) > 1 else ""
+        weight_q = _dequantized(dq_w, values)
+        if w_name not in float_weights or weight_q is None:
+            skipped[n.name] = "its float weight is not a constant"
+            continue
+        weight = numpy_helper.to_array(float_weights[w_name]).astype(np.float64)
+        bias = _bias(n, producer, readers, values)
+        if bias is None:
+            skipped[n.name] = "no bias to correct (no bias input, or a MatMul not followed by an Add of a constant)"
+            continue
+        if weight.shape != weight_q.shape:
+            skipped[n.name] = "its weight changed shape in quantization"
+            continue
+        sites.append(_Site(n, weight, weight_q, q.input[0], q, bias))
+    return sites, skipped
+
+
+def _bias(node: Any, producer: dict[str, Any], readers: dict[str, list[Any]], values: dict) -> tuple | None:
+    if node.op_type == "MatMul":
+        after = readers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type == "Add":
+            other = [i for i in after[0].input if i != node.output[0]]
+            if len(other) == 1 and other[0] in values and values[other[0]].dtype == np.float32:
+                return ("float", other[0])
+        return None
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    b = node.input[2]
+    dq = producer.get(b)
+    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in values and dq.input[1] in values:
+        return ("int32", dq)
+    if b in values and values[b].dtype == np.float32:
+        return ("float", b)
+    return None
+
+
+def _q_params(q: Any, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    scale = values[q.input[1]].astype(np.float64)
+    zp = values.get(q.input[2]) if len(q.input) > 2 else None
+    kind = zp.dtype if zp is not None else np.dtype(np.uint8)
+    info = np.iinfo(kind)
+    return scale, (zp.astype(np.float64) if zp is not None else np.zeros(())), int(info.min), int(info.max)
+
+
+def _input_means(
+    fp32: Any, sites: list[_Site], qdq_values: dict, data: Dataset, batch: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per op: (μ, ε) over its feature axis — the float input's mean, and the mean of Q(x) − x."""
+    import onnx
+
+    names = sorted({s.source for s in sites})
+    exposed = copied(fp32)
+    have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
+    sess = session(exposed, threads=1, optimize=False)
+    inputs = {i.name for i in sess.get_inputs()}
+    sums: dict[str, list[Any]] = {}
+    for feed, _ in data.batches(batch):
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        wanted = [t for t in names if t not in feed]
+        fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
+        fetched.update({k: v for k, v in feed.items() if k in names})
+        for s in sites:
+            x = np.asarray(fetched[s.source], np.float64)
+            axis = FEATURE_AXIS[s.node.op_type] % x.ndim
+            scale, zp, lo, hi = _q_params(s.q_node, qdq_values)
+            err = (np.clip(np.round(x / scale) + zp, lo, hi) - zp) * scale - x
+            reduce = tuple(a for a in range(x.ndim) if a != axis)
+            acc = sums.setdefault(s.node.name, [0.0, 0.0, 0])
+            acc[0] = acc[0] + x.sum(axis=reduce)
+            acc[1] = acc[1] + err.sum(axis=reduce)
+            acc[2] += x.size // x.shape[axis]
+    return {k: (a / n, e / n) for k, (a, e, n) in sums.items()}
+
+
+def _shift(site: _Site, mu: np.ndarray, eps: np.ndarray) -> np.ndarray | None:
+    """E[W_q·Q(x)] − E[W·x] per output channel, with per-channel input means (None: shapes it cannot read)."""
+    w, wq, op = site.weight, site.weight_q, site.node.op_type
+    if op in ("Conv", "ConvTranspose"):
+        group = _attr(site.node, "group", 1)
+        if op == "ConvTranspose":  # weight [C_in, C_out/g, k...]: output channel o of group g reads C_in/g inputs
+            per = w.shape[0] // group
+            wsum, wqsum = w.reshape(group, per, w.shape[1], -1).sum(-1), wq.reshape(group, per, wq.shape[1], -1).sum(-1)
+            m, e = mu.reshape(group, per), eps.reshape(group, per)
+            out = np.einsum("gco,gc->go", wqsum, m + e) - np.einsum("gco,gc->go", wsum, m)
+            return out.reshape(-1)
+        out_ch, per = w.shape[0], w.shape[1]
+        if mu.shape[0] != per * group:
+            return None
+        wsum, wqsum = w.reshape(out_ch, per, -1).sum(-1), wq.reshape(out_ch, per, -1).sum(-1)
+        m, e = mu.reshape(group, per), eps.reshape(group, per)
+        wsum, wqsum = wsum.reshape(group, out_ch // group, per), wqsum.reshape(group, out_ch // group, per)
+        out = np.einsum("gok,gk->go", wqsum, m + e) - np.einsum("gok,gk->go", wsum, m)
+        return out.reshape(-1)
+    if w.ndim != 2:
+        return None
+    if op == "Gemm" and _attr(site.node, "transB", 0):
+        w, wq = w.T, wq.T
+    if op == "Gemm" and _attr(site.node, "transA", 0):
+        return None
+    if mu.shape[0] != w.shape[0]:
+        return None
+    alpha = _attr(site.node, "alpha", 1.0) if op == "Gemm" else 1.0
+    return alpha * ((mu + eps) @ wq - mu @ w)
+
+
+def correct_biases(qdq: Any, fp32: Any, data: Dataset, batch: int = 16) -> tuple[Any, BiasCorrection]:
+    """A copy of the int8 Q/DQ graph `qdq` whose biases absorb each int8 op's expected output shift, measured on
+    `data` through `fp32` (the float graph `qdq` was quantized from: same node and tensor names)."""
+    from onnx import numpy_helper
+
+    sites, skipped = _sites(qdq, fp32)
+    if not sites:
+        return qdq, BiasCorrection((), skipped)
+    values = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    means = _input_means(fp32, sites, values, data, batch)
+    out = copied(qdq)
+    inits = {i.name: i for i in out.graph.initializer}
+    corrected, largest = [], 0.0
+    for s in sites:
+        mu, eps = means[s.node.name]
+        shift = _shift(s, mu, eps)
+        if shift is None:
+            skipped[s.node.name] = "its weight shape does not match its input channels"
+            continue
+        kind, where = s.bias
+        if kind == "int32":
+            init, scale = inits[where.input[0]], values[where.input[1]].astype(np.float64)
+            old = numpy_helper.to_array(init).astype(np.float64)
+            new = np.clip(np.round(old - shift / scale), *INT32).astype(np.int32)
+            bias = old * scale
+        else:
+            init = inits[where]
+            bias = numpy_helper.to_array(init).astype(np.float64)
+            new = (bias - shift).astype(np.float32)
+        if list(new.shape) != list(init.dims):
+            skipped[s.node.name] = "its bias does not broadcast per output channel"
+            continue
+        init.CopyFrom(numpy_helper.from_array(new, init.name))
+        corrected.append(s.node.name)
+        largest = max(largest, float(np.max(np.abs(shift)) / max(float(np.max(np.abs(bias))), 1e-12)))
+    return out, BiasCorrection(tuple(corrected), skipped, largest)

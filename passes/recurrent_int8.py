@@ -1,0 +1,265 @@
+"""LSTM and GRU nodes rewritten, for a fixed sequence length, into MatMuls and elementwise ops unrolled over the time
+steps, so their gate MatMuls can run in int8 (onnx and tensorrt int8): onnxruntime's static quantizer and TensorRT's
+Q/DQ placement leave an LSTM/GRU node float whole, and onnxruntime's dynamic quantizer has no GRU.
+
+Per direction: one MatMul projects every time step's input at once (X·Wᵀ + Wb + Rb), then each step adds H_{t-1}·Rᵀ
+and applies the gates as the ONNX operator defines them (LSTM gates i, o, f, c; GRU z, r, h with or without
+linear_before_reset). The elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing 160 steps
+of sigmoids and products compounds rounding over time, and it holds a negligible share of the MACs. Each recurrent
+MatMul reads H through its own Identity: a quantizer that puts Q/DQ on H for the MatMul (onnxruntime rewires every
+reader of a quantized tensor) then leaves the recurrence itself in float. Written by hand:
+onnxscript's rewriter and onnxruntime have no LSTM/GRU decomposition, and a Loop/Scan body is what quantize_static
+leaves float.
+
+Not rewritten (left as they are, with the reason): a sequence length not fixed in the graph, sequence_lens,
+peepholes, clip, custom activations, input_forget, layout 1, or a graph below opset 13.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployc.passes.onnx_util import copied
+
+RECURRENT_OPS = ("LSTM", "GRU")
+MIN_OPSET = 13  # Split/Squeeze/Unsqueeze with their sizes and axes as inputs
+DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    proto: Any
+    rewritten: tuple[str, ...] = ()  # recurrent nodes unrolled
+    kept: dict[str, str] = field(default_factory=dict)  # recurrent node left as it is -> why
+    matmuls: tuple[str, ...] = ()  # the gate MatMuls (to run in int8)
+    elementwise: tuple[str, ...] = ()  # the gate math (to stay float)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unrolled": list(self.rewritten), "kept": dict(self.kept), "gate_matmuls": len(self.matmuls)}
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _seq_lengths(proto: Any) -> dict[str, int]:
+    """Static length of the first axis of every tensor read as an LSTM/GRU input X."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph
+    except Exception:  # inference refuses some graphs: lengths stay unknown, nodes stay float
+        return {}
+    found = {}
+    for v in [*inferred.value_info, *inferred.input]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value > 0:
+            found[v.name] = dims[0].dim_value
+    return found
+
+
+def _why_not(node: Any, seq: int | None, opset: int, inits: dict[str, Any]) -> str | None:
+    if opset < MIN_OPSET:
+        return f"opset {opset} (the rewrite needs {MIN_OPSET})"
+    if seq is None:
+        return "its sequence length is not fixed in the graph (LSTM/GRU int8 unrolls a fixed number of steps)"
+    if len(node.input) > 4 and node.input[4]:
+        return "it reads sequence_lens"
+    if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
+        return "it has peepholes"
+    if _attr(node, "clip", None) is not None or _attr(node, "input_forget", 0):
+        return "it uses clip or input_forget"
+    if _attr(node, "layout", 0):
+        return "layout 1 (batch first)"
+    acts = [a.decode() if isinstance(a, bytes) else a for a in _attr(node, "activations", [])]
+    if acts and acts[: len(DEFAULTS[node.op_type])] != DEFAULTS[node.op_type]:
+        return f"custom activations {acts}"
+    if any(i and i not in inits for i in node.input[1:4]):
+        return "its weights are not constants"
+    return None
+
+
+class _Builder:
+    """Nodes and initializers of one rewrite, named under the recurrent node's name."""
+
+    def __init__(self, base: str):
+        self.base, self.nodes, self.inits, self.matmuls, self.elementwise = base, [], [], [], []
+        self._k = 0
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        from onnx import numpy_helper
+
+        name = f"{self.base}/{hint}"
+        self.inits.append(numpy_helper.from_array(np.array(value, copy=True, order="C"), name))  # 0-d stays 0-d
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: Any) -> list[str]:
+        from onnx import helper
+
+        self._k += 1
+        name = f"{self.base}/{hint}_{self._k}"
+        outs = [f"{name}_out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        (self.matmuls if op_type == "MatMul" else self.elementwise).append(name)
+        return outs
+
+
+def _direction(b: _Builder, node: Any, d: int, reverse: bool, x: str, seq: int, tensors: dict) -> tuple:
+    """One direction: the list of h_t in time order, and the last h and c."""
+    hidden = int(_attr(node, "hidden_size", tensors["R"].shape[-1]))
+    gates = 4 if node.op_type == "LSTM" else 3
+    w, r = tensors["W"][d], tensors["R"][d]  # [gates*H, input], [gates*H, H]
+    bias = tensors["B"][d] if tensors["B"] is not None else np.zeros(2 * gates * hidden, np.float32)
+    wb, rb = bias[: gates * hidden], bias[gates * hidden :]
+    lbr = node.op_type == "GRU" and _attr(node, "linear_before_reset", 0)
+    # input projection of every step at once; GRU's recurrent bias of the h gate stays apart when it is reset
+    in_bias = wb + rb if not lbr else np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :]])
+    (xw,) = b.op("MatMul", [x, b.const(w.T.astype(np.float32), f"d{d}_W_t")], f"d{d}_x_proj")
+    (xw,) = b.op("Add", [xw, b.const(in_bias.astype(np.float32), f"d{d}_bias")], f"d{d}_x_bias")
+    ones = b.const(np.ones(seq, np.int64), f"d{d}_split")
+    steps = b.op("Split", [xw, ones], f"d{d}_steps", outputs=seq, axis=0)
+    zero_axis = b.const(np.array([0], np.int64), f"d{d}_axis0")
+    h, c = tensors["h0"], tensors["c0"]
+    if h is not None:
+        (h,) = b.op("Gather", [h, b.const(np.array(d, np.int64), f"d{d}_index")], f"d{d}_h0", axis=0)
+    if c is not None:
+        (c,) = b.op("Gather", [c, b.const(np.array(d, np.int64), f"d{d}_cindex")], f"d{d}_c0", axis=0)
+    r_t = b.const(r.T.astype(np.float32), f"d{d}_R_t")
+    cut = b.const(np.array([2 * hidden, hidden], np.int64), f"d{d}_zr_h")
+    quarters = b.const(np.full(4, hidden, np.int64), f"d{d}_iofc")
+    if node.op_type == "GRU":
+        halves = b.const(np.full(2, hidden, np.int64), f"d{d}_z_r")
+        rb_h = b.const(rb[2 * hidden :].astype(np.float32), f"d{d}_Rbh")
+        r_zr = b.const(r[: 2 * hidden].T.astype(np.float32), f"d{d}_Rzr_t")
+        r_h = b.const(r[2 * hidden :].T.astype(np.float32), f"d{d}_Rh_t")
+    outs = []
+    for t in reversed(range(seq)) if reverse else range(seq):
+        (xt,) = b.op("Squeeze", [steps[t], zero_axis], f"d{d}_t{t}_x")
+        if node.op_type == "LSTM":
+            g = xt
+            if h is not None:
+                (hr,) = b.op("MatMul", [b.op("Identity", [h], "h_mm")[0], r_t], f"d{d}_t{t}_hR")
+                (g,) = b.op("Add", [xt, hr], f"d{d}_t{t}_gates")
+            i, o, f, cc = b.op("Split", [g, quarters], f"d{d}_t{t}_iofc", outputs=4, axis=-1)
+            (i,), (o,), (cc,) = b.op("Sigmoid", [i], "i"), b.op("Sigmoid", [o], "o"), b.op("Tanh", [cc], "c")
+            (ic,) = b.op("Mul", [i, cc], "ic")
+            if c is not None:
+                (f,) = b.op("Sigmoid", [f], "f")
+                (fc,) = b.op("Mul", [f, c], "fc")
+                (ic,) = b.op("Add", [fc, ic], "c_t")
+            c = ic
+            (tc,) = b.op("Tanh", [c], "tanh_c")
+            (h,) = b.op("Mul", [o, tc], "h_t")
+        else:
+            x_zr, x_h = b.op("Split", [xt, cut], f"d{d}_t{t}_zr_h", outputs=2, axis=-1)
+            zr = x_zr
+            if h is not None:
+                (hr,) = b.op("MatMul", [b.op("Identity", [h], "h_mm")[0], r_t if lbr else r_zr], f"d{d}_t{t}_hR")
+                hr_zr = hr
+                if lbr:
+                    hr_zr, hr_h = b.op("Split", [hr, cut], f"d{d}_t{t}_hR_split", outputs=2, axis=-1)
+                    (hr_h,) = b.op("Add", [hr_h, rb_h], "hR_bias")
+                (zr,) = b.op("Add", [x_zr, hr_zr], "zr")
+            (zr,) = b.op("Sigmoid", [zr], "zr_sig")
+            z, rr = b.op("Split", [zr, halves], "z_r", outputs=2, axis=-1)
+            cand = x_h  # x·Wᵀ with every bias but a reset one already added
+            if lbr:  # r ⊙ (H·Rhᵀ + Rbh); H_{-1} = 0 leaves r ⊙ Rbh
+                (reset,) = b.op("Mul", [rr, hr_h if h is not None else rb_h], "r_hR")
+                (cand,) = b.op("Add", [x_h, reset], "h_in")
+            elif h is not None:  # (r ⊙ H)·Rhᵀ
+                (rh,) = b.op("Mul", [rr, h], "r_h")
+                (hh,) = b.op("MatMul", [b.op("Identity", [rh], "rh_mm")[0], r_h], f"d{d}_t{t}_rhR")
+                (cand,) = b.op("Add", [x_h, hh], "h_in")
+            (cand,) = b.op("Tanh", [cand], "h_cand")
+            if h is None:  # H_{-1} = 0: H_t = (1 - z) * candidate
+                (one_minus,) = b.op("Sub", [b.const(np.ones(1, np.float32), f"d{d}_one"), z], "1_z")
+                (h,) = b.op("Mul", [one_minus, cand], "h_t")
+            else:  # (1 - z) * cand + z * h = cand + z * (h - cand)
+                (diff,) = b.op("Sub", [h, cand], "h_diff")
+                (zd,) = b.op("Mul", [z, diff], "z_diff")
+                (h,) = b.op("Add", [cand, zd], "h_t")
+        outs.append(h)
+    return (outs[::-1] if reverse else outs), h, c
+
+
+def _rewrite(node: Any, seq: int, inits: dict[str, Any], b: _Builder) -> list[Any]:
+    """Nodes writing the recurrent node's outputs (Y, Y_h, Y_c) from the unrolled directions."""
+    from onnx import helper, numpy_helper
+
+    def tensor(i: int) -> np.ndarray | None:
+        return numpy_helper.to_array(inits[node.input[i]]) if len(node.input) > i and node.input[i] else None
+
+    tensors = {"W": tensor(1), "R": tensor(2), "B": tensor(3)}
+    tensors["h0"] = node.input[5] if len(node.input) > 5 and node.input[5] else None
+    tensors["c0"] = node.input[6] if node.op_type == "LSTM" and len(node.input) > 6 and node.input[6] else None
+    direction = _attr(node, "direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    dirs = [False, True] if direction == "bidirectional" else [direction == "reverse"]
+    axis0, axis1 = b.const(np.array([0], np.int64), "axis0"), b.const(np.array([1], np.int64), "axis1")
+    ys, hs, cs = [], [], []
+    for d, reverse in enumerate(dirs):
+        steps, h, c = _direction(b, node, d, reverse, node.input[0], seq, tensors)
+        stacked = [b.op("Unsqueeze", [s, axis0], f"d{d}_y")[0] for s in steps]
+        (y,) = b.op("Concat", stacked, f"d{d}_Y", axis=0)
+        ys.append(b.op("Unsqueeze", [y, axis1], f"d{d}_Y_dir")[0])
+        hs.append(b.op("Unsqueeze", [h, axis0], f"d{d}_Yh")[0])
+        if c is not None:
+            cs.append(b.op("Unsqueeze", [c, axis0], f"d{d}_Yc")[0])
+    finals = []
+    for k, (parts, axis) in enumerate(((ys, 1), (hs, 0), (cs, 0))):
+        if len(node.output) > k and node.output[k] and parts:
+            name = f"{b.base}/out{k}"
+            finals.append(helper.make_node("Concat", parts, [node.output[k]], name=name, axis=axis))
+            b.elementwise.append(name)
+    return finals
+
+
+def unroll_recurrent(proto: Any, mode: str = "unroll") -> Unrolled:
+    """`proto` with every LSTM/GRU of its main graph that can be unrolled rewritten (see the module docstring);
+    mode 'float' (quantize.recurrent) keeps every one whole and says so."""
+    from deployc.passes.opset import onnx_opset
+
+    nodes = [n for n in proto.graph.node if n.op_type in RECURRENT_OPS]
+    if not nodes:
+        return Unrolled(proto)
+    if mode == "float":
+        why = "quantize.recurrent: float (kept whole, its onnxruntime/TensorRT float kernel)"
+        return Unrolled(proto, (), {n.name or f"{n.op_type}_{k}": why for k, n in enumerate(nodes)})
+    inits = {i.name: i for i in proto.graph.initializer}
+    lengths, opset = _seq_lengths(proto), onnx_opset(proto)
+    out = copied(proto)
+    kept, rewritten, matmuls, elementwise = {}, [], [], []
+    replacement: dict[str, list[Any]] = {}
+    new_inits: list[Any] = []
+    for k, node in enumerate(nodes):
+        name = node.name or f"{node.op_type}_{k}"
+        why = _why_not(node, lengths.get(node.input[0]), opset, inits)
+        if why:
+            kept[name] = why
+            continue
+        b = _Builder(f"{name}/unrolled")
+        finals = _rewrite(node, lengths[node.input[0]], inits, b)
+        replacement[node.name or node.output[0]] = b.nodes + finals
+        new_inits += b.inits
+        rewritten.append(name)
+        matmuls += b.matmuls
+        elementwise += b.elementwise
+    if not rewritten:
+        return Unrolled(proto, (), kept)
+    rebuilt = []
+    for n in out.graph.node:
+        key = n.name or n.output[0]
+        rebuilt += replacement.get(key, [n]) if n.op_type in RECURRENT_OPS else [n]
+    del out.graph.node[:]
+    out.graph.node.extend(rebuilt)
+    out.graph.initializer.extend(new_inits)
+    used = {i for n in out.graph.node for i in n.input}
+    kept_inits = [i for i in out.graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept_inits)
+    return Unrolled(out, tuple(rewritten), kept, tuple(matmuls), tuple(elementwise))

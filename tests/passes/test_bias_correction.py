@@ -1,0 +1,115 @@
+"""Bias correction of int8 Q/DQ graphs (passes/bias_correction.py), on a Conv and a Gemm whose weights all round
+the same way, so quantization shifts every output channel's mean: the correction must remove that shift (measured
+on samples it was not computed on) without touching anything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
+from deployc.passes.bias_correction import correct_biases
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.quantize import Int8Config, quantize_int8
+from deployc.passes.tensorrt_qdq import place, quantize_placed
+
+IN, OUT = 64, 32
+
+
+def _biased_weight(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Weights that sit 0.4 of a quantization step above an int8 level (each row's largest value is exactly
+    127 steps), so rounding lowers every one of them: a mean shift of 0.4 · step · Σx per output channel."""
+    w = rng.integers(-100, 100, shape).astype(np.float64) + 0.4
+    flat = w.reshape(shape[0], -1)
+    flat[:, 0] = 127.0
+    return (w * 0.01).astype(np.float32)
+
+
+def _conv_model(rng: np.random.Generator) -> onnx.ModelProto:
+    w = _biased_weight(rng, (OUT, IN, 1, 1))
+    b = rng.normal(0, 0.1, OUT).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", OUT, 4, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _gemm_model(rng: np.random.Generator) -> onnx.ModelProto:
+    w = _biased_weight(rng, (OUT, IN))  # transB: [N, K]
+    b = rng.normal(0, 0.1, OUT).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="gemm", transB=1)],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", OUT])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _data(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(0.5, 1.5, shape).astype(np.float32)  # positive means: the weights' shift shows
+
+
+def _mean_error(proto: onnx.ModelProto, ref: onnx.ModelProto, x: np.ndarray) -> tuple[float, float]:
+    """(largest |mean error| over output channels, RMS error) against the float model on `x`."""
+    got, want = session(proto).run(None, {"x": x})[0], session(ref).run(None, {"x": x})[0]
+    axes = tuple(a for a in range(got.ndim) if a != 1)
+    err = got.astype(np.float64) - want
+    return float(np.abs(err.mean(axis=axes)).max()), float(np.sqrt((err**2).mean()))
+
+
+@pytest.mark.parametrize("build,shape", [(_conv_model, (IN, 4, 4)), (_gemm_model, (IN,))])
+def test_bias_correction_removes_the_mean_shift_of_int8(build, shape):
+    rng = np.random.default_rng(0)
+    fp32 = build(rng)
+    calib = Dataset({"x": _data(rng, (64, *shape))}, None, "uniform")
+    held_out = _data(rng, (64, *shape))
+    plain = quantize_int8(fp32, calib, Int8Config(bias_correction=False, reduce_range=False))
+    corrected = quantize_int8(fp32, calib, Int8Config(reduce_range=False))
+    assert op_counts(corrected) == op_counts(plain)  # only bias values change
+    shift_before, rms_before = _mean_error(plain, fp32, held_out)
+    shift_after, rms_after = _mean_error(corrected, fp32, held_out)
+    assert shift_before > 0.05  # the construction works: rounding shifted every channel
+    assert shift_after < shift_before / 5
+    assert rms_after < rms_before * 0.8
+    onnx.checker.check_model(corrected)
+
+
+def test_bias_correction_on_tensorrt_float_biases():
+    rng = np.random.default_rng(1)
+    fp32 = _conv_model(rng)
+    calib = Dataset({"x": _data(rng, (64, IN, 4, 4))}, None, "uniform")
+    quantized, _ = quantize_placed(fp32, place(fp32, set()), calib, "minmax", True, 64, 16)
+    corrected, info = correct_biases(quantized, fp32, calib)
+    assert info.corrected == ("conv",) and not info.skipped
+    before, after = (
+        numpy_helper.to_array(next(i for i in p.graph.initializer if i.name == "b")) for p in (quantized, corrected)
+    )
+    assert not np.allclose(before, after)  # the float bias itself moved (no int32 bias on this placement)
+    held_out = _data(rng, (64, IN, 4, 4))
+    assert _mean_error(corrected, fp32, held_out)[0] < _mean_error(quantized, fp32, held_out)[0] / 5
+
+
+def test_bias_correction_reports_ops_it_cannot_correct():
+    rng = np.random.default_rng(2)
+    w = _biased_weight(rng, (IN, OUT))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],  # no bias after it
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", OUT])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = Dataset({"x": _data(rng, (32, IN))}, None, "uniform")
+    plain = quantize_int8(fp32, calib, Int8Config(bias_correction=False, reduce_range=False))
+    out, info = correct_biases(plain, fp32, calib)
+    assert out is plain and info.corrected == () and "no bias" in info.skipped["matmul"]

@@ -1,0 +1,110 @@
+"""LSTM/GRU unrolled into MatMuls + gate math (passes/recurrent_int8.py): the same numbers as onnxruntime's own
+LSTM/GRU kernels, no recurrent node left, and gate MatMuls that the int8 quantizers (onnx, tensorrt) make int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.passes.coverage import onnx_int8_coverage
+from deployc.passes.export import export_onnx
+from deployc.passes.onnx_util import op_counts
+from deployc.passes.quantize import Int8Config, quantize_int8_selected
+from deployc.passes.recurrent_int8 import unroll_recurrent
+from deployc.passes.tensorrt_qdq import place
+
+STEPS, FEATURES, HIDDEN = 10, 12, 32
+
+
+class Recurrent(nn.Module):
+    def __init__(self, kind: str, bidirectional: bool):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(FEATURES, HIDDEN, 2, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(HIDDEN * (2 if bidirectional else 1), 5)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.head(y[:, -1])
+
+
+def _proto(kind: str, bidirectional: bool) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    module = Recurrent(kind, bidirectional).eval()
+    return export_onnx(module, ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+
+
+def _x(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, STEPS, FEATURES)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_unrolled_graph_computes_what_the_recurrent_node_does(kind, bidirectional):
+    proto = _proto(kind, bidirectional)
+    unrolled = unroll_recurrent(proto)
+    counts = op_counts(unrolled.proto)
+    assert kind not in counts and len(unrolled.rewritten) == 2 and not unrolled.kept
+    dirs = 2 if bidirectional else 1
+    # per layer and direction: one input projection + one recurrent MatMul per step (GRU with torch's
+    # linear_before_reset: one; the first step has a recurrent MatMul too, on the zero initial state torch passes)
+    assert len(unrolled.matmuls) == 2 * dirs * (1 + STEPS)
+    x = _x(3)
+    want, got = session(proto).run(None, {"x": x})[0], session(unrolled.proto).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    onnx.checker.check_model(unrolled.proto)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_static_int8_runs_the_gate_matmuls_in_int8(kind):
+    proto = _proto(kind, False)
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    quantized = result.proto
+    assert result.recurrent is not None and len(result.recurrent.rewritten) == 2
+    coverage = onnx_int8_coverage(quantized)
+    assert coverage.macs == 1.0 and coverage.float_ops == {}
+    counts = op_counts(quantized)
+    # only the MatMuls' inputs are quantized: the gate math (Sigmoid/Tanh/Mul) reads no DequantizeLinear
+    producer = {o: n.op_type for n in quantized.graph.node for o in n.output}
+    gate_math = [n for n in quantized.graph.node if n.op_type in ("Sigmoid", "Tanh")]
+    assert gate_math and not any(producer.get(i) == "DequantizeLinear" for n in gate_math for i in n.input)
+    assert counts["QuantizeLinear"] >= 2 * (1 + STEPS)
+    x = _x(32, 2)
+    want, got = session(proto).run(None, {"x": x})[0], session(quantized).run(None, {"x": x})[0]
+    cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert cosine > 0.98, cosine
+
+
+def test_tensorrt_placement_quantizes_the_unrolled_gate_matmuls():
+    unrolled = unroll_recurrent(_proto("LSTM", False))
+    placement = place(unrolled.proto, set())
+    recurrent = {m for m in unrolled.matmuls if "_hR" in m}
+    assert len(recurrent) == 2 * STEPS and recurrent <= set(placement.weighted)
+    # the first layer's input projection has K = 12 features: below TensorRT's int8 GEMM shapes, as for any MatMul
+    assert "below 16" in placement.kept["node_LSTM_67/unrolled/d0_x_proj_1"]
+
+
+def test_a_recurrent_node_of_unknown_length_is_kept_with_the_reason():
+    proto = _proto("GRU", False)
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "time"
+    del proto.graph.value_info[:]
+    unrolled = unroll_recurrent(proto)
+    assert unrolled.proto is proto and not unrolled.rewritten
+    assert all(why.startswith("its sequence length is not fixed") for why in unrolled.kept.values())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_float_keeps_every_node_whole_with_the_switch_named(kind):
+    proto = _proto(kind, False)
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False, recurrent="float"))
+    assert op_counts(result.proto)[kind] == 2 and result.recurrent is not None and not result.recurrent.rewritten
+    assert len(result.recurrent.kept) == 2
+    assert all(why.startswith("quantize.recurrent: float") for why in result.recurrent.kept.values())
+    assert onnx_int8_coverage(result.proto).float_ops == {kind: 2}
