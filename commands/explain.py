@@ -65,8 +65,22 @@ def layer_report(
         "remedies": int8.get("details", {}).get("remedies"),
         "warnings": int8.get("details", {}).get("warnings", []),
         "drift": (int8.get("metrics") or {}).get("drift"),
+        "before_quantization": _loss_before_quantization(manifest, fp32, int8),
     }
     return errors, facts
+
+
+def _loss_before_quantization(manifest: dict[str, Any], fp32: dict[str, Any], int8: dict[str, Any]) -> str | None:
+    """Why this comparison cannot explain the drift: the loss is already in the fp32 artifact (or before it)."""
+    fp32_drift = (fp32.get("metrics") or {}).get("drift")
+    if (fp32.get("gate") or {}).get("status") == "fail" and isinstance(fp32_drift, (int, float)):
+        return (
+            f"the fp32 artifact already drifts {fp32_drift * 100:+.2f}% (gate fail): the loss comes before "
+            f"quantization, so per-layer int8 errors cannot show where it is ({manifest.get('diagnosis') or ''})"
+        ).replace(" ()", "")
+    if "the loss comes before quantization" in (int8.get("gate") or {}).get("reason", ""):
+        return f"the loss comes before quantization, not from these int8 layers: {manifest.get('diagnosis') or ''}"
+    return None
 
 
 def explain(build_dir: str | Path, config: str | Path | None = None, samples: int = 64, top: int | None = None) -> str:
@@ -75,6 +89,8 @@ def explain(build_dir: str | Path, config: str | Path | None = None, samples: in
     lines = [f"per-layer error: {facts['int8']} vs {facts['fp32']} on {facts['data']}", _HOW, ""]
     if facts["drift"] is not None:
         lines.insert(1, f"int8 artifact drift: {facts['drift'] * 100:+.2f}%")
+    if facts["before_quantization"]:
+        lines.insert(2, f"NOTE: {facts['before_quantization']}")
     lines.append(format_errors(errors, top))
     remedies = facts["remedies"]
     if remedies:
