@@ -22,6 +22,8 @@ def stage_drift(state: ModelState, ctx: Any) -> dict[str, Any] | None:
     if state.module is None or ref is None or data is None:
         return None
     n = min(CHECK_SAMPLES, len(data))
+    if data.fixed_batch:  # a fixed batch axis takes whole batches only
+        n = max(n - n % data.fixed_batch, min(data.fixed_batch, len(data)))
     head = reference_head(ref, n, len(data))
     if head is None:
         return None
