@@ -116,7 +116,7 @@ class DataSource(StrictModel):
 
 
 DataLayout = Literal["nchw", "nhwc", "ncw", "nwc", "ncdhw", "ndhwc", "channels_first", "channels_last"]
-DataCheck = Literal["chance", "constant", "nondeterministic", "scale"]
+DataCheck = Literal["chance", "constant", "nondeterministic", "scale", "parts"]
 
 
 class DataConfig(StrictModel):
@@ -143,7 +143,8 @@ class DataConfig(StrictModel):
         default_factory=list,
         description="sanity checks to skip: chance (reference metric at chance level), constant (an output the "
         "metric reads is the same for every sample), nondeterministic (the model gives different outputs on the "
-        "same input), scale (the roles' samples of an input differ in scale)",
+        "same input), scale (the roles' samples of an input differ in scale), parts (judging cosine/mse also per "
+        "channel group when an output's channels differ in scale by orders of magnitude)",
     )
     output_parts: dict[str, dict[str, tuple[int, int]]] = Field(
         default_factory=dict,

@@ -228,8 +228,10 @@ def compute_reference(
     if metric.classes:
         targets = class_ids(targets, first, metric, data.source)
     parts: list[Part] = []
-    if metric.similarity:
-        parts = declared_parts(output_parts, outputs, names) if output_parts else find_parts(outputs, covered, names)
+    if metric.similarity and output_parts:
+        parts = declared_parts(output_parts, outputs, names)
+    elif metric.similarity and "parts" not in skip_checks:
+        parts = find_parts(outputs, covered, names)
     ref = Reference(outputs, metric, 0.0, targets, names, covered, parts)
     try:
         value = _metric_value(metric, outputs, ref)

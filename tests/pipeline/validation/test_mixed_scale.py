@@ -49,12 +49,15 @@ def detector_reference():
 
 
 def test_reference_finds_the_box_and_score_parts(detector_reference):
-    ref, _ = detector_reference
+    ref, data = detector_reference
     assert [(p.name, p.index) for p in ref.parts] == [
         ("output_0[axis 1: 4-9]", (4, 5, 6, 7, 8, 9)),
         ("output_0[axis 1: 0-3]", (0, 1, 2, 3)),
     ]
     assert ref.parts[0].scale < 0.1 < 100 < ref.parts[1].scale
+    state = ModelState(module=Detector().eval(), inputs=(TensorSpec("images", ("batch", 3, 16, 16)),))
+    whole = compute_reference(state, data, BUILTIN["cosine"], 16, skip_checks=frozenset({"parts"}))
+    assert whole.parts == []  # the opt-out: one cosine per output, as before
 
 
 @pytest.mark.parametrize("metric", ["cosine", "mse"])
