@@ -269,11 +269,8 @@ def run_bench(
 
     from deployc.commands.bench_baselines import artifact_candidates, baseline_candidates
     from deployc.compiler.instruments import Instruments
-    from deployc.compiler.loader import load_model
-    from deployc.data.metrics import get_metric
-    from deployc.data.reference import compute_reference
-    from deployc.data.sources import calibration_source, load_dataset
     from deployc.outputs.report import proxy_of
+    from deployc.validation.preflight import load_checked
 
     in_range("batch", batch, 1, MAX_BATCH)
     in_range("runs", runs, 1, MAX_RUNS)
@@ -289,11 +286,8 @@ def run_bench(
         target_path, dest, Path(config) if config else None, quiet, cache, instruments
     )
     log("bench: loading the model and data …")  # a line ending in '…' names the work the heartbeat reports
-    state = load_model(config)
-    validation = load_dataset(config.data.validation, config, state.inputs, "validation")
-    calib_src = calibration_source(config)
-    calibration = load_dataset(calib_src, config, state.inputs, "calibration") if calib_src else None
-    reference = compute_reference(state, validation, get_metric(config), config.data.batch_size)
+    inputs = load_checked(config, train=False)  # the build's own data door: same contract, same reference
+    state, validation, calibration, reference = inputs.state, inputs.validation, inputs.calibration, inputs.reference
     one = {k: v[:1] for k, v in validation.inputs.items()}
     big = {k: np.concatenate([v] * -(-batch // len(validation)))[:batch] for k, v in validation.inputs.items()}
     with tempfile.TemporaryDirectory(prefix="deployc-bench-") as work:

@@ -43,6 +43,10 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -75,8 +79,25 @@ def layer_report(
         "remedies": int8["details"].get("remedies") if isinstance(int8.get("details"), dict) else None,
         "warnings": [str(w) for w in _list(int8.get("details", {}).get("warnings"))],
         "drift": _number((int8.get("metrics") or {}).get("drift")),
+        "before_quantization": _loss_before_quantization(manifest, fp32, int8),
     }
     return errors, facts
+
+
+def _loss_before_quantization(manifest: dict[str, Any], fp32: dict[str, Any], int8: dict[str, Any]) -> str | None:
+    """Why this comparison cannot explain the drift: the loss is already in the fp32 artifact (or before it)."""
+    fp32_metrics, fp32_gate, int8_gate = (
+        _dict(a.get(k)) for a, k in ((fp32, "metrics"), (fp32, "gate"), (int8, "gate"))
+    )
+    fp32_drift, diagnosis = _number(fp32_metrics.get("drift")), str(manifest.get("diagnosis") or "")
+    if fp32_gate.get("status") == "fail" and fp32_drift is not None:
+        return (
+            f"the fp32 artifact already drifts {fp32_drift * 100:+.2f}% (gate fail): the loss comes before "
+            f"quantization, so per-layer int8 errors cannot show where it is ({diagnosis})"
+        ).replace(" ()", "")
+    if "the loss comes before quantization" in str(int8_gate.get("reason", "")):
+        return f"the loss comes before quantization, not from these int8 layers: {diagnosis}"
+    return None
 
 
 def explain(build_dir: str | Path, config: str | Path | None = None, samples: int = 64, top: int | None = None) -> str:
@@ -87,6 +108,8 @@ def explain(build_dir: str | Path, config: str | Path | None = None, samples: in
     lines = [f"per-layer error: {facts['int8']} vs {facts['fp32']} on {facts['data']}", _HOW, ""]
     if facts["drift"] is not None:
         lines.insert(1, f"int8 artifact drift: {facts['drift'] * 100:+.2f}%")
+    if facts["before_quantization"]:
+        lines.insert(2, f"NOTE: {facts['before_quantization']}")
     lines.append(format_errors(errors, top))
     if facts["remedies"]:
         lines += ["", _remedies_line(facts["remedies"], Path(build_dir))]

@@ -8,10 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from deployc.compiler.export_errors import user_location
 from deployc.core.config import BuildConfig
 from deployc.core.ort import session
 from deployc.core.pyimport import import_callable
-from deployc.core.state import ModelState, TensorSpec, onnx_dtype_name
+from deployc.core.state import ModelState, TensorSpec, example_inputs, onnx_dtype_name
+from deployc.data.contract import integer_inputs_hint
+from deployc.data.dataset import Dataset
 from deployc.errors import UsageError, first_line
 from deployc.storage.arrays import check_safetensors
 from deployc.storage.files import regular_file
@@ -307,9 +310,10 @@ def _load_external_data_safely(proto: Any, path: Path) -> None:
         load_external_data_for_model(proto, str(base))
 
 
-def load_model(config: BuildConfig, log: Any = None) -> ModelState:
+def load_model(config: BuildConfig, log: Any = None, smoke: bool = True) -> ModelState:
     """The first ModelState of a build; every error names the config key and file at fault. `log` gets notes
-    (e.g. which checkpoint key held the state_dict)."""
+    (e.g. which checkpoint key held the state_dict). smoke=False leaves the smoke run to the caller, who runs it on
+    real samples (smoke_run) once the data has loaded."""
     log = log or (lambda message: None)
     import torch
 
@@ -327,21 +331,80 @@ def load_model(config: BuildConfig, log: Any = None) -> ModelState:
         module = _load_torch_module(config, log)
     if not specs:
         raise UsageError("model.inputs: give the input specs ([{name, shape, dtype}]) of a torch model")
-    _smoke_run(module, specs)
-    return ModelState(module=module, inputs=specs, facts=frozenset({"torch"}))
+    state = ModelState(module=module, inputs=specs, facts=frozenset({"torch"}))
+    if smoke:
+        smoke_run(state)
+    return state
 
 
-def _smoke_run(module: Any, specs: tuple[TensorSpec, ...]) -> None:
-    """Run the model once on zeros so a wrong input spec fails here, naming the inputs, not mid-export."""
+def smoke_run(state: ModelState, data: Dataset | None = None, batch_size: int = 2) -> None:
+    """Run a torch model once so a wrong input spec fails here, naming the inputs, not mid-export: on the first
+    batch of `data` (real samples), on zeros only where no data exists. A failure on real samples names the sample
+    and the layer, and says it is the user's model that failed."""
+    if state.module is None:
+        return
+    if data is None:
+        batch = example_inputs(state.inputs, 2)
+    else:
+        head = data.take(min(batch_size, len(data)))
+        batch = next(head.batches(batch_size))[0]
+    try:
+        _forward(state, batch)
+        return
+    except Exception as exc:
+        first_exc = exc
+    where = user_location(first_exc, state.module)
+    at = f" at {where}" if where else ""
+    shown = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in state.inputs)
+    if data is None:
+        raise UsageError(f"model.inputs: the model does not accept inputs {shown}{at}: {first_line(first_exc)}")
+    sample, layer = _failing_sample(state, head)
+    which = f"sample {sample}" if sample is not None else f"its first {len(head)} samples together (each alone runs)"
+    inside = f" in layer {layer}" if layer else ""
+    raise UsageError(
+        f"model: your model, as loaded and before any deployc pass, fails on data.validation ({data.source}) "
+        f"{which}{inside}{at}: {first_line(first_exc)}{integer_inputs_hint(state.inputs)} (its inputs: {shown}; if it "
+        f"takes others, fix model.inputs)"
+    )
+
+
+def _forward(state: ModelState, batch: dict[str, np.ndarray]) -> None:
     import torch
 
-    args = [torch.from_numpy(np.zeros(s.concrete_shape(2), dtype=s.dtype)) for s in specs]
+    with torch.no_grad():
+        state.module(*[torch.from_numpy(np.ascontiguousarray(batch[s.name])) for s in state.inputs])
+
+
+def _failing_sample(state: ModelState, head: Dataset) -> tuple[int | None, str | None]:
+    """The first sample of `head` the model fails on when run alone, and the innermost layer running when it failed;
+    (None, None) when each sample runs alone or batches are fixed."""
+    if head.fixed_batch:
+        return None, None
+    for i, (x, _) in enumerate(head.batches(1)):
+        failed, layer = _run_watched(state, x)
+        if failed:
+            return i, layer
+    return None, None
+
+
+def _run_watched(state: ModelState, batch: dict[str, np.ndarray]) -> tuple[bool, str | None]:
+    """Run once with hooks that track the running layers: (failed, "'emb' (Embedding)", the innermost one then)."""
+    running: list[str] = []
+    hooks = []
+    for name, m in state.module.named_modules():
+        if not name:
+            continue
+        label = f"'{name}' ({type(m).__name__})"
+        try:  # TorchScript modules take no Python hooks
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, label=label: running.append(label)))
+            hooks.append(m.register_forward_hook(lambda mod, args, out: running.pop() and None))  # None: output kept
+        except RuntimeError:
+            continue
     try:
-        with torch.no_grad():
-            module(*args)
-    except Exception as exc:
-        shown = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
-        raise UsageError(
-            f"model.inputs: the model does not accept inputs {shown}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        _forward(state, batch)
+    except Exception:
+        return True, (running[-1] if running else None)
+    finally:
+        for h in hooks:
+            h.remove()
+    return False, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -13,6 +13,7 @@ from deployc.compiler.contracts import Context, Pass, PassResult, Target
 from deployc.compiler.pass_cache import dataset_digest, module_digest
 from deployc.compiler.pipeline_string import format_pipeline
 from deployc.compiler.registry import get_pass, get_target
+from deployc.compiler.stage_check import RECORD_KEY, stage_drift, warning_text
 from deployc.core.config import BuildConfig, format_validation_error
 from deployc.core.state import ModelState, PassRecord
 from deployc.errors import DeploycError, InvalidGraphError, PassError, PipelineError, UsageError
@@ -158,6 +159,8 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
     except Exception as exc:
         raise PassError(f"{type(exc).__name__}: {exc}", pass_name=p.name, ran_before=before) from exc
     _check_contract(p, state, result, fingerprint, before)
+    if result.state.module is not None and result.state.module is not state.module:
+        result = _with_stage_check(p, result, ctx, before)
     if key is not None:
         ctx.cache.store(
             key,
@@ -168,6 +171,24 @@ def run_pass(p: Pass, state: ModelState, ctx: Context) -> ModelState:
             sorted(result.state.facts - state.facts),
         )
     return _record(p, state, result, config, time.perf_counter() - t0, ctx)
+
+
+def _with_stage_check(p: Pass, result: PassResult, ctx: Context, before: tuple[str, ...]) -> PassResult:
+    """The pass's new module scored on validation samples (stage_check.py), in its record; a loud line when the
+    pass itself loses the accuracy."""
+    try:
+        check = stage_drift(result.state, ctx)
+    except Exception as exc:
+        raise PassError(
+            f"the module it returned fails on validation samples: {type(exc).__name__}: {exc}",
+            pass_name=p.name,
+            ran_before=before,
+        ) from exc
+    if check is None:
+        return result
+    if check["over_budget"]:
+        ctx.instruments.log(warning_text(p.name, check))
+    return replace(result, metrics={**result.metrics, RECORD_KEY: check})
 
 
 def _record(

@@ -17,6 +17,7 @@ least recently used first, to DEFAULT_MAX_BYTES (also `cache prune`'s default).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -32,7 +33,7 @@ import numpy as np
 from deployc.core.state import ModelState, Table
 from deployc.errors import UsageError, first_line
 from deployc.storage.cache_store import CacheStore
-from deployc.storage.files import size_text
+from deployc.storage.files import input_digest, size_text
 
 DEFAULT_MAX_BYTES = 1 << 30  # kept after every build and by `cache prune` without --max-size (README says so)
 
@@ -42,10 +43,20 @@ def default_cache_dir() -> Path:
 
 
 def module_digest(module: Any) -> str:
-    """Hash of a torch module's architecture (its repr) and every weight and buffer."""
+    """Hash of what defines a torch module: its architecture (repr), the code of every module class in it (a
+    forward() edit changes no repr and no weight), and every weight and buffer."""
     import torch
 
     h = hashlib.sha256(repr(module).encode())
+    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+        h.update(class_code_digest(cls).encode())
+    for m in module.modules():
+        try:  # fx GraphModules (torch.export's .module()) and TorchScript modules: their forward is generated code
+            code = getattr(m, "code", None)
+        except Exception:  # a ScriptModule without a forward
+            code = None
+        if isinstance(code, str):
+            h.update(code.encode())
     for name, value in module.state_dict().items():
         h.update(name.encode())
         if not isinstance(value, torch.Tensor):
@@ -57,6 +68,26 @@ def module_digest(module: Any) -> str:
             h.update(t.numpy().tobytes())
         except (TypeError, RuntimeError):  # dtypes numpy cannot hold (bfloat16, quantized): their raw bytes
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@functools.cache
+def class_code_digest(cls: type) -> str:
+    """Hash of the source a module class runs: the file that defines it and the other .py files of its folder (a
+    forward() often calls helpers of its neighbours, as the up-to-date key's factory files assume). torch's own
+    classes are covered by its version in the key. Cached per class object: a re-imported file gives new classes."""
+    name = cls.__module__ or ""
+    if name == "torch" or name.startswith("torch."):
+        return name + "." + cls.__qualname__
+    h = hashlib.sha256(f"{name}.{cls.__qualname__}".encode())
+    try:
+        path = Path(inspect.getfile(cls)).resolve()
+    except (TypeError, OSError):  # defined in a REPL or exec'd string: its source, when inspect can find it
+        with contextlib.suppress(TypeError, OSError):
+            h.update(inspect.getsource(cls).encode())
+        return h.hexdigest()
+    for neighbour in sorted({path, *path.parent.glob("*.py")}):  # read through the I/O boundary: never a FIFO
+        h.update(neighbour.name.encode() + input_digest(neighbour).encode())
     return h.hexdigest()
 
 

@@ -202,6 +202,10 @@ class DataSource(StrictModel):
         return self
 
 
+DataLayout = Literal["nchw", "nhwc", "ncw", "nwc", "ncdhw", "ndhwc", "channels_first", "channels_last"]
+DataCheck = Literal["chance", "constant", "nondeterministic", "scale", "parts"]
+
+
 class DataConfig(StrictModel):
     train: DataSource | None = Field(
         None, description="labelled samples for passes that train; defaults to digits' train split"
@@ -217,6 +221,24 @@ class DataConfig(StrictModel):
         "cosine/mse, the first for top1/top5 and custom metrics",
     )
     batch_size: int = Field(64, gt=0, le=65_536)
+    layout: dict[str, DataLayout] = Field(
+        default_factory=dict,
+        description="the layout of each input's data when it is not the model's, e.g. {image: nhwc}: channels-last "
+        "samples are transposed to the model's channels-first axes (every role: validation, calibration, train)",
+    )
+    skip_checks: list[DataCheck] = Field(
+        default_factory=list,
+        description="sanity checks to skip: chance (reference metric at chance level), constant (an output the "
+        "metric reads is the same for every sample), nondeterministic (the model gives different outputs on the "
+        "same input), scale (the roles' samples of an input differ in scale), parts (judging cosine/mse also per "
+        "channel group when an output's channels differ in scale by orders of magnitude)",
+    )
+    output_parts: dict[str, dict[str, tuple[int, int]]] = Field(
+        default_factory=dict,
+        description="named channel ranges of an output judged apart by cosine/mse, e.g. {output0: {boxes: [0, 4], "
+        "scores: [4, 84]}} (axis 1, samples first); without it, channel groups differing in scale by orders of "
+        "magnitude are found from the reference",
+    )
 
 
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]

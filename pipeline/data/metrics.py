@@ -104,4 +104,44 @@ def get_metric(config: BuildConfig) -> Metric:
             f"use {', '.join(BUILTIN)} or 'file.py:callable'"
         )
     fn = import_callable(name, config.base_dir, "data.metric")
-    return Metric(name, fn, bool(getattr(fn, "higher_is_better", True)), bool(getattr(fn, "needs_labels", True)))
+    flags = {attr: _flag(fn, name, attr) for attr in ("higher_is_better", "needs_labels")}
+    return Metric(name, _one_number(fn, name), flags["higher_is_better"], flags["needs_labels"])
+
+
+def _flag(fn: object, name: str, attr: str) -> bool:
+    """A custom metric's `higher_is_better` / `needs_labels`: a real bool (default True). The string 'False' is
+    truthy: taken as given, it would turn an error metric into a score and pass any drift."""
+    value = getattr(fn, attr, True)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise UsageError(
+        f"data.metric: '{name}' sets {attr} = {value!r} ({type(value).__name__}); it must be True or False"
+    )
+
+
+def as_number(value: object) -> float | None:
+    """`value` as a float when it is one real number (Python or numpy scalar, 0-d array or tensor), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalars, 0-d arrays and tensors
+        value = value.item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _one_number(fn: MetricFn, name: str) -> MetricFn:
+    """The custom metric, held to its contract on every call: one real number, or exit 2 naming it."""
+
+    def checked(outputs: list[np.ndarray], targets: object) -> float:
+        value = fn(outputs, targets)
+        number = as_number(value)
+        if number is None:
+            shape = getattr(value, "shape", None)
+            shown = f"{type(value).__name__}" + (f" of shape {list(shape)}" if shape is not None else f" {value!r:.60}")
+            raise UsageError(
+                f"data.metric: '{name}' returned a {shown}; a metric returns one real number (reduce it, e.g. .mean())"
+            )
+        return number  # a non-finite value fails the reference (exit 2) or the artifact's gate, not here
+
+    return checked

@@ -8,10 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from deployc.core.config import BuildConfig
 from deployc.core.ort import session
 from deployc.core.state import ModelState
+from deployc.data.contract import integer_inputs_hint
 from deployc.data.dataset import Dataset
 from deployc.data.metrics import Metric, cosine_rows
+from deployc.data.parts import Part, declared_parts, find_parts
+from deployc.data.sanity import check_above_chance, check_deterministic, check_not_constant
 from deployc.errors import UsageError, failure_text
 
 EXACT_RTOL, EXACT_ATOL = 1e-4, 1e-6  # fp32 rounding between runtimes; atol is relative to the output's scale
@@ -25,6 +29,7 @@ class Reference:
     targets: np.ndarray  # what a label/custom metric compares against: labels, or the reference's covered output
     names: list[str] = field(default_factory=list)  # one per output
     covered: list[int] = field(default_factory=lambda: [0])  # the outputs the metric reads
+    parts: list[Part] = field(default_factory=list)  # channel groups a similarity metric also judges apart
 
 
 def flat_outputs(out: Any) -> list[Any]:
@@ -68,36 +73,43 @@ def run_batched(run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarr
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
-def reference_outputs(state: ModelState, data: Dataset, batch_size: int) -> tuple[list[np.ndarray], list[str]]:
-    """Outputs (and names) of the model exactly as loaded: the torch module, or onnxruntime for an ONNX model."""
+def _runner(state: ModelState) -> tuple[Any, list[str]]:
+    """A function running the model exactly as loaded on one batch (the torch module, or onnxruntime for an ONNX
+    model), and the output names (empty for a torch module)."""
     if state.module is not None:
         import torch
 
-        def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        def run_module(x: dict[str, np.ndarray]) -> list[np.ndarray]:
             with torch.no_grad():
                 return as_arrays(state.module(*[torch.from_numpy(x[s.name]) for s in state.inputs]))
 
-        names: list[str] = []
-    else:
-        sess = session(state.onnx)
-        names = [o.name for o in sess.get_outputs()]
+        return run_module, []
+    sess = session(state.onnx)
 
-        def run_batch(x: dict[str, np.ndarray]) -> list[np.ndarray]:
-            return sess.run(None, x)
+    def run_session(x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return sess.run(None, x)
+
+    return run_session, [o.name for o in sess.get_outputs()]
+
+
+def _reference_run(state: ModelState, run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
+    """Every output over the validation set; a failure names the batch's samples and says it is the model's."""
+    done = [0]
+
+    def counted(x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = run_batch(x)
+        done[0] += data.batch_len(x)
+        return out
 
     try:
-        outputs = run_batched(run_batch, data, batch_size)
+        return run_batched(counted, data, batch_size)
     except Exception as exc:
-        ints = [s.name for s in state.inputs if not s.dtype.startswith(("float", "bfloat"))]
-        hint = (
-            f" (check integer inputs {ints} against what the model accepts, e.g. token ids < vocabulary)"
-            if ints
-            else ""
-        )
+        hint = integer_inputs_hint(state.inputs)
+        end = min(done[0] + batch_size, len(data))
         raise UsageError(
-            f"data.validation ({data.source}): the model as loaded fails on these samples: {failure_text(exc)}{hint}"
+            f"data.validation ({data.source}): the model as loaded (your model, before any deployc pass) fails on "
+            f"samples {done[0]}..{end - 1}: {failure_text(exc)}{hint}"
         ) from None
-    return outputs, names or [f"output_{i}" for i in range(len(outputs))]
 
 
 def non_finite(outputs: list[np.ndarray], names: list[str]) -> str | None:
@@ -156,10 +168,40 @@ def class_ids(labels: np.ndarray, scores: np.ndarray, metric: Metric, source: st
 
 
 def _metric_value(metric: Metric, outputs: list[np.ndarray], ref: Reference) -> float:
-    if metric.similarity:
-        return float(metric.fn([outputs[i] for i in ref.covered], [ref.outputs[i] for i in ref.covered]))
+    if metric.similarity:  # the worst of the covered outputs and of their parts
+        outputs = [o.reshape(r.shape) if o.size == r.size else o for o, r in zip(outputs, ref.outputs)]
+        got = [outputs[i] for i in ref.covered] + [p.take(outputs) for p in ref.parts]
+        want = [ref.outputs[i] for i in ref.covered] + [p.take(ref.outputs) for p in ref.parts]
+        return float(metric.fn(got, want))
     first = ref.covered[0]
     return float(metric.fn([outputs[first]] + [o for i, o in enumerate(outputs) if i != first], ref.targets))
+
+
+def reference_head(ref: Reference, n: int, total: int) -> Reference | None:
+    """The reference on the first n of its `total` samples (its metric value recomputed there); None when an
+    output does not hold one row per sample (no batch axis found), so it cannot be cut."""
+    if any(len(o) != total for o in ref.outputs) or len(ref.targets) != total:
+        return None
+    outputs = [o[:n] for o in ref.outputs]
+    head = Reference(outputs, ref.metric, 0.0, ref.targets[:n], ref.names, ref.covered, ref.parts)
+    return Reference(
+        outputs, ref.metric, _metric_value(ref.metric, outputs, head), head.targets, ref.names, ref.covered, ref.parts
+    )
+
+
+def reference_for(config: BuildConfig, state: ModelState, data: Dataset, metric: Metric) -> Reference:
+    """The reference as every command computes it: data.output, data.output_parts and data.skip_checks applied."""
+    d = config.data
+    return compute_reference(
+        state,
+        data,
+        metric,
+        d.batch_size,
+        d.output,
+        config.model.outputs,
+        skip_checks=frozenset(d.skip_checks),
+        output_parts=d.output_parts,
+    )
 
 
 def compute_reference(
@@ -169,12 +211,20 @@ def compute_reference(
     batch_size: int,
     output: int | str | None = None,
     output_names: list[str] | None = None,
+    *,
+    skip_checks: frozenset[str] = frozenset(),
+    output_parts: dict | None = None,
 ) -> Reference:
-    """`output_names` (model.outputs) name the outputs on every target; by default output_0, ... for a torch model,
+    """The model as loaded, run on the validation set and scored; refused (exit 2) when it cannot be a reference
+    (sanity.py): non-finite outputs, and unless data.skip_checks says otherwise, outputs that change between two
+    runs of the same samples, a covered output that is the same for every sample, or a label metric at chance.
+    `output_names` (model.outputs) name the outputs on every target; by default output_0, ... for a torch model,
     the graph's own names for an ONNX one."""
     if metric.needs_labels and data.labels is None:
         raise UsageError(f"data.metric: '{metric.name}' needs labels, and data.validation ({data.source}) has none")
-    outputs, names = reference_outputs(state, data, batch_size)
+    run_batch, names = _runner(state)
+    outputs = _reference_run(state, run_batch, data, batch_size)
+    names = names or [f"output_{i}" for i in range(len(outputs))]
     if not outputs:
         raise UsageError("model: the model as loaded returns no tensor outputs")
     if output_names:
@@ -188,19 +238,34 @@ def compute_reference(
     if bad:
         raise UsageError(f"data.validation ({data.source}): the model as loaded gives non-finite outputs: {bad}")
     covered = _covered(output, names, metric)
+    if "nondeterministic" not in skip_checks:
+        head = data.take(min(batch_size, len(data)))
+        check_deterministic(lambda: run_batched(run_batch, head, batch_size), outputs, names)
+    if "constant" not in skip_checks:
+        check_not_constant(data, outputs, names, covered, metric, output)
     first = outputs[covered[0]]
     use_labels = data.labels is not None and (metric.needs_labels or data.labels.shape == first.shape)
     targets = data.labels if use_labels else first
     if metric.classes:
         targets = class_ids(targets, first, metric, data.source)
-    ref = Reference(outputs, metric, 0.0, targets, names, covered)
+    parts: list[Part] = []
+    if metric.similarity and output_parts:
+        parts = declared_parts(output_parts, outputs, names)
+    elif metric.similarity and "parts" not in skip_checks:
+        parts = find_parts(outputs, covered, names)
+    ref = Reference(outputs, metric, 0.0, targets, names, covered, parts)
     try:
         value = _metric_value(metric, outputs, ref)
+    except UsageError:
+        raise
     except Exception as exc:
         raise UsageError(f"data.metric: '{metric.name}' raised on the reference: {failure_text(exc)}") from None
     if not np.isfinite(value):
         raise UsageError(f"data.metric: '{metric.name}' is {value} for the model as loaded; it must be a finite number")
-    return Reference(outputs, metric, value, targets, names, covered)
+    if metric.classes and "chance" not in skip_checks:
+        classes = int(np.prod(first.shape[1:])) if first.ndim > 1 else 1
+        check_above_chance(metric, value, targets, classes, data.source)
+    return Reference(outputs, metric, value, targets, names, covered, parts)
 
 
 def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, Any]:
@@ -225,10 +290,33 @@ def compare(outputs: list[np.ndarray], ref: Reference) -> dict[str, Any]:
         "outputs": per_output,
         "metric_outputs": [ref.names[i] for i in ref.covered],
     }
+    if ref.parts:
+        result["parts"] = _part_figures(outputs, ref)
+        got = [outputs[i].reshape(ref.outputs[i].shape) for i in ref.covered]
+        whole = float(ref.metric.fn(got, [ref.outputs[i] for i in ref.covered]))
+        if whole != value:  # a part, not a whole output, decides: say which, and what the whole tensor scored
+            result["metric_whole_outputs"] = whole
+            pick = min if ref.metric.higher_is_better else max
+            result["worst_part"] = pick(result["parts"], key=lambda n: result["parts"][n]["metric"])
     a, b = outputs[ref.covered[0]], ref.outputs[ref.covered[0]]
     if a.ndim == 2 and a.shape[1] > 1:
         result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
     return result
+
+
+def _part_figures(outputs: list[np.ndarray], ref: Reference) -> dict[str, dict[str, Any]]:
+    """Per part: the metric, cosine and max abs error on its channels alone, and the reference's scale there."""
+    shaped = [o.reshape(r.shape) for o, r in zip(outputs, ref.outputs)]
+    figures = {}
+    for p in ref.parts:
+        a, b = p.take(shaped).astype(np.float64), p.take(ref.outputs).astype(np.float64)
+        figures[p.name] = {
+            **p.to_json(),
+            "metric": float(ref.metric.fn([a], [b])),
+            "cosine": float(cosine_rows(a, b).mean()),
+            "max_abs_err": float(np.max(np.abs(a - b))) if a.size else 0.0,
+        }
+    return figures
 
 
 def matches_reference(outputs: list[np.ndarray], ref: Reference) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from deployc.core.config import FACTORY_CAP, BuildConfig, DataSource
 from deployc.core.pyimport import import_callable
 from deployc.core.state import TensorSpec
-from deployc.data.contract import as_samples, fit_to_spec
+from deployc.data.contract import as_samples, check_layout_keys, fit_to_spec
 from deployc.data.dataset import Dataset, batch_axis
 from deployc.errors import UsageError
 from deployc.storage.arrays import Npz
@@ -120,7 +120,7 @@ def _load_factory(
         for s in specs:
             if s.name not in x:
                 raise UsageError(f"{where}: factory '{spec}' item {i} has no input '{s.name}'")
-            a = as_samples(np.asarray(x[s.name]), s)
+            a = as_samples(np.asarray(x[s.name]), s, f"{where}: factory '{spec}' item {i}")
             col = cols[s.name]
             if col.shape is not None and batch_axis(s) is not None and a.shape[1:] != col.shape:
                 raise UsageError(
@@ -174,7 +174,8 @@ def _load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSp
     else:
         inputs, labels = _load_factory(source, config, specs, where)
         name = source.path
-    inputs = {s.name: fit_to_spec(inputs[s.name], s, where) for s in specs}
+    check_layout_keys(config.data.layout, specs)
+    inputs = {s.name: fit_to_spec(inputs[s.name], s, where, config.data.layout.get(s.name)) for s in specs}
     axes = {s.name: batch_axis(s) for s in specs}
     lengths = {k: len(v) for k, v in inputs.items() if axes[k] is not None}
     if labels is not None:

@@ -15,18 +15,18 @@ from typing import Any
 
 from deployc.compiler.contracts import Artifact, Context, Finish, Reemit, Target
 from deployc.compiler.instruments import Instruments
-from deployc.compiler.loader import initial_facts, load_model
+from deployc.compiler.loader import initial_facts
 from deployc.compiler.manager import PassManager
 from deployc.compiler.pass_cache import PassCache
 from deployc.compiler.prefix import PassPrefix, capture, resume
 from deployc.compiler.registry import instruments as plugin_instruments
-from deployc.core.config import BuildConfig, check_labels, config_digest, load_config, read_labels
+from deployc.compiler.stage_check import upstream_loss
+from deployc.core.config import BuildConfig, config_digest, load_config
 from deployc.core.state import ModelState
 from deployc.core.timing import machine
 from deployc.core.versions import library_versions
 from deployc.data.metrics import get_metric
-from deployc.data.reference import Reference, compute_reference
-from deployc.data.sources import calibration_source, load_dataset, train_source
+from deployc.data.reference import Reference
 from deployc.driver.result import BuildResult
 from deployc.driver.uptodate import CONFIG_NAME, build_key, default_out, saved_config, write_key
 from deployc.errors import DeploycError, UsageError, failure_text
@@ -36,9 +36,11 @@ from deployc.outputs.report import gate_text, render_report, report_view
 from deployc.outputs.report_html import write_html_report
 from deployc.storage.files import write_json_atomic, write_text_atomic
 from deployc.storage.outdir import OutDir, check_out_dir
+from deployc.validation.diagnosis import diagnose
 from deployc.validation.gate import coverage_warning, validate_artifact
 from deployc.validation.gates import latency_gate
-from deployc.validation.remedies import needs_remedy, remedy_artifact
+from deployc.validation.preflight import load_checked
+from deployc.validation.remedies import loss_before_quantization, needs_remedy, remedy_artifact
 
 
 def check(
@@ -84,23 +86,16 @@ class Loaded:
 
 def load_inputs(config: BuildConfig, manager: PassManager, instruments: Instruments) -> Loaded:
     instruments.log("loading the model and data …")
-    state = load_model(config, log=instruments.log)
-    state = state.replace(facts=state.facts | initial_facts(config))
-    metric = get_metric(config)
-    validation = load_dataset(config.data.validation, config, state.inputs, "validation")
-    calib_src, train_src = calibration_source(config), train_source(config)
-    calibration = load_dataset(calib_src, config, state.inputs, "calibration") if calib_src else None
     needs_train = any("data.train" in p.cls.requires for p in manager.passes)  # load training data only when used
-    train = load_dataset(train_src, config, state.inputs, "train") if train_src and needs_train else None
-
-    reference = compute_reference(
-        state, validation, metric, config.data.batch_size, config.data.output, config.model.outputs
-    )
-    check_labels(read_labels(config), [o.shape for o in reference.outputs], reference.names)
+    inputs = load_checked(config, log=instruments.log, train=needs_train)
+    state = inputs.state.replace(facts=inputs.state.facts | initial_facts(config))
+    reference, validation = inputs.reference, inputs.validation
     instruments.log(
-        f"reference {metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
+        f"reference {inputs.metric.name} = {reference.value:.4f} on {len(validation)} samples ({validation.source})"
     )
-    return Loaded(state, metric, validation, calibration, train, reference)
+    for part in reference.parts:
+        instruments.log(f"  judged apart: {part.name} (scale {part.scale:.3g})")
+    return Loaded(state, inputs.metric, validation, inputs.calibration, inputs.train, reference)
 
 
 def run_prefix(
@@ -185,11 +180,12 @@ def _build(
         staging = outdir.staging
         ctx = loaded.context(config, staging, instruments, PassCache.for_build(cache, instruments.log))
         state = manager.run(state, ctx, first=len(state.history))
+        upstream = upstream_loss(state.history)  # the torch-level passes already lost the accuracy: remedies can't help
         artifacts: list[Artifact] = []
         for name, planned in manager.targets.items():
             target = planned.cls(planned.options)
             reason = planned.cls.available()
-            finish = _finisher(target, ctx, validation, reference, config)
+            finish = _finisher(target, ctx, validation, reference, config, upstream)
             if reason:
                 skipped = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
                 artifacts.extend(finish(a, None, None) for a in skipped)
@@ -197,7 +193,8 @@ def _build(
                 artifacts.extend(target.build(state, ctx, finish))
         for warning in latency_gate(artifacts, config.validate_.latency_gate):
             instruments.log(f"warning: {warning}")
-        manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, staging)
+        diagnosis = diagnose(artifacts, upstream, config.validate_)
+        manifest = _manifest(config, manager, metric, reference, validation, artifacts, state, staging, diagnosis)
         timings = {
             "passes": [r.timing_json() for r in state.history],
             "artifact_passes": {a.label: [r.timing_json() for r in a.history] for a in artifacts},
@@ -223,9 +220,13 @@ def _build(
     return BuildResult(out_dir, manifest, artifacts, timings)
 
 
-def _finisher(target: Target, ctx: Context, validation: Any, reference: Reference, config: BuildConfig) -> Finish:
-    """What happens to each artifact a target makes: validated by its gate, remedied when it fails (remedies.py)."""
+def _finisher(
+    target: Target, ctx: Context, validation: Any, reference: Reference, config: BuildConfig, upstream: str | None
+) -> Finish:
+    """What happens to each artifact a target makes: validated by its gate, remedied when it fails (remedies.py),
+    unless the loss comes before quantization (`upstream`, or the target's fp32 artifact fails too)."""
     log = ctx.instruments.log
+    made: list[Artifact] = []
 
     def validate(art: Artifact) -> None:
         try:
@@ -240,8 +241,12 @@ def _finisher(target: Target, ctx: Context, validation: Any, reference: Referenc
             log(f"{art.label}: not built: {art.error}")
         validate(art)
         remedies = config.quantize.remedies
-        if reemit is not None and remedies != "off" and needs_remedy(art, config.validate_):
+        before = loss_before_quantization(art, made, upstream, config.validate_)
+        if before:
+            art.gate = {**art.gate, "reason": f"{art.gate['reason']}; {before}"}
+        elif reemit is not None and remedies != "off" and needs_remedy(art, config.validate_):
             art = remedy_artifact(target, art, reemit, lowered, ctx, validate, remedies, log)
+        made.append(art)
         warning = coverage_warning(art)
         if warning:
             log(f"warning: {warning}")
@@ -260,6 +265,7 @@ def _manifest(
     artifacts: list[Artifact],
     state: Any,
     out_dir: Path,
+    diagnosis: str | None = None,
 ) -> dict[str, Any]:
     """Everything deterministic about the build: same inputs give a byte-identical manifest.json."""
     failed = any(a.gate.get("status") in ("fail", "error") for a in artifacts) or not artifacts
@@ -268,6 +274,7 @@ def _manifest(
         "manifest_version": MANIFEST_VERSION,
         "name": config.name,
         "status": "failed" if failed or not ran else "passed",
+        "diagnosis": diagnosis,  # where a failed build lost it, in one line (None when it passed)
         "pipeline": manager.pipeline_string(),
         "config": config.model_dump(mode="json", by_alias=True, exclude={"base_dir"}),
         "config_sha256": config_digest(config),  # what every artifact's metadata carries (deployc.config_sha256)
@@ -284,6 +291,7 @@ def _manifest(
             "higher_is_better": metric.higher_is_better,
             "outputs": reference.names,
             "metric_outputs": [reference.names[i] for i in reference.covered],  # what the metric reads
+            "parts": {p.name: p.to_json() for p in reference.parts},  # channel groups judged apart (cosine/mse)
         },
         "artifacts": [artifact_entry(a, out_dir) for a in artifacts],
         "passes": [r.stable_json() for r in state.history],  # the pipeline's; each artifact lists its target's

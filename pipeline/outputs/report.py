@@ -252,6 +252,7 @@ def render_report(manifest: dict[str, Any]) -> str:
     out = [
         f"# deployc build: {manifest['name']}",
         "",
+        *([f"**Diagnosis:** {manifest['diagnosis']}", ""] if manifest.get("diagnosis") else []),
         f"Status: **{manifest['status']}** — {budget_text(manifest)}",
         "",
         f"Pipeline: `{manifest['pipeline']}`",

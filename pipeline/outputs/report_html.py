@@ -233,7 +233,8 @@ def render_html(manifest: dict[str, Any], extra_tables: list[dict[str, Any]] | N
     total = (manifest.get("timings") or {}).get("total_seconds")
     head = (
         f"<h1>deployc build: {_e(manifest['name'])} <span class='badge {_e(status)}'>{_e(status)}</span></h1>"
-        f"<p class=meta>{_e(budget_text(manifest).capitalize())}"
+        + (f"<p><strong>Diagnosis:</strong> {_e(manifest['diagnosis'])}</p>" if manifest.get("diagnosis") else "")
+        + f"<p class=meta>{_e(budget_text(manifest).capitalize())}"
         + (f" · built in {total:.1f} s" if total is not None else "")
         + "</p>"
         f"<p class=meta>Pipeline: <code>{_e(manifest['pipeline'])}</code></p>"

@@ -81,6 +81,12 @@ def _gate(artifact: Artifact, outputs: list[np.ndarray], ref: Reference, rules: 
     if low:
         return low
     shown = f"{ref.metric.label} drift {drift:+.4g} (budget {rules.max_drift:g}, in {ref.metric.label} units)"
+    part = artifact.metrics.get("worst_part")
+    if part:  # one channel group decides: a whole-tensor figure would have hidden it
+        whole = artifact.metrics["metric_whole_outputs"]
+        shown += (
+            f" on its worst part {part} ({ref.metric.label} {artifact.metrics['metric']:.4g}; whole output {whole:.4g})"
+        )
     if matches_reference(outputs, ref):
         return {"status": "pass", "reason": f"outputs equal the reference within fp32 rounding; {shown}"}
     if not np.isfinite(drift):

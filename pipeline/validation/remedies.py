@@ -57,6 +57,23 @@ def needs_remedy(art: Artifact, rules: ValidateConfig) -> bool:
     return not isinstance(drift, (int, float)) or not math.isfinite(drift) or drift > rules.max_drift + 1e-12
 
 
+def loss_before_quantization(
+    art: Artifact, earlier: list[Artifact], upstream: str | None, rules: ValidateConfig
+) -> str | None:
+    """Why remedies cannot help a quantized artifact that fails on drift: the torch-level passes already lost the
+    accuracy (`upstream`, from their checks), or its target's fp32 artifact already fails. None when neither holds."""
+    if art.precision == "fp32" or not needs_remedy(art, rules):
+        return None
+    if upstream:
+        return f"the loss comes before quantization: {upstream}; int8 remedies not tried"
+    fp32 = next((a for a in earlier if a.target == art.target and a.precision == "fp32"), None)
+    if fp32 is not None and needs_remedy(fp32, rules):
+        drift = fp32.metrics.get("drift")
+        shown = f"drift {drift:+.4g}" if isinstance(drift, (int, float)) else fp32.gate.get("reason", "failed")
+        return f"the loss comes before quantization: {fp32.label} already fails ({shown}); int8 remedies not tried"
+    return None
+
+
 def best(trials: list[Trial]) -> Trial:
     """The first passing trial, else the lowest drift (ties go to the earlier, simpler trial)."""
     passing = [t for t in trials if t.passed]

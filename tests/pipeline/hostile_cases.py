@@ -448,7 +448,7 @@ ISSUE_ROWS = [
         "token_id_beyond_vocabulary",
         token_beyond_vocab,
         2,
-        r"the model as loaded fails on these samples: IndexError.*token ids",
+        r"your model, as loaded and before any deployc pass, fails on data.validation .* sample 1 .*IndexError.*token ids",
     ),
     ("state_dict_holding_a_list", state_dict_list, 2, r"entry 'fc\.\w+' holds a list, not a tensor"),
     ("state_dict_sparse_tensor", state_dict_sparse, 2, r"entry 'fc\.weight' is a torch\.sparse_coo tensor"),
@@ -486,7 +486,7 @@ ISSUE_ROWS = [
         "validate_config_wrong_input_shape",
         vc(lambda e, c: c["model"].update(inputs=[{"name": "x", "shape": ["batch", 9]}])),
         2,
-        r"model\.inputs: the model does not accept inputs x\['batch', 9\]",
+        r"input 'x' is \(64, 8\) \(samples first\), the model takes \[batch, 9\]: .*fix model\.inputs",
     ),
     (
         "validate_config_weights_of_another_model",

@@ -85,7 +85,9 @@ def cache_links_to_user_files(env: Env) -> None:
     (env.tmp / "mine" / "model.onnx").write_text("precious")
     passes = env.tmp / "cache" / "passes"
     (passes / "zz").symlink_to(env.tmp / "mine")
-    (next(p for p in passes.iterdir() if p.name != "zz") / "evil.onnx").symlink_to(env.tmp / "mine" / "model.onnx")
+    (next(p for p in passes.iterdir() if p.name != "zz" and p.is_dir()) / "evil.onnx").symlink_to(
+        env.tmp / "mine" / "model.onnx"
+    )
     env.cli("cache", "prune", "--max-size", "0")
 
 

@@ -60,7 +60,8 @@ def config(folder: Path, model: str = "mlp", **sections: Any) -> dict:
     cfg = {
         "name": "h",
         "model": {"factory": f"{MODELS}:{model}", "inputs": [{"name": "x", "shape": ["batch", 8]}]},
-        "data": {"validation": "data.npz", "metric": "top1"},
+        # untrained models on random labels: their top1 is chance, which a real build refuses (issue 24)
+        "data": {"validation": "data.npz", "metric": "top1", "skip_checks": ["chance"]},
         "targets": {"onnx": {"precision": ["fp32"]}},
         "validate": {"latency_runs": 1},
         "base_dir": str(folder),

@@ -135,6 +135,8 @@ def test_manifest_keeps_config_keys_and_drops_only_declared_timings(tmp_path):
     result = build(digits_config(passes=[{"test.timed": {"measure_latency": False}}]), out=tmp_path / "o", quiet=True)
     record = result.manifest["passes"][0]
     assert record["config"] == {"measure_latency": False}  # a key named like a timing survives (no regex)
+    check = record["metrics"].pop("validation_check")  # the driver's score of the module it returned (issue 24)
+    assert check["metric"] == "top1" and check["drift"] == 0.0 and not check["over_budget"]
     assert record["metrics"] == {"latency_budget_met": True}
     assert record["tables"] == [{"title": "timed table", "header": ["what"], "rows": [["fc"]]}]
     timings = json.loads((tmp_path / "o" / "timings.json").read_text())

@@ -58,7 +58,8 @@ def test_npz_errors_name_file_and_key(tmp_path: Path):
     np.savez(tmp_path / "shape.npz", image=np.zeros((4, 3, 8, 8), np.float32))
     cfg = _cfg(tmp_path, "shape.npz")
     with pytest.raises(
-        UsageError, match=r"input 'image' have shape \[3, 8, 8\] per sample, the model input expects \[1, 8, 8\]"
+        UsageError,
+        match=r"input 'image' is \(4, 3, 8, 8\) \(samples first\), the model takes \[batch, 1, 8, 8\]: each sample must be \[1, 8, 8\] \(if the model",
     ):
         load_dataset(cfg.data.validation, cfg, SPECS, "validation")
     np.savez(tmp_path / "empty.npz", image=np.zeros((0, 1, 8, 8), np.float32))

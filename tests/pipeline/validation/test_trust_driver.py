@@ -145,6 +145,7 @@ def test_third_party_noise_stays_out_of_the_terminal_unless_debug(tmp_path: Path
     write(tmp_path / "noisy.py", NOISY)
     cfg = digits_config(model={"factory": "noisy.py:make", "inputs": [{"name": "image", "shape": ["batch", 1, 8, 8]}]})
     cfg["validate"]["max_drift"] = 1.0
+    cfg["data"]["skip_checks"] = ["chance"]  # an untrained model
     path = write(tmp_path / "c.yaml", json.dumps(cfg))
     capfd.readouterr()
     code = main(["build", str(path), "--out", str(tmp_path / "out")] + (["--debug"] if debug else []))
