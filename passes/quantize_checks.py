@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
+from deployc.passes.activations import streamed
 from deployc.passes.onnx_util import producers
-from deployc.passes.sensitivity import layer_name, layer_outputs
+from deployc.passes.sensitivity import layer_name
 
 
 def _per_tensor_activations(int8: Any) -> list[str]:
@@ -25,12 +26,6 @@ def _per_tensor_activations(int8: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def channel_ranges(values: np.ndarray) -> np.ndarray:
-    """max − min of each channel (axis 1) over every other axis."""
-    axes = tuple(i for i in range(values.ndim) if i != 1)
-    return values.max(axis=axes) - values.min(axis=axes)
-
-
 def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 100.0) -> list[str]:
     """One warning per per-tensor quantized activation whose channel ranges differ by more than `ratio`×."""
     producer = producers(fp32.graph.node)
@@ -38,13 +33,21 @@ def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 1
     names = [t for t in _per_tensor_activations(int8) if t in producer or t in graph_inputs]
     if not names:
         return []
-    values = layer_outputs(fp32, names, data)
+    low: dict[str, np.ndarray] = {}
+    high: dict[str, np.ndarray] = {}
+    for values in streamed(fp32, names, data, "the channel-range check"):  # per-channel min/max, batch by batch
+        for t, v in values.items():
+            if v.ndim < 3:  # (batch, features): no channel axis to speak of
+                continue
+            axes = tuple(i for i in range(v.ndim) if i != 1)
+            lo, hi = v.min(axis=axes).astype(np.float64), v.max(axis=axes).astype(np.float64)
+            low[t] = np.minimum(low[t], lo) if t in low else lo
+            high[t] = np.maximum(high[t], hi) if t in high else hi
     warnings = []
     for t in names:
-        v = values[t]
-        if v.ndim < 3:  # (batch, features): no channel axis to speak of
+        if t not in low:
             continue
-        spans = channel_ranges(v.astype(np.float64))
+        spans = high[t] - low[t]
         live = spans > 0
         if live.sum() < 2:
             continue

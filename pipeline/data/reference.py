@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from deployc.core import memory
 from deployc.core.ort import session
 from deployc.core.state import ModelState
 from deployc.data.dataset import Dataset
@@ -75,6 +76,12 @@ def reference_outputs(state: ModelState, data: Dataset, batch_size: int) -> tupl
 
         names: list[str] = []
     else:
+        feed = next(data.batches(1))[0]
+        per_sample = memory.graph_activations(state.onnx, feed).peak // max(data.batch_len(feed), 1)
+        try:
+            batch_size = memory.batch_for(per_sample, batch_size, "the reference run", data.fixed_batch)
+        except memory.MemoryBudgetExceeded as exc:
+            raise UsageError(f"data.validation ({data.source}): {exc}; nothing can be validated") from None
         sess = session(state.onnx)
         names = [o.name for o in sess.get_outputs()]
 

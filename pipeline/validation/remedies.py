@@ -145,34 +145,62 @@ def remedy_artifact(
     trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
     skipped: dict[str, str] = {}
+    stopped: str | None = None
     root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
     log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages)})")
     for stage in stages:
         if trials[-1].passed or len(trials) >= spec.max_trials:
             break
+        stopped = _out_of_time(spec, t0, trials)
+        if stopped:
+            break
         base = best(trials)
+        t_stage = time.perf_counter()
         try:
             candidates = target.remedies(stage, base.remedy, base.artifact, lowered, ctx)
         except Exception as exc:  # a stage the target cannot prepare (e.g. a ranking run that fails) is skipped
             skipped[stage] = failure_text(exc)
             log(f"{first.label}: remedy stage {stage} skipped: {skipped[stage]}")
             continue
+        log(
+            f"{first.label}: remedy stage {stage}: {len(candidates)} candidate(s) ({time.perf_counter() - t_stage:.1f} s)"
+        )
         for remedy in candidates:
             if len(trials) >= spec.max_trials or trials[-1].passed:
                 break
             if _key(remedy) in seen:
                 continue
+            stopped = _out_of_time(spec, t0, trials)
+            if stopped:
+                break
             seen.add(_key(remedy))
             trial = _run(len(trials) + 1, remedy, target, reemit, ctx, root, validate)
             trials.append(trial)
-            log(f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)}")
+            log(
+                f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)} "
+                f"({trial.seconds:.1f} s)"
+            )
+        if stopped:
+            break
+    if stopped:
+        log(f"{first.label}: remedies stopped: {stopped}")
     chosen = best(trials)
     shipped = _ship(chosen, first, ctx.work_dir, root)
     shutil.rmtree(ctx.work_dir / TRIALS_DIR, ignore_errors=True)
-    _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0)
+    _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0, stopped)
     if skipped:
         shipped.details["remedies"]["skipped_stages"] = skipped
     return shipped
+
+
+def _out_of_time(spec: RemediesSpec, t0: float, trials: list[Trial]) -> str | None:
+    """Why no further trial may start: the wall-time budget is spent (None while it is not, or there is none)."""
+    if spec.max_seconds is None or time.perf_counter() - t0 < spec.max_seconds:
+        return None
+    return (
+        f"wall-time budget quantize.remedies.max_seconds={spec.max_seconds:g} s reached after {len(trials)} "
+        f"trial(s); the best so far ships"
+    )
 
 
 def _run(
@@ -191,9 +219,14 @@ def _run(
         validate(art)
     except Exception as exc:  # its runtime cannot run this trial: the others may still do
         art.error = failure_text(exc)
-        art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
+        art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
     target.close(art)
     return Trial(index, remedy, art, time.perf_counter() - t0, _digest(art))
+
+
+def unvalidated_reason(exc: BaseException, text: str) -> str:
+    """The gate reason of an artifact its validation could not run: out of memory (budget), or its runtime."""
+    return f"not validated: {text}" if isinstance(exc, MemoryError) else f"its runtime cannot run it: {text}"
 
 
 def _digest(art: Artifact) -> str | None:
@@ -221,7 +254,15 @@ def _ship(chosen: Trial, first: Artifact, staging: Path, root: Path) -> Artifact
     return art
 
 
-def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, stages: list[str], seconds: float) -> None:
+def _record(
+    art: Artifact,
+    trials: list[Trial],
+    chosen: Trial,
+    ctx: Context,
+    stages: list[str],
+    seconds: float,
+    stopped: str | None = None,
+) -> None:
     """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop,
     fallback ranking included (timings.json)."""
     data = ctx.validation
@@ -251,6 +292,7 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
         "fallback": list(chosen.remedy.fallback),
         "quantize": chosen.remedy.spec.model_dump(mode="json", exclude={"remedies"}),
         "trial_log": log,
+        **({"stopped": stopped} if stopped else {}),
     }
     art.details["remedies"] = summary
     rows = tuple(
@@ -289,3 +331,5 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
             reason=f"{art.gate.get('reason', '')} ({how}; shipped trial {chosen.index}: "
             f"{chosen.remedy.stage}, {chosen.remedy.change})",
         )
+    if stopped:
+        art.gate = dict(art.gate, reason=f"{art.gate.get('reason', '')} (remedies stopped: {stopped})")
