@@ -28,15 +28,14 @@ from deployc.passes.activations import batch_size, per_sample_bytes, streamed
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 PERCENTILE_BINS = 2048  # onnxruntime's Percentile calibrator: 2048 bins of |x| over [min|x|, max|x|]
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # onnxruntime's names
-# Each tensor's histogram: FINE_BINS over [-2^k, 2^k], the smallest power of two that holds every value seen. When a
-# batch needs a wider range, pairs of bins merge exactly, so the counts never depend on how samples were batched;
-# both methods' 2048-bin histograms over [-max|x|, max|x|] are read off it (4-8 fine bins to one of theirs).
-FINE_BINS = 16384
+# A tensor's histogram: HIST_BINS over [-max|x|, max|x|], the range a first (minmax) pass measured. Pairs of its bins
+# are Entropy's 2048 bins over that range and, folded at 0, Percentile's 2048 bins of |x| over [0, max|x|]: onnxruntime's
+# grids, whatever the batching, from one pass over the samples for every method.
+HIST_BINS = 2 * ENTROPY_BINS
 _BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
-_SMALLEST = 2.0**-24  # the range of a tensor that was only ever 0
 _SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
 _MEMO: dict[str, tuple[frozenset[str], str]] = {}  # key -> (tensors the calibrated graph computes, cache JSON)
-_STATS: dict[str, Statistics] = {}  # graph + samples -> what one pass over them measured
+_STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured
 
 
 def _computed(proto: Any) -> frozenset[str]:
@@ -60,15 +59,14 @@ def calibrated_tensors(proto: Any) -> list[str]:
     return sorted({t for t in names if t and t not in consts and types.get(t) in floats})
 
 
-# ---- one streaming pass: running min/max and fixed-grid histograms ------------------------------------------
+# ---- streaming passes: running min/max, then histograms over the range they found ---------------------------
 
 
 @dataclass
 class TensorStats:
     lo: float = math.inf
     hi: float = -math.inf
-    radius: float = 0.0  # the histogram covers [-radius, radius] (a power of two)
-    hist: np.ndarray | None = None  # FINE_BINS counts
+    hist: np.ndarray | None = None  # HIST_BINS counts over [-absmax, absmax]
 
     @property
     def absmax(self) -> float:
@@ -81,38 +79,28 @@ class TensorStats:
 
 @dataclass
 class Statistics:
-    histograms: bool
     tensors: dict[str, TensorStats] = field(default_factory=dict)
+    histograms: bool = False
 
 
-def _radius(absmax: float) -> float:
-    """The smallest power of two >= absmax."""
-    mantissa, exponent = math.frexp(max(absmax, _SMALLEST))
-    return math.ldexp(1.0, exponent - 1 if mantissa == 0.5 else exponent)
-
-
-def _widened(hist: np.ndarray, factor: int) -> np.ndarray:
-    """Counts over [-r, r] as counts over [-factor*r, factor*r] with as many bins (factor: a power of two)."""
-    n = hist.size
-    out = np.zeros_like(hist)
-    if factor >= n:  # the old range falls inside the two bins around 0
-        out[n // 2 - 1], out[n // 2] = hist[: n // 2].sum(), hist[n // 2 :].sum()
-        return out
-    k = n // factor
-    out[n // 2 - k // 2 : n // 2 + k // 2] = hist.reshape(k, factor).sum(axis=1)
-    return out
+def _finite(value: np.ndarray) -> np.ndarray:
+    """The tensor's values as flat float32, NaN/inf left out (they carry no range)."""
+    values = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
+    if values.size and not (math.isfinite(float(values.min())) and math.isfinite(float(values.max()))):
+        values = values[np.isfinite(values)]
+    return values
 
 
 class _Binner:
-    """Counts of float32 values into FINE_BINS bins over [-r, r], a block at a time (buffers reused)."""
+    """Counts of float32 values into HIST_BINS bins over [-top, top], a block at a time (buffers reused)."""
 
     def __init__(self) -> None:
         self.scaled = np.empty(_BLOCK, np.float32)
         self.index = np.empty(_BLOCK, np.intp)
 
-    def add(self, hist: np.ndarray, values: np.ndarray, radius: float) -> None:
+    def add(self, hist: np.ndarray, values: np.ndarray, top: float) -> None:
         n = hist.size
-        scale, offset = np.float32(n / (2 * radius)), np.float32(n / 2)
+        scale, offset = np.float32(n / (2 * top)), np.float32(n / 2)
         for start in range(0, values.size, _BLOCK):
             block = values[start : start + _BLOCK]
             scaled, index = self.scaled[: block.size], self.index[: block.size]
@@ -123,79 +111,62 @@ class _Binner:
             hist += np.bincount(index, minlength=n)
 
 
-def _update(stats: TensorStats, value: np.ndarray, binner: _Binner | None) -> None:
-    values = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
-    if values.size == 0:
-        return
-    lo, hi = float(values.min()), float(values.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN/inf carry no range: measure the finite values
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return
-        lo, hi = float(values.min()), float(values.max())
-    stats.lo, stats.hi = min(stats.lo, lo), max(stats.hi, hi)
-    if binner is None:
-        return
-    radius = _radius(max(abs(lo), abs(hi)))
-    if stats.hist is None:
-        stats.hist, stats.radius = np.zeros(FINE_BINS, np.int64), radius
-    elif radius > stats.radius:
-        stats.hist = _widened(stats.hist, round(radius / stats.radius))
-        stats.radius = radius
-    binner.add(stats.hist, values, stats.radius)
-
-
-def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
-    """Every calibrated tensor's min/max (and histogram) over `data`, in one streaming pass whose batches (at most
-    `batch` samples) fit the memory budget. The result does not depend on the batch size."""
-    names = calibrated_tensors(proto)
-    stats = Statistics(histograms, {n: TensorStats() for n in names})
-    binner = _Binner() if histograms else None
+def _pass(proto: Any, data: Dataset, batch: int, ranges: Statistics | None) -> Statistics:
+    """One streaming pass over `data` (batches of at most `batch` samples, fewer when the memory budget says so):
+    min/max of every calibrated tensor, or, given `ranges` (a minmax pass's), histograms over their ranges."""
+    names = calibrated_tensors(proto) if ranges is None else [n for n, s in ranges.tensors.items() if s.absmax > 0]
+    out = Statistics({n: TensorStats() for n in names}, histograms=ranges is not None)
+    binner = _Binner()
     size = batch_size(per_sample_bytes(proto, names, data), data, "calibration", batch)
     for values in streamed(proto, names, data, "calibration", size):
         for name, value in values.items():
-            _update(stats.tensors[name], value, binner)
-    return stats
+            finite, stats = _finite(value), out.tensors[name]
+            if finite.size == 0:
+                continue
+            if ranges is None:
+                stats.lo, stats.hi = min(stats.lo, float(finite.min())), max(stats.hi, float(finite.max()))
+                continue
+            if stats.hist is None:
+                stats.hist = np.zeros(HIST_BINS, np.int64)
+            binner.add(stats.hist, finite, ranges.tensors[name].absmax)
+    if ranges is not None:
+        for name, stats in ranges.tensors.items():
+            out.tensors.setdefault(name, TensorStats())
+            out.tensors[name].lo, out.tensors[name].hi = stats.lo, stats.hi
+    return out
+
+
+def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
+    """Every calibrated tensor's min/max over `data` and, with `histograms`, its histogram over [-max|x|, max|x|]
+    (a second pass). Streamed in batches that fit the memory budget; the result does not depend on them."""
+    ranges = _pass(proto, data, batch, None)
+    return _pass(proto, data, batch, ranges) if histograms else ranges
 
 
 # ---- each method's ranges from the statistics ----------------------------------------------------------------
 
 
-def _coarse(stats: TensorStats, bins: int, folded: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(counts, edges): the fine histogram as `bins` bins over [-max|x|, max|x|] (of |x| over [0, max|x|] when
-    folded), each fine bin counted whole in the bin that holds its centre: counts stay integers, values of a fine bin
-    that straddles an edge land in one of the two bins beside it."""
-    assert stats.hist is not None
-    hist, n, top = stats.hist, stats.hist.size, stats.absmax
-    if folded:
-        counts, low = hist[n // 2 :] + hist[n // 2 - 1 :: -1], 0.0
-    else:
-        counts, low = hist, -stats.radius
-    width = (stats.radius - low) / counts.size
-    centres = low + (np.arange(counts.size) + 0.5) * width
-    first = 0.0 if folded else -top
-    index = np.clip(np.floor((centres - first) / ((top - first) / bins)), 0, bins - 1).astype(np.intp)
-    coarse = np.bincount(index, weights=counts.astype(np.float64), minlength=bins)
-    return np.rint(coarse).astype(np.int64), np.linspace(first, top, bins + 1)
-
-
 def percentile_range(stats: TensorStats, percentile: float) -> tuple[float, float]:
-    """onnxruntime's symmetric Percentile (HistogramCollector.compute_percentile) on the 2048-bin histogram of |x|:
-    t = the left edge of the bin where the CDF reaches `percentile`, clipped to the tensor's own min and max."""
-    if stats.absmax == 0.0:
+    """onnxruntime's symmetric Percentile (HistogramCollector.compute_percentile) on the 2048-bin histogram of |x|
+    over [0, max|x|]: t = the left edge of the bin where the CDF reaches `percentile`, clipped to the tensor's own
+    min and max. (onnxruntime's grid starts at min|x|, not 0: the same when a tensor's values come near 0.)"""
+    if stats.hist is None or stats.absmax == 0.0:
         return stats.lo, stats.hi
-    hist, edges = _coarse(stats, PERCENTILE_BINS, folded=True)
-    cdf = np.cumsum(hist / hist.sum())
-    t = float(edges[int(np.searchsorted(cdf, percentile / 100.0))])
+    half = stats.hist.size // 2
+    folded = stats.hist[half:] + stats.hist[half - 1 :: -1]
+    edges = np.linspace(0.0, stats.absmax, folded.size + 1, dtype=np.float32)
+    cdf = np.cumsum(folded / folded.sum())
+    t = float(edges[min(int(np.searchsorted(cdf, percentile / 100.0)), folded.size)])
     return max(-t, stats.lo), min(t, stats.hi)
 
 
 def entropy_range(stats: TensorStats) -> tuple[float, float]:
-    """onnxruntime's Entropy: the 2048-bin histogram over [-max|x|, max|x|] and the threshold of least KL divergence
-    to its 128-bin quantization (kl_threshold), clipped to the tensor's own min and max."""
-    if stats.absmax == 0.0:
+    """onnxruntime's Entropy (HistogramCollector.compute_entropy): the 2048-bin histogram over [-max|x|, max|x|]
+    and the threshold of least KL divergence to its 128-bin quantization, clipped to the tensor's min and max."""
+    if stats.hist is None or stats.absmax == 0.0:
         return stats.lo, stats.hi
-    hist, edges = _coarse(stats, ENTROPY_BINS)
+    hist = stats.hist.reshape(ENTROPY_BINS, -1).sum(axis=1)
+    edges = np.linspace(-stats.absmax, stats.absmax, ENTROPY_BINS + 1, dtype=np.float32)
     start, end = kl_threshold(hist, ENTROPY_QUANTIZED_BINS)
     return max(float(edges[start]), stats.lo), min(float(edges[end]), stats.hi)
 
@@ -302,13 +273,15 @@ def _data_key(proto_bytes: bytes, data: Dataset) -> str:
 
 
 def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key: str | None = None) -> Statistics:
-    """collect()'s result for this graph and these samples, memoized: a pass with histograms serves every method,
-    one without serves minmax."""
+    """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
+    (over the ranges the minmax pass found) once, when a method needs it; every method is read off them."""
     key = key or _data_key(proto.SerializeToString(deterministic=True), data)
     have = _STATS.get(key)
-    if have is None or (histograms and not have.histograms):
-        _STATS[key] = collect(proto, data, histograms, batch)
-    return _STATS[key]
+    if have is None:
+        have = _STATS[key] = _pass(proto, data, batch, None)
+    if histograms and not have.histograms:
+        have = _STATS[key] = _pass(proto, data, batch, have)
+    return have
 
 
 def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: float, key: str, work: Path) -> str:

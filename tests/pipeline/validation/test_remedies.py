@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import onnx
@@ -115,6 +116,24 @@ def test_remedies_off_is_one_trial(tmp_path: Path):
     assert art["gate"]["status"] == "fail" and "remedies" not in art["details"] and result.exit_code == 3
     assert [p["name"] for p in art["passes"]][-1] != "remedies"
     assert load_config(hostile_config(False)).quantize.remedies == "off"  # YAML's bare `off` reads as false
+
+
+def test_max_seconds_zero_runs_only_the_trial_as_configured_and_says_so(tmp_path: Path):
+    result = build(hostile_config({"max_seconds": 0}), out=tmp_path / "out", quiet=True)
+    art = _int8(result)
+    remedies = art["details"]["remedies"]
+    assert [t["trial"] for t in remedies["trial_log"]] == [1] and remedies["chosen_trial"] == 1
+    assert "quantize.remedies.max_seconds=0 s reached after 1 trial(s)" in remedies["stopped"]
+    assert art["gate"]["status"] == "fail" and "remedies stopped: " in art["gate"]["reason"] and result.exit_code == 3
+
+
+def test_the_time_budget_stops_before_a_trial_not_in_one():
+    from deployc.core.config import RemediesSpec
+    from deployc.validation.remedies import _out_of_time
+
+    assert _out_of_time(RemediesSpec(), 0.0, []) is None  # no budget: never out of time
+    assert _out_of_time(RemediesSpec(max_seconds=3600), time.perf_counter(), []) is None
+    assert "after 2 trial(s)" in (_out_of_time(RemediesSpec(max_seconds=5), time.perf_counter() - 10, [1, 2]) or "")
 
 
 def test_none_passing_ships_the_closest_with_gate_fail(tmp_path: Path):
