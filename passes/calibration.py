@@ -34,7 +34,7 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 HIST_BINS = 2 * ENTROPY_BINS
 _BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
 _SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
-_MEMO: dict[str, tuple[frozenset[str], str]] = {}  # key -> (tensors the calibrated graph computes, cache JSON)
+_MEMO: dict[str, str] = {}  # graph + samples + method -> cache JSON
 _STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured
 
 
@@ -305,11 +305,11 @@ def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: f
     return cache.read_text()
 
 
-def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> tuple:
+def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> str:
     data_key = _data_key(proto.SerializeToString(deterministic=True), data)
     key = f"{data_key}:{method}:{percentile if method == 'percentile' else ''}"  # ranges do not depend on batching
     if key not in _MEMO:
-        _MEMO[key] = (_computed(proto), _calibrate(proto, data, method, batch, percentile, data_key, work))
+        _MEMO[key] = _calibrate(proto, data, method, batch, percentile, data_key, work)
     return _MEMO[key]
 
 
@@ -319,9 +319,8 @@ def calibration_cache(
     """Path of a quantize_static calibration cache (in `work`) with the ranges of `graph`'s tensors: the root's
     when `graph` computes nothing the root does not, else `graph`'s own. Memoized per process; `batch`: the most
     samples a calibration batch holds (fewer when the memory budget says so; the ranges are the same)."""
-    computed, text = _ranges(root, data, method, batch, percentile, work)
-    if not _computed(graph) <= computed:
-        computed, text = _ranges(graph, data, method, batch, percentile, work)
+    shared = _computed(graph) <= _computed(root)  # else the root's ranges would not serve: calibrate graph alone
+    text = _ranges(root if shared else graph, data, method, batch, percentile, work)
     cache = work / f"ranges-{method}.json"
     cache.write_text(text)
     return str(cache)
