@@ -35,7 +35,8 @@ HIST_BINS = 2 * ENTROPY_BINS
 _BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
 _SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
 _MEMO: dict[str, str] = {}  # graph + samples + method -> cache JSON
-_STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured
+_STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured (the last few)
+_STATS_KEPT = 8
 
 
 def _computed(proto: Any) -> frozenset[str]:
@@ -276,11 +277,12 @@ def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key
     """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
     (over the ranges the minmax pass found) once, when a method needs it; every method is read off them."""
     key = key or _data_key(proto.SerializeToString(deterministic=True), data)
-    have = _STATS.get(key)
-    if have is None:
-        have = _STATS[key] = _pass(proto, data, batch, None)
+    have = _STATS.pop(key, None) or _pass(proto, data, batch, None)
     if histograms and not have.histograms:
-        have = _STATS[key] = _pass(proto, data, batch, have)
+        have = _pass(proto, data, batch, have)
+    while len(_STATS) >= _STATS_KEPT:
+        _STATS.pop(next(iter(_STATS)))
+    _STATS[key] = have  # most recently used last
     return have
 
 

