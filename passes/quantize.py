@@ -175,11 +175,25 @@ def quantize_int8_selected(
         return Int8Result(onnx.load(str(out)), selection, smoothing, concats)
 
 
+_SMOOTHED: dict[str, tuple[Any, Smoothing]] = {}  # graph + samples + alpha -> smoothed graph (the last two)
+
+
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
-    """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None."""
+    """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None; memoized:
+    the remedy trials after a smoothing trial (fallback) smooth the same graph on the same samples."""
+    import hashlib
+
     if spec.smoothing is None:
         return proto, None
-    return smooth(proto, samples, spec.smoothing)
+    digest = hashlib.sha256(proto.SerializeToString(deterministic=True) + repr(spec.smoothing).encode())
+    for name in sorted(samples.inputs):
+        digest.update(name.encode() + samples.inputs[name].tobytes())
+    key = digest.hexdigest()
+    if key not in _SMOOTHED:
+        while len(_SMOOTHED) >= 2:
+            _SMOOTHED.pop(next(iter(_SMOOTHED)))
+        _SMOOTHED[key] = smooth(proto, samples, spec.smoothing)
+    return _SMOOTHED[key]
 
 
 def _selected(
