@@ -112,11 +112,40 @@ class _Binner:
             hist += np.bincount(index, minlength=n)
 
 
-def _pass(proto: Any, data: Dataset, batch: int, ranges: Statistics | None) -> Statistics:
-    """One streaming pass over `data` (batches of at most `batch` samples, fewer when the memory budget says so):
-    min/max of every calibrated tensor, or, given `ranges` (a minmax pass's), histograms over their ranges."""
-    names = calibrated_tensors(proto) if ranges is None else [n for n, s in ranges.tensors.items() if s.absmax > 0]
-    out = Statistics({n: TensorStats() for n in names}, histograms=ranges is not None)
+def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
+    """onnxruntime's MinMax calibrator (ReduceMin/ReduceMax inside the graph, so no activation leaves the run) over
+    `data` in batches of at most `batch` samples that fit the memory budget (a batch holds what inference holds)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    from deployc.core.ort import CalibrationReader
+
+    size = batch_size(per_sample_bytes(proto, [], data), data, "calibration", batch)
+    with tempfile.TemporaryDirectory(prefix="deployc-calibrate-") as work:
+        onnx.save(proto, f"{work}/model.onnx")
+        calibrator = create_calibrator(
+            f"{work}/model.onnx",
+            sorted({n.op_type for n in proto.graph.node}),
+            augmented_model_path=f"{work}/augmented.onnx",
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        calibrator.collect_data(CalibrationReader(data, size))
+        found = calibrator.compute_data()
+    out = Statistics()
+    for name, td in found.data.items():
+        low, high = td.range_value
+        out.tensors[name] = TensorStats(float(np.min(low)), float(np.max(high)))
+    return out
+
+
+def _histogram_pass(proto: Any, data: Dataset, batch: int, ranges: Statistics) -> Statistics:
+    """Each tensor's HIST_BINS histogram over [-max|x|, max|x|] (its range from `ranges`), streamed: batches of at
+    most `batch` samples that fit the memory budget with every calibrated tensor of a batch held at once."""
+    names = [n for n, s in ranges.tensors.items() if 0 < s.absmax < math.inf]
+    out = Statistics({n: TensorStats(s.lo, s.hi) for n, s in ranges.tensors.items()}, histograms=True)
     binner = _Binner()
     size = batch_size(per_sample_bytes(proto, names, data), data, "calibration", batch)
     for values in streamed(proto, names, data, "calibration", size):
@@ -124,24 +153,17 @@ def _pass(proto: Any, data: Dataset, batch: int, ranges: Statistics | None) -> S
             finite, stats = _finite(value), out.tensors[name]
             if finite.size == 0:
                 continue
-            if ranges is None:
-                stats.lo, stats.hi = min(stats.lo, float(finite.min())), max(stats.hi, float(finite.max()))
-                continue
             if stats.hist is None:
                 stats.hist = np.zeros(HIST_BINS, np.int64)
-            binner.add(stats.hist, finite, ranges.tensors[name].absmax)
-    if ranges is not None:
-        for name, stats in ranges.tensors.items():
-            out.tensors.setdefault(name, TensorStats())
-            out.tensors[name].lo, out.tensors[name].hi = stats.lo, stats.hi
+            binner.add(stats.hist, finite, stats.absmax)
     return out
 
 
 def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
     """Every calibrated tensor's min/max over `data` and, with `histograms`, its histogram over [-max|x|, max|x|]
     (a second pass). Streamed in batches that fit the memory budget; the result does not depend on them."""
-    ranges = _pass(proto, data, batch, None)
-    return _pass(proto, data, batch, ranges) if histograms else ranges
+    ranges = _minmax_pass(proto, data, batch)
+    return _histogram_pass(proto, data, batch, ranges) if histograms else ranges
 
 
 # ---- each method's ranges from the statistics ----------------------------------------------------------------
@@ -277,9 +299,9 @@ def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key
     """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
     (over the ranges the minmax pass found) once, when a method needs it; every method is read off them."""
     key = key or _data_key(proto.SerializeToString(deterministic=True), data)
-    have = _STATS.pop(key, None) or _pass(proto, data, batch, None)
+    have = _STATS.pop(key, None) or _minmax_pass(proto, data, batch)
     if histograms and not have.histograms:
-        have = _pass(proto, data, batch, have)
+        have = _histogram_pass(proto, data, batch, have)
     while len(_STATS) >= _STATS_KEPT:
         _STATS.pop(next(iter(_STATS)))
     _STATS[key] = have  # most recently used last

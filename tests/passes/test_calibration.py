@@ -132,7 +132,7 @@ def test_a_budget_of_three_samples_calibrates_three_at_a_time_with_the_same_rang
         assert batch_size(per_sample, calib, "calibration") == 3
         _stats_equal(calibration.collect(digits_proto, calib, True), whole)
     with memory.applied(memory.Budget(per_sample - 1, "test")), pytest.raises(memory.MemoryBudgetExceeded) as err:
-        calibration.collect(digits_proto, calib, False)
+        calibration.collect(digits_proto, calib.take(30), True)
     assert "calibration needs" in str(err.value) and "one sample" in str(err.value)
 
 
@@ -197,9 +197,10 @@ def test_the_vectorised_kl_search_picks_onnxruntimes_threshold():
 
 def test_histogram_methods_share_one_pass_after_minmax(digits_proto, calib, tmp_path, monkeypatch):
     passes = []
-    real = calibration._pass
-    monkeypatch.setattr(calibration, "_pass", lambda *a: passes.append(a[3] is not None) or real(*a))
+    minmax, histogram = calibration._minmax_pass, calibration._histogram_pass
+    monkeypatch.setattr(calibration, "_minmax_pass", lambda *a: passes.append("minmax") or minmax(*a))
+    monkeypatch.setattr(calibration, "_histogram_pass", lambda *a: passes.append("histogram") or histogram(*a))
     data = calib.take(31)  # samples no other test calibrates on: nothing memoized
     for method in ("minmax", "percentile", "entropy"):
         calibration.calibration_cache(digits_proto, digits_proto, data, method, 16, 99.99, tmp_path)
-    assert passes == [False, True]  # one minmax pass, one histogram pass for percentile and entropy
+    assert passes == ["minmax", "histogram"]  # one minmax pass, one histogram pass for percentile and entropy
