@@ -176,7 +176,7 @@ def calibrations(args: argparse.Namespace, cache: Path) -> list[dict]:
     script.write_text(CALIBRATE)
     rows = []
     for method in ("minmax", "percentile", "entropy"):
-        for mode in ("after", "onnxruntime"):
+        for mode in args.calibration_code.split(","):
             cmd = [sys.executable, str(script), method, str(onnx_path), str(args.out / model.name / "data.npz"), mode]
             row = {
                 "method": method,
@@ -200,12 +200,15 @@ def main() -> int:
         "--before-cap", type=int, default=7 * 2**30, help="address-space cap of a --before build, bytes"
     )
     parser.add_argument("--calibration", action="store_true", help="time each calibration method instead of builds")
+    parser.add_argument("--calibration-code", default="after,onnxruntime", help="whose calibration: after, onnxruntime")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = fetch.cache_dir(args.cache)
     rows = calibrations(args, cache) if args.calibration else builds(args, cache)
-    result = args.out / ("calibration.json" if args.calibration else "builds.json")
+    result = args.out / (
+        f"calibration-{args.calibration_code.replace(',', '-')}.json" if args.calibration else "builds.json"
+    )
     machine = {
         "cpu_flags": sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512_vnni", "avx_vnni"})
     }
