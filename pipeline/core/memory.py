@@ -206,7 +206,10 @@ def _shapes(proto: Any, feeds: dict[str, np.ndarray]) -> dict[str, int]:
     sizes = _sized(inferred)
     produced = {o for n in model.graph.node for o in n.output if o}
     if not produced <= set(sizes):
-        with contextlib.suppress(Exception):  # symbolic inference knows onnxruntime's contrib ops
+        import tempfile
+
+        # symbolic inference knows onnxruntime's contrib ops; it saves temp files into the CWD when it gives up
+        with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
             sizes = {**_sized(SymbolicShapeInference.infer_shapes(model, auto_merge=True)), **sizes}
