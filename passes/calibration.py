@@ -114,7 +114,7 @@ class _Binner:
 
 def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
     """onnxruntime's MinMax calibrator (ReduceMin/ReduceMax inside the graph, so no activation leaves the run) over
-    `data` in batches of at most `batch` samples that fit the memory budget (a batch holds what inference holds)."""
+    `data` in batches of at most `batch` samples that fit the memory budget."""
     import tempfile
 
     import onnx
@@ -123,7 +123,8 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
 
     from deployc.core.ort import CalibrationReader
 
-    size = batch_size(per_sample_bytes(proto, [], data), data, "calibration", batch)
+    # its reductions run after the graph's own nodes, so a batch holds every calibrated tensor, as when exposed
+    size = batch_size(per_sample_bytes(proto, calibrated_tensors(proto), data), data, "calibration", batch)
     with tempfile.TemporaryDirectory(prefix="deployc-calibrate-") as work:
         onnx.save(proto, f"{work}/model.onnx")
         calibrator = create_calibrator(
