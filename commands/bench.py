@@ -3,7 +3,14 @@ otherwise ship (see bench_baselines.py), in one process. Each candidate is opene
 set (metric, peak memory); then all of them are timed together in interleaved rounds after warm-up (batch-1
 latency, then throughput at a larger batch), so load on a shared machine hits every candidate alike. Rows
 give medians with their spread (IQR); ratios to torch eager are taken within each round; a row whose spread
-is large is marked unstable, and the table states the load average before and after."""
+is large is marked unstable, and the table states the load average before and after.
+
+A BUILD_DIR is data (commands/build_dir.py): its manifest is checked, its artifacts must be regular files inside it
+with the hashes it records, and the model, data and metric come from its stored config only when that names no
+Python code; otherwise from the config the user names with --config. bench.json, bench.md and report.html (the
+build's report with the bench table) are written through the I/O boundary into BENCH_DIR/ of the build folder (or
+of --out): a subfolder the out dir's marker lists, so the build itself stays up to date and no user file is
+replaced."""
 
 from __future__ import annotations
 
@@ -18,7 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deployc.cli import count, in_range
 from deployc.errors import UsageError
+
+BENCH_DIR = "bench"
+MAX_BATCH = 65_536
+MAX_RUNS = 1_000_000
 
 
 class PeakRss:
@@ -157,18 +169,18 @@ def bench_table(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve(
-    target_path: Path, out: Path | None, config_dir: Path | None, quiet: bool, cache: bool
+    target_path: Path, out: Path | None, config: Path | None, quiet: bool, cache: bool
 ) -> tuple[dict, Path, Any]:
-    """(manifest, build dir, BuildConfig with paths resolving like the original) for a CONFIG or a BUILD_DIR."""
-    from deployc.core.config import load_config
+    """(manifest, build dir, BuildConfig) for a CONFIG (built first) or a BUILD_DIR (read as data)."""
+    from deployc.commands.build_dir import checked_artifacts, config_for, read_manifest
 
     if target_path.is_dir():
-        mpath = target_path / "manifest.json"
-        if not mpath.is_file():
-            raise UsageError(f"{target_path}: no manifest.json (not a finished deployc build folder)")
-        manifest = json.loads(mpath.read_text())
-        base = config_dir or Path(manifest.get("config_dir") or Path.cwd())
-        return manifest, target_path, load_config(manifest["config"], base_dir=Path(base))
+        manifest = read_manifest(target_path)
+        checked_artifacts(target_path, manifest)
+        return manifest, target_path, config_for(target_path, manifest, config, model=True)
+    if config is not None:
+        raise UsageError(f"--config: goes with a BUILD_DIR; '{target_path}' is itself the config to build and bench")
+    from deployc.core.config import load_config
     from deployc.driver.build import build
 
     result = build(target_path, out=out, quiet=quiet, cache=cache)
@@ -181,13 +193,14 @@ def run_bench(
     batch: int = 32,
     runs: int = 100,
     baselines: bool = True,
-    config_dir: str | Path | None = None,
+    config: str | Path | None = None,
     quiet: bool = False,
     min_seconds: float = 1.0,
     cache: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark a build (BUILD_DIR) or build a CONFIG first; writes bench.json + bench.md to `out`
-    (default: the build folder) and returns the result dict (rows, ratios, the table)."""
+    """Benchmark a build (BUILD_DIR, with `config` naming its config when the stored one names code) or build a
+    CONFIG first; writes bench.json, bench.md and report.html into BENCH_DIR/ of `out` (default: the build folder)
+    and returns the result dict (rows, ratios, the table)."""
     import numpy as np
 
     from deployc.commands.bench_baselines import artifact_candidates, baseline_candidates
@@ -197,13 +210,17 @@ def run_bench(
     from deployc.data.reference import compute_reference
     from deployc.data.sources import calibration_source, load_dataset
 
+    in_range("batch", batch, 1, MAX_BATCH)
+    in_range("runs", runs, 1, MAX_RUNS)
+    in_range("min_seconds", min_seconds, 1e-3, 3600)
     log = Instruments(quiet=quiet).log
     target_path = Path(target_path)
     if not target_path.exists():
         raise UsageError(f"{target_path}: no such config file or build folder")
-    manifest, build_dir, config = _resolve(
-        target_path, Path(out) if out else None, Path(config_dir) if config_dir else None, quiet, cache
-    )
+    dest = Path(out) if out else None
+    if target_path.is_dir():
+        _check_dest(dest or target_path)  # before any work: a folder deployc may write its bench/ into
+    manifest, build_dir, config = _resolve(target_path, dest, Path(config) if config else None, quiet, cache)
     state = load_model(config)
     validation = load_dataset(config.data.validation, config, state.inputs, "validation")
     calib_src = calibration_source(config)
@@ -248,21 +265,48 @@ def run_bench(
         "rows": rows,
     }
     result["table"] = bench_table(result)
-    _write(result, Path(out) if out else build_dir, manifest)
+    _write(result, dest or build_dir, manifest, build_dir)
     return result
 
 
-def _write(result: dict[str, Any], out_dir: Path, manifest: dict[str, Any]) -> None:
-    from deployc.outputs.report import markdown_table
-    from deployc.outputs.report_html import write_html_report
-    from deployc.storage.files import write_json_atomic
+def _check_dest(dest: Path) -> None:
+    """dest must be a folder deployc may write into, and its BENCH_DIR/ hold only files deployc wrote there."""
+    from deployc.storage.outdir import check_out_dir, read_marker
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "bench.json", result)
+    check_out_dir(dest, subdirs=(BENCH_DIR,))
+    folder = dest / BENCH_DIR
+    if folder.is_dir():
+        owned = set((read_marker(dest) or {"files": []})["files"])
+        foreign = sorted(p for p in folder.rglob("*") if not p.is_dir() and p.relative_to(dest).as_posix() not in owned)
+        if foreign:
+            raise UsageError(f"--out: '{foreign[0]}' was not written by deployc; it is never replaced")
+
+
+def _write(result: dict[str, Any], dest: Path, manifest: dict[str, Any], build_dir: Path) -> None:
+    """bench.json, bench.md and report.html (the build's report with the bench table) into dest/BENCH_DIR/, staged
+    and published through the out dir's handle (storage/outdir.py): never through a link, never over a user's file,
+    and nothing of the build itself is touched."""
+    from deployc.errors import first_line
+    from deployc.outputs.report import markdown_table, report_view
+    from deployc.outputs.report_html import render_html
+    from deployc.storage.files import read_json, write_json_atomic, write_text_atomic
+    from deployc.storage.outdir import OutDir
+
+    _check_dest(dest)
     t = result["table"]
-    (out_dir / "bench.md").write_text(f"## {t['title']}\n\n{markdown_table(t['header'], t['rows'])}\n")
-    if (out_dir / "manifest.json").is_file():
-        write_html_report(manifest, out_dir, extra_tables=[t])  # the report shows the bench beside the build
+    timings_path = build_dir / "timings.json"
+    try:
+        timings = read_json(timings_path, str(timings_path)) if timings_path.is_file() else {}
+        html = render_html(report_view(manifest, timings if isinstance(timings, dict) else {}), [t])
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError) as exc:
+        raise UsageError(f"{build_dir / 'manifest.json'}: cannot render its report ({first_line(exc)})") from None
+    with OutDir(dest) as outdir:
+        stage = outdir.staging / BENCH_DIR
+        stage.mkdir()
+        write_json_atomic(stage / "bench.json", result)
+        write_text_atomic(stage / "bench.md", f"## {t['title']}\n\n{markdown_table(t['header'], t['rows'])}\n")
+        write_text_atomic(stage / "report.html", html)
+        outdir.publish(only=BENCH_DIR)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -272,7 +316,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         runs=args.runs,
         baselines=not args.no_baselines,
-        config_dir=args.config_dir,
+        config=args.config,
         quiet=args.quiet or args.json,
         cache=not getattr(args, "no_cache", False),
     )
@@ -300,16 +344,24 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
         help="benchmark a build's artifacts against eager/ORT/quantize_static/litert baselines",
     )
     p.add_argument("target", type=Path, help="a config file (built first) or a finished build folder")
-    p.add_argument("--out", type=Path, help="where bench.json/bench.md go (default: the build folder)")
-    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput run (default 32)")
     p.add_argument(
-        "--runs", type=int, default=100, help="timed batch-1 runs per candidate, spread over rounds (default 100)"
+        "--out",
+        type=Path,
+        help=f"folder whose {BENCH_DIR}/ gets bench.json, bench.md, report.html (default: the build's)",
+    )
+    p.add_argument("--batch", type=count(MAX_BATCH), default=32, help="batch size of the throughput run (default 32)")
+    p.add_argument(
+        "--runs",
+        type=count(MAX_RUNS),
+        default=100,
+        help="timed batch-1 runs per candidate, spread over rounds (default 100)",
     )
     p.add_argument("--no-baselines", action="store_true", help="time the artifacts only")
     p.add_argument(
-        "--config-dir",
+        "--config",
         type=Path,
-        help="folder the build's config paths are relative to (default: manifest config_dir, else the current folder)",
+        help="with a BUILD_DIR: the build's config (needed when its stored config names Python code: a build folder "
+        "is data, deployc never runs code it names)",
     )
     p.set_defaults(func=_cmd_bench)
     return p

@@ -64,19 +64,25 @@ def mobilenetv3() -> DigitsMobileNetV3:
 
 
 def _cached(name: str, make: Callable[[], nn.Module]) -> nn.Module:
-    from safetensors.torch import load_file, save_file
+    """Read and written through the I/O boundary: a cached file that is not a regular file, or is damaged, is
+    retrained over (atomically, never through a link planted there)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load, save
+
+    from deployc.errors import UsageError
+    from deployc.storage.files import read_bytes, write_bytes_atomic
 
     path = cache_dir() / f"{name}-{_cache_key()}.safetensors"
     model = make()
-    if path.is_file():
-        model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(load(read_bytes(path, "demo model cache", 64 << 20)))
         return model.eval()
+    except (UsageError, OSError, SafetensorError, RuntimeError, ValueError, KeyError):
+        pass  # missing, not a regular file, damaged, or another model's: train it again
     print(f"training {name} on digits (once; cached in {path.parent})", file=sys.stderr)
     model = train(make=make)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     return model
 
 

@@ -103,10 +103,11 @@ def _cmd_validate_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from deployc.compiler.pass_cache import PassCache
+    from deployc.compiler.pass_cache import DEFAULT_MAX_BYTES, PassCache
 
     cache = PassCache()
-    result = cache.prune(_parse_size(args.max_size)) if args.action == "prune" else cache.info()
+    limit = DEFAULT_MAX_BYTES if args.max_size is None else _parse_size(args.max_size)
+    result = cache.prune(limit) if args.action == "prune" else cache.info()
     if args.action == "prune":
         result = {**cache.info(), "removed": result["removed"]}
     if args.json:
@@ -133,6 +134,29 @@ def _parse_size(text: str) -> int:
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"--max-size: '{text}' must be a finite size of 0 or more, like 500MB or 2G")
     return int(value)
+
+
+def count(maximum: int, minimum: int = 1) -> Any:
+    """An argparse type for a numeric option: a whole number in minimum..maximum, else exit 2 naming the option
+    (argparse's own 'argument --runs: ...' error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number ({minimum}..{maximum})") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is outside {minimum}..{maximum}")
+        return value
+
+    return parse
+
+
+def in_range(option: str, value: Any, minimum: float, maximum: float) -> None:
+    """The Python API's check of a numeric option (the CLI's `count` does it while parsing): exit 2 naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not minimum <= value <= maximum:
+        raise UsageError(f"{option}: {value!r} is outside {minimum:g}..{maximum:g}")
 
 
 BUILTIN_COMMANDS = ("build", "cache", "validate-config")
@@ -175,7 +199,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_build)
     c = sub.add_parser("cache", parents=[common], help="show or prune the pass cache ($DEPLOYC_CACHE_DIR/passes)")
     c.add_argument("action", choices=["info", "prune"])
-    c.add_argument("--max-size", default="1GB", help="prune: keep the most recently used entries up to this size")
+    c.add_argument(
+        "--max-size",
+        help="prune: keep the most recently used entries up to this size (default 1GB, the size every build keeps)",
+    )
     c.set_defaults(func=_cmd_cache)
     for add_parser in _plugin_commands(argv).values():  # bench, explain, demo and any plugin's commands
         add_parser(sub, parents=[common])

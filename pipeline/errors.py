@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def first_line(exc: BaseException) -> str:
     """'TypeName: first line of the message', short enough for one line of a report."""
@@ -66,14 +64,3 @@ class GateFailed(DeploycError):
     """Artifacts were built but at least one failed its validation gate (exit 3)."""
 
     exit_code = 3
-
-
-def regular_file(path: Path, key: str, what: str = "file") -> Path:
-    """`path` when it is a regular file (links followed); else a UsageError naming `key`. A FIFO or a device would
-    block a read forever (or never end), a folder is a typo: none is opened."""
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise UsageError(f"{key}: {what} '{path}' not found")
-    kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
-    raise UsageError(f"{key}: '{path}' is {kind}; give a {what} path")

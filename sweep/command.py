@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deployc.cli import count, in_range
 from deployc.compiler.instruments import Instruments
 from deployc.errors import UsageError
 from deployc.storage.files import write_json_atomic
@@ -27,9 +28,19 @@ from deployc.sweep.results import (
     variant_entry,
     verified_build,
 )
-from deployc.sweep.runner import Outcome, RayExecutor, executor_info, start_ray
+from deployc.sweep.runner import (
+    Outcome,
+    RayExecutor,
+    check_cluster,
+    check_local_cpus,
+    executor_info,
+    refuse_planted,
+    start_ray,
+)
 from deployc.sweep.search import FixedSearch, make_search
 from deployc.sweep.spec import load_sweep
+
+MAX_PARALLEL = 4096
 
 
 def run_sweep(
@@ -41,22 +52,27 @@ def run_sweep(
     cache: bool = True,
     quiet: bool = False,
     ray_temp_dir: str | Path | None = None,
+    debug: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep; returns what DIR/sweep.json holds. Raises UsageError (nothing built) on a bad sweep file."""
     t0 = time.perf_counter()
     sweep = load_sweep(sweep_path)
-    if max_parallel is not None and max_parallel < 1:
-        raise UsageError(f"--max-parallel: {max_parallel}; give 1 or more")
+    if max_parallel is not None:
+        in_range("--max-parallel", max_parallel, 1, MAX_PARALLEL)
     search = make_search(sweep)
-    # every config the search may build is checked (milliseconds each) before Ray starts: a bad one is exit 2
+    # every config the search may build is checked (milliseconds each) before Ray starts: a bad one is exit 2.
+    # tpe proposes from a space that may be far larger: each vary value is checked once instead
     if search.adaptive:
-        variants = [sweep.variant(sweep.combination(i)) for i in range(sweep.size)]
+        variants = sweep.one_value_each()
     else:
         variants = search.ask(sys.maxsize)
         search = FixedSearch(variants)
     checked = {v.id: check_variant(sweep, v) for v in variants}
     out = Path(out).resolve()
     check_out_dir(out)  # a new or empty folder, or one deployc wrote (an earlier sweep)
+    for v in [] if search.adaptive else variants:
+        refuse_planted(out / v.id)
+    check_local_cpus(address, sweep.config.resources, sweep.path)
     if (out / "manifest.json").exists():
         raise UsageError(f"--out: '{out}' holds a deployc build; a sweep writes one build per variant below it")
     marker = read_marker(out) if out.exists() else None
@@ -65,9 +81,11 @@ def run_sweep(
     total = min(sweep.config.search.trials or sweep.size, sweep.size) if search.adaptive else len(variants)
     instruments = Instruments(quiet=quiet)
     entries: dict[str, dict[str, Any]] = {}
-    with OutDir(out) as outdir:  # one sweep at a time in DIR; its summary files are staged and moved in last
-        started = start_ray(address, ray_temp_dir)
+    with OutDir(out) as outdir, instruments.third_party_quiet(enabled=not debug):  # Ray's output captured too
+        started = False
         try:
+            started = start_ray(address, ray_temp_dir)
+            check_cluster(sweep.config.resources, sweep.path)  # a task no node can hold would wait forever
             executor = executor_info(address)
             instruments.log(
                 f"sweep: {total} variants of {sweep.base_path.name} on Ray {executor['version']} "
@@ -87,7 +105,7 @@ def run_sweep(
 
                 runner.run(
                     search,
-                    lambda v: checked[v.id],
+                    lambda v: checked.get(v.id) or check_variant(sweep, v),
                     lambda p: verified_build(out / p.variant.id, p) if resume else None,
                     on_done,
                 )
@@ -153,6 +171,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         resume=args.resume,
         cache=not args.no_cache,
         quiet=args.quiet or args.json,
+        debug=args.debug,
     )
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -177,7 +196,11 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
     p.add_argument("sweep", type=Path, help="SWEEP.yaml: base config, vary, search, objective")
     p.add_argument("--out", type=Path, required=True, help="folder: one build per variant, sweep.json, report.html")
     p.add_argument("--address", help="a running Ray cluster (ray start --head prints it); default: a local Ray")
-    p.add_argument("--max-parallel", type=int, help="builds running at once (default: as many as Ray has CPUs for)")
+    p.add_argument(
+        "--max-parallel",
+        type=count(MAX_PARALLEL),
+        help="builds running at once (default: as many as Ray has CPUs for)",
+    )
     p.add_argument("--resume", action="store_true", help="skip variants whose build in DIR verifies against its hashes")
     p.set_defaults(func=_cmd_sweep)
     return p

@@ -12,6 +12,7 @@ from deployc.driver.build import check
 from deployc.driver.uptodate import build_key, stale_reason
 from deployc.errors import DeploycError, UsageError
 from deployc.outputs.report_html import pareto_front
+from deployc.storage.files import read_json
 from deployc.sweep.plan import Planned
 from deployc.sweep.runner import Outcome
 from deployc.sweep.spec import ObjectiveConfig, Sweep, Variant
@@ -32,12 +33,12 @@ def check_variant(sweep: Sweep, variant: Variant) -> Planned:
 def verified_build(out: Path, planned: Planned) -> Outcome | None:
     """--resume: the finished build in `out` when `deployc build` would call it up to date (same build key: config,
     input files, code and library versions; every artifact and report matching its recorded hash), else None."""
-    if stale_reason(out, build_key(planned.config)) is not None:
-        return None
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
-        timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
-    except (OSError, ValueError):
+        if out.is_symlink() or stale_reason(out, build_key(planned.config)) is not None:
+            return None
+        manifest = read_json(out / "manifest.json", "manifest")
+        timings = read_json(out / "timings.json", "timings") if (out / "timings.json").is_file() else {}
+    except (OSError, ValueError, UsageError):  # a damaged or tampered folder is rebuilt (its out-dir rules apply)
         return None
     return Outcome(0 if manifest.get("status") == "passed" else 3, manifest=manifest, timings=timings, resumed=True)
 

@@ -52,6 +52,51 @@ def start_ray(address: str | None, temp_dir: str | Path | None = None, num_cpus:
     return True
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; what an embedded Ray gets at most)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_local_cpus(address: str | None, resources: Any, where: Path) -> None:
+    """Before an embedded Ray starts: a build asking for more CPUs than this machine has would never be scheduled
+    (Ray waits forever for a node that fits it)."""
+    if not address and resources.num_cpus > available_cpus():
+        raise UsageError(
+            f"{where}: resources.num_cpus: {resources.num_cpus}, but this machine has {available_cpus()} CPUs; "
+            "no build could ever start (give at most that, or --address a cluster with larger nodes)"
+        )
+
+
+def check_cluster(resources: Any, where: Path) -> None:
+    """After Ray starts: some live node must hold one build's CPUs, GPUs and memory, else Ray waits forever."""
+    import ray
+
+    need = {"CPU": resources.num_cpus, "GPU": resources.num_gpus, "memory": resources.memory or 0}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    most = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
+    short = next(k for k, v in need.items() if v and most[k] < v)
+    names = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+    raise UsageError(
+        f"{where}: resources.{names[short]}: {need[short]:g}, but the largest Ray node has {most[short]:g}; no build "
+        "could ever start"
+    )
+
+
+def refuse_planted(folder: Path) -> None:
+    """A variant's folder must be a real folder or absent: a link planted there is never built through."""
+    if folder.is_symlink():
+        raise UsageError(
+            f"--out: '{folder}' is a symbolic link; a variant is never built into a link's target. Remove it"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out: '{folder}' is a file where the variant's build folder goes")
+
+
 def _check_reachable(address: str) -> None:
     """ray.init retries an address nobody listens on for minutes, logging each try: refuse it in seconds instead."""
     if address == "auto":
@@ -118,6 +163,7 @@ def variant_task(raw: dict, base_dir: str, out: str, prefix: list, cache: bool, 
 
     _worker_setup(threads)
     try:
+        refuse_planted(Path(out))
         start = ray.get(prefix[1]) if prefix else None
         result = build(load_config(raw, Path(base_dir)), out=out, quiet=True, cache=cache, start=start)
     except DeploycError as exc:

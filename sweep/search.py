@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from deployc.sweep.spec import Sweep, Variant
+from deployc.errors import UsageError
+from deployc.sweep.spec import MAX_VARIANTS, Sweep, Variant
 
 
 class Search(Protocol):
@@ -88,7 +89,15 @@ class TpeSearch:
 
 
 def make_search(sweep: Sweep) -> Search:
+    """The search a sweep file asks for; a space past MAX_VARIANTS is refused unless `trials` bounds it (no
+    combination is listed to find out: sweep.size is a product of list lengths)."""
     cfg = sweep.config.search
+    if sweep.size > MAX_VARIANTS and (cfg.method == "grid" or cfg.trials is None):
+        hint = "use search: {method: random or tpe, trials: N}" if cfg.method == "grid" else "set search.trials"
+        raise UsageError(
+            f"{sweep.path}: vary makes {sweep.size:,} combinations; a sweep builds at most {MAX_VARIANTS:,} "
+            f"variants: narrow vary, or {hint}"
+        )
     if cfg.method == "tpe":
         return TpeSearch(sweep, cfg.trials or sweep.size, cfg.seed)
     if cfg.method == "random":

@@ -8,6 +8,9 @@
     objective: {minimize: latency_ms, artifact: onnx/int8, subject_to: all_gates}
 
 Each combination of values is a variant: the base config with those keys replaced, built like any config.
+Both files are read with build's strict YAML loader (duplicate keys, tags, size, nesting, aliases). A sweep builds
+at most MAX_VARIANTS variants: a grid with more combinations is refused before Ray starts, and random/tpe need
+`trials` (at most MAX_VARIANTS) when the space is larger; combinations are computed one at a time, never listed.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from deployc.core.config import StrictModel, format_validation_error
+from deployc.core.config import StrictModel, format_validation_error, parse_yaml
 from deployc.errors import UsageError
+from deployc.storage.files import relative_path
+
+MAX_VARIANTS = 1000  # builds one sweep runs; each takes seconds to minutes, so more is a typo or a bomb
 
 
 class SearchConfig(StrictModel):
     method: Literal["grid", "random", "tpe"] = "grid"
-    trials: int | None = Field(None, gt=0, description="random/tpe: variants to build (default: every combination)")
+    trials: int | None = Field(
+        None, gt=0, le=MAX_VARIANTS, description="random/tpe: variants to build (default: every combination)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -56,9 +63,9 @@ class ObjectiveConfig(StrictModel):
 class ResourcesConfig(StrictModel):
     """What Ray reserves for each build; a build's torch runs with num_cpus threads."""
 
-    num_cpus: int = Field(1, gt=0)
-    num_gpus: float = Field(0, ge=0)
-    memory: int | None = Field(None, gt=0, description="bytes of memory reserved per build")
+    num_cpus: int = Field(1, gt=0, le=4096)
+    num_gpus: float = Field(0, ge=0, le=1024)
+    memory: int | None = Field(None, gt=0, le=1 << 50, description="bytes of memory reserved per build")
 
 
 class SweepConfig(StrictModel):
@@ -68,7 +75,10 @@ class SweepConfig(StrictModel):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     retries: int = Field(
-        2, ge=0, description="Ray retries of a build whose worker died (a build that raises fails the same way again)"
+        2,
+        ge=0,
+        le=100,
+        description="Ray retries of a build whose worker died (a build that raises fails the same way again)",
     )
 
     @field_validator("vary")
@@ -124,24 +134,29 @@ class Sweep:
         raw = self.base_raw
         for key, value in overrides.items():
             raw = set_key(raw, key, value, f"{self.path}: vary.{key}")
-        return Variant(variant_id(overrides), dict(overrides), raw)
+        vid = variant_id(overrides)
+        if len(relative_path(vid, f"{self.path}: variant id", self.path.parent).parts) != 1:
+            raise UsageError(f"{self.path}: variant id '{vid}' is not one folder name")  # variant_id never makes one
+        return Variant(vid, dict(overrides), raw)
 
-
-def _read_yaml(path: Path, what: str) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the {what}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    def one_value_each(self) -> list[Variant]:
+        """One variant per vary value (the other keys at their first value): every value checked in
+        sum(len) configs, not product(len), for a search too large to check every combination."""
+        first = {key: values[0] for key, values in self.config.vary.items()}
+        seen: dict[str, Variant] = {}
+        for key, values in self.config.vary.items():
+            for value in values:
+                v = self.variant({**first, key: value})
+                seen.setdefault(v.id, v)
+        return list(seen.values())
 
 
 def load_sweep(path: str | Path) -> Sweep:
     """The sweep file and its base config; every vary key is checked against the base here."""
     path = Path(path)
-    raw = _read_yaml(path, "sweep file")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder, not a sweep file")
+    raw = parse_yaml(path, "sweep", "sweep file")
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: the top level must be a mapping with base, vary, search, objective")
     try:
@@ -149,7 +164,9 @@ def load_sweep(path: str | Path) -> Sweep:
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, SweepConfig, str(path))) from None
     base_path = config.base if config.base.is_absolute() else path.resolve().parent / config.base
-    base_raw = _read_yaml(base_path, "base config (sweep key 'base')")
+    if base_path.is_dir():
+        raise UsageError(f"{path}: base: '{base_path}' is a folder, not a build config")
+    base_raw = parse_yaml(base_path, f"{path}: base", "base config")
     if not isinstance(base_raw, dict):
         raise UsageError(f"{base_path}: the base config's top level must be a mapping of keys")
     sweep = Sweep(path, config, base_path, base_raw)

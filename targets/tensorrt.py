@@ -20,6 +20,7 @@ from deployc.core.state import ModelState, TensorSpec
 from deployc.errors import PipelineError, UsageError
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.tensorrt_int8 import HighPrecision, TensorrtInt8, TensorrtInt8Config, int8_details
+from deployc.storage.files import read_bytes, write_bytes_atomic
 from deployc.targets.onnx import lower_to_onnx, onnx_remedies, quantize_for
 from deployc.targets.quantized_details import NothingInInt8, int8_coverage_of, quantized_details
 from deployc.targets.tensorrt_support import preflight
@@ -219,7 +220,9 @@ def build_engine(
     for name, s in profile.items():
         shapes.set_shape(name, s["min"], s["opt"], s["max"])
     config.add_optimization_profile(shapes)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    # through the I/O boundary: a regular file of bounded size, written atomically (never through a planted link)
+    known = read_bytes(timing_cache, "tensorrt timing cache", 256 << 20) if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(known)
     config.set_timing_cache(cache, ignore_mismatch=False)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -229,7 +232,7 @@ def build_engine(
         )
     engine_path.write_bytes(bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     major, minor = torch.cuda.get_device_capability()
     return {
         "file": engine_path.name,

@@ -12,7 +12,11 @@ from deployc.core.config import BuildConfig
 from deployc.core.ort import session
 from deployc.core.pyimport import import_callable
 from deployc.core.state import ModelState, TensorSpec, onnx_dtype_name
-from deployc.errors import UsageError, first_line, regular_file
+from deployc.errors import UsageError, first_line
+from deployc.storage.arrays import check_safetensors
+from deployc.storage.files import regular_file
+
+MAX_PROTOBUF_BYTES = 2 << 30  # an ONNX file past this cannot be a protobuf; bigger weights live in external data
 
 
 def initial_facts(config: BuildConfig) -> frozenset[str]:
@@ -51,6 +55,7 @@ def _read_weights(path: Path, allow_pickle: bool) -> Any:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        check_safetensors(path, "model.weights")  # declared sizes checked before the library maps the file
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -217,7 +222,7 @@ def _load_onnx(config: BuildConfig) -> tuple[Any, tuple[TensorSpec, ...]]:
     import onnx
 
     path = config.resolve(config.model.onnx)
-    regular_file(path, "model.onnx")
+    regular_file(path, "model.onnx", "ONNX model", max_bytes=MAX_PROTOBUF_BYTES)
     try:
         proto = onnx.load(str(path), load_external_data=False)
         _load_external_data_safely(proto, path)
@@ -293,10 +298,11 @@ def _load_external_data_safely(proto: Any, path: Path) -> None:
                 f"model.onnx: '{path}' initializer '{t.name}' points at external data "
                 f"'{location}' outside the model's folder; refused"
             )
-        if not target.is_file():
+        if not target.exists():
             raise UsageError(
                 f"model.onnx: '{path}' initializer '{t.name}' needs external data file '{location}', which is missing"
             )
+        regular_file(target, f"model.onnx: initializer '{t.name}' external data")  # never a FIFO, device or /proc
     if tensors:
         load_external_data_for_model(proto, str(base))
 

@@ -8,19 +8,21 @@ not, because restoring a rewired nn.Module would need a pickle.
 The in-memory memo lives as long as one build's PassCache and is used even with `--no-cache`: when two
 targets run the same pass on the same input (export and simplify for onnx and tensorrt, fp16 for both),
 it runs once. It keeps the output graph itself, so the second user shares it (passes never mutate input).
+
+On disk (DEPLOYC_CACHE_DIR/passes, default ~/.cache/deployc/passes) entries live in a storage.cache_store folder:
+deployc's only when its marker is there (else the build warns and runs without the disk cache), and pruned only
+of entries whose record proves deployc wrote them. After each build that stored an entry the cache is pruned,
+least recently used first, to DEFAULT_MAX_BYTES (also `cache prune`'s default).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
 import json
 import os
-import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from deployc.core.state import ModelState, Table
-from deployc.errors import first_line
+from deployc.errors import UsageError, first_line
+from deployc.storage.cache_store import CacheStore
+from deployc.storage.files import size_text
+
+DEFAULT_MAX_BYTES = 1 << 30  # kept after every build and by `cache prune` without --max-size (README says so)
 
 
 def default_cache_dir() -> Path:
@@ -94,25 +100,30 @@ class PassCache:
 
     def __init__(self, root: Path | None = None, enabled: bool = True, warn: Any = None):
         self.root = root or default_cache_dir()
+        self.disk = CacheStore(self.root, ".onnx")
         self.enabled = enabled  # the disk cache; the in-memory memo is always on
         self.warn = warn or (lambda message: None)
         self.hits = 0
         self.misses = 0
         self.memo_hits = 0
+        self.stored = 0
         self._memo: dict[str, CacheHit] = {}
 
     @classmethod
     def for_build(cls, enabled: bool, warn: Any) -> PassCache:
-        """The build's cache, disabled with a warning when its folder cannot be created or written."""
+        """The build's cache, disabled with a warning when its folder cannot be created, written or claimed."""
         cache = cls(enabled=enabled, warn=warn)
         if enabled:
             try:
-                cache.root.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile(dir=cache.root, prefix=".probe-"):
-                    pass
+                why = cache.disk.claim()
+                if why is None:
+                    with tempfile.NamedTemporaryFile(dir=cache.root, prefix=".probe-"):
+                        pass
             except OSError as exc:
+                why = exc.strerror or str(exc)
+            if why is not None:
                 cache.enabled = False
-                warn(f"warning: pass cache '{cache.root}' is unusable ({exc.strerror or exc}); building without it")
+                warn(f"warning: pass cache '{cache.root}' is unusable ({why}); building without it")
         return cache
 
     def key(self, state: ModelState, p: Any, config: dict[str, Any], data_digests: list[str]) -> str:
@@ -122,10 +133,6 @@ class PassCache:
         code = code_version(type(p))
         payload = json.dumps([p.name, config, data_digests, versions, code], sort_keys=True, default=str)
         return hashlib.sha256((state_digest(state) + payload).encode()).hexdigest()
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        folder = self.root / key[:2]
-        return folder / f"{key}.onnx", folder / f"{key}.json"
 
     def load(self, key: str) -> CacheHit | None:
         """The memo's entry for `key`, else the disk's (when enabled), else None."""
@@ -140,34 +147,27 @@ class PassCache:
     def _load_disk(self, key: str) -> CacheHit | None:
         import onnx
 
-        model_path, meta_path = self._paths(key)
-        if not (self.enabled and model_path.is_file() and meta_path.is_file()):
+        if not (self.enabled and self.disk.has(key)):
             self.misses += 1
             return None
         try:
-            meta = json.loads(meta_path.read_text())
-            data = model_path.read_bytes()
-            if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-                raise ValueError("its content does not match the hash it was stored with")
+            meta, data = self.disk.read(key)
             proto = onnx.load_model_from_string(data)
             tables = tuple(
                 Table(t["title"], tuple(t["header"]), tuple(map(tuple, t["rows"])), frozenset(t["timed"]))
                 for t in meta.get("tables", [])
             )
             hit = CacheHit(proto, meta.get("modified", True), dict(meta["metrics"]), tables, list(meta["facts_added"]))
-        except FileNotFoundError:  # pruned by `deployc cache prune` meanwhile
-            self.misses += 1
-            return None
         except Exception as exc:
-            self.warn(f"warning: pass cache entry {model_path} is damaged ({first_line(exc)}); dropped and rebuilt")
-            for path in (meta_path, model_path):
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
             self.misses += 1
+            if isinstance(exc, (FileNotFoundError, UsageError)) and not self.disk.has(key):
+                return None  # pruned by `deployc cache prune` meanwhile
+            self.warn(
+                f"warning: pass cache entry {self.disk.paths(key)[0]} is damaged ({first_line(exc)}); "
+                "dropped and rebuilt"
+            )
+            self.disk.drop(key)
             return None
-        with contextlib.suppress(OSError):
-            now = time.time()
-            os.utime(meta_path, (now, now))  # recency for prune()
         self.hits += 1
         return hit
 
@@ -183,65 +183,45 @@ class PassCache:
         self._memo[key] = CacheHit(proto, modified, dict(metrics), tuple(tables), list(facts_added))
         if not self.enabled:
             return
-        model_path, meta_path = self._paths(key)
-        data = proto.SerializeToString()
         saved = [{**t.to_json(), "timed": sorted(t.timed)} for t in tables]
-        meta = {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "modified": modified,
-            "metrics": metrics,
-            "tables": saved,
-            "facts_added": facts_added,
-        }
+        record = {"modified": modified, "metrics": metrics, "tables": saved, "facts_added": facts_added}
         try:
-            model_path.parent.mkdir(parents=True, exist_ok=True)
-            writer = f".tmp-{socket.gethostname()}-{os.getpid()}"  # unique across machines sharing the folder
-            tmp = model_path.with_suffix(writer)
-            tmp.write_bytes(data)
-            os.replace(tmp, model_path)
-            tmp = meta_path.with_suffix(writer)
-            tmp.write_text(json.dumps(meta, default=str))
-            os.replace(tmp, meta_path)  # written last: an entry without its .json is never read
+            self.disk.write(key, proto.SerializeToString(), record)
+            self.stored += 1
         except OSError as exc:
             self.enabled = False
             self.warn(
                 f"warning: cannot write to the pass cache '{self.root}' ({exc.strerror or exc}); continuing without it"
             )
 
-    def entries(self) -> list[tuple[Path, Path, float, int]]:
-        """(model, meta, last use, bytes) for every complete entry."""
-        out = []
-        for meta in self.root.glob("*/*.json"):
-            model = meta.with_suffix(".onnx")
-            try:
-                out.append((model, meta, meta.stat().st_mtime, model.stat().st_size + meta.stat().st_size))
-            except OSError:
-                continue  # removed meanwhile, or half an entry
-        return out
-
     def info(self) -> dict[str, Any]:
-        entries = self.entries()
-        return {"path": str(self.root), "entries": len(entries), "bytes": sum(e[3] for e in entries)}
+        self.disk.check_ours()
+        entries = self.disk.entries()
+        return {
+            "path": str(self.root),
+            "entries": len(entries),
+            "bytes": sum(e[3] for e in entries),
+            "default_max_bytes": DEFAULT_MAX_BYTES,
+        }
 
-    def prune(self, max_bytes: int) -> dict[str, Any]:
-        """Delete least recently used entries until the cache holds at most max_bytes. Safe beside running builds:
-        a build whose entry vanishes rebuilds it, and temp files younger than an hour may be a build's write."""
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        entries = sorted(self.entries(), key=lambda e: e[2], reverse=True)
-        kept, removed = 0, 0
-        for model, meta, _, size in entries:
-            if kept + size <= max_bytes:
-                kept += size
-                continue
-            meta.unlink(missing_ok=True)
-            model.unlink(missing_ok=True)
-            removed += 1
-        for tmp in self.root.glob("*/*.tmp-*"):
-            with contextlib.suppress(OSError):
-                if time.time() - tmp.stat().st_mtime > 3600:
-                    tmp.unlink()
-        return {"removed": removed, "bytes": kept}
+    def prune(self, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+        """Delete least recently used entries until the cache holds at most max_bytes (see CacheStore.prune)."""
+        return self.disk.prune(max_bytes)
+
+    def trim(self) -> None:
+        """After a build that stored entries: prune to DEFAULT_MAX_BYTES (never fails the build)."""
+        if not (self.enabled and self.stored):
+            return
+        try:
+            result = self.prune(DEFAULT_MAX_BYTES)
+        except (OSError, UsageError) as exc:
+            self.warn(f"warning: could not prune the pass cache '{self.root}' ({exc}); it may grow")
+            return
+        if result["removed"]:
+            self.warn(
+                f"pass cache: removed {result['removed']} least recently used entries "
+                f"(kept {size_text(result['bytes'])} of at most {size_text(DEFAULT_MAX_BYTES)})"
+            )
 
 
 # packages that sit inside deployc's folder once installed as a wheel; each pass's own folder is hashed apart

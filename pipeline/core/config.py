@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deployc.errors import UsageError
+from deployc.storage.files import read_bytes
 
 
 class StrictModel(BaseModel):
@@ -403,18 +404,11 @@ def _check_size(root: yaml.Node, where: str) -> None:
             stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
 
 
-def parse_yaml(path: Path) -> Any:
-    """A config file's data; every way the file can be unreadable is a UsageError naming it."""
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise UsageError(f"{path}: not a regular file (a FIFO, socket or device); give a config file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"{path}: {len(data)} bytes; a config file over {MAX_CONFIG_BYTES // 1024} KiB is refused")
+def parse_yaml(path: Path, key: str = "config", what: str = "config file") -> Any:
+    """A config (or sweep) file's data; every way the file can be unreadable is a UsageError naming it. Read through
+    the I/O boundary: a regular file only, its size checked against MAX_CONFIG_BYTES before a byte is read; then
+    strict YAML (no duplicate keys, no tags that run code, bounded nesting and alias expansion)."""
+    data = read_bytes(path, key, MAX_CONFIG_BYTES, what)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -11,7 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from deployc.errors import UsageError, regular_file
+from deployc.errors import UsageError
+from deployc.storage.files import regular_file
 
 USER_MODULE_PREFIX = "deployc_user_"  # modules imported from users' .py files are registered under this prefix
 

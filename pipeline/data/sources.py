@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,9 @@ from deployc.core.pyimport import import_callable
 from deployc.core.state import TensorSpec
 from deployc.data.contract import as_samples, fit_to_spec
 from deployc.data.dataset import Dataset, batch_axis
-from deployc.errors import UsageError, regular_file
+from deployc.errors import UsageError
+from deployc.storage.arrays import Npz
+from deployc.storage.files import size_text
 
 MAX_DATA_BYTES = 8 << 30  # one data source in memory; a factory past it is refused before it fills the machine
 
@@ -35,22 +36,23 @@ def digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
 def _load_npz(
     path: Path, specs: tuple[TensorSpec, ...], calibration: bool, where: str
 ) -> tuple[dict, np.ndarray | None]:
-    regular_file(path, where)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise UsageError(f"{where}: '{path}' is not a readable .npz file ({exc})") from None
-    inputs = {}
-    for spec in specs:
-        key = f"calib_{spec.name}" if calibration and f"calib_{spec.name}" in arrays else spec.name
-        if key not in arrays:
-            raise UsageError(
-                f"{where}: '{path}' has no array '{spec.name}' for model input '{spec.name}' "
-                f"(arrays: {', '.join(sorted(arrays)) or 'none'})"
-            )
-        inputs[spec.name] = arrays[key]
-    labels = None if calibration and any(f"calib_{s.name}" in arrays for s in specs) else arrays.get("labels")
+    """Only the arrays the model's inputs (and the labels) use are read, each after its declared size is checked
+    against what is left of MAX_DATA_BYTES (storage/arrays.py): an unused 3 GiB array costs nothing."""
+    with Npz(path, where) as npz:
+        names = npz.files
+        calib = calibration and any(f"calib_{s.name}" in names for s in specs)
+        budget = MAX_DATA_BYTES
+        inputs = {}
+        for spec in specs:
+            key = f"calib_{spec.name}" if calibration and f"calib_{spec.name}" in names else spec.name
+            if key not in names:
+                raise UsageError(
+                    f"{where}: '{path}' has no array '{spec.name}' for model input '{spec.name}' "
+                    f"(arrays: {', '.join(names) or 'none'})"
+                )
+            inputs[spec.name] = npz.array(key, budget)
+            budget -= inputs[spec.name].nbytes
+        labels = None if calib or "labels" not in names else npz.array("labels", budget)
     return inputs, labels
 
 
@@ -72,14 +74,37 @@ def _factory_items(fn: Any, spec: str, where: str) -> Iterator[Any]:
         raise UsageError(f"{where}: factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
 
 
+ITEM_OVERHEAD = 128  # bytes of Python object per array a factory yields, counted against MAX_DATA_BYTES
+_PACK = 1024  # items packed into one array at a time: a list of tiny arrays costs more than their data
+
+
+class _Column:
+    """One input's samples from a factory, appended item by item and packed into one array every _PACK items."""
+
+    def __init__(self) -> None:
+        self.packed: list[np.ndarray] = []
+        self.pending: list[np.ndarray] = []
+        self.shape: tuple[int, ...] | None = None
+
+    def append(self, a: np.ndarray) -> None:
+        self.shape = a.shape[1:] if self.shape is None else self.shape
+        self.pending.append(a)
+        if len(self.pending) >= _PACK:
+            self.packed.append(np.concatenate(self.pending))
+            self.pending = []
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.packed + self.pending)
+
+
 def _load_factory(
     source: DataSource, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str
 ) -> tuple[dict, np.ndarray | None]:
     spec = source.path
     fn = import_callable(spec, config.base_dir, where)
     cap = source.limit or FACTORY_CAP
-    cols: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
-    labels: list[np.ndarray] = []
+    cols = {s.name: _Column() for s in specs}
+    labels = _Column()
     count, nbytes = 0, 0
     for i, item in enumerate(_factory_items(fn, spec, where)):
         if count >= cap:
@@ -96,32 +121,47 @@ def _load_factory(
             if s.name not in x:
                 raise UsageError(f"{where}: factory '{spec}' item {i} has no input '{s.name}'")
             a = as_samples(np.asarray(x[s.name]), s)
-            if cols[s.name] and batch_axis(s) is not None and a.shape[1:] != cols[s.name][0].shape[1:]:
+            col = cols[s.name]
+            if col.shape is not None and batch_axis(s) is not None and a.shape[1:] != col.shape:
                 raise UsageError(
                     f"{where}: factory '{spec}' item {i}: input '{s.name}' has shape {list(a.shape[1:])} per sample, "
-                    f"earlier items {list(cols[s.name][0].shape[1:])}; every sample must have one shape"
+                    f"earlier items {list(col.shape)}; every sample must have one shape"
                 )
-            cols[s.name].append(a)
-            nbytes += a.nbytes
+            col.append(a)
+            nbytes += a.nbytes + ITEM_OVERHEAD
             n = len(a) if batch_axis(s) is not None else n
         if y is not None:
-            labels.append(np.atleast_1d(np.asarray(y)))
+            lab = np.atleast_1d(np.asarray(y))
+            if labels.shape is not None and lab.shape[1:] != labels.shape:
+                raise UsageError(f"{where}: factory '{spec}' yields labels of different shapes")
+            labels.append(lab)
+            nbytes += lab.nbytes + ITEM_OVERHEAD
         count += n or 1
         if nbytes > MAX_DATA_BYTES:
             raise UsageError(
-                f"{where}: factory '{spec}' yields more than {MAX_DATA_BYTES >> 30} GiB; set {where}.limit"
+                f"{where}: factory '{spec}' yields more than {size_text(MAX_DATA_BYTES)} after {count} samples "
+                f"(limit: {source.limit or cap}); set {where}.limit lower"
             )
     if not count:
         raise UsageError(f"{where}: factory '{spec}' yielded no samples")
-    inputs = {k: np.concatenate(v)[:cap] for k, v in cols.items()}
-    if labels and len({lab.shape[1:] for lab in labels}) != 1:
-        raise UsageError(f"{where}: factory '{spec}' yields labels of different shapes")
-    return inputs, (np.concatenate(labels)[:cap] if labels else None)
+    inputs = {k: v.array()[:cap] for k, v in cols.items()}
+    return inputs, (labels.array()[:cap] if labels.shape is not None else None)
 
 
 def load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSpec, ...], role: str) -> Dataset:
     """Load one data source for `role` ('validation' or 'calibration') and check it against the inputs."""
     where = f"data.{role}"
+    try:
+        return _load_dataset(source, config, specs, where)
+    except MemoryError:
+        raise UsageError(
+            f"{where}: not enough memory to hold this data source (limit: {size_text(MAX_DATA_BYTES)}); set "
+            f"{where}.limit lower"
+        ) from None
+
+
+def _load_dataset(source: DataSource, config: BuildConfig, specs: tuple[TensorSpec, ...], where: str) -> Dataset:
+    role = where.removeprefix("data.")
     if source.kind == "digits":
         if len(specs) != 1:
             raise UsageError(f"{where}: 'digits' feeds one image input; the model has {len(specs)} inputs")
@@ -174,13 +214,10 @@ def calibration_source(config: BuildConfig) -> DataSource | None:
     if d.validation is not None and d.validation.kind == "digits":
         return DataSource(kind="digits", split="train")
     if d.validation is not None and d.validation.kind == "npz":
-        path = config.resolve(d.validation.path)
-        if not path.is_file():
-            return None  # the validation loader reports a missing or special file with its own message
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with Npz(config.resolve(d.validation.path), "data.validation") as npz:
                 if any(k.startswith("calib_") for k in npz.files):
                     return d.validation
-        except Exception:
-            return None  # the validation loader reports the unreadable file with its own message
+        except UsageError:
+            return None  # the validation loader reports the missing, special or unreadable file with its message
     return None

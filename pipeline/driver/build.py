@@ -34,7 +34,7 @@ from deployc.outputs.junit import write_junit
 from deployc.outputs.manifest import MANIFEST_VERSION, artifact_entry
 from deployc.outputs.report import gate_text, render_report, report_view
 from deployc.outputs.report_html import write_html_report
-from deployc.storage.files import write_json_atomic
+from deployc.storage.files import write_json_atomic, write_text_atomic
 from deployc.storage.outdir import OutDir, check_out_dir
 from deployc.validation.gate import coverage_warning, validate_artifact
 from deployc.validation.gates import latency_gate
@@ -213,13 +213,14 @@ def _build(
             "memory": {"budget": memory.current().to_json(), "peak_rss_bytes": memory.peak_rss_bytes()},
         }
         # everything a person or CI reads is staged with the artifacts and published with them, manifest last
-        (staging / "report.md").write_text(render_report(report_view(manifest, timings)), encoding="utf-8")
+        write_text_atomic(staging / "report.md", render_report(report_view(manifest, timings)))
         write_html_report(manifest, staging, timings)
         write_junit(manifest, staging, timings)
         write_json_atomic(staging / "timings.json", timings)
         write_json_atomic(staging / "manifest.json", manifest)
         write_key(staging, key)  # the no-op rebuild key, with the hashes of the staged reports it vouches for
         outdir.publish()
+        ctx.cache.trim()  # the disk cache stays within its documented size (pass_cache.DEFAULT_MAX_BYTES)
         for art in artifacts:
             if art.path is not None:
                 art.path = out_dir / art.path.relative_to(staging)

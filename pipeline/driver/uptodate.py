@@ -3,14 +3,18 @@ onnxruntime), so `deployc build` of an unchanged config returns in well under a 
 
 The build key is a sha256 over (README "What a no-op rebuild hashes" lists the same):
 - the resolved config (every key after validation, paths as written) and the `--target` selection;
-- the bytes of every file the config names: model.weights / model.onnx (and the external-data files it
-  names) / model.exported, and the .npz data files;
+- every file the config names: model.weights / model.onnx (and the external-data files it names) /
+  model.exported, and the .npz data files — read through the I/O boundary (regular files only: a FIFO or a
+  /proc file is keyed as what it is, never read), by content up to HASH_CONTENT_LIMIT (512 MiB) and by size,
+  inode and modification time beyond it (a 1 TB file is not read to decide whether to rebuild);
 - the source of every Python file a factory string names (model.factory, data.* 'file.py:callable' or
-  'package.module:callable') and of the other .py files in its folder (a factory often imports its neighbours);
+  'package.module:callable'), of the other .py files in its folder (a factory often imports its neighbours) and
+  of the packages below that folder (sub-folders holding an __init__.py), at most MAX_SOURCES files;
 - deployc's own source files, the name and version of every installed distribution (the *.dist-info folders
   on sys.path: torch, onnxruntime, plugins...), the Python version, and the CPU (architecture and feature
   flags: int8 artifacts are tuned for the build machine's CPU).
-Files a data factory reads at run time are not hashed: change its source, or pass --no-cache, to rebuild.
+Not hashed: files a factory reads at run time, and environment variables a factory reads (os.environ): change
+its source, or pass --no-cache, to rebuild.
 
 A build stores its key in OUT/.deployc-build-key.json together with the sha256 of the files it wrote beside
 the artifacts; the out dir is up to date when that key equals the current one, no build holds its lock,
@@ -25,6 +29,7 @@ import json
 import os
 import platform
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -32,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from deployc.core.config import BuildConfig, load_config
-from deployc.storage.files import file_digest
+from deployc.errors import UsageError
+from deployc.storage.files import file_digest, input_digest, open_regular, read_json, relative_path
 from deployc.storage.outdir import BUILD_KEY, LOCK_NAME, MARKER_NAME, read_marker
 
 KEY_FILE = BUILD_KEY
@@ -48,8 +54,32 @@ _DEPLOYC_PACKAGES = (
 )
 
 
+MAX_SOURCES = 2000  # .py files hashed for one factory folder; beyond it, the key says so and never matches
+
+
 def _sources_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.py") if p.is_file())
+    """The .py files of `folder` and of the packages below it (sub-folders with an __init__.py, recursively;
+    hidden folders and __pycache__ skipped); a folder past MAX_SOURCES files raises (the build then runs)."""
+    found: list[Path] = []
+    todo = [folder]
+    while todo:
+        current = todo.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(".py") and entry.is_file():
+                found.append(Path(entry.path))
+            elif (
+                entry.is_dir(follow_symlinks=False)
+                and not entry.name.startswith((".", "__pycache__"))
+                and os.path.isfile(os.path.join(entry.path, "__init__.py"))
+            ):
+                todo.append(Path(entry.path))
+        if len(found) > MAX_SOURCES:
+            raise ValueError(f"{folder}: more than {MAX_SOURCES} Python files in the factory's packages")
+    return sorted(found)
 
 
 def _module_file(name: str) -> Path | None:
@@ -86,11 +116,20 @@ _LOCATION = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")  # ONNX external_d
 
 
 def _external_data(onnx_path: Path) -> list[Path]:
-    """The external-data files an .onnx model names; found by scanning its bytes for the protobuf entry,
-    because parsing it with onnx would cost the slow onnx import this module exists to avoid."""
-    blob = onnx_path.read_bytes()
-    names = {blob[m.end() : m.end() + m.group(1)[0]].decode(errors="replace") for m in _LOCATION.finditer(blob)}
-    return sorted(onnx_path.parent / n for n in names if n and (onnx_path.parent / n).is_file())
+    """The external-data files an .onnx model names; found by scanning its bytes for the protobuf entry (in
+    bounded chunks, through the I/O boundary: a regular file only), because parsing it with onnx would cost the
+    slow onnx import this module exists to avoid."""
+    names, tail = set(), b""
+    fd = open_regular(onnx_path, "model.onnx")
+    try:
+        while chunk := os.read(fd, 8 << 20):
+            blob = tail + chunk
+            names |= {blob[m.end() : m.end() + m.group(1)[0]] for m in _LOCATION.finditer(blob)}
+            tail = blob[-256:]  # an entry cut by the chunk boundary is found in the next round
+    finally:
+        os.close(fd)
+    shown = {n.decode(errors="replace") for n in names}
+    return sorted(onnx_path.parent / n for n in shown if n and (onnx_path.parent / n).is_file())
 
 
 def _input_files(config: BuildConfig) -> list[Path]:
@@ -154,7 +193,7 @@ def build_key(config: BuildConfig, targets: list[str] | None = None) -> str:
     add("base_dir", str(config.base_dir.resolve()))
     add("targets", sorted(targets) if targets else None)
     for path in _input_files(config):
-        add(str(path.resolve()), file_digest(path) if path.is_file() else "missing")
+        add(str(path.resolve()), input_digest(path))
     for label, path in _deployc_sources():
         add(label, file_digest(path))
     add("distributions", _distributions())
@@ -179,11 +218,13 @@ def _locked(out_dir: Path) -> bool:
     """True when a build holds the out dir's lock right now (checked without creating or writing anything)."""
     from deployc.storage.outdir import LOCK_NAME
 
-    try:
-        fd = os.open(out_dir / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO planted as the lock file never blocks this check
+        fd = os.open(out_dir / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True  # not deployc's lock: the full build refuses it with its message
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
@@ -228,9 +269,11 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
     if not (_regular(key_path) and _regular(manifest_path)):
         return "no finished build there"
     try:
-        stored = json.loads(key_path.read_text())
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
+        stored = read_json(key_path, "build key")
+        manifest = read_json(manifest_path, "manifest")
+        if not isinstance(stored, dict) or not isinstance(manifest, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError, UsageError):
         return "its key file or manifest is unreadable"
     if stored.get("key") != key:
         return "inputs changed"
@@ -241,12 +284,15 @@ def stale_reason(out_dir: Path, key: str) -> str | None:
         return foreign  # the full build then applies the out-dir rules (refuse, or --force) and cleans up
     for name, digest in stored.get("files", {}).items():
         path = out_dir / name
-        if not _regular(path) or file_digest(path) != digest:
+        if name not in REPORT_FILES or not _regular(path) or file_digest(path) != digest:
             return f"{name} changed since the build"
     for art in manifest.get("artifacts", []):
         if not art.get("path"):
             continue
-        path = out_dir / art["path"]
+        try:
+            path = out_dir / relative_path(art["path"], "manifest", out_dir)
+        except UsageError:
+            return f"{art['path']!r} is not a file inside the out dir"
         if not _regular(path) or path.stat().st_size != art.get("bytes") or file_digest(path) != art.get("sha256"):
             return f"{art['path']} changed since the build"
     return None
@@ -262,9 +308,9 @@ def up_to_date(config_path: Path, out: Path | None, targets: list[str] | None) -
         out_dir = Path(out) if out is not None else Path("deployc-out") / config.name
         if stale_reason(out_dir, build_key(config, targets)) is not None:
             return None
-        manifest = json.loads((out_dir / "manifest.json").read_text())
+        manifest = read_json(out_dir / "manifest.json", "manifest")
         timings_path = out_dir / "timings.json"
-        timings = json.loads(timings_path.read_text()) if _regular(timings_path) else {}
+        timings = read_json(timings_path, "timings") if _regular(timings_path) else {}
     except Exception:
         return None
     return UpToDate(out_dir, manifest, timings)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from deployc.core.config import metric_label
 from deployc.outputs.report import budget_text, drift_text, gate_text, human_bytes, int8_text
-from deployc.storage.files import write_text_atomic
+from deployc.storage.files import read_json, write_text_atomic
 
 _FORMATS = {".onnx": "ONNX", ".tflite": "TFLite", ".engine": "TensorRT engine", ".plan": "TensorRT engine"}
 _CSS = """
@@ -351,8 +350,9 @@ def write_html_report(
     """
     from deployc.outputs.report import report_view
 
-    if timings is None and (Path(out_dir) / "timings.json").is_file():
-        timings = json.loads((Path(out_dir) / "timings.json").read_text())
+    timings_path = Path(out_dir) / "timings.json"
+    if timings is None and timings_path.is_file():
+        timings = read_json(timings_path, str(timings_path))
     if timings is not None:
         manifest = report_view(manifest, timings)
     return write_text_atomic(Path(out_dir) / "report.html", render_html(manifest, extra_tables))

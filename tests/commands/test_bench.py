@@ -13,9 +13,22 @@ from deployc.errors import UsageError
 
 
 @pytest.fixture(scope="module")
-def bench(demo_build, tmp_path_factory):
+def demo_config(tmp_path_factory):
+    """The demo build's config as a file: bench on a build folder whose config names a factory needs it."""
+    import yaml
+
+    from tests.conftest import digits_config
+
+    path = tmp_path_factory.mktemp("config") / "digits.yaml"
+    path.write_text(yaml.safe_dump(digits_config(targets={"onnx": {"precision": ["fp32", "int8"]}})))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench(demo_build, demo_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return run_bench(demo_build.out_dir, out=out, runs=5, batch=8, min_seconds=0.05, quiet=True), out
+    result = run_bench(demo_build.out_dir, out=out, runs=5, batch=8, min_seconds=0.05, quiet=True, config=demo_config)
+    return result, out / "bench"
 
 
 def test_every_artifact_and_baseline_is_measured(bench, demo_build):
@@ -76,11 +89,13 @@ def test_folder_without_manifest_is_a_usage_error(tmp_path):
         run_bench(tmp_path / "missing.yaml", quiet=True)
 
 
-def test_cli_json_goes_to_stdout(demo_build, tmp_path, capsys):
+def test_cli_json_goes_to_stdout(demo_build, demo_config, tmp_path, capsys):
     code = main(
         [
             "bench",
             str(demo_build.out_dir),
+            "--config",
+            str(demo_config),
             "--out",
             str(tmp_path),
             "--no-baselines",
@@ -106,5 +121,6 @@ def test_config_is_built_then_benched_and_the_report_shows_the_table(tmp_path):
     out = tmp_path / "out"
     result = run_bench(config, out=out, baselines=False, runs=3, batch=4, min_seconds=0.05, quiet=True)
     assert [r["name"] for r in result["rows"]] == ["onnx/fp32"]
-    assert (out / "manifest.json").is_file() and (out / "bench.json").is_file()
-    assert result["table"]["title"] in (out / "report.html").read_text(encoding="utf-8")
+    assert (out / "manifest.json").is_file() and (out / "bench" / "bench.json").is_file()
+    assert result["table"]["title"] in (out / "bench" / "report.html").read_text(encoding="utf-8")
+    assert result["table"]["title"] not in (out / "report.html").read_text(encoding="utf-8")  # the build's own

@@ -6,7 +6,6 @@ ISSUE_ROWS are the cases issue 13 names; OWN_ROWS (hostile_own.py) are cases it 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,18 +144,17 @@ def factory_sys_exit(env: Env) -> None:
 def kill_while_publishing(env: Env) -> None:
     """Publishing dies after the old manifest is gone and one new file moved in: the old reports must be gone."""
     _built_out(env)
-    import deployc.storage.outdir as outdir
+    from deployc.storage.folder import Folder
 
-    real, moved = os.replace, []
+    real, moved = Folder.move_in, []
 
-    def dying_replace(src: Any, dst: Any) -> None:
-        real(src, dst)
-        if "staging" in str(src) and "staging" not in str(dst):
-            moved.append(dst)
-            if len(moved) == 1:
-                raise KeyboardInterrupt  # what a kill does to the process here: it never comes back
+    def dying_move(self: Folder, source: Folder, rel: str) -> None:
+        real(self, source, rel)
+        moved.append(rel)
+        if len(moved) == 1:
+            raise KeyboardInterrupt  # what a kill does to the process here: it never comes back
 
-    env.mp.setattr(outdir.os, "replace", dying_replace)
+    env.mp.setattr(Folder, "move_in", dying_move)
     env.build(config(env.tmp, targets={"onnx": {"precision": ["fp32", "fp16"]}}))
 
 

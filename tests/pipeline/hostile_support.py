@@ -25,12 +25,15 @@ class Env:
     stdout: str = ""
     out_existed: bool = False  # the row made the out dir itself (its refusal must leave it as it was)
     out_name: str = "out"
+    fixture: Callable[[str], Any] | None = None  # pytest's getfixturevalue: session fixtures a row needs
+    command: str = ""  # the last command run (for the table of rows)
 
     @property
     def out(self) -> Path:
         return self.tmp / self.out_name
 
     def cli(self, *argv: Any) -> int:
+        self.command = str(argv[0])
         self.code, self.err, self.stdout = self._cli([str(a) for a in argv])
         return self.code
 

@@ -18,8 +18,9 @@ import pytest
 
 from deployc.cli import main
 from tests.pipeline import hostile_cases as hc
+from tests.pipeline import hostile_commands as hc23
 from tests.pipeline.hostile_files import FILE_ROWS
-from tests.pipeline.hostile_support import Env
+from tests.pipeline.hostile_support import Env, data_npz, write_config
 
 
 @dataclass
@@ -31,16 +32,33 @@ class Row:
     check: Callable[[Env], None] | None = None  # what must hold on disk afterwards
 
 
-ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS + FILE_ROWS]
-_SEEN: list[tuple[str, int, str]] = []
+ROWS = [Row(*r) for r in hc.ISSUE_ROWS + hc.OWN_ROWS + FILE_ROWS + hc23.ISSUE23_ROWS + hc23.OWN23_ROWS]
+_SEEN: list[tuple[str, str, int, str]] = []
+
+
+@pytest.fixture(scope="session")
+def hostile_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished build (onnx fp32 + int8 of the MLP on data.npz) that rows about build dirs copy."""
+    from deployc import build
+
+    folder = tmp_path_factory.mktemp("hostile-build")
+    data_npz(folder)
+    build(write_config(folder, hc23.build_cfg(folder)), out=folder / "out", quiet=True)
+    return folder
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_hostile(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_hostile(
+    row: Row,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
     monkeypatch.setenv("DEPLOYC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.chdir(tmp_path)
-    env = Env(tmp_path, monkeypatch, lambda argv: _cli(argv, capsys))
+    env = Env(tmp_path, monkeypatch, lambda argv: _cli(argv, capsys), fixture=request.getfixturevalue)
     row.run(env)
     assert env.code == row.code, f"exit {env.code}, expected {row.code}; stderr:\n{env.err}"
     assert re.search(row.message, env.err), f"stderr does not match {row.message!r}:\n{env.err}"
@@ -52,11 +70,11 @@ def test_hostile(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     first = next((ln for ln in lines if ln.startswith("deployc:")), None) or next(
         ln for ln in lines if re.search(row.message, ln) or ln == lines[-1]
     )
-    _SEEN.append((row.id, env.code, first.replace(str(tmp_path), "TMP")))
+    _SEEN.append((row.id, env.command, env.code, first.replace(str(tmp_path), "TMP")))
     report = os.environ.get("DEPLOYC_HOSTILE_REPORT")
     if report:
-        lines = ["| case | exit | first line of the message |", "|---|---|---|"]
-        lines += [f"| {i} | {c} | `{m[:160]}` |" for i, c, m in _SEEN]
+        lines = ["| case | command | exit | first line of the message |", "|---|---|---|---|"]
+        lines += [f"| {i} | {cmd} | {c} | `{m[:160]}` |" for i, cmd, c, m in _SEEN]
         Path(report).write_text("\n".join(lines) + "\n")
 
 
@@ -72,4 +90,5 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
 
 def test_rows_cover_the_issue_and_thirty_more() -> None:
     assert len(hc.ISSUE_ROWS) >= 29 and len(hc.OWN_ROWS) >= 30
+    assert len(hc23.ISSUE23_ROWS) >= 30 and len(hc23.OWN23_ROWS) >= 30  # issue 23: its examples, then 30 more
     assert len({r.id for r in ROWS}) == len(ROWS)

@@ -90,7 +90,7 @@ def test_sweep_file_errors_exit_2_naming_the_file(tmp_path: Path):
     with pytest.raises(UsageError, match=r'lists \["int8"\] twice'):
         load_sweep(path)
     write(path, json.dumps({"base": "missing.yaml", "vary": {"name": ["a"]}}))
-    with pytest.raises(UsageError, match=r"missing\.yaml: base config .* not found"):
+    with pytest.raises(UsageError, match=r"sweep\.yaml: base: base config '.*missing\.yaml' not found"):
         load_sweep(path)
     write(path, json.dumps({"base": "base.yaml", "vary": {"name": ["a"]}, "search": {"trials": 3}}))
     with pytest.raises(UsageError, match="grid builds every combination"):
