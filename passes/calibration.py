@@ -21,6 +21,7 @@ import numpy as np
 
 from deployc.data.dataset import Dataset
 from deployc.passes.activations import batch_size, per_sample_bytes, streamed
+from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
 # then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
@@ -347,7 +348,7 @@ def calibration_cache(
     shared = _computed(graph) <= _computed(root)  # else the root's ranges would not serve: calibrate graph alone
     text = _ranges(root if shared else graph, data, method, batch, percentile, work)
     cache = work / f"ranges-{method}.json"
-    cache.write_text(text)
+    write_text_atomic(cache, text)
     return str(cache)
 
 

@@ -28,6 +28,7 @@ from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
 from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
+from deployc.storage.files import write_bytes_atomic
 
 
 def _machine_reduce_range() -> bool:
@@ -79,7 +80,7 @@ def _prepared(proto: Any, work: Any) -> str:
     raw, prep = work / "model.onnx", work / "prep.onnx"
     key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
     if key in _PREPARED:
-        prep.write_bytes(_PREPARED[key])
+        write_bytes_atomic(prep, _PREPARED[key])
         return str(prep)
     onnx.save(proto, raw)
     # symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files) into the CWD when it gives up
