@@ -2,7 +2,7 @@
 remedy trial's seconds, for this tree and (--before) another deployc source tree such as main's (issue 25).
 
     .venv/bin/python benchmarks/memory_time.py [--models dnsmos,doc-orientation] [--out DIR] [--before SRC]
-        [--before-cap 7GB] [--calibration]
+        [--before-cap BYTES] [--no-after] [--calibration]
 
 Builds: the zoo's data (zoo_lib) and a config with deployc's defaults: only the model, data, metric, its budget and the
 targets are set (quantize.samples 128, data.batch_size 64, remedies on). doc-orientation, the 224² classifier, builds
@@ -155,7 +155,7 @@ def builds(args: argparse.Namespace, cache: Path) -> list[dict]:
         folder = args.out / name
         prepare(catalog.BY_NAME[name], args.out, cache)
         config = config_for(name, folder)
-        runs = [("after", deployc_command(), None)]
+        runs = [("after", deployc_command(), None)] if args.after else []
         if args.before:
             shim = args.out / "before_shim.py"
             shim.write_text(BEFORE_SHIM)
@@ -210,6 +210,7 @@ def main() -> int:
     parser.add_argument(
         "--before-cap", type=int, default=7 * 2**30, help="address-space cap of a --before build, bytes"
     )
+    parser.add_argument("--no-after", dest="after", action="store_false", help="build only with --before's tree")
     parser.add_argument("--calibration", action="store_true", help="time each calibration method instead of builds")
     parser.add_argument("--calibration-code", default="after,onnxruntime", help="whose calibration: after, onnxruntime")
     args = parser.parse_args()
