@@ -36,6 +36,7 @@ class Trial:
     remedy: Remedy
     artifact: Artifact
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads): what a shared machine's load sways least
     sha256: str | None = None  # of the trial's artifact file: a stage that changes nothing shows as a repeated hash
 
     @property
@@ -137,7 +138,7 @@ def remedy_artifact(
 ) -> Artifact:
     """Try remedies on `first` (validated, failed) until one passes or spec.max_trials artifacts were made; returns
     the artifact that ships, its file in first's place, with every trial in details['remedies'] and its history."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     offered = set(target.remedy_stages(first, lowered))
     stages = [s for s in REMEDY_STAGES if s in spec.stages and s in offered and _capable(target, s)]
     if not stages:  # e.g. an fp16 or dynamic artifact, or a graph a pass already quantized
@@ -187,7 +188,7 @@ def remedy_artifact(
     chosen = best(trials)
     shipped = _ship(chosen, first, ctx.work_dir, root)
     shutil.rmtree(ctx.work_dir / TRIALS_DIR, ignore_errors=True)
-    _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0, stopped)
+    _record(shipped, trials, chosen, ctx, stages, (time.perf_counter() - t0, time.process_time() - cpu0), stopped)
     if skipped:
         shipped.details["remedies"]["skipped_stages"] = skipped
     return shipped
@@ -212,7 +213,7 @@ def _run(
     root: Path,
     validate: Callable[[Artifact], None],
 ) -> Trial:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     work = root / str(index)
     art = reemit(ctx.for_remedy(remedy, work))
     try:
@@ -221,7 +222,7 @@ def _run(
         art.error = failure_text(exc)
         art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
     target.close(art)
-    return Trial(index, remedy, art, time.perf_counter() - t0, _digest(art))
+    return Trial(index, remedy, art, time.perf_counter() - t0, time.process_time() - cpu0, _digest(art))
 
 
 def unvalidated_reason(exc: BaseException, text: str) -> str:
@@ -260,11 +261,11 @@ def _record(
     chosen: Trial,
     ctx: Context,
     stages: list[str],
-    seconds: float,
+    seconds: tuple[float, float],
     stopped: str | None = None,
 ) -> None:
-    """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop,
-    fallback ranking included (timings.json)."""
+    """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop's
+    wall and CPU seconds, fallback ranking included (timings.json)."""
     data = ctx.validation
     scored = f"data.validation ({data.source}, {len(data)} samples)" if data is not None else "data.validation"
     metric = ctx.reference.metric.label if ctx.reference is not None else "metric"
@@ -320,8 +321,12 @@ def _record(
         chosen.index != 1,
         {k: summary[k] for k in ("trials", "chosen_trial", "passed", "scored_on")},
         (table,),
-        {f"trial_{t.index}_seconds": round(t.seconds, 3) for t in trials[1:]},
-        seconds=seconds,
+        {
+            "cpu_seconds": round(seconds[1], 3),
+            **{f"trial_{t.index}_seconds": round(t.seconds, 3) for t in trials[1:]},
+            **{f"trial_{t.index}_cpu_seconds": round(t.cpu_seconds, 3) for t in trials[1:]},
+        },
+        seconds=seconds[0],
     )
     art.history = tuple(art.history) + (record,)
     if chosen.index != 1 or len(trials) > 1:

@@ -89,7 +89,9 @@ def test_reports_list_every_trial_with_its_seconds(fallback_build):
     assert record["tables"][0]["header"][-1] == ""  # the seconds column stays out of manifest.json
     timings = json.loads((fallback_build.out_dir / "timings.json").read_text())
     seconds = next(p for p in timings["artifact_passes"]["onnx/int8"] if p["name"] == "remedies")["timings"]
-    assert sorted(seconds) == sorted(f"trial_{i}_seconds" for i in range(2, n + 1))
+    wanted = [f"trial_{i}_{clock}" for i in range(2, n + 1) for clock in ("seconds", "cpu_seconds")]
+    assert sorted(seconds) == sorted([*wanted, "cpu_seconds"])  # wall and CPU per trial; the loop's CPU
+    assert all(v >= 0 for v in seconds.values()) and seconds["cpu_seconds"] >= seconds["trial_2_cpu_seconds"]
     assert "remedies: onnx/int8 trials" in (fallback_build.out_dir / "report.html").read_text()
 
 
