@@ -12,20 +12,32 @@ the samples, never of which other targets ran: a build of one target gives the b
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deployc.core.ort import CalibrationReader
 from deployc.data.dataset import Dataset
+from deployc.passes.activations import batch_size, per_sample_bytes, streamed
+from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
 # then has one candidate, the whole range, and the result is MinMax's (benchmarks/peers/README.md). TensorRT's
 # and PyTorch's histogram: 2048 bins searched for the 128-bin threshold of least KL divergence.
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+PERCENTILE_BINS = 2048  # onnxruntime's Percentile calibrator: 2048 bins of |x| over [min|x|, max|x|]
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # onnxruntime's names
-_MEMO: dict[str, tuple[frozenset[str], str]] = {}  # key -> (tensors the calibrated graph computes, cache JSON)
+# A tensor's histogram: HIST_BINS over [-max|x|, max|x|], the range a first (minmax) pass measured. Pairs of its bins
+# are Entropy's 2048 bins over that range and, folded at 0, Percentile's 2048 bins of |x| over [0, max|x|]: onnxruntime's
+# grids, whatever the batching, from one pass over the samples for every method.
+HIST_BINS = 2 * ENTROPY_BINS
+_BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
+_SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
+_MEMO: dict[str, str] = {}  # graph + samples + method -> cache JSON
+_STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured (the last few)
+_STATS_KEPT = 8
 
 
 def _computed(proto: Any) -> frozenset[str]:
@@ -35,48 +47,295 @@ def _computed(proto: Any) -> frozenset[str]:
     return frozenset(names | {i.name for i in proto.graph.input}) - consts
 
 
-def _options(method: str, percentile: float) -> dict[str, Any]:
-    if method == "entropy":
-        return {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
-    if method == "percentile":
-        return {"percentile": percentile}  # onnxruntime's histogram defaults otherwise, as quantize_static's
-    return {}
+def calibrated_tensors(proto: Any) -> list[str]:
+    """The tensors onnxruntime's calibrators measure when given every op type: float/float16 inputs and outputs of
+    nodes, typed by shape inference, not initializers (CalibraterBase.select_tensors_to_calibrate)."""
+    from onnx import TensorProto
+
+    from deployc.passes.sensitivity import tensor_types
+
+    types = tensor_types(proto)
+    consts = {i.name for i in proto.graph.initializer}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
+    names = (t for n in proto.graph.node for t in (*n.input, *n.output))
+    return sorted({t for t in names if t and t not in consts and types.get(t) in floats})
 
 
-def _key(proto_bytes: bytes, data: Dataset, method: str, batch: int, percentile: float) -> str:
+# ---- streaming passes: running min/max, then histograms over the range they found ---------------------------
+
+
+@dataclass
+class TensorStats:
+    lo: float = math.inf
+    hi: float = -math.inf
+    hist: np.ndarray | None = None  # HIST_BINS counts over [-absmax, absmax]
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.lo), abs(self.hi)) if self.seen else 0.0
+
+    @property
+    def seen(self) -> bool:
+        return self.lo <= self.hi
+
+
+@dataclass
+class Statistics:
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    histograms: bool = False
+
+
+def _finite(value: np.ndarray) -> np.ndarray:
+    """The tensor's values as flat float32, NaN/inf left out (they carry no range)."""
+    values = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
+    if values.size and not (math.isfinite(float(values.min())) and math.isfinite(float(values.max()))):
+        values = values[np.isfinite(values)]
+    return values
+
+
+class _Binner:
+    """Counts of float32 values into HIST_BINS bins over [-top, top], a block at a time (buffers reused)."""
+
+    def __init__(self) -> None:
+        self.scaled = np.empty(_BLOCK, np.float32)
+        self.index = np.empty(_BLOCK, np.intp)
+
+    def add(self, hist: np.ndarray, values: np.ndarray, top: float) -> None:
+        n = hist.size
+        scale, offset = np.float32(n / (2 * top)), np.float32(n / 2)
+        for start in range(0, values.size, _BLOCK):
+            block = values[start : start + _BLOCK]
+            scaled, index = self.scaled[: block.size], self.index[: block.size]
+            np.multiply(block, scale, out=scaled)
+            scaled += offset
+            np.clip(scaled, 0, n - 1, out=scaled)
+            np.copyto(index, scaled, casting="unsafe")  # truncation: floor of a value >= 0
+            hist += np.bincount(index, minlength=n)
+
+
+def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
+    """onnxruntime's MinMax calibrator (ReduceMin/ReduceMax inside the graph, so no activation leaves the run) over
+    `data` in batches of at most `batch` samples that fit the memory budget."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    from deployc.core.ort import CalibrationReader
+
+    # its reductions run after the graph's own nodes, so a batch holds every calibrated tensor, as when exposed
+    size = batch_size(per_sample_bytes(proto, calibrated_tensors(proto), data), data, "calibration", batch)
+    with tempfile.TemporaryDirectory(prefix="deployc-calibrate-") as work:
+        onnx.save(proto, f"{work}/model.onnx")
+        calibrator = create_calibrator(
+            f"{work}/model.onnx",
+            sorted({n.op_type for n in proto.graph.node}),
+            augmented_model_path=f"{work}/augmented.onnx",
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        calibrator.collect_data(CalibrationReader(data, size))
+        found = calibrator.compute_data()
+    out = Statistics()
+    for name, td in found.data.items():
+        low, high = td.range_value
+        out.tensors[name] = TensorStats(float(np.min(low)), float(np.max(high)))
+    return out
+
+
+def _histogram_pass(proto: Any, data: Dataset, batch: int, ranges: Statistics) -> Statistics:
+    """Each tensor's HIST_BINS histogram over [-max|x|, max|x|] (its range from `ranges`), streamed: batches of at
+    most `batch` samples that fit the memory budget with every calibrated tensor of a batch held at once."""
+    names = [n for n, s in ranges.tensors.items() if 0 < s.absmax < math.inf]
+    out = Statistics({n: TensorStats(s.lo, s.hi) for n, s in ranges.tensors.items()}, histograms=True)
+    binner = _Binner()
+    size = batch_size(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    for values in streamed(proto, names, data, "calibration", size):
+        for name, value in values.items():
+            finite, stats = _finite(value), out.tensors[name]
+            if finite.size == 0:
+                continue
+            if stats.hist is None:
+                stats.hist = np.zeros(HIST_BINS, np.int64)
+            binner.add(stats.hist, finite, stats.absmax)
+    return out
+
+
+def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
+    """Every calibrated tensor's min/max over `data` and, with `histograms`, its histogram over [-max|x|, max|x|]
+    (a second pass). Streamed in batches that fit the memory budget; the result does not depend on them."""
+    ranges = _minmax_pass(proto, data, batch)
+    return _histogram_pass(proto, data, batch, ranges) if histograms else ranges
+
+
+# ---- each method's ranges from the statistics ----------------------------------------------------------------
+
+
+def percentile_range(stats: TensorStats, percentile: float) -> tuple[float, float]:
+    """onnxruntime's symmetric Percentile (HistogramCollector.compute_percentile) on the 2048-bin histogram of |x|
+    over [0, max|x|]: t = the left edge of the bin where the CDF reaches `percentile`, clipped to the tensor's own
+    min and max. (onnxruntime's grid starts at min|x|, not 0: the same when a tensor's values come near 0.)"""
+    if stats.hist is None or stats.absmax == 0.0:
+        return stats.lo, stats.hi
+    half = stats.hist.size // 2
+    folded = stats.hist[half:] + stats.hist[half - 1 :: -1]
+    edges = np.linspace(0.0, stats.absmax, folded.size + 1, dtype=np.float32)
+    cdf = np.cumsum(folded / folded.sum())
+    t = float(edges[min(int(np.searchsorted(cdf, percentile / 100.0)), folded.size)])
+    return max(-t, stats.lo), min(t, stats.hi)
+
+
+def entropy_range(stats: TensorStats) -> tuple[float, float]:
+    """onnxruntime's Entropy (HistogramCollector.compute_entropy): the 2048-bin histogram over [-max|x|, max|x|]
+    and the threshold of least KL divergence to its 128-bin quantization, clipped to the tensor's min and max."""
+    if stats.hist is None or stats.absmax == 0.0:
+        return stats.lo, stats.hi
+    hist = stats.hist.reshape(ENTROPY_BINS, -1).sum(axis=1)
+    edges = np.linspace(-stats.absmax, stats.absmax, ENTROPY_BINS + 1, dtype=np.float32)
+    start, end = kl_threshold(hist, ENTROPY_QUANTIZED_BINS)
+    return max(float(edges[start]), stats.lo), min(float(edges[end]), stats.hi)
+
+
+def kl_threshold(hist: np.ndarray, quantized_bins: int) -> tuple[int, int]:
+    """HistogramCollector.get_entropy_threshold's search: the (start, end) bin edges of the centred slice of `hist`
+    whose `quantized_bins`-bin quantization (both smoothed by quant_utils.smooth_distribution) has least KL
+    divergence. Its Python loop costs ~1 s a tensor; here every candidate at once, in float64, from prefix sums:
+    smoothing keeps each distribution's total, so KL = (sum ps·log ps − sum ps·log qs)/total − log total + log sum q,
+    where q is constant over each quantized bin and sum (p−e1)·log(p−e1) over a slice is a series in e1 <= 0.21."""
+    h = hist.astype(np.int64)
+    nb, nq, eps = h.size, quantized_bins, 0.0001
+    zero = nb // 2
+    i = np.arange(nq // 2, zero + 1)
+    start, end = zero - i, np.minimum(zero + i + 1, nb)
+    width, merged = end - start, (end - start) // nq
+    total = float(h.sum())
+
+    def prefix(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(values)])
+
+    cs, nz = prefix(h), prefix(h != 0)
+    with np.errstate(divide="ignore"):
+        hf = np.where(h > 0, h, 1).astype(np.float64)
+    live = (h != 0).astype(np.float64)
+    powers = [prefix(live * hf ** (1 - m)) for m in range(_SERIES + 2)]  # sums of p^(1-m) over nonzero bins
+    plogp, logp = prefix(live * hf * np.log(hf)), prefix(live * np.log(hf))
+
+    def between(pre: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return pre[b] - pre[a]
+
+    # the slice's end bins also hold every count outside it (get_entropy_threshold's outliers)
+    first, last = h[start] + cs[start], h[end - 1] + (cs[-1] - cs[end])
+    lo, hi = start + 1, end - 1  # interior bins [lo, hi): p is the histogram itself there
+    nonzero = between(nz, lo, hi) + (first != 0) + (last != 0)
+    zeros = width - nonzero
+    e1 = eps * zeros / np.maximum(nonzero, 1)
+    # sum over the interior's nonzero bins of (p - e1)·log(p - e1), by log(1 - u) = -sum u^m/m with u = e1/p
+    inner = between(plogp, lo, hi) - e1 * between(logp, lo, hi)
+    for m in range(1, _SERIES + 1):
+        inner -= e1**m / m * (between(powers[m], lo, hi) - e1 * between(powers[m + 1], lo, hi))
+
+    def flogf(p: np.ndarray) -> np.ndarray:
+        x = np.where(p != 0, p - e1, 1.0)
+        return np.where(p != 0, x * np.log(x), 0.0)
+
+    sum_plogp = inner + flogf(first.astype(np.float64)) + flogf(last.astype(np.float64)) + zeros * eps * np.log(eps)
+    # the quantized bins: block k holds slice bins [k·merged, (k+1)·merged); the last also the remainder's counts
+    k = np.arange(nq)
+    block_lo = start[:, None] + k[None, :] * merged[:, None]
+    block_hi = block_lo + merged[:, None]
+    quantized = cs[block_hi] - cs[block_lo]
+    tail = start + nq * merged  # the remainder [tail, end) is 0 in q
+    quantized[:, -1] += cs[end] - cs[tail]
+    in_p = cs[block_hi] - cs[block_lo]  # p's counts per block, outliers added where the end bins fall
+    in_p[:, 0] += cs[start]
+    nz_block = nz[block_hi] - nz[block_lo]
+    nz_block[:, 0] += (first != 0) & (h[start] == 0)
+    has_tail = tail < end
+    right = np.where(has_tail, 0, cs[-1] - cs[end])
+    in_p[:, -1] += right
+    nz_block[:, -1] += np.where(has_tail, 0, (last != 0) & (h[end - 1] == 0))
+    level = np.where(nz_block > 0, np.trunc(quantized / np.maximum(nz_block, 1)), 0.0)
+    q_zeros = merged[:, None] * (level == 0)
+    q_zero_count = q_zeros.sum(axis=1) + (end - tail)
+    q_nonzero = width - q_zero_count
+    e2 = eps * q_zero_count / np.maximum(q_nonzero, 1)
+    value = np.where(level != 0, level - e2[:, None], eps)
+    block_ps = in_p - e1[:, None] * nz_block + eps * (merged[:, None] - nz_block)
+    tail_p = np.where(has_tail, cs[end] - cs[tail] + (cs[-1] - cs[end]), 0)
+    tail_nz = np.where(has_tail, nz[end] - nz[tail] + ((last != 0) & (h[end - 1] == 0)), 0)
+    tail_ps = tail_p - e1 * tail_nz + eps * ((end - tail) - tail_nz)
+    sum_plogq = (np.log(value) * block_ps).sum(axis=1) + np.log(eps) * tail_ps
+    sum_q = (merged[:, None] * level).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (sum_plogp - sum_plogq) / total - np.log(total) + np.log(sum_q)
+    kl = np.where((nonzero > 0) & (q_nonzero > 0) & (total > 0), kl, np.inf)
+    best = int(np.argmin(kl))  # the first of equal divergences, as get_entropy_threshold
+    return int(start[best]), int(end[best])
+
+
+def _method_ranges(stats: Statistics, method: str, percentile: float) -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for name, s in stats.tensors.items():
+        if not s.seen:
+            continue
+        if method == "percentile":
+            ranges[name] = percentile_range(s, percentile)
+        elif method == "entropy":
+            ranges[name] = entropy_range(s)
+        else:
+            ranges[name] = (s.lo, s.hi)
+    return ranges
+
+
+# ---- the shared cache --------------------------------------------------------------------------------------
+
+
+def _data_key(proto_bytes: bytes, data: Dataset) -> str:
     digest = hashlib.sha256(proto_bytes)
     for name in sorted(data.inputs):
         digest.update(name.encode() + data.inputs[name].tobytes())
-    # min/max do not depend on how samples are batched; onnxruntime's histograms re-bin as batches widen the range
-    shape = method if method == "minmax" else f"{method}:{batch}:{percentile if method == 'percentile' else ''}"
-    digest.update(shape.encode())
     return digest.hexdigest()
 
 
-def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> str:
-    """quantize_static's own calibration of `proto`, over the tensors of every op type it holds, as cache JSON."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key: str | None = None) -> Statistics:
+    """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
+    (over the ranges the minmax pass found) once, when a method needs it; every method is read off them."""
+    key = key or _data_key(proto.SerializeToString(deterministic=True), data)
+    have = _STATS.pop(key, None) or _minmax_pass(proto, data, batch)
+    if histograms and not have.histograms:
+        have = _histogram_pass(proto, data, batch, have)
+    while len(_STATS) >= _STATS_KEPT:
+        _STATS.pop(next(iter(_STATS)))
+    _STATS[key] = have  # most recently used last
+    return have
 
-    src, cache = work / "calibrated.onnx", work / "calibrated-ranges.json"
-    onnx.save(proto, src)
-    calibrator = create_calibrator(
-        str(src),
-        sorted({n.op_type for n in proto.graph.node}),
-        augmented_model_path=str(work / "calibrated-augmented.onnx"),
-        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
-        extra_options=_options(method, percentile),
+
+def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: float, key: str, work: Path) -> str:
+    """`method`'s ranges of every calibrated tensor of `proto`, as quantize_static's calibration cache JSON."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    stats = statistics(proto, data, method != "minmax", batch, key)
+    ranges = _method_ranges(stats, method, percentile)
+    cache = work / "calibrated-ranges.json"
+    save_tensors_data(
+        TensorsData(
+            getattr(CalibrationMethod, METHODS[method]),
+            {
+                n: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                for n, (lo, hi) in ranges.items()
+            },
+        ),
+        cache,
     )
-    calibrator.collect_data(CalibrationReader(data, batch))
-    save_tensors_data(calibrator.compute_data(), cache)
     return cache.read_text()
 
 
-def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> tuple:
-    key = _key(proto.SerializeToString(deterministic=True), data, method, batch, percentile)
+def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> str:
+    data_key = _data_key(proto.SerializeToString(deterministic=True), data)
+    key = f"{data_key}:{method}:{percentile if method == 'percentile' else ''}"  # ranges do not depend on batching
     if key not in _MEMO:
-        _MEMO[key] = (_computed(proto), _calibrate(proto, data, method, batch, percentile, work))
+        _MEMO[key] = _calibrate(proto, data, method, batch, percentile, data_key, work)
     return _MEMO[key]
 
 
@@ -84,12 +343,12 @@ def calibration_cache(
     root: Any, graph: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path
 ) -> str:
     """Path of a quantize_static calibration cache (in `work`) with the ranges of `graph`'s tensors: the root's
-    when `graph` computes nothing the root does not, else `graph`'s own. Memoized per process."""
-    computed, text = _ranges(root, data, method, batch, percentile, work)
-    if not _computed(graph) <= computed:
-        computed, text = _ranges(graph, data, method, batch, percentile, work)
+    when `graph` computes nothing the root does not, else `graph`'s own. Memoized per process; `batch`: the most
+    samples a calibration batch holds (fewer when the memory budget says so; the ranges are the same)."""
+    shared = _computed(graph) <= _computed(root)  # else the root's ranges would not serve: calibrate graph alone
+    text = _ranges(root if shared else graph, data, method, batch, percentile, work)
     cache = work / f"ranges-{method}.json"
-    cache.write_text(text)
+    write_text_atomic(cache, text)
     return str(cache)
 
 

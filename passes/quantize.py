@@ -30,6 +30,7 @@ from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
 from deployc.passes.transformer_int8 import Int8Selection, transformer_selection
+from deployc.storage.files import write_bytes_atomic
 
 
 def _machine_reduce_range() -> bool:
@@ -66,12 +67,23 @@ class DynamicConfig(QuantizeSpec):
     )
 
 
+_PREPARED: dict[str, bytes] = {}  # graph digest -> its pre-processed bytes: a remedy trial reuses the first's
+_PREPARED_KEPT = 4
+
+
 def _prepared(proto: Any, work: Any) -> str:
-    """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions)."""
+    """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions); the result is
+    memoized per graph (the last few), as every remedy trial of an artifact prepares the same graph."""
+    import hashlib
+
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, prep = work / "model.onnx", work / "prep.onnx"
+    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    if key in _PREPARED:
+        write_bytes_atomic(prep, _PREPARED[key])
+        return str(prep)
     onnx.save(proto, raw)
     # symbolic shape inference saves 'sym_shape_infer_temp.onnx' (+ .data files) into the CWD when it gives up
     with contextlib.chdir(work):
@@ -80,6 +92,9 @@ def _prepared(proto: Any, work: Any) -> str:
         except Exception:
             quant_pre_process(str(raw), str(prep), skip_symbolic_shape=True)  # symbolic inference fails on some ops
     onnx.save(quantizer_ready(onnx.load(str(prep))), prep)
+    while len(_PREPARED) >= _PREPARED_KEPT:
+        _PREPARED.pop(next(iter(_PREPARED)))
+    _PREPARED[key] = prep.read_bytes()
     return str(prep)
 
 
@@ -177,11 +192,25 @@ def quantize_int8_selected(
         return Int8Result(quantized, selection, smoothing, concats, correction, recurrent)
 
 
+_SMOOTHED: dict[str, tuple[Any, Smoothing]] = {}  # graph + samples + alpha -> smoothed graph (the last two)
+
+
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
-    """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None."""
+    """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None; memoized:
+    the remedy trials after a smoothing trial (fallback) smooth the same graph on the same samples."""
+    import hashlib
+
     if spec.smoothing is None:
         return proto, None
-    return smooth(proto, samples, spec.smoothing)
+    digest = hashlib.sha256(proto.SerializeToString(deterministic=True) + repr(spec.smoothing).encode())
+    for name in sorted(samples.inputs):
+        digest.update(name.encode() + samples.inputs[name].tobytes())
+    key = digest.hexdigest()
+    if key not in _SMOOTHED:
+        while len(_SMOOTHED) >= 2:
+            _SMOOTHED.pop(next(iter(_SMOOTHED)))
+        _SMOOTHED[key] = smooth(proto, samples, spec.smoothing)
+    return _SMOOTHED[key]
 
 
 def _selected(

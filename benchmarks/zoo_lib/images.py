@@ -86,6 +86,19 @@ def scene(photo: np.ndarray, size: int, rng: np.random.Generator, lines: int = 3
     return np.asarray(img), mask
 
 
+def page(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A size×size text page: 8-13 left-aligned lines of phrases in dark ink on a washed-out photo crop; RGB uint8."""
+    img = background(photo, size, size, rng)
+    draw = ImageDraw.Draw(img)
+    lines = int(rng.integers(8, 14))
+    f = font(int(size / lines * rng.uniform(0.45, 0.6)))
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    for i in range(lines):
+        words = " ".join(phrases()[int(rng.integers(len(phrases())))] for _ in range(3))
+        draw.text((int(size * 0.06), int(size * (0.04 + 0.92 * i / lines))), words, font=f, fill=ink)
+    return np.asarray(img)
+
+
 def letterbox(photo: np.ndarray, size: int) -> np.ndarray:
     """Ultralytics' letterbox: resize keeping the aspect ratio, pad with grey 114 to size×size; RGB uint8."""
     h, w = photo.shape[:2]

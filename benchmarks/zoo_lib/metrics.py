@@ -122,6 +122,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / max(1e-9, (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+@_metric(higher_is_better=False, needs_labels=False)
+def mos_error(outputs: list[np.ndarray], reference: np.ndarray) -> float:
+    """Mean absolute difference of the three scores DNSMOS predicts per clip (speech, background, overall; MOS
+    points on a 1-5 scale) from the original model's on the same clips."""
+    return float(np.abs(outputs[0].astype(np.float64) - reference.astype(np.float64)).mean())
+
+
 @_metric(needs_labels=False)
 def detection_agreement(outputs: list[np.ndarray], reference: np.ndarray) -> float:
     """F1 of the artifact's detections (score > 0.25, NMS) against the reference model's detections on the

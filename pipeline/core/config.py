@@ -266,6 +266,13 @@ class RemediesSpec(StrictModel):
     smoothing_alpha: float = Field(0.8, gt=0, lt=1, description="SmoothQuant alpha the smoothing stage tries")
     max_fallback: int = Field(16, ge=0, description="most layers kept in float (fp16 on tensorrt), worst first")
     sensitivity_samples: int = Field(32, gt=0, description="calibration samples the fallback ranking runs on")
+    max_seconds: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="wall-time budget of the remedy trials; no trial starts after it, the best so far ships "
+        "(0: only the trial as configured; None: no limit). The trials a build runs then depend on the machine",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -363,6 +370,22 @@ class ValidateConfig(StrictModel):
     )
 
 
+class BuildSettings(StrictModel):
+    max_memory: int | None = Field(
+        None,
+        description="memory a stage may hold for samples' activations and statistics at once, e.g. 8GB or 512MiB; "
+        "batches are sized to fit and a stage that cannot fit one sample makes its artifact's gate 'error' "
+        "(default: half of the memory available when the build starts; pipeline/core/memory.py)",
+    )
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        from deployc.core.memory import parse_size
+
+        return None if value is None else parse_size(value)
+
+
 class BuildConfig(StrictModel):
     name: str = Field(
         "model",
@@ -376,6 +399,7 @@ class BuildConfig(StrictModel):
     targets: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"onnx": {}})
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    build: BuildSettings = Field(default_factory=BuildSettings)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True, description="paths resolve against this")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

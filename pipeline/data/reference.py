@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from deployc.core import memory
 from deployc.core.config import BuildConfig
 from deployc.core.ort import session
 from deployc.core.state import ModelState
@@ -90,6 +91,19 @@ def _runner(state: ModelState) -> tuple[Any, list[str]]:
         return sess.run(None, x)
 
     return run_session, [o.name for o in sess.get_outputs()]
+
+
+def budgeted_batch(state: ModelState, data: Dataset, batch_size: int) -> int:
+    """The reference run's batch: an ONNX model's batches sized from its activations to fit the memory budget
+    (core/memory.py); a torch module runs at the requested batch."""
+    if state.module is not None or not len(data):
+        return batch_size
+    feed = next(data.batches(1))[0]
+    per_sample = memory.graph_activations(state.onnx, feed).peak // max(data.batch_len(feed), 1)
+    try:
+        return memory.batch_for(per_sample, batch_size, "the reference run", data.fixed_batch)
+    except memory.MemoryBudgetExceeded as exc:
+        raise UsageError(f"data.validation ({data.source}): {exc}; nothing can be validated") from None
 
 
 def _reference_run(state: ModelState, run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
@@ -223,6 +237,7 @@ def compute_reference(
     if metric.needs_labels and data.labels is None:
         raise UsageError(f"data.metric: '{metric.name}' needs labels, and data.validation ({data.source}) has none")
     run_batch, names = _runner(state)
+    batch_size = budgeted_batch(state, data, batch_size)
     outputs = _reference_run(state, run_batch, data, batch_size)
     names = names or [f"output_{i}" for i in range(len(outputs))]
     if not outputs:

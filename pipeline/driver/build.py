@@ -21,6 +21,7 @@ from deployc.compiler.pass_cache import PassCache
 from deployc.compiler.prefix import PassPrefix, capture, resume
 from deployc.compiler.registry import instruments as plugin_instruments
 from deployc.compiler.stage_check import upstream_loss
+from deployc.core import memory
 from deployc.core.config import BuildConfig, config_digest, load_config
 from deployc.core.state import ModelState
 from deployc.core.timing import machine
@@ -40,7 +41,7 @@ from deployc.validation.diagnosis import diagnose
 from deployc.validation.gate import coverage_warning, validate_artifact
 from deployc.validation.gates import latency_gate
 from deployc.validation.preflight import load_checked
-from deployc.validation.remedies import loss_before_quantization, needs_remedy, remedy_artifact
+from deployc.validation.remedies import loss_before_quantization, needs_remedy, remedy_artifact, unvalidated_reason
 
 
 def check(
@@ -105,7 +106,8 @@ def run_prefix(
     nothing but temporary files. build(start=...) finishes it exactly as a whole build would."""
     config, manager = check(config_or_path)
     instruments = Instruments(quiet=True, extra=plugin_instruments())
-    with instruments.third_party_quiet(enabled=True):
+    budget = memory.resolve(config.build.max_memory)
+    with instruments.third_party_quiet(enabled=True), memory.applied(budget):
         loaded = load_inputs(config, manager, instruments)
         state = resume(start, manager.passes, loaded.state) if start is not None else loaded.state
         with tempfile.TemporaryDirectory(prefix="deployc-prefix-") as work:
@@ -144,7 +146,9 @@ def build(
     config_text = config_text if config_text is not None else saved_config(config_or_path, out_dir)
     check_out_dir(out_dir, force, tuple(manager.targets))
     instruments.log(f"pipeline: {manager.pipeline_string()}")
-    with instruments.third_party_quiet(enabled=not debug):
+    budget = memory.resolve(config.build.max_memory)
+    instruments.log(f"memory budget: {budget}")
+    with instruments.third_party_quiet(enabled=not debug), memory.applied(budget):
         try:
             return _build(config, manager, out_dir, instruments, cache, t_start, key, start, config_text)
         except (OSError, DeploycError) as exc:
@@ -202,6 +206,7 @@ def _build(
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "artifacts": {a.label: a.perf for a in artifacts},
             "machine": machine(),
+            "memory": {"budget": memory.current().to_json(), "peak_rss_bytes": memory.peak_rss_bytes()},
         }
         # everything a person or CI reads is staged with the artifacts and published with them, manifest last
         write_text_atomic(staging / "report.md", render_report(report_view(manifest, timings)))
@@ -233,7 +238,7 @@ def _finisher(
             validate_artifact(target, art, validation, reference, config.validate_, config.data.batch_size)
         except Exception as exc:
             art.error = failure_text(exc)
-            art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
+            art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
         target.close(art)
 
     def finish(art: Artifact, reemit: Reemit | None, lowered: Any) -> Artifact:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from deployc.compiler.contracts import Artifact, Target
+from deployc.core import memory
 from deployc.core.config import ValidateConfig
 from deployc.core.timing import Stats, measure
 from deployc.data.dataset import Dataset
@@ -19,6 +20,17 @@ def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: i
     """Wall ms of one batch-1 inference (median and spread), after at least 0.1 s of warm-up runs."""
     sample = next(data.batches(1))[0]  # batch 1 along each input's own batch axis
     return measure(lambda: target.infer(artifact, sample), runs, warmup=3, min_warmup_s=0.1)
+
+
+def inference_batch(artifact: Artifact, data: Dataset, wanted: int) -> int:
+    """`wanted` samples a batch, fewer when the artifact's activations would not fit the memory budget (estimated
+    from an ONNX artifact's shapes; other files run at `wanted`); MemoryBudgetExceeded when one sample does not."""
+    feed = next(data.batches(1))[0]
+    est = memory.file_activations(artifact.path, feed) if artifact.path is not None else None
+    if est is None:
+        return wanted
+    per_sample = est.peak // max(data.batch_len(feed), 1)
+    return memory.batch_for(per_sample, wanted, f"validating {artifact.label}", data.fixed_batch)
 
 
 def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
@@ -106,7 +118,8 @@ def validate_artifact(
     if artifact.skipped:
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return
-    outputs = run_batched(lambda x: target.infer(artifact, x), data, batch_size)
+    batch = inference_batch(artifact, data, batch_size)
+    outputs = run_batched(lambda x: target.infer(artifact, x), data, batch)
     warning = coverage_warning(artifact)
     if warning:
         artifact.details.setdefault("warnings", []).append(warning)

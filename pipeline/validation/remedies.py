@@ -36,6 +36,7 @@ class Trial:
     remedy: Remedy
     artifact: Artifact
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads): what a shared machine's load sways least
     sha256: str | None = None  # of the trial's artifact file: a stage that changes nothing shows as a repeated hash
 
     @property
@@ -154,7 +155,7 @@ def remedy_artifact(
 ) -> Artifact:
     """Try remedies on `first` (validated, failed) until one passes or spec.max_trials artifacts were made; returns
     the artifact that ships, its file in first's place, with every trial in details['remedies'] and its history."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     offered = set(target.remedy_stages(first, lowered))
     stages = [s for s in REMEDY_STAGES if s in spec.stages and s in offered and _capable(target, s)]
     if not stages:  # e.g. an fp16 or dynamic artifact, or a graph a pass already quantized
@@ -162,35 +163,63 @@ def remedy_artifact(
     trials = [Trial(1, Remedy("as configured", "—", ctx.config.quantize), first, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
     skipped: dict[str, str] = {}
+    stopped: str | None = None
     root = ctx.work_dir / TRIALS_DIR / f"{first.target}-{first.precision}"
     log(f"{first.label}: {first.gate.get('reason')}; trying remedies ({', '.join(stages)})")
     for stage in stages:
         if trials[-1].passed or len(trials) >= spec.max_trials:
             break
+        stopped = _out_of_time(spec, t0, trials)
+        if stopped:
+            break
         base = best(trials)
+        t_stage = time.perf_counter()
         try:
             candidates = target.remedies(stage, base.remedy, base.artifact, lowered, ctx)
         except Exception as exc:  # a stage the target cannot prepare (e.g. a ranking run that fails) is skipped
             skipped[stage] = failure_text(exc)
             log(f"{first.label}: remedy stage {stage} skipped: {skipped[stage]}")
             continue
+        log(
+            f"{first.label}: remedy stage {stage}: {len(candidates)} candidate(s) ({time.perf_counter() - t_stage:.1f} s)"
+        )
         for remedy in candidates:
             if len(trials) >= spec.max_trials or trials[-1].passed:
                 break
             if _key(remedy) in seen:
                 continue
+            stopped = _out_of_time(spec, t0, trials)
+            if stopped:
+                break
             seen.add(_key(remedy))
             log(f"{first.label}: remedy trial {len(trials) + 1} ({stage}: {remedy.change}) …")
             trial = _run(len(trials) + 1, remedy, target, reemit, ctx, root, validate)
             trials.append(trial)
-            log(f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)}")
+            log(
+                f"{first.label}: remedy trial {trial.index} ({stage}: {remedy.change}): {_outcome(trial)} "
+                f"({trial.seconds:.1f} s)"
+            )
+        if stopped:
+            break
+    if stopped:
+        log(f"{first.label}: remedies stopped: {stopped}")
     chosen = best(trials)
     shipped = _ship(chosen, first, ctx.work_dir, root)
     shutil.rmtree(ctx.work_dir / TRIALS_DIR, ignore_errors=True)
-    _record(shipped, trials, chosen, ctx, stages, time.perf_counter() - t0)
+    _record(shipped, trials, chosen, ctx, stages, (time.perf_counter() - t0, time.process_time() - cpu0), stopped)
     if skipped:
         shipped.details["remedies"]["skipped_stages"] = skipped
     return shipped
+
+
+def _out_of_time(spec: RemediesSpec, t0: float, trials: list[Trial]) -> str | None:
+    """Why no further trial may start: the wall-time budget is spent (None while it is not, or there is none)."""
+    if spec.max_seconds is None or time.perf_counter() - t0 < spec.max_seconds:
+        return None
+    return (
+        f"wall-time budget quantize.remedies.max_seconds={spec.max_seconds:g} s reached after {len(trials)} "
+        f"trial(s); the best so far ships"
+    )
 
 
 def _run(
@@ -202,16 +231,21 @@ def _run(
     root: Path,
     validate: Callable[[Artifact], None],
 ) -> Trial:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     work = root / str(index)
     art = reemit(ctx.for_remedy(remedy, work))
     try:
         validate(art)
     except Exception as exc:  # its runtime cannot run this trial: the others may still do
         art.error = failure_text(exc)
-        art.gate = {"status": "error", "reason": f"its runtime cannot run it: {art.error}"}
+        art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
     target.close(art)
-    return Trial(index, remedy, art, time.perf_counter() - t0, _digest(art))
+    return Trial(index, remedy, art, time.perf_counter() - t0, time.process_time() - cpu0, _digest(art))
+
+
+def unvalidated_reason(exc: BaseException, text: str) -> str:
+    """The gate reason of an artifact its validation could not run: out of memory (budget), or its runtime."""
+    return f"not validated: {text}" if isinstance(exc, MemoryError) else f"its runtime cannot run it: {text}"
 
 
 def _digest(art: Artifact) -> str | None:
@@ -239,9 +273,17 @@ def _ship(chosen: Trial, first: Artifact, staging: Path, root: Path) -> Artifact
     return art
 
 
-def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, stages: list[str], seconds: float) -> None:
-    """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop,
-    fallback ranking included (timings.json)."""
+def _record(
+    art: Artifact,
+    trials: list[Trial],
+    chosen: Trial,
+    ctx: Context,
+    stages: list[str],
+    seconds: tuple[float, float],
+    stopped: str | None = None,
+) -> None:
+    """details['remedies'] and a 'remedies' history record (its table in the reports); `seconds`: the whole loop's
+    wall and CPU seconds, fallback ranking included (timings.json)."""
     data = ctx.validation
     scored = f"data.validation ({data.source}, {len(data)} samples)" if data is not None else "data.validation"
     metric = ctx.reference.metric.label if ctx.reference is not None else "metric"
@@ -269,6 +311,7 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
         "fallback": list(chosen.remedy.fallback),
         "quantize": chosen.remedy.spec.model_dump(mode="json", exclude={"remedies"}),
         "trial_log": log,
+        **({"stopped": stopped} if stopped else {}),
     }
     art.details["remedies"] = summary
     rows = tuple(
@@ -296,8 +339,12 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
         chosen.index != 1,
         {k: summary[k] for k in ("trials", "chosen_trial", "passed", "scored_on")},
         (table,),
-        {f"trial_{t.index}_seconds": round(t.seconds, 3) for t in trials[1:]},
-        seconds=seconds,
+        {
+            "cpu_seconds": round(seconds[1], 3),
+            **{f"trial_{t.index}_seconds": round(t.seconds, 3) for t in trials[1:]},
+            **{f"trial_{t.index}_cpu_seconds": round(t.cpu_seconds, 3) for t in trials[1:]},
+        },
+        seconds=seconds[0],
     )
     art.history = tuple(art.history) + (record,)
     if chosen.index != 1 or len(trials) > 1:
@@ -307,3 +354,5 @@ def _record(art: Artifact, trials: list[Trial], chosen: Trial, ctx: Context, sta
             reason=f"{art.gate.get('reason', '')} ({how}; shipped trial {chosen.index}: "
             f"{chosen.remedy.stage}, {chosen.remedy.change})",
         )
+    if stopped:
+        art.gate = dict(art.gate, reason=f"{art.gate.get('reason', '')} (remedies stopped: {stopped})")

@@ -101,3 +101,106 @@ def test_a_concat_of_pixels_and_scores_stays_float_and_keeps_the_scores():
     assert off.concats_kept == {}
     without = session(off.proto.SerializeToString(), 1).run(None, {"x": x[:8]})[0][:, 4:]
     assert np.abs(without - ref).max() > 0.3
+
+
+# ---- streaming statistics (memory budget) and onnxruntime's methods --------------------------------------------
+
+
+def _stats_equal(a: calibration.Statistics, b: calibration.Statistics) -> None:
+    assert set(a.tensors) == set(b.tensors)
+    for name, s in a.tensors.items():
+        t = b.tensors[name]
+        assert (s.lo, s.hi) == (t.lo, t.hi), name
+        assert (s.hist is None) == (t.hist is None) and (s.hist is None or np.array_equal(s.hist, t.hist)), name
+
+
+def test_streamed_statistics_are_the_same_in_any_batch_size(digits_proto, calib):
+    whole = calibration.collect(digits_proto, calib, True, batch=len(calib))
+    for batch in (1, 5):
+        _stats_equal(calibration.collect(digits_proto, calib, True, batch=batch), whole)
+    assert sum(s.hist.sum() for s in whole.tensors.values() if s.hist is not None) > 0
+
+
+def test_a_budget_of_three_samples_calibrates_three_at_a_time_with_the_same_ranges(digits_proto, calib):
+    from deployc.core import memory
+    from deployc.passes.activations import batch_size, per_sample_bytes
+
+    names = calibration.calibrated_tensors(digits_proto)
+    per_sample = per_sample_bytes(digits_proto, names, calib)
+    whole = calibration.collect(digits_proto, calib, True)
+    with memory.applied(memory.Budget(3 * per_sample + 1, "test")):
+        assert batch_size(per_sample, calib, "calibration") == 3
+        _stats_equal(calibration.collect(digits_proto, calib, True), whole)
+    with memory.applied(memory.Budget(per_sample - 1, "test")), pytest.raises(memory.MemoryBudgetExceeded) as err:
+        calibration.collect(digits_proto, calib.take(30), True)
+    assert "calibration needs" in str(err.value) and "one sample" in str(err.value)
+
+
+def _onnxruntime_ranges(proto: onnx.ModelProto, data: Dataset, method: str, tmp_path: Path) -> dict:
+    """onnxruntime's own calibrator, every sample in one batch (what it computes when nothing limits memory)."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    options = {"percentile": {"percentile": 99.99}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
+    onnx.save(proto, tmp_path / "m.onnx")
+    calibrator = create_calibrator(
+        str(tmp_path / "m.onnx"),
+        sorted({n.op_type for n in proto.graph.node}),
+        augmented_model_path=str(tmp_path / "aug.onnx"),
+        calibrate_method=getattr(CalibrationMethod, calibration.METHODS[method]),
+        extra_options=options.get(method, {}),
+    )
+    batches = iter([dict(data.inputs)])
+    reader = type("Reader", (), {"get_next": lambda self: next(batches, None)})()
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator.collect_data(reader)
+        found = calibrator.compute_data()
+    return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in found.data.items()}
+
+
+# minmax is exact; entropy searches the same 2048-bin histogram (float32 edges: 1e-6 of max|x|); percentile's |x|
+# histogram starts at 0 where onnxruntime's starts at min|x|: one of its 2048 bins at most
+TOLERANCE = {"minmax": 0.0, "entropy": 1e-6, "percentile": 1 / 2048}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_ranges_equal_onnxruntimes_calibrators_on_every_sample_at_once(digits_proto, calib, method, tmp_path):
+    stats = calibration.collect(digits_proto, calib, method != "minmax", batch=4)
+    ours = calibration._method_ranges(stats, method, 99.99)
+    theirs = _onnxruntime_ranges(digits_proto, calib, method, tmp_path)
+    assert set(ours) == set(theirs)
+    for name, (lo, hi) in theirs.items():
+        scale = stats.tensors[name].absmax
+        assert abs(ours[name][0] - lo) <= TOLERANCE[method] * scale, (name, ours[name], (lo, hi))
+        assert abs(ours[name][1] - hi) <= TOLERANCE[method] * scale, (name, ours[name], (lo, hi))
+
+
+def test_the_vectorised_kl_search_picks_onnxruntimes_threshold():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    collector = HistogramCollector("entropy", False, 2048, 128, 99.99, "same")
+    for shape in range(9):
+        x = [rng.standard_normal(20_000), np.maximum(rng.standard_normal(20_000), 0), rng.laplace(size=20_000)][
+            shape % 3
+        ] * rng.uniform(0.1, 5)
+        top = np.abs(x).max()
+        hist, edges = np.histogram(x.astype(np.float32), 2048, range=(-top, top))
+        start, end = calibration.kl_threshold(hist, 128)
+        wide = (np.float32(-1e9), np.float32(1e9))  # no clipping to min/max: the search alone
+        theirs = collector.get_entropy_threshold((hist, edges, *wide), 128)
+        assert (edges[start], edges[end]) == (theirs[0], theirs[1])
+
+
+def test_histogram_methods_share_one_pass_after_minmax(digits_proto, calib, tmp_path, monkeypatch):
+    passes = []
+    minmax, histogram = calibration._minmax_pass, calibration._histogram_pass
+    monkeypatch.setattr(calibration, "_minmax_pass", lambda *a: passes.append("minmax") or minmax(*a))
+    monkeypatch.setattr(calibration, "_histogram_pass", lambda *a: passes.append("histogram") or histogram(*a))
+    data = calib.take(31)  # samples no other test calibrates on: nothing memoized
+    for method in ("minmax", "percentile", "entropy"):
+        calibration.calibration_cache(digits_proto, digits_proto, data, method, 16, 99.99, tmp_path)
+    assert passes == ["minmax", "histogram"]  # one minmax pass, one histogram pass for percentile and entropy

@@ -80,3 +80,25 @@ def test_fallback_units_put_the_outlier_tensors_writer_and_reader_first(hostile_
 def test_damage_is_relative_once_error_has_arrived():
     assert damage(0.9, 1e-4) > 100 * damage(1e5, 2e4)  # the layer that crushed the signal, not the one downstream
     assert damage(2e-4, 1e-4) == pytest.approx(1e-4 / 1.1e-3)  # small errors count about absolutely
+
+
+def test_streamed_activation_errors_equal_one_run_on_every_sample(hostile_proto, calib):
+    """The ranking accumulates per-channel sums batch by batch; a budget of two samples gives the same errors as
+    the whole-batch channel_nmse over every layer output held at once."""
+    from deployc.core import memory
+    from deployc.passes.activations import per_sample_bytes
+    from deployc.passes.sensitivity import _consumer_view, _float_outputs, layer_outputs
+
+    int8 = quantize_int8(hostile_proto, calib, Int8Config(samples=64, per_channel=False))
+    names = [t for t in _float_outputs(hostile_proto) if t in {o for n in int8.graph.node for o in n.output}]
+    seen = _consumer_view(int8)
+    ref, got = layer_outputs(hostile_proto, names, calib), layer_outputs(int8, sorted({seen[t] for t in names}), calib)
+    whole = {t: channel_nmse(ref[t], got[seen[t]]) for t in names}
+    need = per_sample_bytes(hostile_proto, names, calib, scratch=4) + per_sample_bytes(int8, list(seen.values()), calib)
+    with memory.applied(memory.Budget(2 * need, "test")):
+        streamed = {e.node: e.error for e in activation_errors(hostile_proto, int8, calib)}
+    producer = {o: n.name for n in hostile_proto.graph.node for o in n.output}
+    compared = [t for t in names if producer[t] in streamed]
+    assert len(compared) >= 5
+    for t in compared:
+        assert streamed[producer[t]] == pytest.approx(whole[t], rel=1e-9, abs=1e-15), t

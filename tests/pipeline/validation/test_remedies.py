@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import onnx
@@ -88,7 +89,9 @@ def test_reports_list_every_trial_with_its_seconds(fallback_build):
     assert record["tables"][0]["header"][-1] == ""  # the seconds column stays out of manifest.json
     timings = json.loads((fallback_build.out_dir / "timings.json").read_text())
     seconds = next(p for p in timings["artifact_passes"]["onnx/int8"] if p["name"] == "remedies")["timings"]
-    assert sorted(seconds) == sorted(f"trial_{i}_seconds" for i in range(2, n + 1))
+    wanted = [f"trial_{i}_{clock}" for i in range(2, n + 1) for clock in ("seconds", "cpu_seconds")]
+    assert sorted(seconds) == sorted([*wanted, "cpu_seconds"])  # wall and CPU per trial; the loop's CPU
+    assert all(v >= 0 for v in seconds.values()) and seconds["cpu_seconds"] >= seconds["trial_2_cpu_seconds"]
     assert "remedies: onnx/int8 trials" in (fallback_build.out_dir / "report.html").read_text()
 
 
@@ -115,6 +118,24 @@ def test_remedies_off_is_one_trial(tmp_path: Path):
     assert art["gate"]["status"] == "fail" and "remedies" not in art["details"] and result.exit_code == 3
     assert [p["name"] for p in art["passes"]][-1] != "remedies"
     assert load_config(hostile_config(False)).quantize.remedies == "off"  # YAML's bare `off` reads as false
+
+
+def test_max_seconds_zero_runs_only_the_trial_as_configured_and_says_so(tmp_path: Path):
+    result = build(hostile_config({"max_seconds": 0}), out=tmp_path / "out", quiet=True)
+    art = _int8(result)
+    remedies = art["details"]["remedies"]
+    assert [t["trial"] for t in remedies["trial_log"]] == [1] and remedies["chosen_trial"] == 1
+    assert "quantize.remedies.max_seconds=0 s reached after 1 trial(s)" in remedies["stopped"]
+    assert art["gate"]["status"] == "fail" and "remedies stopped: " in art["gate"]["reason"] and result.exit_code == 3
+
+
+def test_the_time_budget_stops_before_a_trial_not_in_one():
+    from deployc.core.config import RemediesSpec
+    from deployc.validation.remedies import _out_of_time
+
+    assert _out_of_time(RemediesSpec(), 0.0, []) is None  # no budget: never out of time
+    assert _out_of_time(RemediesSpec(max_seconds=3600), time.perf_counter(), []) is None
+    assert "after 2 trial(s)" in (_out_of_time(RemediesSpec(max_seconds=5), time.perf_counter() - 10, [1, 2]) or "")
 
 
 def test_none_passing_ships_the_closest_with_gate_fail(tmp_path: Path):

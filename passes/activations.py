@@ -1,0 +1,59 @@
+"""Named tensors of an ONNX graph over a dataset, one batch at a time: what calibration, the fallback ranking and the
+channel-range check accumulate statistics from. Batches are sized to the build's memory budget (core/memory.py) from
+the bytes the tensors take per sample; nothing is kept from one batch to the next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from deployc.core import memory
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
+from deployc.passes.onnx_util import copied
+
+DEFAULT_BATCH = 64  # samples per batch when the budget allows it
+
+
+def one_sample(data: Dataset) -> dict[str, np.ndarray]:
+    """The first batch of one sample (the model's fixed batch, if it has one), as fed."""
+    return next(data.batches(1))[0]
+
+
+def per_sample_bytes(proto: Any, names: list[str], data: Dataset, scratch: int = 0) -> int:
+    """Bytes one sample takes when a run of `proto` returns `names` and a stage works on `scratch` more copies of
+    the largest of them at a time."""
+    feed = one_sample(data)
+    est = memory.graph_activations(proto, feed)
+    sizes = [est.tensors.get(n, 0) for n in set(names)]
+    return (est.peak + sum(sizes) + scratch * max(sizes, default=0)) // max(data.batch_len(feed), 1)
+
+
+def batch_size(per_sample: int, data: Dataset, what: str, wanted: int = DEFAULT_BATCH) -> int:
+    """Samples per batch for a stage holding `per_sample` bytes a sample (MemoryBudgetExceeded when none fits)."""
+    return memory.batch_for(per_sample, min(wanted, max(len(data), 1)), what, data.fixed_batch)
+
+
+def streamed(
+    proto: Any, names: list[str], data: Dataset, what: str, batch: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """{name: value} for each batch of `data`, the graph run unoptimised (every named tensor survives); graph
+    inputs among `names` come from the feeds. `batch`: samples per batch (default: sized to the budget)."""
+    import onnx
+
+    inputs = {i.name for i in proto.graph.input}
+    run_names = [n for n in dict.fromkeys(names) if n not in inputs]
+    exposed = copied(proto)
+    have = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in run_names if n not in have)
+    size = batch or batch_size(per_sample_bytes(proto, names, data), data, what)
+    sess = session(exposed, optimize=False)
+    feeds = {i.name for i in sess.get_inputs()}
+    for x, _ in data.batches(size):
+        values = (
+            dict(zip(run_names, sess.run(run_names, {k: v for k, v in x.items() if k in feeds}))) if run_names else {}
+        )
+        values.update({n: x[n] for n in names if n in inputs and n in x})
+        yield values

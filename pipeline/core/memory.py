@@ -1,0 +1,269 @@
+"""The build's memory budget: how much memory its stages may hold for activations and statistics at once, and the
+batch sizes that keep each stage inside it.
+
+Every stage that runs samples through a graph (calibration, the fallback ranking, validation, latency) asks
+`batch_for` how many samples one batch may hold, from the bytes one sample needs (`graph_activations`, from the
+graph's shapes). A stage that cannot fit one sample raises MemoryBudgetExceeded, which the driver turns into that
+artifact's `error` gate: the build goes on with the others instead of being killed by the kernel.
+
+The budget is `build.max_memory` when set; else DEFAULT_SHARE of the memory available when the build starts
+(MemAvailable, or what the cgroup still allows, whichever is less). It bounds the working data of one stage, on top
+of the model and the libraries the process already holds; timings.json reports the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import resource
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SHARE = (
+    0.5  # of the memory available at the start: room for the runtimes' own buffers and the rest of the machine
+)
+# Above ~1 GiB of activations a batch runs no faster on a CPU (onnxruntime vectorises within each sample), and a
+# smaller one keeps the build's peak down: batches stop growing there even when the budget allows more.
+WORKING_SET = 1 << 30
+_GIB = 1 << 30
+
+
+class MemoryBudgetExceeded(MemoryError):
+    """A stage needs more memory for one sample (or the model's fixed batch) than the budget allows."""
+
+
+def size_text(n: float) -> str:
+    """'1.5 GB', '340 MB', '12 kB' (decimal units, as `build.max_memory` reads them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12}
+_UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tb": 10**12, "tib": 1 << 40})
+
+
+def parse_size(value: int | float | str) -> int:
+    """Bytes from 8000000000, '8GB', '8 GiB', '512MB' (ValueError naming what is wrong otherwise)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; write e.g. 8GB or 512MiB")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = value.strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        number, unit = float(digits) if digits else -1.0, text[len(digits) :]
+        if unit not in _UNITS:
+            raise ValueError(f"{value!r}: unknown unit '{unit}'; write e.g. 8GB, 8GiB or 512MB")
+    size = number * _UNITS[unit]
+    if not np.isfinite(size) or size <= 0:
+        raise ValueError(f"{value!r} is not a positive size; write e.g. 8GB or 512MiB")
+    return int(size)
+
+
+@dataclass(frozen=True)
+class Budget:
+    limit: int  # bytes one stage may hold for its samples' activations and statistics
+    source: str  # "build.max_memory" or how the default was found
+
+    def __str__(self) -> str:
+        return f"{size_text(self.limit)} ({self.source})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytes": self.limit, "source": self.source}
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_bytes() -> tuple[int, str]:
+    """Memory this process can still take: MemAvailable, less when a cgroup limit leaves less; with where from."""
+    found: list[tuple[int, str]] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, "MemAvailable"))
+    except OSError:
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 1 << 60:
+            found.append((max(cap - used, 0), "cgroup limit"))
+    if not found:  # no /proc (not Linux): what the pages of physical memory say
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+    return min(found)
+
+
+def resolve(max_memory: int | None) -> Budget:
+    """The budget of one build: build.max_memory, else DEFAULT_SHARE of what is available now."""
+    if max_memory is not None:
+        return Budget(int(max_memory), "build.max_memory")
+    free, where = available_bytes()
+    return Budget(int(free * DEFAULT_SHARE), f"default: {DEFAULT_SHARE:.0%} of {size_text(free)} {where}")
+
+
+_CURRENT: ContextVar[Budget | None] = ContextVar("deployc_memory_budget", default=None)
+
+
+@contextlib.contextmanager
+def applied(budget: Budget) -> Iterator[Budget]:
+    """Make `budget` the one every stage of this build sizes its batches by."""
+    token = _CURRENT.set(budget)
+    try:
+        yield budget
+    finally:
+        _CURRENT.reset(token)
+
+
+def current() -> Budget:
+    """The build's budget (the default, resolved now, outside a build)."""
+    return _CURRENT.get() or resolve(None)
+
+
+def batch_for(per_sample: int, wanted: int, what: str, fixed: int | None = None) -> int:
+    """Samples per batch for a stage whose batch holds `per_sample` bytes per sample: at most `wanted`, and no more
+    than the budget (and WORKING_SET) allow; `fixed`: the model's batch axis has this size, so it is that or
+    nothing. Raises MemoryBudgetExceeded naming `what` when not even one sample (or the fixed batch) fits."""
+    budget = current()
+    need = max(int(per_sample), 1)
+    least = fixed or 1
+    if need * least > budget.limit:
+        n = f"one batch of {fixed} samples (the model's fixed batch)" if fixed else "one sample"
+        raise MemoryBudgetExceeded(
+            f"{what} needs {size_text(need * least)} for {n}, more than the memory budget {budget}; "
+            f"raise build.max_memory or use a machine with more memory"
+        )
+    if fixed:
+        return fixed
+    return max(1, min(int(wanted), min(budget.limit, WORKING_SET) // need))
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far (Linux reports kB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# ---- bytes per sample, from a graph's shapes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activations:
+    """What one sample makes a graph hold, from its shapes (onnx shape inference at batch 1)."""
+
+    tensors: dict[str, int]  # bytes of each non-constant tensor (inputs and every node's outputs)
+    peak: int  # most bytes alive at once when the graph runs in node order, freeing each tensor after its last use
+
+    def exposed(self, names: list[str] | set[str]) -> int:
+        """Bytes per sample of a run that returns `names` besides what the run itself holds at its peak."""
+        return self.peak + sum(self.tensors.get(n, 0) for n in set(names))
+
+
+_ESTIMATES: dict[str, Activations] = {}
+
+
+def _elem_bytes(elem_type: int) -> int:
+    from onnx import helper
+
+    try:
+        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except Exception:  # string or an exotic type: count it as 4 bytes a value
+        return 4
+
+
+def _shapes(proto: Any, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of every tensor whose shape inference (onnx's, then onnxruntime's symbolic) finds, at these feeds."""
+    import onnx
+
+    model = type(proto)()
+    model.CopyFrom(proto)
+    for value in model.graph.input:
+        if value.name in feeds:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in np.shape(feeds[value.name]):
+                shape.dim.add().dim_value = int(d)
+    del model.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a graph onnx cannot infer (contrib ops): what its file declares
+        inferred = model
+    sizes = _sized(inferred)
+    produced = {o for n in model.graph.node for o in n.output if o}
+    if not produced <= set(sizes):
+        import tempfile
+
+        # symbolic inference knows onnxruntime's contrib ops; it saves temp files into the CWD when it gives up
+        with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            sizes = {**_sized(SymbolicShapeInference.infer_shapes(model, auto_merge=True)), **sizes}
+    return sizes
+
+
+def _sized(model: Any) -> dict[str, int]:
+    sizes = {}
+    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        if t.HasField("shape") and all(d >= 0 for d in dims):
+            sizes[v.name] = int(np.prod(dims, dtype=np.int64)) * _elem_bytes(t.elem_type)
+    return sizes
+
+
+def graph_activations(proto: Any, feeds: dict[str, np.ndarray]) -> Activations:
+    """Bytes one sample makes `proto` hold (feeds: one sample of each input, as fed). A tensor whose shape
+    inference cannot size counts as the largest one it can (memoized per graph and feed shapes)."""
+    digest = hashlib.sha256(proto.SerializeToString(deterministic=True))
+    digest.update(repr(sorted((k, np.shape(v)) for k, v in feeds.items())).encode())
+    key = digest.hexdigest()
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = _estimate(proto, feeds)
+    return _ESTIMATES[key]
+
+
+def _estimate(proto: Any, feeds: dict[str, np.ndarray]) -> Activations:
+    sizes = _shapes(proto, feeds)
+    consts = {i.name for i in proto.graph.initializer}
+    nodes = list(proto.graph.node)
+    inputs = [i.name for i in proto.graph.input if i.name not in consts]
+    names = inputs + [o for n in nodes for o in n.output if o and o not in consts]
+    biggest = max((sizes[n] for n in names if n in sizes), default=0)
+    tensors = {n: sizes.get(n, biggest) for n in dict.fromkeys(names)}
+    last_use = {}
+    for i, n in enumerate(nodes):
+        for t in n.input:
+            last_use[t] = i
+    keep = {o.name for o in proto.graph.output}
+    live = peak = sum(tensors[n] for n in set(inputs))
+    for i, n in enumerate(nodes):
+        live += sum(tensors.get(o, 0) for o in n.output if o)
+        peak = max(peak, live)
+        freed = {t for t in n.input if t in tensors and last_use.get(t) == i and t not in keep}
+        freed |= {o for o in n.output if o in tensors and o not in last_use and o not in keep}  # never read
+        live -= sum(tensors[t] for t in freed)
+    return Activations(tensors, int(peak))
+
+
+def file_activations(path: str | Path, feeds: dict[str, np.ndarray]) -> Activations | None:
+    """graph_activations of an ONNX file (weights kept on disk); None for a file that is not ONNX."""
+    import onnx
+
+    if Path(path).suffix != ".onnx":
+        return None
+    return graph_activations(onnx.load(str(path), load_external_data=False), feeds)
