@@ -169,3 +169,11 @@ def edge_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     """EdgeNet built once on every target (tests/targets/test_edge_artifacts.py, tests/commands/test_package.py)."""
     folder = tmp_path_factory.mktemp("edge")
     return build(edge_config(folder), out=folder / "out", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """TinyMobile's trained weights (tests/tiny_mobile.py), trained once per session."""
+    from tests.tiny_mobile import train_tiny
+
+    return train_tiny(tmp_path_factory)

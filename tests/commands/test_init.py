@@ -11,22 +11,18 @@ import yaml
 
 from deployc.cli import main
 from tests.conftest import write
-from tests.pipeline.driver.test_oneline import NET
+from tests.tiny_mobile import tiny_project
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch) -> Path:
-    write(tmp_path / "nets" / "tiny.py", NET)
-    from deployc.data.sources import digits_arrays
-
-    x, y = digits_arrays("test")
-    np.savez(tmp_path / "digits.npz", image=x[:64], labels=y[:64], calib_image=x[64:128])
+def project(tmp_path: Path, monkeypatch, tiny_weights: bytes) -> Path:
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return tiny_project(tmp_path, tiny_weights, 64)
 
 
 def test_init_writes_a_commented_config_that_validates(project, capsys):
-    argv = ["init", "--model", "nets/tiny.py:make", "--data", "digits.npz", "--target", "onnx:int8", "--json"]
+    argv = ["init", "--model", "nets/tiny.py:make", "--weights", "nets/tiny.safetensors", "--data", "digits.npz"]
+    argv += ["--target", "onnx:int8", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["error"] is None and summary["class"] == "TinyMobile" and summary["outputs"] == [[2, 10]]

@@ -6,54 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from deployc.cli import main
 from deployc.driver.oneline import parse_input, parse_targets
 from deployc.errors import UsageError
 from tests.conftest import write
-
-NET = """
-import torch
-from torch import nn
-
-
-class TinyMobile(nn.Module):
-    \"\"\"An inverted residual block (expand, depthwise, project) and a classifier: MobileNetV2 in miniature.\"\"\"
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
-        self.block = nn.Sequential(
-            nn.Conv2d(8, 16, 1), nn.ReLU6(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
-            nn.Conv2d(16, 8, 1),
-        )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-
-    def forward(self, x):
-        x = self.stem(x)
-        return self.head(x + self.block(x))
-
-
-def make():
-    return TinyMobile().eval()
-"""
+from tests.tiny_mobile import tiny_project
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    write(tmp_path / "nets" / "tiny.py", NET)
-    from deployc.data.sources import digits_arrays
-
-    x, y = digits_arrays("test")
-    np.savez(tmp_path / "digits.npz", image=x[:96], labels=y[:96], calib_image=x[96:160])
-    return tmp_path
+def project(tmp_path: Path, tiny_weights: bytes) -> Path:
+    return tiny_project(tmp_path, tiny_weights, 96)
 
 
 def _oneline(project: Path, out: Path, *extra: str) -> int:
     argv = ["build", "--model", str(project / "nets" / "tiny.py") + ":make", "--data", str(project / "digits.npz")]
+    argv += ["--weights", str(project / "nets" / "tiny.safetensors")]
     return main([*argv, "--target", "onnx:fp32,int8", "--max-drift", "1", "--out", str(out), "--quiet", *extra])
 
 
