@@ -173,7 +173,7 @@ def finite_fp16(proto: Any, feeds: Feeds | None) -> Fp16Result:
     try:
         feeds = pinned(feeds, proto, names, "quantize.fp16's range check (every intermediate tensor kept)", scratch=2)
         stats = intermediate_stats(proto, feeds, names)
-        reference = batched_outputs(proto, feeds)
+        reference = list(batched_outputs(proto, feeds))
     except MemoryBudgetExceeded:
         raise
     except Exception:  # samples the graph does not take (e.g. an input batched on axis 1): convert unguided

@@ -8,7 +8,7 @@ all the samples at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,13 +98,13 @@ def run_outputs(proto: Any, feeds: dict[str, np.ndarray], optimize: bool = True)
     return [np.asarray(o) for o in session(proto, threads=1, optimize=optimize).run(None, feeds)]
 
 
-def batched_outputs(proto: Any, feeds: Feeds, optimize: bool = True) -> list[list[np.ndarray]]:
-    """run_outputs on each batch of `feeds` (the graph outputs of every sample are kept; the batch sizes bound
-    what a run holds besides them)."""
+def batched_outputs(proto: Any, feeds: Feeds, optimize: bool = True) -> Iterator[list[np.ndarray]]:
+    """run_outputs on each batch of `feeds`, batch by batch (a check holds the reference's outputs, list() of this,
+    and streams the other graph's against them)."""
     sess = session(proto, threads=1, optimize=optimize)
     outputs = [o.name for o in proto.graph.output]
-    what = "checking a graph's outputs on samples"
-    return [[np.asarray(o) for o in sess.run(None, f)] for f in _batches(proto, feeds, outputs, what)]
+    for f in _batches(proto, feeds, outputs, "checking a graph's outputs on samples"):
+        yield [np.asarray(o) for o in sess.run(None, f)]
 
 
 def output_mismatch(ref: list[np.ndarray], got: list[np.ndarray], rtol: float = 1e-3) -> str | None:
@@ -115,15 +115,15 @@ def output_mismatch(ref: list[np.ndarray], got: list[np.ndarray], rtol: float = 
     return batches_mismatch([ref], [got], rtol)
 
 
-def batches_mismatch(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], rtol: float = 1e-3) -> str | None:
-    """output_mismatch over batches (from batched_outputs): each output's largest error and magnitude are reduced
-    batch by batch, so the verdict is that of one run on every sample."""
-    if len(ref) != len(got):
-        return f"{len(got)} batches instead of {len(ref)}"
+def batches_mismatch(ref: list[list[np.ndarray]], got: Iterable[list[np.ndarray]], rtol: float = 1e-3) -> str | None:
+    """output_mismatch over batches (`got` may stream from batched_outputs): each output's largest error and
+    magnitude are reduced batch by batch, so the verdict is that of one run on every sample."""
+    batches = 0
     broken: dict[int, str] = {}  # output → the first thing found wrong with it
     err: dict[int, float] = {}
     scale: dict[int, float] = {}
     for ref_batch, got_batch in zip(ref, got):
+        batches += 1
         if len(ref_batch) != len(got_batch):
             return f"{len(got_batch)} outputs instead of {len(ref_batch)}"
         for i, (a, b) in enumerate(zip(ref_batch, got_batch)):
@@ -140,6 +140,8 @@ def batches_mismatch(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], r
             if finite.any():
                 err[i] = max(err.get(i, 0.0), float(np.max(np.abs(a64[finite] - b64[finite]))))
                 scale[i] = max(scale.get(i, 0.0), float(np.max(np.abs(a64[finite]))))
+    if batches != len(ref):
+        return f"{batches} batches instead of {len(ref)}"
     for i in range(len(ref[0]) if ref else 0):
         if i in broken:
             return broken[i]

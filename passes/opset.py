@@ -44,7 +44,7 @@ def upgrade_for_qdq(proto: Any, feeds: Feeds | None) -> OpsetUpgrade:
         return OpsetUpgrade(proto, opset, opset)
     try:
         feeds = pinned(feeds, proto, None, "the opset upgrade's output check") if feeds else None
-        reference = batched_outputs(proto, feeds) if feeds else None
+        reference = list(batched_outputs(proto, feeds)) if feeds else None
     except MemoryBudgetExceeded:
         raise
     except Exception:  # samples the graph does not take: the upgrade is still checked and loaded

@@ -73,7 +73,7 @@ def simplify_stages(proto: Any, config: SimplifyConfig, feeds: Feeds) -> tuple[A
 
     try:
         feeds = pinned(feeds, proto, None, "simplify's output check")
-        reference = batched_outputs(proto, feeds)
+        reference = list(batched_outputs(proto, feeds))
     except MemoryBudgetExceeded:
         raise
     except Exception as exc:  # feeds the graph rejects (e.g. made up for unusual inputs): check structure only

@@ -225,6 +225,6 @@ def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> t
 def _check_equal(before: Any, after: Any, data: Dataset, n: int) -> None:
     """The smoothed graph must compute the fp32 graph's numbers: a difference is a bug of this transform."""
     feeds = pinned(Samples(data.take(n)), before, None, "smoothquant's output check")  # batches the budget sizes
-    why = batches_mismatch(batched_outputs(before, feeds), batched_outputs(after, feeds), rtol=EQUAL_RTOL)
+    why = batches_mismatch(list(batched_outputs(before, feeds)), batched_outputs(after, feeds), rtol=EQUAL_RTOL)
     if why is not None:
         raise AssertionError(f"smoothquant changed the fp32 graph's outputs: {why}")

@@ -55,7 +55,7 @@ def _fp16_opset(proto: Any, feeds: Feeds) -> tuple[Any, str | None]:
         upgraded = version_converter.convert_version(proto, FP16_QDQ_OPSET)
         onnx.checker.check_model(upgraded)
         feeds = pinned(feeds, proto, None, "the opset upgrade's output check")
-        why = batches_mismatch(batched_outputs(proto, feeds), batched_outputs(upgraded, feeds))
+        why = batches_mismatch(list(batched_outputs(proto, feeds)), batched_outputs(upgraded, feeds))
     except MemoryBudgetExceeded:
         raise
     except Exception as exc:
