@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from deployc.passes.onnx_numerics import FP16_MAX, TensorStats, graph_inputs, intermediate_stats, run_outputs
+from deployc.core.memory import MemoryBudgetExceeded
+from deployc.passes.onnx_numerics import (
+    FP16_MAX,
+    Feeds,
+    TensorStats,
+    batched_outputs,
+    graph_inputs,
+    intermediate_stats,
+    pinned,
+)
 from deployc.passes.onnx_util import copied, names_read, producers, sort_topologically
 
 SINGULAR_INPUTS = {"Log": (0,), "Div": (1,), "Reciprocal": (0,)}  # where a zero makes ±inf
@@ -97,7 +106,7 @@ def predicted_fp32_nodes(proto: Any, stats: dict[str, TensorStats]) -> dict[str,
 
 
 def _nonfinite_origins(
-    proto: Any, half: Any, feeds: dict[str, np.ndarray], stats: dict[str, TensorStats], kept: dict[str, str]
+    proto: Any, half: Any, feeds: Feeds, stats: dict[str, TensorStats], kept: dict[str, str]
 ) -> dict[str, str]:
     """Nodes whose fp16 output is non-finite (where float32's is finite) although their inputs are finite."""
     names = [o for n in proto.graph.node for o in n.output[:1]]
@@ -154,15 +163,19 @@ def topologically_sorted(proto: Any) -> Any:
     return proto
 
 
-def finite_fp16(proto: Any, feeds: dict[str, np.ndarray] | None) -> Fp16Result:
-    """fp16 graph of `proto` with the nodes fp16 cannot hold kept float32 (decided on `feeds` when given)."""
+def finite_fp16(proto: Any, feeds: Feeds | None) -> Fp16Result:
+    """fp16 graph of `proto` with the nodes fp16 cannot hold kept float32 (decided on `feeds` when given; Samples
+    run in batches the memory budget sizes for every intermediate tensor of a run, the same batches for each graph)."""
     if not feeds:
         return Fp16Result(convert_fp16(proto))
     proto = _named(proto)
     names = [v.name for v in graph_inputs(proto)] + [o for n in proto.graph.node for o in n.output[:1]]
     try:
+        feeds = pinned(feeds, proto, names, "quantize.fp16's range check (every intermediate tensor kept)", scratch=2)
         stats = intermediate_stats(proto, feeds, names)
-        reference = run_outputs(proto, feeds)
+        reference = list(batched_outputs(proto, feeds))
+    except MemoryBudgetExceeded:
+        raise
     except Exception:  # samples the graph does not take (e.g. an input batched on axis 1): convert unguided
         return Fp16Result(convert_fp16(proto))
     kept = predicted_fp32_nodes(proto, stats)
@@ -171,8 +184,13 @@ def finite_fp16(proto: Any, feeds: dict[str, np.ndarray] | None) -> Fp16Result:
         half = topologically_sorted(
             without_fp16_round_trips(convert_fp16(proto, sorted(kept)), set(kept), float_inputs)
         )
-        got = run_outputs(half, feeds, optimize=False)  # every tensor stored in fp16, as on an fp16 device
-        if all(np.isfinite(g[np.isfinite(r)]).all() for r, g in zip(reference, got) if r.dtype.kind == "f"):
+        got = batched_outputs(half, feeds, optimize=False)  # every tensor stored in fp16, as on an fp16 device
+        if all(
+            np.isfinite(g[np.isfinite(r)]).all()
+            for ref_batch, got_batch in zip(reference, got)
+            for r, g in zip(ref_batch, got_batch)
+            if r.dtype.kind == "f"
+        ):
             return Fp16Result(half, kept, True)
         new = _nonfinite_origins(proto, half, feeds, stats, kept)
         if not new:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from deployc.core.memory import MemoryBudgetExceeded
 from deployc.core.ort import session
-from deployc.passes.onnx_numerics import output_mismatch, run_outputs
+from deployc.passes.onnx_numerics import Feeds, batched_outputs, batches_mismatch, pinned
 
 QDQ_PER_CHANNEL_OPSET = 13
 
@@ -35,7 +34,7 @@ class OpsetUpgrade:
         return out
 
 
-def upgrade_for_qdq(proto: Any, feeds: dict[str, np.ndarray] | None) -> OpsetUpgrade:
+def upgrade_for_qdq(proto: Any, feeds: Feeds | None) -> OpsetUpgrade:
     """`proto` at opset ≥ 13 when onnx's version converter gets it there with the same outputs on `feeds`."""
     import onnx
     from onnx import version_converter
@@ -44,7 +43,10 @@ def upgrade_for_qdq(proto: Any, feeds: dict[str, np.ndarray] | None) -> OpsetUpg
     if opset >= QDQ_PER_CHANNEL_OPSET:
         return OpsetUpgrade(proto, opset, opset)
     try:
-        reference = run_outputs(proto, feeds) if feeds else None
+        feeds = pinned(feeds, proto, None, "the opset upgrade's output check") if feeds else None
+        reference = list(batched_outputs(proto, feeds)) if feeds else None
+    except MemoryBudgetExceeded:
+        raise
     except Exception:  # samples the graph does not take: the upgrade is still checked and loaded
         reference = None
     try:
@@ -54,7 +56,9 @@ def upgrade_for_qdq(proto: Any, feeds: dict[str, np.ndarray] | None) -> OpsetUpg
             session(upgraded, threads=1, optimize=False)
             why = None
         else:
-            why = output_mismatch(reference, run_outputs(upgraded, feeds))
+            why = batches_mismatch(reference, batched_outputs(upgraded, feeds))
+    except MemoryBudgetExceeded:
+        raise
     except Exception as exc:
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         why = f"{type(exc).__name__}: {text}"

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core.memory import MemoryBudgetExceeded
 from deployc.core.state import ModelState
-from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
+from deployc.passes.onnx_numerics import Feeds, batched_outputs, batches_mismatch, pinned, sample_feeds
 from deployc.passes.onnx_util import copied, op_counts
 
 MAX_NODES = 10_000
@@ -66,13 +66,16 @@ STAGES: dict[str, Callable[[Any], Any]] = {"onnxsim": _onnxsim, "optimizer": _op
 SUPERLINEAR = frozenset({"optimizer", "rewrite"})  # stages bounded by SimplifyConfig.max_nodes
 
 
-def simplify_stages(proto: Any, config: SimplifyConfig, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, str]]:
+def simplify_stages(proto: Any, config: SimplifyConfig, feeds: Feeds) -> tuple[Any, dict[str, str]]:
     """The simplified graph and what happened to each enabled stage: 'kept', or 'dropped: <why>' when it crashed,
-    failed the checker or changed the outputs on `feeds`."""
+    failed the checker or changed the outputs on `feeds` (the same batches for every stage)."""
     import onnx
 
     try:
-        reference = run_outputs(proto, feeds)
+        feeds = pinned(feeds, proto, None, "simplify's output check")
+        reference = list(batched_outputs(proto, feeds))
+    except MemoryBudgetExceeded:
+        raise
     except Exception as exc:  # feeds the graph rejects (e.g. made up for unusual inputs): check structure only
         reference, unchecked = None, f"numbers not checked: the input graph does not run on the samples ({exc})"
     stages: dict[str, str] = {}
@@ -88,7 +91,9 @@ def simplify_stages(proto: Any, config: SimplifyConfig, feeds: dict[str, np.ndar
         try:
             candidate = stage(copied(proto))  # onnxsim edits its input in place, also when it then fails
             onnx.checker.check_model(candidate)
-            why = output_mismatch(reference, run_outputs(candidate, feeds)) if reference is not None else None
+            why = batches_mismatch(reference, batched_outputs(candidate, feeds)) if reference is not None else None
+        except MemoryBudgetExceeded:
+            raise
         except Exception as exc:  # a stage that crashes is skipped like one that breaks the numbers
             why = f"{type(exc).__name__}: {_first_line(exc)}"
         if why:
@@ -104,7 +109,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def simplify_proto(proto: Any, config: SimplifyConfig = SimplifyConfig(), feeds: dict | None = None) -> Any:
+def simplify_proto(proto: Any, config: SimplifyConfig = SimplifyConfig(), feeds: Feeds | None = None) -> Any:
     """The simplified graph, each stage checked on `feeds` (default: seeded random inputs)."""
     return simplify_stages(proto, config, feeds if feeds is not None else sample_feeds(proto, None))[0]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from deployc.data.dataset import Dataset
 from deployc.passes.activations import streamed
-from deployc.passes.onnx_numerics import output_mismatch, run_outputs
+from deployc.passes.onnx_numerics import Samples, batched_outputs, batches_mismatch, pinned
 from deployc.passes.onnx_util import copied, producers
 
 MUL_SUFFIX = "/smoothquant"  # names the Mul nodes it inserts, so the quantizer keeps them float
@@ -224,9 +224,7 @@ def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> t
 
 def _check_equal(before: Any, after: Any, data: Dataset, n: int) -> None:
     """The smoothed graph must compute the fp32 graph's numbers: a difference is a bug of this transform."""
-    feeds, _ = next(data.take(n).batches(n))
-    inputs = {i.name for i in before.graph.input}
-    feeds = {k: v for k, v in feeds.items() if k in inputs}
-    why = output_mismatch(run_outputs(before, feeds), run_outputs(after, feeds), rtol=EQUAL_RTOL)
+    feeds = pinned(Samples(data.take(n)), before, None, "smoothquant's output check")  # batches the budget sizes
+    why = batches_mismatch(list(batched_outputs(before, feeds)), batched_outputs(after, feeds), rtol=EQUAL_RTOL)
     if why is not None:
         raise AssertionError(f"smoothquant changed the fp32 graph's outputs: {why}")

@@ -16,16 +16,16 @@ from __future__ import annotations
 import collections
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from deployc.compiler.contracts import Context, Pass, PassResult
 from deployc.core.config import QuantizeSpec
+from deployc.core.memory import MemoryBudgetExceeded
 from deployc.core.state import ModelState
 from deployc.errors import UsageError
 from deployc.passes.bias_correction import correct_biases
 from deployc.passes.fp16 import finite_fp16
-from deployc.passes.onnx_numerics import output_mismatch, run_outputs, sample_feeds
+from deployc.passes.onnx_numerics import Feeds, batched_outputs, batches_mismatch, pinned, sample_feeds
 from deployc.passes.onnx_util import op_counts, producers
 from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
@@ -46,7 +46,7 @@ class TensorrtInt8Config(QuantizeSpec):
     calibration_batch: int = Field(16, gt=0, description="samples per calibration forward pass")
 
 
-def _fp16_opset(proto: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, str | None]:
+def _fp16_opset(proto: Any, feeds: Feeds) -> tuple[Any, str | None]:
     """`proto` at opset ≥ 19, checked to compute the same outputs on `feeds`; else `proto` and why not."""
     import onnx
     from onnx import version_converter
@@ -56,7 +56,10 @@ def _fp16_opset(proto: Any, feeds: dict[str, np.ndarray]) -> tuple[Any, str | No
     try:
         upgraded = version_converter.convert_version(proto, FP16_QDQ_OPSET)
         onnx.checker.check_model(upgraded)
-        why = output_mismatch(run_outputs(proto, feeds), run_outputs(upgraded, feeds))
+        feeds = pinned(feeds, proto, None, "the opset upgrade's output check")
+        why = batches_mismatch(list(batched_outputs(proto, feeds)), batched_outputs(upgraded, feeds))
+    except MemoryBudgetExceeded:
+        raise
     except Exception as exc:
         why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
     return (proto, why) if why else (upgraded, None)

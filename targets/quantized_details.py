@@ -64,7 +64,7 @@ def int8_coverage_of(precision: str, done: ModelState, ctx: Context) -> Int8Cove
     """The coverage of an int8/dynamic graph (None for other precisions)."""
     if precision not in ("int8", "dynamic"):
         return None
-    return onnx_int8_coverage(done.onnx, sample_feeds(done.onnx, ctx.calibration or ctx.validation, 1))
+    return onnx_int8_coverage(done.onnx, sample_feeds(done.onnx, ctx.calibration or ctx.validation, 1).first())
 
 
 def quantized_details(
