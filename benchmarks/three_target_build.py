@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench:
         from deployc.commands.bench import run_bench
 
-        bench = run_bench(result.out_dir, runs=args.runs, config_dir=HERE)
+        bench = run_bench(
+            result.out_dir, runs=args.runs, config=cfg
+        )  # the config names code: bench never reads it from the build dir
         t = bench["table"]
         print(f"\n{t['title']}\n\n| " + " | ".join(t["header"]) + " |\n|" + "---|" * len(t["header"]))
         for row in t["rows"]:
