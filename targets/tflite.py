@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.core.config import each_once
 from deployc.core.state import ModelState, PassRecord
 from deployc.errors import UsageError
 from deployc.passes.coverage import coverage_details
@@ -57,9 +58,7 @@ class TfliteOptions(BaseModel):
     @field_validator("npu")
     @classmethod
     def _once(cls, npu: list[str]) -> list[str]:
-        if len(set(npu)) != len(npu):
-            raise ValueError(f"lists an accelerator twice: {npu}")
-        return npu
+        return each_once(npu, "an accelerator")
 
 
 class Lowered(NamedTuple):

@@ -17,6 +17,13 @@ from deployc.errors import UsageError
 from deployc.storage.files import read_bytes
 
 
+def each_once(values: list[str], noun: str) -> list[str]:
+    """`values` unchanged when none repeats; else the ValueError a field validator raises ('lists a stage twice')."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"lists {noun} twice: {values}")
+    return values
+
+
 class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors, never silently ignored."""
 
@@ -277,9 +284,7 @@ class RemediesSpec(StrictModel):
     @field_validator("stages")
     @classmethod
     def _known_once(cls, stages: list[str]) -> list[str]:
-        if len(set(stages)) != len(stages):
-            raise ValueError(f"lists a stage twice: {stages}")
-        return stages
+        return each_once(stages, "a stage")
 
 
 _TUNE_MOVED = (

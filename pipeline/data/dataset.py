@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from deployc.core import memory
 from deployc.core.state import TensorSpec
 
 
@@ -60,6 +61,18 @@ class Dataset:
             if axis is not None:
                 return int(v.shape[axis])
         return 1
+
+    def batch_within_budget(
+        self, activations: Callable[[dict[str, np.ndarray]], memory.Activations | None], wanted: int, what: str
+    ) -> int:
+        """At most `wanted` samples a batch, fewer when `activations` (a graph's estimate on a one-sample feed; None:
+        no estimate, run at `wanted`) says more would not fit the memory budget; MemoryBudgetExceeded naming `what`
+        when one sample does not."""
+        feed = next(self.batches(1))[0]
+        est = activations(feed)
+        if est is None:
+            return wanted
+        return memory.batch_for(est.peak // max(self.batch_len(feed), 1), wanted, what, self.fixed_batch)
 
     def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         size = self.fixed_batch or size

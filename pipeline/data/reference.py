@@ -98,10 +98,10 @@ def budgeted_batch(state: ModelState, data: Dataset, batch_size: int) -> int:
     (core/memory.py); a torch module runs at the requested batch."""
     if state.module is not None or not len(data):
         return batch_size
-    feed = next(data.batches(1))[0]
-    per_sample = memory.graph_activations(state.onnx, feed).peak // max(data.batch_len(feed), 1)
     try:
-        return memory.batch_for(per_sample, batch_size, "the reference run", data.fixed_batch)
+        return data.batch_within_budget(
+            lambda feed: memory.graph_activations(state.onnx, feed), batch_size, "the reference run"
+        )
     except memory.MemoryBudgetExceeded as exc:
         raise UsageError(f"data.validation ({data.source}): {exc}; nothing can be validated") from None
 

@@ -25,12 +25,9 @@ def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: i
 def inference_batch(artifact: Artifact, data: Dataset, wanted: int) -> int:
     """`wanted` samples a batch, fewer when the artifact's activations would not fit the memory budget (estimated
     from an ONNX artifact's shapes; other files run at `wanted`); MemoryBudgetExceeded when one sample does not."""
-    feed = next(data.batches(1))[0]
-    est = memory.file_activations(artifact.path, feed) if artifact.path is not None else None
-    if est is None:
-        return wanted
-    per_sample = est.peak // max(data.batch_len(feed), 1)
-    return memory.batch_for(per_sample, wanted, f"validating {artifact.label}", data.fixed_batch)
+    path = artifact.path
+    estimate = (lambda feed: memory.file_activations(path, feed)) if path is not None else (lambda feed: None)
+    return data.batch_within_budget(estimate, wanted, f"validating {artifact.label}")
 
 
 def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
