@@ -20,6 +20,8 @@ _CACHES = tempfile.mkdtemp(prefix="deployc-tests-")
 atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
 for _var in ("DEPLOYC_CACHE_DIR", "MPLCONFIGDIR", "HF_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_CACHES, _var.lower())
+# OpenVINO's telemetry writes ~/intel (a client id, usage counts) whenever openvino is imported, unless in CI.
+os.environ["CI"] = "true"
 # One torch thread: the suite's models are tiny, and on a busy machine OpenMP's spinning threads cost 10-25x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
