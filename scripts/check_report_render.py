@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -50,7 +51,9 @@ def _chromium(browser: str, args: list[str]) -> str:
             f"--user-data-dir={profile}",
             *args,
         ]
-        return subprocess.run(cmd, check=True, capture_output=True, timeout=120, text=True).stdout
+        # its crash reports and PulseAudio's runtime files go under XDG_CONFIG_HOME (~/.config otherwise)
+        env = {**os.environ, "XDG_CONFIG_HOME": profile}
+        return subprocess.run(cmd, check=True, capture_output=True, timeout=120, text=True, env=env).stdout
 
 
 def screenshot(html_path: Path, png: Path, width: int, height: int, browser: str) -> None:

@@ -22,6 +22,8 @@ for _var in ("DEPLOYC_CACHE_DIR", "MPLCONFIGDIR", "HF_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_CACHES, _var.lower())
 # OpenVINO's telemetry writes ~/intel (a client id, usage counts) whenever openvino is imported, unless in CI.
 os.environ["CI"] = "true"
+# Ray writes a token to ~/.ray/auth_token for every local cluster it starts unless token auth is off (loopback only).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 # One torch thread: the suite's models are tiny, and on a busy machine OpenMP's spinning threads cost 10-25x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
