@@ -28,6 +28,7 @@ thread). Needs `openvino` in deployc's venv (pip install 'deployc[openvino]').
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -159,7 +160,10 @@ def cpu_latency(scorer, graphs: dict[str, Path]) -> dict[str, dict[str, float]]:
     for who, path in graphs.items():
         if Path(path).suffix == ".onnx":
             runs[(who, "onnxruntime")] = lambda s=session(path, threads=1): s.run(None, one)
-        runs[(who, "openvino")] = lambda m=_ov_model(path).create_infer_request(): m.infer(one)
+        try:  # a graph OpenVINO refuses (its row says why) gets no OpenVINO latency
+            runs[(who, "openvino")] = lambda m=_ov_model(path).create_infer_request(): m.infer(one)
+        except RuntimeError as exc:
+            print(f"{who}: no OpenVINO latency: {str(exc).splitlines()[0]}", file=sys.stderr)
     rounds = interleaved({f"{w}|{r}": fn for (w, r), fn in runs.items()}, rounds=8, per_round=5, clock="thread_cpu")
     out: dict[str, dict[str, float]] = {}
     for who, runtime in runs:
@@ -211,14 +215,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {label} did not run: {graph}", file=sys.stderr)
                 model_rows.append({"model": name, "who": label, "error": graph.splitlines()[0][:120]})
                 continue
-            if kind == "openvino":
-                row = ov_row(scorer, label, graph, fake_quantize_count(graph))
-            else:
-                row = scorer.row(label, "—", graph, as_written=kind != "cpu")
+            try:  # a peer's graph a runtime refuses is that peer's failure, reported as its row
+                if kind == "openvino":
+                    row = ov_row(scorer, label, graph, fake_quantize_count(graph))
+                else:
+                    row = scorer.row(label, "—", graph, as_written=kind != "cpu")
+            except Exception as exc:  # onnxruntime and OpenVINO raise their own error types
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                print(f"{name}: {label} could not be scored: {reason}", file=sys.stderr)
+                model_rows.append({"model": name, "who": label, "error": reason[:160]})
+                continue
             model_rows.append({**row, "kind": kind, "file": graph, "runtime": "openvino" if kind == "openvino" else ""})
         for r in [r for r in model_rows if r.get("kind") == "cpu" and "error" not in r]:  # ONNX CPU graphs on OpenVINO
             counts = {"q": r["q"], "dq": r["dq"]}
-            model_rows.append({**ov_row(scorer, r["who"], r["file"], counts), "kind": "cpu", "file": r["file"],
+            try:
+                on_ov = ov_row(scorer, r["who"], r["file"], counts)
+            except Exception as exc:  # OpenVINO raises its own error types
+                model_rows.append({"model": name, "who": f"{r['who']} on OpenVINO", "error": str(exc)[:160]})
+                continue
+            model_rows.append({**on_ov, "kind": "cpu", "file": r["file"],
                                "runtime": "openvino", "gate": r["gate"], "alias": True})  # fmt: skip
         built = [r for r in model_rows if "error" not in r]
         ratios = cpu_latency(scorer, {("fp32" if r["who"] == "fp32" else r["who"]): r["file"] for r in built
@@ -237,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{theirs['drift']:+.4f}: {verdict}"
             )
         rows += model_rows
+        # each model's rows as they finish: a later model's crash does not lose the earlier ones
+        (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
         print(f"[peers] {name} done", file=sys.stderr, flush=True)
 
     fp32_bytes = {r["model"]: r["bytes"] for r in rows if r.get("who") == "fp32" and not r.get("alias")}

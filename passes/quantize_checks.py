@@ -40,13 +40,18 @@ def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict,
     missing = [t for t in names if f"{key}:{t}" not in _EXTREMES]
     low: dict[str, np.ndarray] = {}
     high: dict[str, np.ndarray] = {}
+    no_channels: set[str] = set()
     if missing:
         for values in streamed(fp32, missing, data, "the channel-range check"):
             for t, v in values.items():
-                if v.ndim < 3:  # (batch, features): no channel axis to speak of
+                if v.ndim < 3 or t in no_channels:  # (batch, features): no channel axis to speak of
                     continue
                 axes = tuple(i for i in range(v.ndim) if i != 1)
                 lo, hi = v.min(axis=axes).astype(np.float64), v.max(axis=axes).astype(np.float64)
+                if t in low and low[t].shape != lo.shape:  # axis 1 changes with the batch ([T, N, C]): not channels
+                    no_channels.add(t)
+                    del low[t], high[t]
+                    continue
                 low[t] = np.minimum(low[t], lo) if t in low else lo
                 high[t] = np.maximum(high[t], hi) if t in high else hi
         for t in missing:
@@ -55,11 +60,32 @@ def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict,
     return {t: lo for t, (lo, _) in found.items() if lo.size}, {t: hi for t, (_, hi) in found.items() if hi.size}
 
 
+def _batch_on_axis_1(fp32: Any) -> set[str]:
+    """Tensors whose axis 1 is the graph inputs' symbolic batch (a [T, N, C] layout): not channels."""
+    import onnx
+
+    batch = {i.type.tensor_type.shape.dim[0].dim_param for i in fp32.graph.input if i.type.tensor_type.shape.dim}
+    batch.discard("")
+    if not batch:  # a fixed batch size: the shapes cannot tell; the runtime check in _channel_extremes remains
+        return set()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fp32, strict_mode=False)
+    except Exception:  # shape inference refuses some graphs (>2 GB, custom ops): the runtime check remains
+        return set()
+    infos = [*inferred.graph.value_info, *inferred.graph.input]
+    return {
+        i.name
+        for i in infos
+        if len(i.type.tensor_type.shape.dim) >= 3 and i.type.tensor_type.shape.dim[1].dim_param in batch
+    }
+
+
 def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 100.0) -> list[str]:
     """One warning per per-tensor quantized activation whose channel ranges differ by more than `ratio`×."""
     producer = producers(fp32.graph.node)
     graph_inputs = {i.name for i in fp32.graph.input}
-    names = [t for t in _per_tensor_activations(int8) if t in producer or t in graph_inputs]
+    batch_axis = _batch_on_axis_1(fp32)
+    names = [t for t in _per_tensor_activations(int8) if (t in producer or t in graph_inputs) and t not in batch_axis]
     if not names:
         return []
     low, high = _channel_extremes(fp32, names, data)
