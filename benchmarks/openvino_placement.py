@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                     model = ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
                     outs = [np.concatenate([np.asarray(model({k: v[i : i + 16] for k, v in scorer.inputs.items()})[0])
                                             for i in range(0, len(scorer.inputs["images"]), 16)])]  # fmt: skip
-                    value = float(scorer.metric.fn(outs, scorer.reference))
+                    value = float(
+                        scorer.metric.fn(outs, scorer.reference if scorer.metric.similarity else scorer.targets)
+                    )
                 else:
                     value = scorer.score(path)
                 drift = f"{scorer.metric.drift(scorer.reference_value, value):+.4f}"
