@@ -28,6 +28,7 @@ from deployc.passes.onnx_util import copied
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
 PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
+NON_NEGATIVE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"})
 SAME_RANGE = PASS_INT8 | {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten"}  # output range = input's
 
 
@@ -94,23 +95,60 @@ def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
     return found
 
 
+def _floor_clamp(graph: Any, q: Any, producer: Any) -> tuple[float, float] | None:
+    """The range [lo, hi] a Q/DQ pair clamps to when its zero point sits at the type's minimum (lo = 0 for uint8):
+    onnxruntime's quantizer folds a Relu or Clip(0, 6) into such a pair (the Relu is gone from the graph), so
+    dropping the pair must keep the clamp. None for a pair whose range holds negatives (no activation folded) or
+    whose producer is itself non-negative (a Sigmoid's pair clamps nothing it would not)."""
+    from onnx import TensorProto, numpy_helper
+
+    if producer is not None and producer.op_type in NON_NEGATIVE:
+        return None
+    inits = {i.name: i for i in graph.initializer}
+    if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[q.input[1]])
+    point = inits[q.input[2]]
+    if scale.size != 1 or point.data_type not in (TensorProto.UINT8, TensorProto.INT8):
+        return None
+    low, high = (0, 255) if point.data_type == TensorProto.UINT8 else (-128, 127)
+    zero = int(numpy_helper.to_array(point).reshape(-1)[0])
+    if zero != low:
+        return None
+    return 0.0, float(scale.reshape(-1)[0]) * (high - zero)
+
+
 def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]]) -> None:
-    """Remove Q/DQ pairs: the DQs' readers read the Q's float input instead (a graph output keeps its name: the
-    float tensor takes it)."""
+    """Remove Q/DQ pairs: the DQs' readers read the Q's float input instead, through a Clip where the pair held a
+    folded Relu/Clip (_floor_clamp). The Clip takes the first DQ's place and output name (graph outputs keep theirs);
+    a graph output read straight from the float tensor takes that tensor's name."""
+    from onnx import helper, numpy_helper
+
     outputs = {o.name for o in graph.output}
-    gone, rewire = set(), {}
+    producer = {t: n for n in graph.node for t in n.output}
+    gone, rewire, clips = set(), {}, {}
     for q, dqs in pairs:
         gone.add(id(q))
+        clamp = _floor_clamp(graph, q, producer.get(q.input[0]))
         for d in dqs:
             gone.add(id(d))
-            rewire[d.output[0]] = q.input[0]
-    renamed = {q.input[0]: d.output[0] for q, dqs in pairs for d in dqs if d.output[0] in outputs}
+            rewire[d.output[0]] = dqs[0].output[0] if clamp else q.input[0]
+        if clamp:
+            lo, hi = (f"{dqs[0].output[0]}_clip_{side}" for side in ("min", "max"))
+            graph.initializer.extend(
+                [numpy_helper.from_array(np.float32(clamp[0]), lo), numpy_helper.from_array(np.float32(clamp[1]), hi)]
+            )
+            clips[id(dqs[0])] = helper.make_node(
+                "Clip", [q.input[0], lo, hi], [dqs[0].output[0]], name=f"{dqs[0].name}_clip"
+            )
+            rewire.pop(dqs[0].output[0])
+    renamed = {rewire[t]: t for _, dqs in pairs for t in (d.output[0] for d in dqs) if t in outputs and t in rewire}
     for n in graph.node:
         for k, t in enumerate(n.input):
             n.input[k] = renamed.get(rewire.get(t, t), rewire.get(t, t))
         for k, t in enumerate(n.output):
             n.output[k] = renamed.get(t, t)
-    kept = [n for n in graph.node if id(n) not in gone]
+    kept = [clips.get(id(n), n) for n in graph.node if id(n) not in gone or id(n) in clips]
     del graph.node[:]
     graph.node.extend(kept)
 

@@ -160,3 +160,39 @@ def test_the_pass_applies_it_only_when_asked(block, tmp_path):
     default = run_pass(CpuInt8(CpuInt8Config(cpu="portable")), quantized, ctx)
     assert "qdq_pairs_dropped_for_openvino" not in default.history[-1].metrics
     assert quantizer_settings("x86-vnni", "openvino") == {"reduce_range": False, "shared_concat_ranges": True}
+
+
+class FoldedActivations(nn.Module):
+    """ReLU, ReLU6 and HardSwish: onnxruntime's quantizer folds the Relu and Clip into the Q/DQ pair after the
+    Conv (a zero point at 0 clamps), so those pairs carry the activation itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU6())
+        self.c = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Hardswish())
+        self.d = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x))))
+
+
+def test_dropping_a_pair_keeps_the_activation_folded_into_it():
+    torch.manual_seed(0)
+    model = FoldedActivations().eval()
+    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
+    fp32 = simplify_proto(export_onnx(model, state))
+    rng = np.random.default_rng(0)
+    calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
+    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    assert not {"Relu", "Clip"} & {n.op_type for n in int8.graph.node}  # folded into the Q/DQ after each Conv
+    placed, _ = openvino_placement(int8)
+    onnx.checker.check_model(placed)
+    # the ReLU's pair feeds a Conv and stays; the ReLU6's pair feeds the HardSwish and goes, its clamp stays
+    clips = [n for n in placed.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and _producers(placed)[clips[0].input[0]].op_type == "Conv"
+    inits = {i.name: float(numpy_helper.to_array(i)) for i in placed.graph.initializer if not i.dims}
+    assert inits[clips[0].input[1]] == 0.0 and 0 < inits[clips[0].input[2]] <= 6.01
+    probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
+    expected, got = session(fp32).run(None, probe)[0], session(placed).run(None, probe)[0]
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
