@@ -13,7 +13,8 @@ benchmarks/openvino_placement.py):
   FakeQuantize, every Conv u8, as fast as NNCF's model; onnxruntime runs that graph with float Convs (3× slower).
 
 shared_ranges() gives the Concat groups one calibration range (before quantize_static); openvino_placement()
-drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). Dropping a Q/DQ pair only removes a rounding step.
+drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). A dropped pair removes a rounding step; where
+onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation.
 """
 
 from __future__ import annotations
