@@ -119,7 +119,7 @@ def _floor_clamp(graph: Any, q: Any, producer: Any) -> tuple[float, float] | Non
     return 0.0, float(scale.reshape(-1)[0]) * (high - zero)
 
 
-def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]]) -> None:
+def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = True) -> None:
     """Remove Q/DQ pairs: the DQs' readers read the Q's float input instead, through a Clip where the pair held a
     folded Relu/Clip (_floor_clamp). The Clip takes the first DQ's place and output name (graph outputs keep theirs);
     a graph output read straight from the float tensor takes that tensor's name."""
@@ -130,7 +130,7 @@ def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]]) -> None:
     gone, rewire, clips = set(), {}, {}
     for q, dqs in pairs:
         gone.add(id(q))
-        clamp = _floor_clamp(graph, q, producer.get(q.input[0]))
+        clamp = _floor_clamp(graph, q, producer.get(q.input[0])) if clamp_folded else None
         for d in dqs:
             gone.add(id(d))
             rewire[d.output[0]] = dqs[0].output[0] if clamp else q.input[0]
@@ -178,7 +178,7 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
         and dequantized(p)
         and not at_output(dqs)
     ]
-    _drop(graph, after_pass)
+    _drop(graph, after_pass, clamp_folded=False)  # their inputs' pairs clamp already: a MaxPool adds no negatives
 
     readers: dict[str, list[Any]] = collections.defaultdict(list)
     for n in graph.node:

@@ -168,7 +168,7 @@ class FoldedActivations(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 1, 1))  # ResNet's stem
         self.b = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU6())
         self.c = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Hardswish())
         self.d = nn.Conv2d(16, 4, 1)
@@ -196,3 +196,5 @@ def test_dropping_a_pair_keeps_the_activation_folded_into_it():
     probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
     expected, got = session(fp32).run(None, probe)[0], session(placed).run(None, probe)[0]
     assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    layers = _openvino_layers(placed)  # no clamp between the MaxPool and the next Conv: that Conv stays int8
+    assert layers[("Convolution", "u8")] == 4 and layers[("Convolution", "f32")] == 0
