@@ -37,8 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployc.compiler.contracts import Context, Pass, PassResult
 from deployc.core.state import ModelState, Table
 from deployc.passes.onnx_util import producers
+from deployc.passes.openvino_qdq import openvino_placement
 
 CpuName = Literal["auto", "x86-vnni", "x86-avx2", "arm64", "portable"]
+Placement = Literal["onnxruntime", "openvino"]  # whose int8 fusions the Q/DQ follow (passes/openvino_qdq.py)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 CONV_SYM_MIN_OUTPUT = 16  # MLAS ConvSym on x86: output channels ≥ 16 and a multiple of 8, inputs a multiple of 4
 
@@ -98,9 +100,10 @@ def profile(name: CpuName) -> CpuProfile:
     return detect() if name == "auto" else PROFILES[name]
 
 
-def quantizer_settings(name: CpuName) -> dict[str, Any]:
-    """The quantize.int8 options this CPU needs (merged into the build's quantization spec)."""
-    return {"reduce_range": profile(name).reduce_range}
+def quantizer_settings(name: CpuName, placement: Placement = "onnxruntime") -> dict[str, Any]:
+    """The quantize.int8 options this CPU and Q/DQ placement need (merged into the build's quantization spec)."""
+    shared = {"shared_concat_ranges": True} if placement == "openvino" else {}
+    return {"reduce_range": profile(name).reduce_range, **shared}
 
 
 def pad_conv_input_channels(proto: Any) -> tuple[Any, list[str]]:
@@ -244,6 +247,9 @@ def runtime_float_islands(proto: Any) -> list[tuple[str, str]]:
 class CpuInt8Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     cpu: CpuName = Field("auto", description="the CPU to tune for; auto: the build machine's")
+    placement: Placement = Field(
+        "onnxruntime", description="openvino: keep only the Q/DQ OpenVINO runs in int8 (passes/openvino_qdq.py)"
+    )
 
 
 class CpuInt8(Pass):
@@ -258,8 +264,13 @@ class CpuInt8(Pass):
         chosen = profile(self.config.cpu)
         proto, pools = spatial_means_to_global_pool(state.onnx)
         proto, padded = pad_conv_input_channels(proto) if chosen.pad_conv_channels else (proto, [])
+        dropped = 0
+        if self.config.placement == "openvino":
+            proto, dropped = openvino_placement(proto)
         islands = runtime_float_islands(proto)
         metrics = {"means_to_global_pool": len(pools), "convs_padded": len(padded), "float_islands": len(islands)}
+        if self.config.placement == "openvino":
+            metrics["qdq_pairs_dropped_for_openvino"] = dropped
         tables = ()
         if islands:
             counts = collections.Counter(op for op, _ in islands)

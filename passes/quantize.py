@@ -24,6 +24,7 @@ from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
 from deployc.passes.onnx_util import op_counts, scratch_dir
+from deployc.passes.openvino_qdq import shared_ranges
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
@@ -51,6 +52,12 @@ class Int8Config(QuantizeSpec):
         default_factory=_machine_reduce_range,
         description="7-bit weights, for x86 CPUs without VNNI (their u8s8 kernels saturate on full 8-bit weights); "
         "default: what the CPU of the build machine needs; the onnx target sets it for the CPU it tunes for",
+    )
+    shared_concat_ranges: bool = Field(
+        False,
+        description="one calibration range for all inputs and the output of each quantized Concat (and the Split, "
+        "MaxPool, Resize between them), so OpenVINO runs it in int8 (passes/openvino_qdq.py); the onnx target sets "
+        "it with int8_placement: openvino",
     )
 
 
@@ -170,6 +177,8 @@ def quantize_int8_selected(
             # ranges shared with tensorrt.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
             cache = calibration_cache(root or proto, prepared, samples, spec.calibration, batch, spec.percentile, work)
             concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
+            if spec.shared_concat_ranges:
+                shared_ranges(prepared.graph, cache, set(concats))
             quantize_static(
                 src,
                 str(out),

@@ -17,7 +17,7 @@ from deployc.core.ort import session
 from deployc.core.state import ModelState
 from deployc.errors import UsageError
 from deployc.passes.coverage import Int8Coverage, percent
-from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, profile, quantizer_settings
+from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, CpuName, Placement, profile, quantizer_settings
 from deployc.passes.export import ExportConfig, ExportOnnx
 from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
@@ -63,6 +63,12 @@ class OnnxOptions(BaseModel):
     opset: int = Field(18, ge=17, le=23, description="opset used when this target exports the torch model itself")
     cpu: CpuName = Field(
         "auto", description="CPU the int8 artifact is tuned for (passes/cpu_int8.py); auto: the build machine's"
+    )
+    int8_placement: Placement = Field(
+        "onnxruntime",
+        description="whose int8 fusions the int8 artifact's Q/DQ follow (passes/openvino_qdq.py): onnxruntime (its "
+        "QLinear kernels, Q/DQ on every op) or openvino (Q/DQ only on Conv/Gemm/MatMul inputs, one scale per Concat: "
+        "YOLOv8n as fast as NNCF's int8 on OpenVINO, but 3x slower on onnxruntime, whose Convs then run in float)",
     )
     runtimes: list[Runtime] = Field(
         default_factory=lambda: ["onnxruntime"],
@@ -188,7 +194,7 @@ class OnnxTarget(Target):
         return REMEDY_STAGES if quantized_here and artifact.path is not None else ()
 
     def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: ModelState, ctx: Context) -> list[Remedy]:
-        settings = quantizer_settings(self.options.cpu)
+        settings = quantizer_settings(self.options.cpu, self.options.int8_placement)
 
         def int8(remedy: Remedy) -> ModelState:  # the trial's graph before CPU tuning (the pass memo has it)
             return quantize_for("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir), **settings)
@@ -215,7 +221,10 @@ class OnnxTarget(Target):
 
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
         done = quantize_for(
-            precision, base, ctx, **(quantizer_settings(self.options.cpu) if precision == "int8" else {})
+            precision,
+            base,
+            ctx,
+            **(quantizer_settings(self.options.cpu, self.options.int8_placement) if precision == "int8" else {}),
         )
         label = already if precision == "fp32" and already else precision
         if label == "int8" and "qat" in base.facts and profile(self.options.cpu).reduce_range:
@@ -224,7 +233,9 @@ class OnnxTarget(Target):
                 "saturate on an x86 CPU without VNNI (such as this one); the gate measures the result here"
             )
         if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
-            done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu)), done, ctx)
+            done = run_pass(
+                CpuInt8(CpuInt8Config(cpu=self.options.cpu, placement=self.options.int8_placement)), done, ctx
+            )
         coverage = int8_coverage_of(label, done, ctx)
         if label == "dynamic" and coverage is not None and _negligible(coverage):
             return Artifact(

@@ -55,3 +55,16 @@ def test_without_openvino_the_twin_is_skipped_with_the_reason(tmp_path: Path, mo
     twin = next(a for a in result.manifest["artifacts"] if a["precision"] == "fp32@openvino")
     assert twin["gate"]["status"] == "skipped" and "openvino is not installed" in twin["gate"]["reason"]
     assert result.exit_code == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed (extra 'openvino')")
+def test_openvino_placement_is_built_gated_and_recorded(tmp_path: Path):
+    onnx_options = {**CONFIG["targets"]["onnx"], "precision": ["int8"], "int8_placement": "openvino"}
+    result = build({**CONFIG, "targets": {"onnx": onnx_options}}, out=tmp_path / "out", quiet=True)
+    arts = {a["precision"]: a for a in result.manifest["artifacts"]}
+    assert arts["int8"]["gate"]["status"] == arts["int8@openvino"]["gate"]["status"] == "pass"
+    tuned = next(p for p in arts["int8"]["passes"] if p["name"] == "cpu.int8")
+    assert tuned["metrics"]["qdq_pairs_dropped_for_openvino"] > 0
+    quantized = next(p for p in arts["int8"]["passes"] if p["name"] == "quantize.int8")
+    assert quantized["config"]["shared_concat_ranges"] is True
+    assert result.exit_code == 0

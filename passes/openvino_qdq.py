@@ -1,0 +1,205 @@
+"""The int8 Q/DQ placement OpenVINO fuses (targets.onnx.int8_placement: openvino), applied to onnxruntime's QDQ graph.
+
+onnxruntime and OpenVINO want different Q/DQ (measured on YOLOv8n and ResNet-18, 1 thread, AVX-512 VNNI;
+benchmarks/openvino_placement.py):
+- onnxruntime fuses DQ→op→Q into integer kernels, so every op output carries a Q/DQ (QLinearConv, then
+  QLinearSigmoid and QLinearMul for SiLU). OpenVINO cannot fuse a Conv with the activation after it once the Conv's
+  output is quantized: YOLOv8n compiled to 1415 layers with 58 FakeQuantize left and ran at 0.65× fp32 where
+  NNCF's model runs at 0.42×.
+- OpenVINO (like NNCF) wants Q/DQ only where an int8 kernel reads: on the inputs of Conv/Gemm/MatMul. The
+  activation, the residual Add and the box arithmetic run in float fused into the Conv; Split, Concat, MaxPool and
+  Resize pass the int8 tensor through, which needs one scale for every input and output of a Concat (else a
+  FakeQuantize re-scales each input and the next Conv runs in f32). With both, YOLOv8n compiles to 568 layers, 2
+  FakeQuantize, every Conv u8, as fast as NNCF's model; onnxruntime runs that graph with float Convs (3× slower).
+
+shared_ranges() gives the Concat groups one calibration range (before quantize_static); openvino_placement()
+drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). A dropped pair removes a rounding step; where
+onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployc.passes.onnx_util import copied
+
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
+PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
+NON_NEGATIVE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"})
+SAME_RANGE = PASS_INT8 | {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten"}  # output range = input's
+
+
+def range_groups(graph: Any, float_concats: set[str]) -> list[list[str]]:
+    """Tensors that must share one range: the inputs and output of each quantized Concat, joined through the ops
+    whose output keeps its input's range (a Split before a Concat, the MaxPools of an SPPF block)."""
+    parent: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for n in graph.node:
+        if n.op_type == "Concat" and n.name not in float_concats:
+            for t in n.input:
+                parent[root(t)] = root(n.output[0])
+        elif n.op_type in SAME_RANGE - {"Concat"} and n.input:
+            for t in n.output:
+                parent[root(n.input[0])] = root(t)
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for t in list(parent):
+        groups[root(t)].append(t)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def shared_ranges(graph: Any, cache: str | Path, float_concats: set[str]) -> int:
+    """Rewrite quantize_static's calibration cache so every range group (range_groups) has the union of its
+    tensors' ranges; returns how many tensors changed range."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
+
+    loaded = load_tensors_data(cache)
+    ranges = dict(loaded.data)
+    changed = 0
+    for group in range_groups(graph, float_concats):
+        known = [t for t in group if t in ranges]
+        lows = [float(np.min(ranges[t].range_value[0])) for t in known]
+        highs = [float(np.max(ranges[t].range_value[1])) for t in known]
+        if len(known) < 2 or (min(lows) == max(lows) and min(highs) == max(highs)):
+            continue
+        shared = TensorData(lowest=np.array(min(lows), np.float32), highest=np.array(max(highs), np.float32))
+        changed += len(known)
+        ranges.update(dict.fromkeys(known, shared))
+    save_tensors_data(TensorsData(loaded.calibration_method, ranges), cache)
+    return changed
+
+
+def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
+    """(Q, its DQ readers) for each activation QuantizeLinear read only by DequantizeLinear nodes."""
+    weights = {i.name for i in graph.initializer}
+    readers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for t in n.input:
+            readers[t].append(n)
+    found = []
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            continue
+        dqs = readers[q.output[0]]
+        if dqs and all(d.op_type == "DequantizeLinear" for d in dqs):
+            found.append((q, dqs))
+    return found
+
+
+def _floor_clamp(graph: Any, q: Any, producer: Any) -> tuple[float, float] | None:
+    """The range [lo, hi] a Q/DQ pair clamps to when its zero point sits at the type's minimum (lo = 0 for uint8):
+    onnxruntime's quantizer folds a Relu or Clip(0, 6) into such a pair (the Relu is gone from the graph), so
+    dropping the pair must keep the clamp. None for a pair whose range holds negatives (no activation folded) or
+    whose producer is itself non-negative (a Sigmoid's pair clamps nothing it would not)."""
+    from onnx import TensorProto, numpy_helper
+
+    if producer is not None and producer.op_type in NON_NEGATIVE:
+        return None
+    inits = {i.name: i for i in graph.initializer}
+    if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[q.input[1]])
+    point = inits[q.input[2]]
+    if scale.size != 1 or point.data_type not in (TensorProto.UINT8, TensorProto.INT8):
+        return None
+    low, high = (0, 255) if point.data_type == TensorProto.UINT8 else (-128, 127)
+    zero = int(numpy_helper.to_array(point).reshape(-1)[0])
+    if zero != low:
+        return None
+    return 0.0, float(scale.reshape(-1)[0]) * (high - zero)
+
+
+def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = True) -> None:
+    """Remove Q/DQ pairs: the DQs' readers read the Q's float input instead, through a Clip where the pair held a
+    folded Relu/Clip (_floor_clamp). The Clip takes the first DQ's place and output name (graph outputs keep theirs);
+    a graph output read straight from the float tensor takes that tensor's name."""
+    from onnx import helper, numpy_helper
+
+    outputs = {o.name for o in graph.output}
+    producer = {t: n for n in graph.node for t in n.output}
+    gone, rewire, clips = set(), {}, {}
+    for q, dqs in pairs:
+        gone.add(id(q))
+        clamp = _floor_clamp(graph, q, producer.get(q.input[0])) if clamp_folded else None
+        for d in dqs:
+            gone.add(id(d))
+            rewire[d.output[0]] = dqs[0].output[0] if clamp else q.input[0]
+        if clamp:
+            lo, hi = (f"{dqs[0].output[0]}_clip_{side}" for side in ("min", "max"))
+            graph.initializer.extend(
+                [numpy_helper.from_array(np.float32(clamp[0]), lo), numpy_helper.from_array(np.float32(clamp[1]), hi)]
+            )
+            clips[id(dqs[0])] = helper.make_node(
+                "Clip", [q.input[0], lo, hi], [dqs[0].output[0]], name=f"{dqs[0].name}_clip"
+            )
+            rewire.pop(dqs[0].output[0])
+    renamed = {rewire[t]: t for _, dqs in pairs for t in (d.output[0] for d in dqs) if t in outputs and t in rewire}
+    for n in graph.node:
+        for k, t in enumerate(n.input):
+            n.input[k] = renamed.get(rewire.get(t, t), rewire.get(t, t))
+        for k, t in enumerate(n.output):
+            n.output[k] = renamed.get(t, t)
+    kept = [clips.get(id(n), n) for n in graph.node if id(n) not in gone or id(n) in clips]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def openvino_placement(proto: Any) -> tuple[Any, int]:
+    """A copy of a QDQ graph with only the Q/DQ OpenVINO runs in int8 (module docstring); returns (graph, pairs
+    dropped). Dropped: the pair after each Split/Concat/MaxPool/Resize whose inputs all come dequantized (OpenVINO
+    carries the int8 tensor through it), then every pair whose value reaches no Conv/Gemm/MatMul through such ops."""
+    out = copied(proto)
+    graph = out.graph
+    outputs = {o.name for o in graph.output}
+    producer = {t: n for n in graph.node for t in n.output}
+
+    def dequantized(n: Any) -> bool:
+        data = n.input if n.op_type == "Concat" else n.input[:1]
+        return all(getattr(producer.get(t), "op_type", None) == "DequantizeLinear" for t in data)
+
+    def at_output(dqs: list[Any]) -> bool:  # a graph output read through two DQs (or more) keeps its pair
+        return len(dqs) > 1 and any(d.output[0] in outputs for d in dqs)
+
+    after_pass = [
+        (q, dqs)
+        for q, dqs in _pairs(graph)
+        if (p := producer.get(q.input[0])) is not None
+        and p.op_type in PASS_INT8
+        and dequantized(p)
+        and not at_output(dqs)
+    ]
+    _drop(graph, after_pass, clamp_folded=False)  # their inputs' pairs clamp already: a MaxPool adds no negatives
+
+    readers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for t in n.input:
+            readers[t].append(n)
+    memo: dict[str, bool] = {}
+
+    def reaches_int8(t: str) -> bool:
+        if t not in memo:
+            memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
+            memo[t] = any(
+                r.op_type in WEIGHTED
+                or (
+                    r.op_type in PASS_INT8 | {"QuantizeLinear", "DequantizeLinear"} and any(map(reaches_int8, r.output))
+                )
+                for r in readers[t]
+            )
+        return memo[t]
+
+    unused = [
+        (q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(reaches_int8(d.output[0]) for d in dqs)
+    ]
+    _drop(graph, unused)
+    return out, len(after_pass) + len(unused)

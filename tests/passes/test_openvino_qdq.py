@@ -1,0 +1,200 @@
+"""int8_placement: openvino — Q/DQ only where OpenVINO has an int8 kernel, one scale per Concat, and OpenVINO
+compiling every Conv to u8 with no FakeQuantize left inside the network (a YOLOv8 C2f/SPPF-style block)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from deployc.compiler.contracts import Context
+from deployc.compiler.instruments import Instruments
+from deployc.compiler.manager import run_pass
+from deployc.core.ort import session
+from deployc.core.state import ModelState, TensorSpec
+from deployc.data.dataset import Dataset
+from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, quantizer_settings
+from deployc.passes.export import export_onnx
+from deployc.passes.openvino_qdq import PASS_INT8, WEIGHTED, openvino_placement, range_groups
+from deployc.passes.quantize import Int8Config, quantize_int8
+from deployc.passes.simplify import simplify_proto
+
+
+class ConvSiLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class C2fBlock(nn.Module):
+    """YOLOv8's quantized shapes: SiLU after every conv, a C2f (Split, residual bottleneck, Concat of the split
+    halves and the bottleneck), an SPPF (three MaxPools concatenated), a nearest Resize concatenated with a skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ConvSiLU(3, 16, 2)
+        self.cv1 = ConvSiLU(16, 16)
+        self.m1, self.m2 = ConvSiLU(8, 8), ConvSiLU(8, 8)
+        self.cv2 = ConvSiLU(24, 16)
+        self.down = ConvSiLU(16, 16, 2)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.sppf = ConvSiLU(64, 16)
+        self.fuse = ConvSiLU(32, 16)
+        self.head = nn.Conv2d(16, 6, 1)
+
+    def forward(self, x):
+        s = self.cv1(self.stem(x))
+        a, b = s.split(8, 1)
+        c2f = self.cv2(torch.cat([a, b, b + self.m2(self.m1(b))], 1))
+        d = self.down(c2f)
+        p1 = self.pool(d)
+        p2 = self.pool(p1)
+        up = nn.functional.interpolate(self.sppf(torch.cat([d, p1, p2, self.pool(p2)], 1)), scale_factor=2.0)
+        return self.head(self.fuse(torch.cat([up, c2f], 1)))
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    model = C2fBlock().eval()
+    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 32, 32)),), facts=frozenset({"torch"}))
+    fp32 = simplify_proto(export_onnx(model, state))
+    rng = np.random.default_rng(0)
+    calib = Dataset({"images": rng.uniform(0, 1, (32, 3, 32, 32)).astype(np.float32)}, None, "uniform")
+    probe = rng.uniform(0, 1, (4, 3, 32, 32)).astype(np.float32)
+    spec = {"samples": 32, "bias_correction": False}
+    default = quantize_int8(fp32, calib, Int8Config(**spec, **quantizer_settings("auto")))
+    shared = quantize_int8(fp32, calib, Int8Config(**spec, **quantizer_settings("auto", "openvino")))
+    return state, fp32, default, shared, probe
+
+
+def _producers(proto) -> dict:
+    return {t: n for n in proto.graph.node for t in n.output}
+
+
+def _readers(proto) -> dict:
+    out = collections.defaultdict(list)
+    for n in proto.graph.node:
+        for t in n.input:
+            out[t].append(n)
+    return out
+
+
+def _dq_scale(proto, dq) -> float:
+    inits = {i.name: i for i in proto.graph.initializer}
+    return float(numpy_helper.to_array(inits[dq.input[1]]))
+
+
+def _openvino_layers(proto) -> collections.Counter:
+    """(layer type, runtime precision) of the network OpenVINO's CPU plugin compiles, 1 thread, f32 precision."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        ov.Core().read_model(proto.SerializeToString(), b""),
+        "CPU",
+        {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"},
+    )
+    info = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+    return collections.Counter((i["layerType"].astype(str), i["runtimePrecision"].astype(str)) for i in info)
+
+
+def test_each_concat_and_what_feeds_it_share_one_range(block):
+    _, fp32, default, shared, _ = block
+    groups = range_groups(fp32.graph, set())
+    concats = [n for n in fp32.graph.node if n.op_type == "Concat"]
+    assert len(concats) == 3
+    for concat in concats:
+        assert any({*concat.input, concat.output[0]} <= set(g) for g in groups)
+    for graph, equal in ((shared, True), (default, False)):
+        producer = _producers(graph)
+        scales = [{_dq_scale(graph, producer[t]) for t in n.input} for n in graph.graph.node if n.op_type == "Concat"]
+        assert all(len(s) == 1 for s in scales) is equal  # onnxruntime's own ranges differ per input
+
+
+def test_only_the_qdq_openvino_runs_in_int8_are_left(block):
+    _, fp32, _, shared, probe = block
+    placed, dropped = openvino_placement(shared)
+    onnx.checker.check_model(placed)
+    assert dropped > 0
+    producer, readers = _producers(placed), _readers(placed)
+    quantized = [producer.get(q.input[0]) for q in placed.graph.node if q.op_type == "QuantizeLinear"]
+    # no Q/DQ inside a SiLU, after a Conv, an Add, or an op that carries int8 through (Split, Concat, MaxPool, Resize)
+    assert {n.op_type for n in quantized if n is not None} == {"Mul", "Add"}  # SiLU outputs, the residual
+    assert len([n for n in quantized if n is not None and n.op_type == "Add"]) == 1
+    assert placed.graph.output[0].name == shared.graph.output[0].name
+    for n in placed.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in producer:
+            assert all(r.op_type in WEIGHTED | PASS_INT8 for r in readers[n.output[0]])
+    for conv in (n for n in placed.graph.node if n.op_type == "Conv"):
+        src = producer[conv.input[0]]
+        while src.op_type in PASS_INT8:  # every Conv reads dequantized int8, through Split/Concat/MaxPool/Resize
+            src = producer[src.input[0]]
+        assert src.op_type == "DequantizeLinear"
+    expected = session(fp32).run(None, {"images": probe})[0]
+    got = session(placed).run(None, {"images": probe})[0]
+    cosine = float((expected * got).sum() / np.linalg.norm(expected) / np.linalg.norm(got))
+    assert cosine > 0.99
+
+
+def test_openvino_compiles_every_conv_to_int8_and_fuses_the_rest(block):
+    _, _, default, shared, _ = block
+    placed, _ = openvino_placement(shared)
+    ours, before = _openvino_layers(placed), _openvino_layers(default)
+    convs = sum(v for (t, _), v in ours.items() if t == "Convolution")
+    assert convs == 9 and ours[("Convolution", "u8")] == convs
+    assert sum(v for (t, _), v in ours.items() if t == "FakeQuantize") <= 1  # the graph input's, at most
+    assert sum(ours.values()) < sum(before.values())
+    assert sum(v for (t, _), v in before.items() if t == "FakeQuantize") > 1  # what the default placement leaves
+
+
+def test_the_pass_applies_it_only_when_asked(block, tmp_path):
+    state, _, _, shared, _ = block
+    ctx = Context(None, None, None, None, tmp_path, Instruments(quiet=True))
+    quantized = state.replace(onnx=shared, facts=state.facts | {"onnx", "quantized"})
+    tuned = run_pass(CpuInt8(CpuInt8Config(cpu="portable", placement="openvino")), quantized, ctx)
+    assert tuned.history[-1].metrics["qdq_pairs_dropped_for_openvino"] == openvino_placement(shared)[1]
+    default = run_pass(CpuInt8(CpuInt8Config(cpu="portable")), quantized, ctx)
+    assert "qdq_pairs_dropped_for_openvino" not in default.history[-1].metrics
+    assert quantizer_settings("x86-vnni", "openvino") == {"reduce_range": False, "shared_concat_ranges": True}
+
+
+class FoldedActivations(nn.Module):
+    """ReLU, ReLU6 and HardSwish: onnxruntime's quantizer folds the Relu and Clip into the Q/DQ pair after the
+    Conv (a zero point at 0 clamps), so those pairs carry the activation itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 1, 1))  # ResNet's stem
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU6())
+        self.c = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.Hardswish())
+        self.d = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.d(self.c(self.b(self.a(x))))
+
+
+def test_dropping_a_pair_keeps_the_activation_folded_into_it():
+    torch.manual_seed(0)
+    model = FoldedActivations().eval()
+    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
+    fp32 = simplify_proto(export_onnx(model, state))
+    rng = np.random.default_rng(0)
+    calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
+    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    assert not {"Relu", "Clip"} & {n.op_type for n in int8.graph.node}  # folded into the Q/DQ after each Conv
+    placed, _ = openvino_placement(int8)
+    onnx.checker.check_model(placed)
+    # the ReLU's pair feeds a Conv and stays; the ReLU6's pair feeds the HardSwish and goes, its clamp stays
+    clips = [n for n in placed.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and _producers(placed)[clips[0].input[0]].op_type == "Conv"
+    inits = {i.name: float(numpy_helper.to_array(i)) for i in placed.graph.initializer if not i.dims}
+    assert inits[clips[0].input[1]] == 0.0 and 0 < inits[clips[0].input[2]] <= 6.01
+    probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
+    expected, got = session(fp32).run(None, probe)[0], session(placed).run(None, probe)[0]
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    layers = _openvino_layers(placed)  # no clamp between the MaxPool and the next Conv: that Conv stays int8
+    assert layers[("Convolution", "u8")] == 4 and layers[("Convolution", "f32")] == 0
