@@ -88,10 +88,9 @@ def activations(path: str | Path) -> memory.Activations:
     import mmap
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        tensors, steps, inputs, outputs = _arena_tensors(buf)
-    return memory.Activations(
-        {str(i): n for i, n in tensors.items()}, memory.live_peak(inputs, steps, tensors, outputs)
-    )
+        tensors, dynamic, steps, inputs, outputs = _arena_tensors(buf)
+    peak = memory.live_peak(inputs, steps, tensors, outputs)
+    return memory.Activations({str(i): n for i, n in tensors.items()}, peak, unsized=len(dynamic))
 
 
 def _ints(table: Any, field: str) -> list[int]:
@@ -99,8 +98,9 @@ def _ints(table: Any, field: str) -> list[int]:
     return [int(getattr(table, field)(j)) for j in range(getattr(table, f"{field}Length")())]
 
 
-def _arena_tensors(buf: Any) -> tuple[dict[int, int], list[tuple[list[int], list[int]]], list[int], set[int]]:
-    """(bytes of each non-constant tensor, (reads, writes) of each op, inputs, outputs) of subgraph 0."""
+def _arena_tensors(buf: Any) -> tuple[dict[int, int], set[int], list[tuple[list[int], list[int]]], list[int], set[int]]:
+    """(bytes of each non-constant tensor, those of them with a dynamic axis (sized at 1 there), (reads, writes) of
+    each op, inputs, outputs) of subgraph 0."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.Model.GetRootAs(buf, 0)
@@ -111,11 +111,14 @@ def _arena_tensors(buf: Any) -> tuple[dict[int, int], list[tuple[list[int], list
         if data.DataLength() > 0 or data.Offset() > 1:  # weights inline, or past the flatbuffer (files over 2 GB)
             constant.add(b)
     tensors: dict[int, int] = {}
+    dynamic: set[int] = set()
     for i in range(graph.TensorsLength()):
         t = graph.Tensors(i)
         if t.Buffer() not in constant:
             values = int(np.prod([max(d, 1) for d in _ints(t, "Shape")], dtype=np.int64))
             tensors[i] = values * _TYPE_BYTES.get(t.Type(), 4)
+            if any(d < 0 for d in _ints(t, "ShapeSignature")):
+                dynamic.add(i)
     ops = [graph.Operators(j) for j in range(graph.OperatorsLength())]
     steps = [([i for i in _ints(op, "Inputs") if i >= 0], [i for i in _ints(op, "Outputs") if i >= 0]) for op in ops]
-    return tensors, steps, _ints(graph, "Inputs"), set(_ints(graph, "Outputs"))
+    return tensors, dynamic, steps, _ints(graph, "Inputs"), set(_ints(graph, "Outputs"))

@@ -199,36 +199,51 @@ class Mark:
 
 
 class Guard:
-    """Batch sizes for one stage: from the estimated bytes a sample (None: no estimate, the first batch is one
-    sample), shrunk when a batch makes the process grow by more than the estimate said; MemoryBudgetExceeded
-    naming `what` when a batch shows one sample costs more than the budget.
+    """Batch sizes for one stage: from the estimated bytes a sample, shrunk when a batch makes the process grow by
+    more than the estimate said; MemoryBudgetExceeded naming `what` when a batch shows one sample costs more than the
+    budget. With no estimate, or one that guessed some tensors' sizes (`probe`), the first batch holds one sample
+    more than the runtime has run (warmed) and the batches after it are sized from what it measured.
 
-    Open the stage's runtime before its first batch: what a runtime allocates once would count as the samples'.
-    A runtime that keeps its arena shows growth only while batches grow, which is when the budget is at risk."""
+    Runtimes keep their arenas: a batch shows growth only for the samples beyond the largest batch run before (the
+    warm-up included), so a batch's cost a sample is its growth over those. Warm the runtime up on a sample before
+    the first batch (warmed()), so what it allocates once is not counted as the samples'."""
 
-    def __init__(self, per_sample: int | None, wanted: int, what: str, fixed: int | None = None):
+    def __init__(
+        self, per_sample: int | None, wanted: int, what: str, fixed: int | None = None, probe: bool = False
+    ) -> None:
         self.wanted, self.what, self.fixed = int(wanted), what, fixed
         self.estimate = None if per_sample is None else max(int(per_sample), 1)
-        self.per_sample = self.estimate or 0
-        self.size = batch_for(self.per_sample, wanted, what, fixed) if self.estimate else (fixed or 1)
+        self.per_sample = self.estimate or 1
+        self.probe = probe or self.estimate is None
+        self.held = 0  # the largest batch the runtime has run: what its arena already holds
+        self.size = batch_for(self.per_sample, wanted, what, fixed)  # one sample must fit by the estimate too
+        if self.probe:
+            self.size = fixed or 1
         self.sizes: list[int] = []  # each batch's samples, in order (what the stage ran)
         self.measured: list[int] = []  # each batch's growth of the process's resident memory, bytes
 
+    def warmed(self, n: int) -> None:
+        """The runtime has run a batch of `n` samples outside the guard (opened on it)."""
+        self.held = max(self.held, n)
+        if self.probe and not self.sizes and not self.fixed:
+            self.size = min(self.wanted, n + 1)
+
     def observe(self, n: int, grown: int) -> None:
         """Take one batch of `n` samples whose run made the process grow by `grown` bytes."""
-        first = not self.sizes
+        probed = self.probe and not self.sizes  # the probe: the batches after it may grow
         self.sizes.append(n)
         self.measured.append(grown)
-        if grown <= self.per_sample * n * SLACK + NOISE:
-            if first and self.estimate is None:  # nothing above noise: the samples are small
-                self.per_sample = 1
-                self.size = batch_for(1, self.wanted, self.what, self.fixed)
+        new = n - self.held if n > self.held else n  # samples the arena had no room for yet
+        self.held = max(self.held, n)
+        if grown <= self.per_sample * new * SLACK + NOISE:
+            if probed:
+                self.size = batch_for(self.per_sample, self.wanted, self.what, self.fixed)
             return
-        self.per_sample = -(-grown // max(n, 1))
-        said = f", estimated {size_text(self.estimate * n)}" if self.estimate else ", no estimate"
-        what = f"{self.what} (measured: the process grew {size_text(grown)} on a batch of {n}{said})"
+        self.per_sample = -(-grown // new)
+        said = f", estimated {size_text(self.estimate * new)}" if self.estimate else ", no estimate"
+        what = f"{self.what} (measured: the process grew {size_text(grown)} for {new} more samples{said})"
         size = batch_for(self.per_sample, self.wanted, what, self.fixed)
-        self.size = min(self.size, size) if self.estimate else size  # with no estimate, the one-sample probe grows
+        self.size = size if probed else min(self.size, size)
 
 
 # ---- bytes per sample, from a graph's shapes ----------------------------------------------------------------
@@ -240,6 +255,7 @@ class Activations:
 
     tensors: dict[str, int]  # bytes of each non-constant tensor (inputs and every node's outputs)
     peak: int  # most bytes alive at once when the graph runs in node order, freeing each tensor after its last use
+    unsized: int = 0  # tensors whose size was guessed (shape inference could not tell): the guard probes first
 
     def exposed(self, names: list[str] | set[str]) -> int:
         """Bytes per sample of a run that returns `names` besides what the run itself holds at its peak."""
@@ -318,7 +334,8 @@ def _estimate(proto: Any, feeds: dict[str, np.ndarray]) -> Activations:
     biggest = max((sizes[n] for n in names if n in sizes), default=0)
     tensors = {n: sizes.get(n, biggest) for n in dict.fromkeys(names)}
     steps = [(list(n.input), [o for o in n.output if o]) for n in nodes]
-    return Activations(tensors, live_peak(inputs, steps, tensors, {o.name for o in proto.graph.output}))
+    peak = live_peak(inputs, steps, tensors, {o.name for o in proto.graph.output})
+    return Activations(tensors, peak, sum(1 for n in tensors if n not in sizes))
 
 
 def live_peak(inputs: list[Any], steps: list[tuple[list[Any], list[Any]]], tensors: dict[Any, int], keep: set) -> int:
@@ -349,16 +366,31 @@ def file_activations(path: str | Path, feeds: dict[str, np.ndarray]) -> Activati
 
 
 def module_activations(module: Any, names: list[str], feed: dict[str, np.ndarray]) -> Activations | None:
-    """Bytes one run of a torch module on `feed` (one sample; `names`: its inputs in order) makes it hold: every
-    tensor its leaf modules return, as if none were freed before the end (no_grad frees most earlier: an upper bound).
-    None when the module fails on the sample (its own run then says how)."""
+    """Bytes one run of a torch module on `feed` (one sample; `names`: its inputs in order) makes it hold: the most
+    bytes alive at once among the tensors its leaf modules take and return (each storage counted once, from when a
+    leaf first sees it until Python frees it), as the run goes. Tensors made and dropped between leaves (functional
+    ops) are not seen: the guard measures what the estimate misses. None when the module fails on the sample (its
+    own run then says how)."""
+    import weakref
+
     import torch
 
     sizes: dict[str, int] = {}
+    alive: dict[int, int] = {}  # storage address -> bytes, while a tensor a leaf saw on it lives
+    peak = [0]
+
+    def track(tensors: list[Any]) -> None:
+        for t in tensors:
+            key = t.untyped_storage().data_ptr()
+            if key and key not in alive:
+                alive[key] = t.untyped_storage().nbytes()
+                weakref.finalize(t, alive.pop, key, None)
+        peak[0] = max(peak[0], sum(alive.values()))
 
     def seen(name: str) -> Any:
-        def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            sizes[name] = sizes.get(name, 0) + sum(t.numel() * t.element_size() for t in _flat(output))
+        def hook(_module: Any, inputs: Any, output: Any) -> None:
+            track(_flat(inputs) + _flat(output))
+            sizes[name] = max(sizes.get(name, 0), sum(t.numel() * t.element_size() for t in _flat(output)))
 
         return hook
 
@@ -367,15 +399,15 @@ def module_activations(module: Any, names: list[str], feed: dict[str, np.ndarray
     handles = [m.register_forward_hook(seen(n or "module")) for n, m in leaves]
     try:
         with torch.no_grad():
+            track(list(args))
             returned = module(*args)
+            track(_flat(returned))
     except Exception:
         return None
     finally:
         for h in handles:
             h.remove()
-    sizes["inputs"] = sum(a.numel() * a.element_size() for a in args)
-    sizes["outputs"] = sum(t.numel() * t.element_size() for t in _flat(returned))
-    return Activations(sizes, sum(sizes.values()))
+    return Activations(sizes, peak[0])
 
 
 def module_estimate(module: Any, names: list[str]) -> Callable[[dict[str, np.ndarray]], Activations | None]:

@@ -66,13 +66,13 @@ class Dataset:
         self, activations: Callable[[dict[str, np.ndarray]], memory.Activations | None], wanted: int, what: str
     ) -> memory.Guard:
         """Batches of at most `wanted` samples, fewer when `activations` (a graph's estimate on a one-sample feed;
-        None: no estimate, the guard measures the first one-sample batch) says more would not fit the memory budget,
-        or when a batch makes the process grow more than that (memory.Guard); MemoryBudgetExceeded naming `what`
-        when one sample does not fit."""
+        None: no estimate) says more would not fit the memory budget, or when a batch makes the process grow more
+        than that (memory.Guard: a first batch of one sample when there is no estimate or it guessed some sizes);
+        MemoryBudgetExceeded naming `what` when one sample does not fit."""
         feed = next(self.batches(1))[0]
         est = activations(feed)
         per_sample = None if est is None else est.peak // max(self.batch_len(feed), 1)
-        return memory.Guard(per_sample, wanted, what, self.fixed_batch)
+        return memory.Guard(per_sample, wanted, what, self.fixed_batch, probe=est is not None and est.unsized > 0)
 
     def batches(self, size: int | memory.Guard) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """(feeds, labels) of each batch: `size` samples, or as many as the guard allows, which watches each batch

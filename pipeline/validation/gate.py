@@ -27,7 +27,9 @@ def inference_batches(target: Target, artifact: Artifact, data: Dataset, wanted:
     memory budget or a batch grows the process more than estimated; MemoryBudgetExceeded when one sample does not.
     The artifact's runtime is opened on one sample first, so what it allocates once is not counted as the batches'."""
     guard = data.within_budget(lambda feed: target.activations(artifact, feed), wanted, f"validating {artifact.label}")
-    target.infer(artifact, next(data.batches(1))[0])
+    first = next(data.batches(1))[0]
+    target.infer(artifact, first)
+    guard.warmed(data.batch_len(first))
     return guard
 
 
