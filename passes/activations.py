@@ -36,11 +36,18 @@ def batch_size(per_sample: int, data: Dataset, what: str, wanted: int = DEFAULT_
     return memory.batch_for(per_sample, min(wanted, max(len(data), 1)), what, data.fixed_batch)
 
 
+def guarded(per_sample: int, data: Dataset, what: str, wanted: int = DEFAULT_BATCH) -> memory.Guard:
+    """Batches for a stage holding `per_sample` bytes a sample, shrunk when a batch grows the process more than that
+    (memory.Guard); for one stream of batches only: two streams compared batch by batch need a pinned batch_size."""
+    return memory.Guard(per_sample, min(wanted, max(len(data), 1)), what, data.fixed_batch)
+
+
 def streamed(
-    proto: Any, names: list[str], data: Dataset, what: str, batch: int | None = None
+    proto: Any, names: list[str], data: Dataset, what: str, batch: int | memory.Guard | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """{name: value} for each batch of `data`, the graph run unoptimised (every named tensor survives); graph
-    inputs among `names` come from the feeds. `batch`: samples per batch (default: sized to the budget)."""
+    inputs among `names` come from the feeds. `batch`: samples per batch, or a guard sizing them (default: a guard
+    from the budget)."""
     import onnx
 
     inputs = {i.name for i in proto.graph.input}
@@ -48,7 +55,7 @@ def streamed(
     exposed = copied(proto)
     have = {o.name for o in exposed.graph.output}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in run_names if n not in have)
-    size = batch or batch_size(per_sample_bytes(proto, names, data), data, what)
+    size = batch or guarded(per_sample_bytes(proto, names, data), data, what)
     sess = session(exposed, optimize=False)
     feeds = {i.name for i in sess.get_inputs()}
     for x, _ in data.batches(size):

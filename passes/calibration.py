@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import batch_size, per_sample_bytes, streamed
+from deployc.passes.activations import guarded, per_sample_bytes, streamed
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -125,7 +125,7 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
     from deployc.core.ort import CalibrationReader
 
     # its reductions run after the graph's own nodes, so a batch holds every calibrated tensor, as when exposed
-    size = batch_size(per_sample_bytes(proto, calibrated_tensors(proto), data), data, "calibration", batch)
+    size = guarded(per_sample_bytes(proto, calibrated_tensors(proto), data), data, "calibration", batch)
     with tempfile.TemporaryDirectory(prefix="deployc-calibrate-") as work:
         onnx.save(proto, f"{work}/model.onnx")
         calibrator = create_calibrator(
@@ -149,7 +149,7 @@ def _histogram_pass(proto: Any, data: Dataset, batch: int, ranges: Statistics) -
     names = [n for n, s in ranges.tensors.items() if 0 < s.absmax < math.inf]
     out = Statistics({n: TensorStats(s.lo, s.hi) for n, s in ranges.tensors.items()}, histograms=True)
     binner = _Binner()
-    size = batch_size(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
     for values in streamed(proto, names, data, "calibration", size):
         for name, value in values.items():
             finite, stats = _finite(value), out.tensors[name]

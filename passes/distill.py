@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployc.compiler.contracts import Context, Pass, PassResult
+from deployc.core import memory
 from deployc.core.config import BuildConfig, ModelConfig
 from deployc.core.state import ModelState, Table
 from deployc.data.dataset import Dataset
@@ -85,7 +86,8 @@ def run_model(module: Any, data: Dataset, names: list[str], batch: int = 128) ->
     module.eval()
     parts = []
     with torch.no_grad():
-        for x, _ in data.batches(batch):
+        batches = data.within_budget(memory.module_estimate(module, names), batch, "the teacher's outputs")
+        for x, _ in data.batches(batches):
             parts.append(first_tensor(module(*[torch.from_numpy(x[k]) for k in names])).numpy())
     return np.concatenate(parts)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from deployc.compiler.contracts import Context
+from deployc.core import memory
 from deployc.core.ort import session
 from deployc.core.state import ModelState, PassRecord, Table
 from deployc.core.timing import median_ms
@@ -79,7 +80,9 @@ def validation_metric(module: Any, state: ModelState, ctx: Context | None) -> fl
     module.eval()
     outs = []
     with torch.no_grad():
-        for x, _ in data.batches(ctx.config.data.batch_size):
+        names = [s.name for s in state.inputs]
+        batches = data.within_budget(memory.module_estimate(module, names), ctx.config.data.batch_size, "the metric")
+        for x, _ in data.batches(batches):
             out = module(*[torch.from_numpy(x[s.name]) for s in state.inputs])
             outs.append((out[0] if isinstance(out, (tuple, list)) else out).numpy())
     outputs = np.concatenate(outs)

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.core import memory
 from deployc.core.config import each_once
 from deployc.core.state import ModelState, PassRecord
 from deployc.errors import UsageError
@@ -21,7 +22,7 @@ from deployc.passes.coverage import coverage_details
 from deployc.targets.metadata import artifact_metadata, output_names
 from deployc.targets.tflite_coverage import tflite_int8_coverage
 from deployc.targets.tflite_export import EdgeSignature, Layout, edge_module, edge_signature, from_layout, to_layout
-from deployc.targets.tflite_flatbuffer import name_io_tensors, with_metadata
+from deployc.targets.tflite_flatbuffer import activations, name_io_tensors, with_metadata
 from deployc.targets.tflite_npu import npu_profile, npu_summary, op_report
 from deployc.targets.tflite_quantize import quantize_flatbuffer, signature_feeds
 from deployc.targets.tflite_remedies import STAGES, tflite_remedies
@@ -280,6 +281,11 @@ class TfliteTarget(Target):
             interp = interp_mod.Interpreter(model_path=key, num_threads=self.options.threads)
             self._runners[key] = interp.get_signature_runner(SIGNATURE)
         return self._runners[key]
+
+    def activations(self, artifact: Artifact, feed: dict[str, np.ndarray]) -> memory.Activations | None:
+        """The flatbuffer's tensors at its own shapes (batch 1): infer() invokes it once per sample, so a batch holds
+        one arena; counted per sample, which keeps batches within the budget whatever the arena planner shares."""
+        return None if artifact.path is None else activations(artifact.path)
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Per sample (the flatbuffer has batch 1): NCHW to the artifact's layout, quantize float inputs, dequantize

@@ -4,7 +4,12 @@ buffer of UTF-8 text; the same keys as the ONNX artifacts' metadata_props)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from deployc.core import memory
 
 MAX_METADATA_BYTES = 1 << 20  # one entry; labels of 100 000 classes fit
 
@@ -69,3 +74,51 @@ def read_metadata(model: bytes) -> dict[str, str]:
         except UnicodeDecodeError:
             continue
     return out
+
+
+# bytes a value of each schema TensorType (4-bit and 2-bit types packed at least a byte); others count as 4
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4, 16: 2, 17: 1, 18: 2}
+_TYPE_BYTES |= {19: 1, 20: 1, 21: 1, 22: 1}
+
+
+def activations(path: str | Path) -> memory.Activations:
+    """What one invocation of the flatbuffer's main subgraph holds: every tensor without constant data (its inputs
+    and each op's outputs) at the file's own shapes, alive from the op that writes it to its last reader, as TFLite's
+    arena planner allocates them. The file is mapped, not read: only the tables are touched, never the weights."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        tensors, dynamic, steps, inputs, outputs = _arena_tensors(buf)
+    peak = memory.live_peak(inputs, steps, tensors, outputs)
+    return memory.Activations({str(i): n for i, n in tensors.items()}, peak, unsized=len(dynamic))
+
+
+def _ints(table: Any, field: str) -> list[int]:
+    """A vector field element by element: a numpy view (…AsNumpy) would pin the file's mapping open."""
+    return [int(getattr(table, field)(j)) for j in range(getattr(table, f"{field}Length")())]
+
+
+def _arena_tensors(buf: Any) -> tuple[dict[int, int], set[int], list[tuple[list[int], list[int]]], list[int], set[int]]:
+    """(bytes of each non-constant tensor, those of them with a dynamic axis (sized at 1 there), (reads, writes) of
+    each op, inputs, outputs) of subgraph 0."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(buf, 0)
+    graph = model.Subgraphs(0)
+    constant = set()
+    for b in range(model.BuffersLength()):
+        data = model.Buffers(b)
+        if data.DataLength() > 0 or data.Offset() > 1:  # weights inline, or past the flatbuffer (files over 2 GB)
+            constant.add(b)
+    tensors: dict[int, int] = {}
+    dynamic: set[int] = set()
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        if t.Buffer() not in constant:
+            values = int(np.prod([max(d, 1) for d in _ints(t, "Shape")], dtype=np.int64))
+            tensors[i] = values * _TYPE_BYTES.get(t.Type(), 4)
+            if any(d < 0 for d in _ints(t, "ShapeSignature")):
+                dynamic.add(i)
+    ops = [graph.Operators(j) for j in range(graph.OperatorsLength())]
+    steps = [([i for i in _ints(op, "Inputs") if i >= 0], [i for i in _ints(op, "Outputs") if i >= 0]) for op in ops]
+    return tensors, dynamic, steps, _ints(graph, "Inputs"), set(_ints(graph, "Outputs"))

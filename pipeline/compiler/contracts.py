@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from deployc.core import memory
 from deployc.core.state import ModelState, PassRecord, Table, TensorSpec
 from deployc.errors import PipelineError, failure_text
 
@@ -221,6 +222,11 @@ class Target(abc.ABC):
 
     def failed(self, precision: str, exc: BaseException) -> Artifact:
         return Artifact(self.name, precision, None, self.name, "", error=failure_text(exc))
+
+    def activations(self, artifact: Artifact, feed: dict[str, np.ndarray]) -> memory.Activations | None:
+        """What one batch `feed` makes infer() hold, for sizing batches to the memory budget: an ONNX artifact's
+        from its shapes; None when the target cannot tell (its batches are then measured, core/memory.py)."""
+        return None if artifact.path is None else memory.file_activations(artifact.path, feed)
 
     @abc.abstractmethod
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from deployc.core.state import ModelState, PassRecord
-from deployc.data.reference import as_arrays, compare, reference_head, run_batched
+from deployc.data.reference import as_arrays, compare, model_activations, reference_head, run_batched
 
 CHECK_SAMPLES = 256  # validation samples a torch-level pass is scored on (the reference's first ones)
 RECORD_KEY = "validation_check"  # where the figures go in the pass record (and so the manifest)
@@ -38,7 +38,9 @@ def stage_drift(state: ModelState, ctx: Any) -> dict[str, Any] | None:
     training = module.training
     module.eval()  # scored as it will be exported; the pass's own mode is given back
     try:
-        outputs = run_batched(run, data.take(n), ctx.config.data.batch_size)
+        head_data = data.take(n)
+        batches = head_data.within_budget(model_activations(state), ctx.config.data.batch_size, "the stage check")
+        outputs = run_batched(run, head_data, batches)
     finally:
         module.train(training)
     scores = compare(outputs, head)

@@ -9,6 +9,11 @@ artifact's `error` gate: the build goes on with the others instead of being kill
 The budget is `build.max_memory` when set; else DEFAULT_SHARE of the memory available when the build starts
 (MemAvailable, or what the cgroup still allows, whichever is less). It bounds the working data of one stage, on top
 of the model and the libraries the process already holds; timings.json reports the process's peak RSS.
+
+An estimate can be wrong (dynamic shapes, ops shape inference cannot size, runtimes' own arenas): a stage that
+feeds its batches through a Guard has each batch's growth of the process's resident memory compared with what the
+estimate predicted, and the following batches shrink to the cost measured (MemoryBudgetExceeded when one sample's
+measured cost is over the budget). Batch sizes never change results: every stage reduces across batches.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +164,88 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def rss_bytes() -> int:
+    """The resident memory this process holds now (/proc/self/statm; the peak so far where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_bytes()
+    return pages * _PAGE
+
+
+_PAGE = resource.getpagesize()
+# growth a batch may show beyond its estimate before the guard believes it: the interpreter's own allocations,
+# allocator rounding and pages a runtime touches once
+SLACK = 1.25
+NOISE = 8 << 20
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The process's resident memory (now and peak) before a batch runs."""
+
+    rss: int
+    peak: int
+
+    @staticmethod
+    def now() -> Mark:
+        return Mark(rss_bytes(), peak_rss_bytes())
+
+    def grown(self) -> int:
+        """Bytes the process grew by since: what it holds now, or its new peak when the batch raised the peak (a
+        runtime that freed its buffers before returning shows only there)."""
+        peak = peak_rss_bytes()
+        return max(rss_bytes(), peak if peak > self.peak else 0) - self.rss
+
+
+class Guard:
+    """Batch sizes for one stage: from the estimated bytes a sample, shrunk when a batch makes the process grow by
+    more than the estimate said; MemoryBudgetExceeded naming `what` when a batch shows one sample costs more than the
+    budget. With no estimate, or one that guessed some tensors' sizes (`probe`), the first batch holds one sample
+    more than the runtime has run (warmed) and the batches after it are sized from what it measured.
+
+    Runtimes keep their arenas: a batch shows growth only for the samples beyond the largest batch run before (the
+    warm-up included), so a batch's cost a sample is its growth over those. Warm the runtime up on a sample before
+    the first batch (warmed()), so what it allocates once is not counted as the samples'."""
+
+    def __init__(
+        self, per_sample: int | None, wanted: int, what: str, fixed: int | None = None, probe: bool = False
+    ) -> None:
+        self.wanted, self.what, self.fixed = int(wanted), what, fixed
+        self.estimate = None if per_sample is None else max(int(per_sample), 1)
+        self.per_sample = self.estimate or 1
+        self.probe = probe or self.estimate is None
+        self.held = 0  # the largest batch the runtime has run: what its arena already holds
+        self.size = batch_for(self.per_sample, wanted, what, fixed)  # one sample must fit by the estimate too
+        if self.probe:
+            self.size = fixed or 1
+        self.sizes: list[int] = []  # each batch's samples, in order (what the stage ran)
+        self.measured: list[int] = []  # each batch's growth of the process's resident memory, bytes
+
+    def warmed(self, n: int) -> None:
+        """The runtime has run a batch of `n` samples outside the guard (opened on it)."""
+        self.held = max(self.held, n)
+        if self.probe and not self.sizes and not self.fixed:
+            self.size = min(self.wanted, n + 1)
+
+    def observe(self, n: int, grown: int) -> None:
+        """Take one batch of `n` samples whose run made the process grow by `grown` bytes."""
+        probed = self.probe and not self.sizes  # the probe: the batches after it may grow
+        self.sizes.append(n)
+        self.measured.append(grown)
+        new = n - self.held if n > self.held else n  # samples the arena had no room for yet
+        self.held = max(self.held, n)
+        if grown <= self.per_sample * new * SLACK + NOISE:
+            if probed:
+                self.size = batch_for(self.per_sample, self.wanted, self.what, self.fixed)
+            return
+        self.per_sample = -(-grown // new)
+        said = f", estimated {size_text(self.estimate * new)}" if self.estimate else ", no estimate"
+        what = f"{self.what} (measured: the process grew {size_text(grown)} for {new} more samples{said})"
+        size = batch_for(self.per_sample, self.wanted, what, self.fixed)
+        self.size = size if probed else min(self.size, size)
+
+
 # ---- bytes per sample, from a graph's shapes ----------------------------------------------------------------
 
 
@@ -168,6 +255,7 @@ class Activations:
 
     tensors: dict[str, int]  # bytes of each non-constant tensor (inputs and every node's outputs)
     peak: int  # most bytes alive at once when the graph runs in node order, freeing each tensor after its last use
+    unsized: int = 0  # tensors whose size was guessed (shape inference could not tell): the guard probes first
 
     def exposed(self, names: list[str] | set[str]) -> int:
         """Bytes per sample of a run that returns `names` besides what the run itself holds at its peak."""
@@ -245,19 +333,27 @@ def _estimate(proto: Any, feeds: dict[str, np.ndarray]) -> Activations:
     names = inputs + [o for n in nodes for o in n.output if o and o not in consts]
     biggest = max((sizes[n] for n in names if n in sizes), default=0)
     tensors = {n: sizes.get(n, biggest) for n in dict.fromkeys(names)}
+    steps = [(list(n.input), [o for o in n.output if o]) for n in nodes]
+    peak = live_peak(inputs, steps, tensors, {o.name for o in proto.graph.output})
+    return Activations(tensors, peak, sum(1 for n in tensors if n not in sizes))
+
+
+def live_peak(inputs: list[Any], steps: list[tuple[list[Any], list[Any]]], tensors: dict[Any, int], keep: set) -> int:
+    """Most bytes alive at once when `steps` ((reads, writes) of each op, in order) run from `inputs`, each tensor
+    freed after its last reader unless it is in `keep` (the outputs); `tensors`: the bytes of each non-constant
+    tensor (others, e.g. weights, are not counted)."""
     last_use = {}
-    for i, n in enumerate(nodes):
-        for t in n.input:
+    for i, (reads, _) in enumerate(steps):
+        for t in reads:
             last_use[t] = i
-    keep = {o.name for o in proto.graph.output}
-    live = peak = sum(tensors[n] for n in set(inputs))
-    for i, n in enumerate(nodes):
-        live += sum(tensors.get(o, 0) for o in n.output if o)
+    live = peak = sum(tensors.get(t, 0) for t in set(inputs))
+    for i, (reads, writes) in enumerate(steps):
+        live += sum(tensors.get(o, 0) for o in writes)
         peak = max(peak, live)
-        freed = {t for t in n.input if t in tensors and last_use.get(t) == i and t not in keep}
-        freed |= {o for o in n.output if o in tensors and o not in last_use and o not in keep}  # never read
+        freed = {t for t in reads if t in tensors and last_use.get(t) == i and t not in keep}
+        freed |= {o for o in writes if o in tensors and o not in last_use and o not in keep}  # never read
         live -= sum(tensors[t] for t in freed)
-    return Activations(tensors, int(peak))
+    return int(peak)
 
 
 def file_activations(path: str | Path, feeds: dict[str, np.ndarray]) -> Activations | None:
@@ -267,3 +363,66 @@ def file_activations(path: str | Path, feeds: dict[str, np.ndarray]) -> Activati
     if Path(path).suffix != ".onnx":
         return None
     return graph_activations(onnx.load(str(path), load_external_data=False), feeds)
+
+
+def module_activations(module: Any, names: list[str], feed: dict[str, np.ndarray]) -> Activations | None:
+    """Bytes one run of a torch module on `feed` (one sample; `names`: its inputs in order) makes it hold: the most
+    bytes alive at once among the tensors its leaf modules take and return (each storage counted once, from when a
+    leaf first sees it until Python frees it), as the run goes. Tensors made and dropped between leaves (functional
+    ops) are not seen: the guard measures what the estimate misses. None when the module fails on the sample (its
+    own run then says how)."""
+    import weakref
+
+    import torch
+
+    sizes: dict[str, int] = {}
+    alive: dict[int, int] = {}  # storage address -> bytes, while a tensor a leaf saw on it lives
+    peak = [0]
+
+    def track(tensors: list[Any]) -> None:
+        for t in tensors:
+            key = t.untyped_storage().data_ptr()
+            if key and key not in alive:
+                alive[key] = t.untyped_storage().nbytes()
+                weakref.finalize(t, alive.pop, key, None)
+        peak[0] = max(peak[0], sum(alive.values()))
+
+    def seen(name: str) -> Any:
+        def hook(_module: Any, inputs: Any, output: Any) -> None:
+            track(_flat(inputs) + _flat(output))
+            sizes[name] = max(sizes.get(name, 0), sum(t.numel() * t.element_size() for t in _flat(output)))
+
+        return hook
+
+    args = [torch.from_numpy(np.asarray(feed[n])) for n in names]
+    leaves = [(n, m) for n, m in module.named_modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(seen(n or "module")) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            track(list(args))
+            returned = module(*args)
+            track(_flat(returned))
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return Activations(sizes, peak[0])
+
+
+def module_estimate(module: Any, names: list[str]) -> Callable[[dict[str, np.ndarray]], Activations | None]:
+    """module_activations of `module` as a function of one sample's feed (what Dataset.within_budget takes)."""
+    return lambda feed: module_activations(module, names, feed)
+
+
+def _flat(value: Any) -> list[Any]:
+    """The tensors in a module's output (a tensor, or tuples, lists and dicts of them)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flat(v)]
+    return []

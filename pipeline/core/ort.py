@@ -12,7 +12,7 @@ import numpy as np
 class Batches(Protocol):
     """What the calibration reader iterates: deployc.data's Dataset, or anything that batches like it."""
 
-    def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], Any]]: ...
+    def batches(self, size: Any) -> Iterator[tuple[dict[str, np.ndarray], Any]]: ...  # int, or a memory.Guard
 
 
 def session(model: Any, threads: int | None = None, optimize: bool = True) -> Any:
@@ -40,7 +40,7 @@ def session(model: Any, threads: int | None = None, optimize: bool = True) -> An
 class CalibrationReader:
     """onnxruntime.quantization's CalibrationDataReader over a Dataset, in small batches."""
 
-    def __init__(self, data: Batches, batch: int = 16, names: set[str] | None = None):
+    def __init__(self, data: Batches, batch: Any = 16, names: set[str] | None = None):
         self._it: Iterator[dict[str, np.ndarray]] = (
             {k: v for k, v in x.items() if names is None or k in names} for x, _ in data.batches(batch)
         )

@@ -62,24 +62,33 @@ class Dataset:
                 return int(v.shape[axis])
         return 1
 
-    def batch_within_budget(
+    def within_budget(
         self, activations: Callable[[dict[str, np.ndarray]], memory.Activations | None], wanted: int, what: str
-    ) -> int:
-        """At most `wanted` samples a batch, fewer when `activations` (a graph's estimate on a one-sample feed; None:
-        no estimate, run at `wanted`) says more would not fit the memory budget; MemoryBudgetExceeded naming `what`
-        when one sample does not."""
+    ) -> memory.Guard:
+        """Batches of at most `wanted` samples, fewer when `activations` (a graph's estimate on a one-sample feed;
+        None: no estimate) says more would not fit the memory budget, or when a batch makes the process grow more
+        than that (memory.Guard: a first batch of one sample when there is no estimate or it guessed some sizes);
+        MemoryBudgetExceeded naming `what` when one sample does not fit."""
         feed = next(self.batches(1))[0]
         est = activations(feed)
-        if est is None:
-            return wanted
-        return memory.batch_for(est.peak // max(self.batch_len(feed), 1), wanted, what, self.fixed_batch)
+        per_sample = None if est is None else est.peak // max(self.batch_len(feed), 1)
+        return memory.Guard(per_sample, wanted, what, self.fixed_batch, probe=est is not None and est.unsized > 0)
 
-    def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
-        size = self.fixed_batch or size
-        for start in range(0, len(self), size):
-            sl = slice(start, start + size)
+    def batches(self, size: int | memory.Guard) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """(feeds, labels) of each batch: `size` samples, or as many as the guard allows, which watches each batch
+        (from when it is handed out to when the next is asked for) and shrinks the ones after it."""
+        guard = size if isinstance(size, memory.Guard) else None
+        start = 0
+        while start < len(self):
+            step = self.fixed_batch or (guard.size if guard else int(size))
+            sl = slice(start, start + step)
             feed = {}
             for k, v in self.inputs.items():
                 axis = self._axis(k)
                 feed[k] = v if axis is None else (v[sl] if axis == 0 else np.moveaxis(v[sl], 0, axis))
-            yield feed, None if self.labels is None else self.labels[sl]
+            labels = None if self.labels is None else self.labels[sl]
+            mark = memory.Mark.now() if guard else None
+            yield feed, labels
+            if guard and mark:
+                guard.observe(self.batch_len(feed), mark.grown())
+            start += step

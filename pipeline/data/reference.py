@@ -3,6 +3,7 @@ runs every artifact on its own runtime over the validation set and compares it w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,9 @@ def _batch_axis(arr: np.ndarray, n: int) -> int | None:
     return next((i for i, d in enumerate(arr.shape) if d == n), None)
 
 
-def run_batched(run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
-    """Every output of `run_batch` over `data` in batches, concatenated with samples first."""
+def run_batched(run_batch: Any, data: Dataset, batch_size: int | memory.Guard) -> list[np.ndarray]:
+    """Every output of `run_batch` over `data` in batches (of `batch_size`, or as the guard sizes them), concatenated
+    with samples first."""
     parts: list[list[np.ndarray]] = []
     for x, _ in data.batches(batch_size):
         n = data.batch_len(x)
@@ -93,20 +95,30 @@ def _runner(state: ModelState) -> tuple[Any, list[str]]:
     return run_session, [o.name for o in sess.get_outputs()]
 
 
-def budgeted_batch(state: ModelState, data: Dataset, batch_size: int) -> int:
-    """The reference run's batch: an ONNX model's batches sized from its activations to fit the memory budget
-    (core/memory.py); a torch module runs at the requested batch."""
-    if state.module is not None or not len(data):
+def model_activations(state: ModelState) -> Callable[[dict[str, np.ndarray]], memory.Activations | None]:
+    """One sample's activations of the model of `state`: an ONNX graph's from its shapes, a torch module's from
+    what its layers return on that sample."""
+    if state.module is None:
+        return lambda feed: memory.graph_activations(state.onnx, feed)
+    names = [spec.name for spec in state.inputs]
+    return memory.module_estimate(state.module, names)
+
+
+def budgeted_batches(state: ModelState, data: Dataset, batch_size: int) -> memory.Guard | int:
+    """The reference run's batches, sized to fit the memory budget (core/memory.py) from the activations of one
+    sample: an ONNX model's from its shapes, a torch module's from what its layers return on the first sample."""
+    if not len(data):
         return batch_size
+    estimate = model_activations(state)
     try:
-        return data.batch_within_budget(
-            lambda feed: memory.graph_activations(state.onnx, feed), batch_size, "the reference run"
-        )
+        return data.within_budget(estimate, batch_size, "the reference run")
     except memory.MemoryBudgetExceeded as exc:
         raise UsageError(f"data.validation ({data.source}): {exc}; nothing can be validated") from None
 
 
-def _reference_run(state: ModelState, run_batch: Any, data: Dataset, batch_size: int) -> list[np.ndarray]:
+def _reference_run(
+    state: ModelState, run_batch: Any, data: Dataset, batch_size: int | memory.Guard
+) -> list[np.ndarray]:
     """Every output over the validation set; a failure names the batch's samples and says it is the model's."""
     done = [0]
 
@@ -117,9 +129,12 @@ def _reference_run(state: ModelState, run_batch: Any, data: Dataset, batch_size:
 
     try:
         return run_batched(counted, data, batch_size)
+    except memory.MemoryBudgetExceeded as exc:
+        raise UsageError(f"data.validation ({data.source}): {exc}; nothing can be validated") from None
     except Exception as exc:
         hint = integer_inputs_hint(state.inputs)
-        end = min(done[0] + batch_size, len(data))
+        step = batch_size.size if isinstance(batch_size, memory.Guard) else batch_size
+        end = min(done[0] + step, len(data))
         raise UsageError(
             f"data.validation ({data.source}): the model as loaded (your model, before any deployc pass) fails on "
             f"samples {done[0]}..{end - 1}: {failure_text(exc)}{hint}"
@@ -237,8 +252,10 @@ def compute_reference(
     if metric.needs_labels and data.labels is None:
         raise UsageError(f"data.metric: '{metric.name}' needs labels, and data.validation ({data.source}) has none")
     run_batch, names = _runner(state)
-    batch_size = budgeted_batch(state, data, batch_size)
-    outputs = _reference_run(state, run_batch, data, batch_size)
+    batches = budgeted_batches(state, data, batch_size)
+    outputs = _reference_run(state, run_batch, data, batches)
+    if isinstance(batches, memory.Guard):
+        batch_size = batches.sizes[0] if batches.sizes else 1  # the determinism check reruns the first batch as run
     names = names or [f"output_{i}" for i in range(len(outputs))]
     if not outputs:
         raise UsageError("model: the model as loaded returns no tensor outputs")

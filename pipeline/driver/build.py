@@ -33,6 +33,7 @@ from deployc.driver.uptodate import CONFIG_NAME, build_key, default_out, saved_c
 from deployc.errors import DeploycError, UsageError, failure_text
 from deployc.outputs.junit import write_junit
 from deployc.outputs.manifest import MANIFEST_VERSION, artifact_entry
+from deployc.outputs.progress import progress_entry, write_progress
 from deployc.outputs.report import gate_text, render_report, report_view
 from deployc.outputs.report_html import write_html_report
 from deployc.storage.files import write_json_atomic, write_text_atomic
@@ -186,10 +187,11 @@ def _build(
         state = manager.run(state, ctx, first=len(state.history))
         upstream = upstream_loss(state.history)  # the torch-level passes already lost the accuracy: remedies can't help
         artifacts: list[Artifact] = []
+        finished: list[dict[str, Any]] = []  # every target's artifacts as their gates become final (progress.py)
         for name, planned in manager.targets.items():
             target = planned.cls(planned.options)
             reason = planned.cls.available()
-            finish = _finisher(target, ctx, validation, reference, config, upstream)
+            finish = _finisher(target, ctx, validation, reference, config, upstream, finished)
             if reason:
                 skipped = [Artifact(name, p, None, name, "unavailable", skipped=reason) for p in target.precisions()]
                 artifacts.extend(finish(a, None, None) for a in skipped)
@@ -226,7 +228,13 @@ def _build(
 
 
 def _finisher(
-    target: Target, ctx: Context, validation: Any, reference: Reference, config: BuildConfig, upstream: str | None
+    target: Target,
+    ctx: Context,
+    validation: Any,
+    reference: Reference,
+    config: BuildConfig,
+    upstream: str | None,
+    finished: list[dict[str, Any]],
 ) -> Finish:
     """What happens to each artifact a target makes: validated by its gate, remedied when it fails (remedies.py),
     unless the loss comes before quantization (`upstream`, or the target's fp32 artifact fails too)."""
@@ -252,6 +260,8 @@ def _finisher(
         elif reemit is not None and remedies != "off" and needs_remedy(art, config.validate_):
             art = remedy_artifact(target, art, reemit, lowered, ctx, validate, remedies, log)
         made.append(art)
+        finished.append(progress_entry(art, ctx.work_dir))
+        write_progress(ctx.work_dir, finished)  # a build killed from outside still leaves what passed, with hashes
         warning = coverage_warning(art)
         if warning:
             log(f"warning: {warning}")

@@ -11,7 +11,8 @@ handle, so a path swapped for a link while a build runs redirects nothing; befor
 name the folder that was opened (else exit 2, nothing published).
 
 Invariant: whenever manifest.json exists, every file it names is complete and matches its hash, and the
-reports beside it describe the same build. Publishing removes the old manifest and the old reports first,
+reports beside it describe the same build. A build killed before it publishes leaves its staging folder (the marker
+names it) with progress.json: the artifacts finished so far, their gates and hashes; the next build removes it. Publishing removes the old manifest and the old reports first,
 moves the new artifacts and reports in, and moves manifest.json in last.
 """
 
@@ -36,6 +37,7 @@ STAGING_PREFIX = ".deployc-staging-"
 MANIFEST = "manifest.json"
 REPORTS = ("report.md", "report.html", "junit.xml", "timings.json")  # what a person or CI reads beside the manifest
 FIXED_NAMES = (MANIFEST, *REPORTS)
+PROGRESS = "progress.json"  # in the staging folder only: what a build killed before publishing had finished
 BUILD_KEY = ".deployc-build-key.json"  # the no-op rebuild key (deployc/driver/uptodate.py), published with the build
 
 
@@ -258,6 +260,7 @@ class OutDir:
         only='bench': publish files below bench/ alone (a command that adds its outputs to a finished build);
         the build's own files stay as they are, and only earlier files below bench/ count as stale."""
         self.folder.check_still_at_path()
+        self._staging.unlink(PROGRESS)  # the manifest supersedes it
         staged = self._staging.files()
         if only is not None and any(not r.startswith(f"{only}/") for r in staged):
             raise ValueError(f"publish(only={only!r}) got files outside {only}/")

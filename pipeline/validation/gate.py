@@ -22,12 +22,15 @@ def batch1_latency_ms(target: Target, artifact: Artifact, data: Dataset, runs: i
     return measure(lambda: target.infer(artifact, sample), runs, warmup=3, min_warmup_s=0.1)
 
 
-def inference_batch(artifact: Artifact, data: Dataset, wanted: int) -> int:
-    """`wanted` samples a batch, fewer when the artifact's activations would not fit the memory budget (estimated
-    from an ONNX artifact's shapes; other files run at `wanted`); MemoryBudgetExceeded when one sample does not."""
-    path = artifact.path
-    estimate = (lambda feed: memory.file_activations(path, feed)) if path is not None else (lambda feed: None)
-    return data.batch_within_budget(estimate, wanted, f"validating {artifact.label}")
+def inference_batches(target: Target, artifact: Artifact, data: Dataset, wanted: int) -> memory.Guard:
+    """`wanted` samples a batch, fewer when the artifact's activations (the target's estimate) would not fit the
+    memory budget or a batch grows the process more than estimated; MemoryBudgetExceeded when one sample does not.
+    The artifact's runtime is opened on one sample first, so what it allocates once is not counted as the batches'."""
+    guard = data.within_budget(lambda feed: target.activations(artifact, feed), wanted, f"validating {artifact.label}")
+    first = next(data.batches(1))[0]
+    target.infer(artifact, first)
+    guard.warmed(data.batch_len(first))
+    return guard
 
 
 def coverage_of(artifact: Artifact) -> tuple[float | None, str]:
@@ -115,8 +118,8 @@ def validate_artifact(
     if artifact.skipped:
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return
-    batch = inference_batch(artifact, data, batch_size)
-    outputs = run_batched(lambda x: target.infer(artifact, x), data, batch)
+    batches = inference_batches(target, artifact, data, batch_size)
+    outputs = run_batched(lambda x: target.infer(artifact, x), data, batches)
     warning = coverage_warning(artifact)
     if warning:
         artifact.details.setdefault("warnings", []).append(warning)
