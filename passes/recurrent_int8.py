@@ -1,18 +1,22 @@
-"""LSTM and GRU nodes rewritten, for a fixed sequence length, into MatMuls and elementwise ops unrolled over the time
-steps, so their gate MatMuls can run in int8 (onnx and tensorrt int8): onnxruntime's static quantizer and TensorRT's
-Q/DQ placement leave an LSTM/GRU node float whole, and onnxruntime's dynamic quantizer has no GRU.
+"""LSTM and GRU nodes rewritten into MatMuls and elementwise ops so their gate MatMuls can run in int8 (onnx and
+tensorrt int8): onnxruntime's static quantizer and TensorRT's Q/DQ placement leave an LSTM/GRU node float whole,
+and onnxruntime's dynamic quantizer has no GRU. Two forms (quantize.recurrent):
 
-Per direction: one MatMul projects every time step's input at once (X·Wᵀ + Wb + Rb), then each step adds H_{t-1}·Rᵀ
-and applies the gates as the ONNX operator defines them (LSTM gates i, o, f, c; GRU z, r, h with or without
-linear_before_reset). The elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing 160 steps
-of sigmoids and products compounds rounding over time, and it holds a negligible share of the MACs. Each recurrent
-MatMul reads H through its own Identity: a quantizer that puts Q/DQ on H for the MatMul (onnxruntime rewires every
-reader of a quantized tensor) then leaves the recurrence itself in float. Written by hand:
-onnxscript's rewriter and onnxruntime have no LSTM/GRU decomposition, and a Loop/Scan body is what quantize_static
-leaves float.
+- 'scan' (default): per direction, one MatMul projects every time step's input at once (X·Wᵀ + Wb + Rb), quantized
+  with the rest of the graph, and an ONNX Scan runs the recurrence; its body holds the int8 recurrent MatMul and
+  the gate math (passes/recurrent_scan.py). Any sequence length; a node of one step is unrolled instead.
+- 'unroll': the same projection, then one set of nodes per time step of a fixed length: each step adds H_{t-1}·Rᵀ
+  and applies the gates. Each recurrent MatMul reads H through its own Identity: a quantizer that puts Q/DQ on H
+  for the MatMul (onnxruntime rewires every reader of a quantized tensor) then leaves the recurrence itself float.
+  One node per step: onnxruntime runs resemblyzer's 160 steps ~20-40x slower than its LSTM kernel.
 
-Not rewritten (left as they are, with the reason): a sequence length not fixed in the graph, sequence_lens,
-peepholes, clip, custom activations, input_forget, layout 1, or a graph below opset 13.
+Gates as the ONNX operator defines them (LSTM i, o, f, c; GRU z, r, h with or without linear_before_reset). The
+elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing every step's sigmoids and products
+compounds rounding over time, and it holds a negligible share of the MACs. Written by hand: onnxscript's rewriter
+and onnxruntime have no LSTM/GRU decomposition.
+
+Not rewritten (left as they are, with the reason): sequence_lens, peepholes, clip, custom activations,
+input_forget, layout 1, a graph below opset 13, and for 'unroll' a sequence length not fixed in the graph.
 """
 
 from __future__ import annotations
@@ -283,6 +287,25 @@ def _rewrite(
     return finals
 
 
+def _deduplicated(inits: list[Any]) -> tuple[list[Any], dict[str, str]]:
+    """`inits` with equal tensors kept once, and each dropped name → the kept one: a decoder that calls one GRU
+    once per output step (g2p: 20 nodes of one step, same weights) would otherwise get 20 copies of its weights."""
+    import hashlib
+
+    first: dict[tuple, str] = {}
+    kept, renamed = [], {}
+    for init in inits:
+        # from_array writes raw_data; a tensor without it is kept as it is (keyed by its own name)
+        digest = hashlib.sha256(init.raw_data).hexdigest() if init.raw_data else init.name
+        key = (init.data_type, tuple(init.dims), digest)
+        if key in first:
+            renamed[init.name] = first[key]
+        else:
+            first[key] = init.name
+            kept.append(init)
+    return kept, renamed
+
+
 def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_body: bool = True) -> Unrolled:
     """`proto` with every LSTM/GRU of its main graph that can be rewritten rewritten (see the module docstring):
     mode 'scan' into a hoisted input projection + a Scan with int8 recurrent MatMuls (a node of one step is
@@ -321,10 +344,13 @@ def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_
         body_matmuls += b.body_matmuls
     if not rewritten:
         return Unrolled(proto, (), kept)
+    new_inits, renamed = _deduplicated(new_inits)
     rebuilt = []
     for n in out.graph.node:
         key = n.name or n.output[0]
         rebuilt += replacement.get(key, [n]) if n.op_type in RECURRENT_OPS else [n]
+    for n in rebuilt:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
     del out.graph.node[:]
     out.graph.node.extend(rebuilt)
     out.graph.initializer.extend(new_inits)

@@ -174,7 +174,10 @@ def test_coverage_in_the_manifest_names_the_real_reason(models_dir: Path, tmp_pa
     result = build(config, out=tmp_path / "dynamic", quiet=True)
     arts = {f"{a['target']}/{a['precision']}": a for a in result.manifest["artifacts"]}
     onnx_warning = next(w for w in arts["onnx/int8"]["details"]["warnings"] if "in int8 because" in w)
-    assert "LSTM×1 stay float (not unrolled (" in onnx_warning and "sequence length is not fixed" in onnx_warning
+    assert (
+        "LSTM×1 stay float (not rewritten into int8 MatMuls (" in onnx_warning
+        and "sequence length is not fixed" in onnx_warning
+    )
     assert any(w.endswith("of its MACs in int8; float ops: LSTM×1") for w in arts["onnx/int8"]["details"]["warnings"])
     trt = arts["tensorrt/int8"]
     trt_text = trt["gate"].get("reason", "") + " ".join(trt["details"].get("warnings", []))
