@@ -205,3 +205,33 @@ def test_static_int8_of_the_scan_form(kind, tmp_path):
     for body in bodies:
         ops = op_counts(onnx.ModelProto(graph=body))
         assert ops.get("MatMulIntegerToFloat") == 1 and "MatMul" not in ops and "Gemm" not in ops, ops
+
+
+class StepwiseDecoder(nn.Module):
+    """One GRU called once per output step (as g2p's greedy decoder): one-step GRU nodes sharing their weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(FEATURES, HIDDEN, batch_first=True)
+
+    def forward(self, x):
+        h, outs = None, []
+        for t in range(3):
+            y, h = self.gru(x[:, t : t + 1], h)
+            outs.append(y)
+        return torch.cat(outs, 1)
+
+
+def test_one_step_nodes_sharing_weights_keep_one_copy():
+    torch.manual_seed(0)
+    proto = export_onnx(StepwiseDecoder().eval(), ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+    calib = Dataset({"x": _x(16, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    assert result.recurrent is not None and len(result.recurrent.rewritten) == 3
+    assert "scan_body_matmuls" not in result.recurrent.to_json()  # one step each: unrolled, no Scan
+    int8_weights = [i for i in result.proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    shapes = sorted(tuple(i.dims) for i in int8_weights if len(i.dims) == 2)
+    assert shapes == [(FEATURES, 3 * HIDDEN), (HIDDEN, 3 * HIDDEN)], shapes  # W and R once, not once per step
+    x = _x(8, 2)
+    want, got = session(proto).run(None, {"x": x})[0], session(result.proto).run(None, {"x": x})[0]
+    assert float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)) > 0.99
