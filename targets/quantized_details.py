@@ -36,7 +36,9 @@ def float_reasons(where: str, coverage: Int8Coverage, records: list[Any], graph:
     for r in records:
         metrics.update(r.metrics)
     recurrent = (metrics.get("recurrent") or {}).get("kept", {})
-    reasons = {op: f"not rewritten into int8 MatMuls ({why})" for op, why in _first_reasons(recurrent, op_of).items() if op}
+    reasons = {
+        op: f"not rewritten into int8 MatMuls ({why})" for op, why in _first_reasons(recurrent, op_of).items() if op
+    }
     reasons.update(_first_reasons(metrics.get("kept_high_precision") or {}, op_of))
     parts = []
     for op, count in sorted(coverage.float_ops.items()):
