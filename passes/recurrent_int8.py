@@ -1,18 +1,22 @@
-"""LSTM and GRU nodes rewritten, for a fixed sequence length, into MatMuls and elementwise ops unrolled over the time
-steps, so their gate MatMuls can run in int8 (onnx and tensorrt int8): onnxruntime's static quantizer and TensorRT's
-Q/DQ placement leave an LSTM/GRU node float whole, and onnxruntime's dynamic quantizer has no GRU.
+"""LSTM and GRU nodes rewritten into MatMuls and elementwise ops so their gate MatMuls can run in int8 (onnx and
+tensorrt int8): onnxruntime's static quantizer and TensorRT's Q/DQ placement leave an LSTM/GRU node float whole,
+and onnxruntime's dynamic quantizer has no GRU. Two forms (quantize.recurrent):
 
-Per direction: one MatMul projects every time step's input at once (X·Wᵀ + Wb + Rb), then each step adds H_{t-1}·Rᵀ
-and applies the gates as the ONNX operator defines them (LSTM gates i, o, f, c; GRU z, r, h with or without
-linear_before_reset). The elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing 160 steps
-of sigmoids and products compounds rounding over time, and it holds a negligible share of the MACs. Each recurrent
-MatMul reads H through its own Identity: a quantizer that puts Q/DQ on H for the MatMul (onnxruntime rewires every
-reader of a quantized tensor) then leaves the recurrence itself in float. Written by hand:
-onnxscript's rewriter and onnxruntime have no LSTM/GRU decomposition, and a Loop/Scan body is what quantize_static
-leaves float.
+- 'scan' (default): per direction, one MatMul projects every time step's input at once (X·Wᵀ + Wb + Rb), quantized
+  with the rest of the graph, and an ONNX Scan runs the recurrence; its body holds the int8 recurrent MatMul and
+  the gate math (passes/recurrent_scan.py). Any sequence length; a node of one step is unrolled instead.
+- 'unroll': the same projection, then one set of nodes per time step of a fixed length: each step adds H_{t-1}·Rᵀ
+  and applies the gates. Each recurrent MatMul reads H through its own Identity: a quantizer that puts Q/DQ on H
+  for the MatMul (onnxruntime rewires every reader of a quantized tensor) then leaves the recurrence itself float.
+  One node per step: onnxruntime runs resemblyzer's 160 steps ~20-40x slower than its LSTM kernel.
 
-Not rewritten (left as they are, with the reason): a sequence length not fixed in the graph, sequence_lens,
-peepholes, clip, custom activations, input_forget, layout 1, or a graph below opset 13.
+Gates as the ONNX operator defines them (LSTM i, o, f, c; GRU z, r, h with or without linear_before_reset). The
+elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing every step's sigmoids and products
+compounds rounding over time, and it holds a negligible share of the MACs. Written by hand: onnxscript's rewriter
+and onnxruntime have no LSTM/GRU decomposition.
+
+Not rewritten (left as they are, with the reason): sequence_lens, peepholes, clip, custom activations,
+input_forget, layout 1, a graph below opset 13, and for 'unroll' a sequence length not fixed in the graph.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ class Unrolled:
     rewritten: tuple[str, ...] = ()  # recurrent nodes unrolled
     kept: dict[str, str] = field(default_factory=dict)  # recurrent node left as it is -> why
     matmuls: tuple[str, ...] = ()  # the gate MatMuls (to run in int8)
-    elementwise: tuple[str, ...] = ()  # the gate math (to stay float)
+    elementwise: tuple[str, ...] = ()  # the gate math and the Scans (to stay float in the main graph)
+    body_matmuls: tuple[str, ...] = ()  # 'Scan:MatMul' of the Scan bodies, int8 through their own Q/DQ
 
     def to_json(self) -> dict[str, Any]:
-        return {"unrolled": list(self.rewritten), "kept": dict(self.kept), "gate_matmuls": len(self.matmuls)}
+        found = {"unrolled": list(self.rewritten), "kept": dict(self.kept), "gate_matmuls": len(self.matmuls)}
+        return found | ({"scan_body_matmuls": len(self.body_matmuls)} if self.body_matmuls else {})
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -89,6 +95,7 @@ class _Builder:
 
     def __init__(self, base: str):
         self.base, self.nodes, self.inits, self.matmuls, self.elementwise = base, [], [], [], []
+        self.body_matmuls: list[str] = []  # 'scan node:body MatMul' (int8 through the body's own Q/DQ)
         self._k = 0
 
     def const(self, value: np.ndarray, hint: str) -> str:
@@ -187,8 +194,66 @@ def _direction(b: _Builder, node: Any, d: int, reverse: bool, x: str, seq: int, 
     return (outs[::-1] if reverse else outs), h, c
 
 
-def _rewrite(node: Any, seq: int, inits: dict[str, Any], b: _Builder) -> list[Any]:
-    """Nodes writing the recurrent node's outputs (Y, Y_h, Y_c) from the unrolled directions."""
+def _scan_direction(
+    b: _Builder, node: Any, d: int, reverse: bool, x: str, tensors: dict, signed: bool, int8: bool
+) -> tuple:
+    """One direction as a hoisted input projection and a Scan (passes/recurrent_scan.py): Y [seq, batch, hidden]
+    in time order, and the last h and c."""
+    from onnx import helper
+
+    hidden = int(_attr(node, "hidden_size", tensors["R"].shape[-1]))
+    lstm = node.op_type == "LSTM"
+    gates = 4 if lstm else 3
+    w, r = tensors["W"][d], tensors["R"][d]
+    bias = tensors["B"][d] if tensors["B"] is not None else np.zeros(2 * gates * hidden, np.float32)
+    wb, rb = bias[: gates * hidden], bias[gates * hidden :]
+    lbr = not lstm and bool(_attr(node, "linear_before_reset", 0))
+    in_bias = wb + rb if not lbr else np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :]])
+    (xw,) = b.op("MatMul", [x, b.const(w.T.astype(np.float32), f"d{d}_W_t")], f"d{d}_x_proj")
+    (xw,) = b.op("Add", [xw, b.const(in_bias.astype(np.float32), f"d{d}_bias")], f"d{d}_x_bias")
+    batch = b.op(
+        "Gather",
+        [b.op("Shape", [x], f"d{d}_x_shape")[0], b.const(np.array([1], np.int64), f"d{d}_i1")],
+        f"d{d}_batch",
+        axis=0,
+    )[0]
+    (state_shape,) = b.op("Concat", [batch, b.const(np.array([hidden], np.int64), f"d{d}_hidden")], f"d{d}_hc", axis=0)
+    states = []
+    for key in ("h0", "c0") if lstm else ("h0",):
+        if tensors[key] is not None:
+            index = b.const(np.array(d, np.int64), f"d{d}_{key}_index")
+            states.append(b.op("Gather", [tensors[key], index], f"d{d}_{key}", axis=0)[0])
+        else:
+            states.append(b.op("ConstantOfShape", [state_shape], f"d{d}_{key}_zero")[0])
+    from deployc.passes.recurrent_scan import ScanBody, gru_body, lstm_body
+
+    body_b = ScanBody(f"{b.base}/d{d}_scan", signed, int8)
+    body = lstm_body(body_b, r, hidden) if lstm else gru_body(body_b, r, rb[2 * hidden :], hidden, lbr)
+    name = f"{b.base}/d{d}_scan"
+    outs = [f"{name}_h", f"{name}_c", f"{name}_Y"] if lstm else [f"{name}_h", f"{name}_Y"]
+    flip = [int(reverse)]
+    b.nodes.append(
+        helper.make_node(
+            "Scan",
+            [*states, xw],
+            outs,
+            name=name,
+            body=body,
+            num_scan_inputs=1,
+            scan_input_directions=flip,
+            scan_output_directions=flip,
+        )
+    )
+    b.elementwise.append(name)
+    b.body_matmuls += [f"{name}:{m}" for m in body_b.matmuls]
+    return outs[-1], outs[0], (outs[1] if lstm else None)
+
+
+def _rewrite(
+    node: Any, seq: int, inits: dict[str, Any], b: _Builder, scan: tuple[bool, bool] | None = None
+) -> list[Any]:
+    """Nodes writing the recurrent node's outputs (Y, Y_h, Y_c) from the unrolled directions, or from Scans when
+    `scan` is given: (signed int8 in the bodies, bodies int8 at all)."""
     from onnx import helper, numpy_helper
 
     def tensor(i: int) -> np.ndarray | None:
@@ -203,9 +268,12 @@ def _rewrite(node: Any, seq: int, inits: dict[str, Any], b: _Builder) -> list[An
     axis0, axis1 = b.const(np.array([0], np.int64), "axis0"), b.const(np.array([1], np.int64), "axis1")
     ys, hs, cs = [], [], []
     for d, reverse in enumerate(dirs):
-        steps, h, c = _direction(b, node, d, reverse, node.input[0], seq, tensors)
-        stacked = [b.op("Unsqueeze", [s, axis0], f"d{d}_y")[0] for s in steps]
-        (y,) = b.op("Concat", stacked, f"d{d}_Y", axis=0)
+        if scan is not None:
+            y, h, c = _scan_direction(b, node, d, reverse, node.input[0], tensors, *scan)
+        else:
+            steps, h, c = _direction(b, node, d, reverse, node.input[0], seq, tensors)
+            stacked = [b.op("Unsqueeze", [s, axis0], f"d{d}_y")[0] for s in steps]
+            (y,) = b.op("Concat", stacked, f"d{d}_Y", axis=0)
         ys.append(b.op("Unsqueeze", [y, axis1], f"d{d}_Y_dir")[0])
         hs.append(b.op("Unsqueeze", [h, axis0], f"d{d}_Yh")[0])
         if c is not None:
@@ -219,9 +287,31 @@ def _rewrite(node: Any, seq: int, inits: dict[str, Any], b: _Builder) -> list[An
     return finals
 
 
-def unroll_recurrent(proto: Any, mode: str = "unroll") -> Unrolled:
-    """`proto` with every LSTM/GRU of its main graph that can be unrolled rewritten (see the module docstring);
-    mode 'float' (quantize.recurrent) keeps every one whole and says so."""
+def _deduplicated(inits: list[Any]) -> tuple[list[Any], dict[str, str]]:
+    """`inits` with equal tensors kept once, and each dropped name → the kept one: a decoder that calls one GRU
+    once per output step (g2p: 20 nodes of one step, same weights) would otherwise get 20 copies of its weights."""
+    import hashlib
+
+    first: dict[tuple, str] = {}
+    kept, renamed = [], {}
+    for init in inits:
+        # from_array writes raw_data; a tensor without it is kept as it is (keyed by its own name)
+        digest = hashlib.sha256(init.raw_data).hexdigest() if init.raw_data else init.name
+        key = (init.data_type, tuple(init.dims), digest)
+        if key in first:
+            renamed[init.name] = first[key]
+        else:
+            first[key] = init.name
+            kept.append(init)
+    return kept, renamed
+
+
+def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_body: bool = True) -> Unrolled:
+    """`proto` with every LSTM/GRU of its main graph that can be rewritten rewritten (see the module docstring):
+    mode 'scan' into a hoisted input projection + a Scan with int8 recurrent MatMuls (a node of one step is
+    unrolled: a Scan of one step only adds its overhead), 'unroll' into one set of nodes per time step;
+    'float' (quantize.recurrent) keeps every one whole and says so. `signed`: the Scan bodies' activations are
+    int8 around 0 (TensorRT) rather than uint8; `int8_body` False builds them float (to check the rewrite)."""
     from deployc.passes.opset import onnx_opset
 
     nodes = [n for n in proto.graph.node if n.op_type in RECURRENT_OPS]
@@ -233,28 +323,34 @@ def unroll_recurrent(proto: Any, mode: str = "unroll") -> Unrolled:
     inits = {i.name: i for i in proto.graph.initializer}
     lengths, opset = _seq_lengths(proto), onnx_opset(proto)
     out = copied(proto)
-    kept, rewritten, matmuls, elementwise = {}, [], [], []
+    kept, rewritten, matmuls, elementwise, body_matmuls = {}, [], [], [], []
     replacement: dict[str, list[Any]] = {}
     new_inits: list[Any] = []
     for k, node in enumerate(nodes):
         name = node.name or f"{node.op_type}_{k}"
-        why = _why_not(node, lengths.get(node.input[0]), opset, inits)
+        seq = lengths.get(node.input[0])
+        why = _why_not(node, seq if seq or mode == "unroll" else 0, opset, inits)
         if why:
             kept[name] = why
             continue
-        b = _Builder(f"{name}/unrolled")
-        finals = _rewrite(node, lengths[node.input[0]], inits, b)
+        scan = mode == "scan" and seq != 1
+        b = _Builder(f"{name}/{'scan' if scan else 'unrolled'}")
+        finals = _rewrite(node, seq or 0, inits, b, (signed, int8_body) if scan else None)
         replacement[node.name or node.output[0]] = b.nodes + finals
         new_inits += b.inits
         rewritten.append(name)
         matmuls += b.matmuls
         elementwise += b.elementwise
+        body_matmuls += b.body_matmuls
     if not rewritten:
         return Unrolled(proto, (), kept)
+    new_inits, renamed = _deduplicated(new_inits)
     rebuilt = []
     for n in out.graph.node:
         key = n.name or n.output[0]
         rebuilt += replacement.get(key, [n]) if n.op_type in RECURRENT_OPS else [n]
+    for n in rebuilt:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
     del out.graph.node[:]
     out.graph.node.extend(rebuilt)
     out.graph.initializer.extend(new_inits)
@@ -262,4 +358,4 @@ def unroll_recurrent(proto: Any, mode: str = "unroll") -> Unrolled:
     kept_inits = [i for i in out.graph.initializer if i.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept_inits)
-    return Unrolled(out, tuple(rewritten), kept, tuple(matmuls), tuple(elementwise))
+    return Unrolled(out, tuple(rewritten), kept, tuple(matmuls), tuple(elementwise), tuple(body_matmuls))

