@@ -48,6 +48,7 @@ def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         label = f"{art['target']}/{art['precision']}"
         metrics, gate = art.get("metrics") or {}, art.get("gate") or {}
         ms, fp32_ms = latency.get(label), latency.get(f"{art['target']}/fp32")
+        proxy = "proxy" in (art.get("runtime") or "")  # a stand-in runtime's milliseconds say nothing of the target
         rows.append(
             {
                 "model": name,
@@ -59,8 +60,9 @@ def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:
                 "metric_ref": metrics.get("metric_ref"),
                 "drift": metrics.get("drift"),
                 "bytes": art.get("bytes"),
-                "latency_ms": ms,
-                "latency_ratio": ms / fp32_ms if ms and fp32_ms else None,
+                "latency_ms": None if proxy else ms,
+                "latency_ratio": ms / fp32_ms if ms and fp32_ms and not proxy else None,
+                "runtime": art.get("runtime") or "",
                 "int8_coverage": int8_coverage(art),
             }
         )
@@ -69,6 +71,12 @@ def rows_for(name: str, run: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 def _num(v: Any, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
+
+
+def _latency(r: dict[str, Any]) -> str:
+    if "proxy" in r.get("runtime", ""):
+        return f"— (validated on {r['runtime']}: no target latency)"
+    return _num(r["latency_ms"], ".3f")
 
 
 def _size(n: int | None) -> str:
@@ -115,7 +123,7 @@ def render(models: list[dict[str, Any]], rows: list[dict[str, Any]], commands: l
         metric = "—" if r["metric"] is None else f"{r['metric']:.4f} ({r['metric_ref']:.4f})"
         lines.append(
             f"| {r['model']} | {r['target']} | {r['precision']} | {gate} | {metric} | "
-            f"{_num(r['drift'], '+.4f')} | {_size(r['bytes'])} | {_num(r['latency_ms'], '.3f')} | "
+            f"{_num(r['drift'], '+.4f')} | {_size(r['bytes'])} | {_latency(r)} | "
             f"{_num(r['latency_ratio'], '.2f')} | {r['int8_coverage']} |"
         )
     return "\n".join(lines) + "\n"
