@@ -472,18 +472,17 @@ def _partial_ranges(
     work: Path,
 ) -> str:
     """calibration_cache's ranges of `graph` from the root's statistics and a pass over `graph`'s tensors whose
-    values differ from the root's (see calibration_cache); `graph` calibrated alone when that cannot be read off."""
+    values differ from the root's, or that the root's calibration does not measure (see calibration_cache)."""
     graph_key = _data_key(graph.SerializeToString(deterministic=True), data)
     key = f"{graph_key}:{method}:{percentile if method == 'percentile' else ''}"
     if key in _MEMO:
         return _MEMO[key]
-    wanted = calibrated_tensors(graph)
-    fresh = changed_tensors(root, graph, changed)
+    wanted, computed = calibrated_tensors(graph), _computed(graph)
+    fresh = downstream(graph, (computed - _computed(root)) | (set(changed) & computed))
     root_key = _data_key(root.SerializeToString(deterministic=True), data)
     histograms = method != "minmax"
     base = statistics(root, data, histograms, batch, root_key) if set(wanted) - fresh else Statistics()
-    if not set(wanted) - fresh <= set(base.tensors):  # a tensor the root's calibration does not measure
-        return _ranges(graph, data, method, batch, percentile, work)
+    fresh |= set(wanted) - set(base.tensors)  # tensors the root's calibration does not measure (typed here only)
     own = statistics(graph, data, histograms, batch, graph_key, [n for n in wanted if n in fresh])
     tensors = {n: own.tensors[n] if n in fresh else base.tensors[n] for n in wanted}
     _MEMO[key] = _cache_text(Statistics(tensors, histograms), method, percentile, work)

@@ -169,8 +169,8 @@ def quantize_int8_selected(
                 # smoothed: the unsmoothed trial's ranges up to the tensors smoothing changed, those measured on it
                 (work / "plain").mkdir()
                 unsmoothed = _calibrated(plain, work / "plain", spec)[1].proto
-                base, changed = ranges_graph(root, unsmoothed), smoothing.changed
-                same_as = (unsmoothed, changed_tensors(unsmoothed, prepared, changed))  # bias correction's sums too
+                changed = frozenset(changed_tensors(unsmoothed, prepared, smoothing.changed))
+                base, same_as = ranges_graph(root, unsmoothed), (unsmoothed, set(changed))  # bias correction's too
             cache = calibration_cache(base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed)
             concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
             quantize_static(
