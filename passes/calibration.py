@@ -452,12 +452,17 @@ def changed_tensors(root: Any, graph: Any, changed: frozenset[str]) -> set[str]:
 
 def _reweighted(root: Any, graph: Any) -> set[str]:
     """Outputs of `graph`'s nodes that read an initializer the root has not, or has with other values."""
+    from onnx import numpy_helper
+
     theirs = {i.name: i for i in root.graph.initializer}
-    differ = {
-        i.name
-        for i in graph.graph.initializer
-        if i.name not in theirs or i.SerializeToString() != theirs[i.name].SerializeToString()
-    }
+
+    def same(i: Any) -> bool:  # by value: a rewrite may store an unchanged array otherwise (raw_data, float_data)
+        if i.name not in theirs:
+            return False
+        a, b = numpy_helper.to_array(i), numpy_helper.to_array(theirs[i.name])
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+    differ = {i.name for i in graph.graph.initializer if not same(i)}
     return {o for n in graph.graph.node if any(i in differ for i in n.input) for o in n.output if o}
 
 
