@@ -146,35 +146,86 @@ def _q_params(q: Any, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     return scale, (zp.astype(np.float64) if zp is not None else np.zeros(())), int(info.min), int(info.max)
 
 
+# (float graph + samples + batch, source tensor, feature axis, its quantizer's scale/zero point/bounds or None) ->
+# (sum over the samples of x per channel, or of Q(x) - x; values summed): every remedy trial corrects the same float
+# graph on the same samples, and a trial that keeps the inputs' ranges (granularity, fallback) measures nothing anew
+_SUMS: dict[tuple, tuple[np.ndarray, int]] = {}
+_SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a second)
+
+
+def _graph_key(fp32: Any, data: Dataset, batch: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(fp32.SerializeToString(deterministic=True) + str(batch).encode())
+    for name in sorted(data.inputs):
+        digest.update(name.encode() + data.inputs[name].tobytes())
+    return digest.hexdigest()
+
+
+def _quantizer_key(q: Any, values: dict) -> tuple:
+    scale, zp, lo, hi = _q_params(q, values)
+    return (scale.tobytes(), np.asarray(zp).tobytes(), lo, hi)
+
+
+def _keep(graph: str) -> None:
+    graphs = list(dict.fromkeys(k[0] for k in _SUMS))
+    if graph not in graphs and len(graphs) >= _SUMS_GRAPHS:
+        for k in [k for k in _SUMS if k[0] == graphs[0]]:
+            del _SUMS[k]
+
+
 def _input_means(
-    fp32: Any, sites: list[_Site], qdq_values: dict, data: Dataset, batch: int
+    fp32: Any,
+    sites: list[_Site],
+    qdq_values: dict,
+    data: Dataset,
+    batch: int,
+    same_as: tuple[Any, set[str]] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per op: (μ, ε) over its feature axis — the float input's mean, and the mean of Q(x) − x."""
+    """Per op: (μ, ε) over its feature axis — the float input's mean, and the mean of Q(x) − x. Memoized per input
+    and quantizer (_SUMS): one run of the float graph computes only the sums no earlier trial did; `same_as`: see
+    correct_biases."""
     import onnx
 
-    names = sorted({s.source for s in sites})
-    exposed = copied(fp32)
-    have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
-    sess = session(exposed, threads=1, optimize=False)
-    inputs = {i.name for i in sess.get_inputs()}
-    sums: dict[str, list[Any]] = {}
-    for feed, _ in data.batches(batch):
-        feed = {k: v for k, v in feed.items() if k in inputs}
-        wanted = [t for t in names if t not in feed]
-        fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
-        fetched.update({k: v for k, v in feed.items() if k in names})
-        for s in sites:
-            x = np.asarray(fetched[s.source], np.float64)
-            axis = FEATURE_AXIS[s.node.op_type] % x.ndim
-            scale, zp, lo, hi = _q_params(s.q_node, qdq_values)
-            err = (np.clip(np.round(x / scale) + zp, lo, hi) - zp) * scale - x
-            reduce = tuple(a for a in range(x.ndim) if a != axis)
-            acc = sums.setdefault(s.node.name, [0.0, 0.0, 0])
-            acc[0] = acc[0] + x.sum(axis=reduce)
-            acc[1] = acc[1] + err.sum(axis=reduce)
-            acc[2] += x.size // x.shape[axis]
-    return {k: (a / n, e / n) for k, (a, e, n) in sums.items()}
+    graph = _graph_key(fp32, data, batch)
+    _keep(graph)
+    other, differ = (_graph_key(same_as[0], data, batch), same_as[1]) if same_as is not None else (graph, set())
+    keys = {}
+    for s in sites:
+        axis, of = FEATURE_AXIS[s.node.op_type], graph if s.source in differ else other
+        keys[s.node.name] = ((of, s.source, axis, None), (of, s.source, axis, _quantizer_key(s.q_node, qdq_values)))
+    missing = {k: s for s in sites for k in keys[s.node.name] if k not in _SUMS}
+    if missing:
+        names = sorted({k[1] for k in missing})
+        exposed = copied(fp32)
+        have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+        exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
+        sess = session(exposed, threads=1, optimize=False)
+        inputs = {i.name for i in sess.get_inputs()}
+        sums: dict[tuple, list[Any]] = {}
+        for feed, _ in data.batches(batch):
+            feed = {k: v for k, v in feed.items() if k in inputs}
+            wanted = [t for t in names if t not in feed]
+            fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
+            fetched.update({k: v for k, v in feed.items() if k in names})
+            for key, s in missing.items():
+                x = np.asarray(fetched[s.source], np.float64)
+                axis = key[2] % x.ndim
+                reduce = tuple(a for a in range(x.ndim) if a != axis)
+                if key[3] is None:
+                    summed = x.sum(axis=reduce)
+                else:
+                    scale, zp, lo, hi = _q_params(s.q_node, qdq_values)
+                    summed = ((np.clip(np.round(x / scale) + zp, lo, hi) - zp) * scale - x).sum(axis=reduce)
+                acc = sums.setdefault(key, [0.0, 0])
+                acc[0] = acc[0] + summed
+                acc[1] += x.size // x.shape[axis]
+        _SUMS.update({k: (total, n) for k, (total, n) in sums.items()})
+    out = {}
+    for s in sites:
+        (x_sum, n), (err_sum, _) = (_SUMS[k] for k in keys[s.node.name])
+        out[s.node.name] = (x_sum / n, err_sum / n)
+    return out
 
 
 def _shift(site: _Site, mu: np.ndarray, eps: np.ndarray) -> np.ndarray | None:
@@ -208,16 +259,20 @@ def _shift(site: _Site, mu: np.ndarray, eps: np.ndarray) -> np.ndarray | None:
     return alpha * ((mu + eps) @ wq - mu @ w)
 
 
-def correct_biases(qdq: Any, fp32: Any, data: Dataset, batch: int = 16) -> tuple[Any, BiasCorrection]:
+def correct_biases(
+    qdq: Any, fp32: Any, data: Dataset, batch: int = 16, same_as: tuple[Any, set[str]] | None = None
+) -> tuple[Any, BiasCorrection]:
     """A copy of the int8 Q/DQ graph `qdq` whose biases absorb each int8 op's expected output shift, measured on
-    `data` through `fp32` (the float graph `qdq` was quantized from: same node and tensor names)."""
+    `data` through `fp32` (the float graph `qdq` was quantized from: same node and tensor names). `same_as`:
+    (a float graph, the tensors of `fp32` whose values differ from its): the others' sums are that graph's (a
+    smoothed graph's Conv inputs upstream of the smoothing are the unsmoothed graph's)."""
     from onnx import numpy_helper
 
     sites, skipped = _sites(qdq, fp32)
     if not sites:
         return qdq, BiasCorrection((), skipped)
     values = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
-    means = _input_means(fp32, sites, values, data, batch)
+    means = _input_means(fp32, sites, values, data, batch, same_as)
     out = copied(qdq)
     inits = {i.name: i for i in out.graph.initializer}
     corrected, largest = [], 0.0

@@ -143,14 +143,57 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
     return out
 
 
-def _histogram_pass(proto: Any, data: Dataset, batch: int, ranges: Statistics) -> Statistics:
+def _named_minmax_pass(proto: Any, names: list[str], data: Dataset, batch: int) -> Statistics:
+    """The min/max of the named tensors only, as the MinMax calibrator measures them, streamed: the graph is run as
+    in _minmax_pass (unoptimised: the same values), exposing just these tensors."""
+    out = Statistics({n: TensorStats() for n in names})
+    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    for values in streamed(proto, names, data, "calibration", size):
+        for name, value in values.items():
+            if value.size:
+                stats = out.tensors[name]
+                stats.lo, stats.hi = min(stats.lo, float(value.min())), max(stats.hi, float(value.max()))
+    return out
+
+
+HELD_BYTES = 64 << 20  # a few tensors' values over every sample are kept for the histogram, not computed again
+
+
+def _held_pass(proto: Any, names: list[str], data: Dataset, batch: int) -> Statistics:
+    """_named_minmax_pass, then _histogram_pass over the ranges it found, from one run of the graph when the values
+    of `names` over every sample take at most HELD_BYTES and an eighth of the memory budget: they are kept in
+    between (else the histogram pass runs the graph again)."""
+    from deployc.core import memory
+
+    cap = min(HELD_BYTES, memory.current().limit // 8)
+    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    ranges, kept, held = Statistics({n: TensorStats() for n in names}), 0, []
+    for values in streamed(proto, names, data, "calibration", size):
+        for name, value in values.items():  # as _named_minmax_pass
+            if value.size:
+                stats = ranges.tensors[name]
+                stats.lo, stats.hi = min(stats.lo, float(value.min())), max(stats.hi, float(value.max()))
+        kept += sum(v.nbytes for v in values.values())
+        held = held if held is not None and kept <= cap else None
+        if held is not None:
+            held.append(values)
+    return _histogram_pass(proto, data, batch, ranges, held)
+
+
+def _histogram_pass(
+    proto: Any, data: Dataset, batch: int, ranges: Statistics, held: list[dict[str, np.ndarray]] | None = None
+) -> Statistics:
     """Each tensor's HIST_BINS histogram over [-max|x|, max|x|] (its range from `ranges`), streamed: batches of at
-    most `batch` samples that fit the memory budget with every calibrated tensor of a batch held at once."""
+    most `batch` samples that fit the memory budget with every calibrated tensor of a batch held at once. `held`:
+    the batches' values already computed (_held_pass)."""
     names = [n for n, s in ranges.tensors.items() if 0 < s.absmax < math.inf]
     out = Statistics({n: TensorStats(s.lo, s.hi) for n, s in ranges.tensors.items()}, histograms=True)
     binner = _Binner()
-    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
-    for values in streamed(proto, names, data, "calibration", size):
+    if held is None:
+        size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+        held = streamed(proto, names, data, "calibration", size)
+    for values in held:
+        values = {n: v for n, v in values.items() if n in out.tensors and 0 < out.tensors[n].absmax < math.inf}
         for name, value in values.items():
             finite, stats = _finite(value), out.tensors[name]
             if finite.size == 0:
@@ -297,11 +340,26 @@ def _data_key(proto_bytes: bytes, data: Dataset) -> str:
     return digest.hexdigest()
 
 
-def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key: str | None = None) -> Statistics:
+def statistics(
+    proto: Any,
+    data: Dataset,
+    histograms: bool,
+    batch: int = 64,
+    key: str | None = None,
+    names: list[str] | None = None,
+) -> Statistics:
     """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
-    (over the ranges the minmax pass found) once, when a method needs it; every method is read off them."""
+    (over the ranges the minmax pass found) once, when a method needs it; every method is read off them. `names`:
+    only these tensors (a few of a large graph's), else every calibrated tensor."""
     key = key or _data_key(proto.SerializeToString(deterministic=True), data)
-    have = _STATS.pop(key, None) or _minmax_pass(proto, data, batch)
+    if names is not None:
+        key = f"{key}:" + hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
+    have = _STATS.pop(key, None)
+    if have is None and names is not None and histograms:  # a few tensors: their values may be kept in between
+        have = _held_pass(proto, sorted(names), data, batch)
+    have = have or (
+        _minmax_pass(proto, data, batch) if names is None else _named_minmax_pass(proto, sorted(names), data, batch)
+    )
     if histograms and not have.histograms:
         have = _histogram_pass(proto, data, batch, have)
     while len(_STATS) >= _STATS_KEPT:
@@ -312,10 +370,13 @@ def statistics(proto: Any, data: Dataset, histograms: bool, batch: int = 64, key
 
 def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: float, key: str, work: Path) -> str:
     """`method`'s ranges of every calibrated tensor of `proto`, as quantize_static's calibration cache JSON."""
+    return _cache_text(statistics(proto, data, method != "minmax", batch, key), method, percentile, work)
+
+
+def _cache_text(stats: Statistics, method: str, percentile: float, work: Path) -> str:
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    stats = statistics(proto, data, method != "minmax", batch, key)
     ranges = _method_ranges(stats, method, percentile)
     cache = work / "calibrated-ranges.json"
     save_tensors_data(
@@ -340,16 +401,97 @@ def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: floa
 
 
 def calibration_cache(
-    root: Any, graph: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path
+    root: Any,
+    graph: Any,
+    data: Dataset,
+    method: str,
+    batch: int,
+    percentile: float,
+    work: Path,
+    changed: frozenset[str] | None = None,
 ) -> str:
     """Path of a quantize_static calibration cache (in `work`) with the ranges of `graph`'s tensors: the root's
     when `graph` computes nothing the root does not, else `graph`'s own. Memoized per process; `batch`: the most
-    samples a calibration batch holds (fewer when the memory budget says so; the ranges are the same)."""
-    shared = _computed(graph) <= _computed(root)  # else the root's ranges would not serve: calibrate graph alone
-    text = _ranges(root if shared else graph, data, method, batch, percentile, work)
+    samples a calibration batch holds (fewer when the memory budget says so; the ranges are the same).
+
+    `changed`: tensors whose values a rewrite of the root changed (smoothing's rescaled tensors); `graph`'s own
+    ranges are then those of the root for every tensor upstream of them and of the tensors it adds, and measured
+    on `graph` for the rest (only those are exposed): what a calibration of `graph` alone gives, at a fraction."""
+    if changed is not None:
+        text = _partial_ranges(root, graph, changed, data, method, batch, percentile, work)
+    else:
+        text = _ranges(ranges_graph(root, graph), data, method, batch, percentile, work)
     cache = work / f"ranges-{method}.json"
     write_text_atomic(cache, text)
     return str(cache)
+
+
+def ranges_graph(root: Any, graph: Any) -> Any:
+    """The graph calibration_cache calibrates for `graph`: the root when `graph` computes nothing the root does not
+    (its ranges serve), else `graph` itself."""
+    return root if _computed(graph) <= _computed(root) else graph
+
+
+def downstream(proto: Any, seeds: set[str]) -> set[str]:
+    """`seeds` and every tensor computed from one of them (ONNX nodes are in topological order)."""
+    out = set(seeds)
+    for n in proto.graph.node:
+        if any(i in out for i in n.input):
+            out.update(o for o in n.output if o)
+    return out
+
+
+def changed_tensors(root: Any, graph: Any, changed: frozenset[str]) -> set[str]:
+    """The tensors of `graph`, a rewrite of `root`, whose values may differ from the root's: those it adds, those
+    in `changed`, and every tensor computed from them. onnxruntime's pre-processing may fuse a changed tensor away
+    (MatMul + Add -> Gemm): the fused node reads the rescaled weight, so the outputs of nodes reading an
+    initializer the root lacks or holds otherwise count too."""
+    computed = _computed(graph)
+    return downstream(graph, (computed - _computed(root)) | (set(changed) & computed) | _reweighted(root, graph))
+
+
+def _reweighted(root: Any, graph: Any) -> set[str]:
+    """Outputs of `graph`'s nodes that read an initializer the root has not, or has with other values."""
+    from onnx import numpy_helper
+
+    theirs = {i.name: i for i in root.graph.initializer}
+
+    def same(i: Any) -> bool:  # by value: a rewrite may store an unchanged array otherwise (raw_data, float_data)
+        if i.name not in theirs:
+            return False
+        a, b = numpy_helper.to_array(i), numpy_helper.to_array(theirs[i.name])
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+    differ = {i.name for i in graph.graph.initializer if not same(i)}
+    return {o for n in graph.graph.node if any(i in differ for i in n.input) for o in n.output if o}
+
+
+def _partial_ranges(
+    root: Any,
+    graph: Any,
+    changed: frozenset[str],
+    data: Dataset,
+    method: str,
+    batch: int,
+    percentile: float,
+    work: Path,
+) -> str:
+    """calibration_cache's ranges of `graph` from the root's statistics and a pass over `graph`'s tensors whose
+    values differ from the root's, or that the root's calibration does not measure (see calibration_cache)."""
+    graph_key = _data_key(graph.SerializeToString(deterministic=True), data)
+    key = f"{graph_key}:{method}:{percentile if method == 'percentile' else ''}"
+    if key in _MEMO:
+        return _MEMO[key]
+    wanted, computed = calibrated_tensors(graph), _computed(graph)
+    fresh = downstream(graph, (computed - _computed(root)) | (set(changed) & computed))
+    root_key = _data_key(root.SerializeToString(deterministic=True), data)
+    histograms = method != "minmax"
+    base = statistics(root, data, histograms, batch, root_key) if set(wanted) - fresh else Statistics()
+    fresh |= set(wanted) - set(base.tensors)  # tensors the root's calibration does not measure (typed here only)
+    own = statistics(graph, data, histograms, batch, graph_key, [n for n in wanted if n in fresh])
+    tensors = {n: own.tensors[n] if n in fresh else base.tensors[n] for n in wanted}
+    _MEMO[key] = _cache_text(Statistics(tensors, histograms), method, percentile, work)
+    return _MEMO[key]
 
 
 def _span(td: Any) -> float:

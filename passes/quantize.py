@@ -19,7 +19,7 @@ from deployc.core.state import ModelState
 from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
 from deployc.passes.bias_correction import BiasCorrection, correct_biases
-from deployc.passes.calibration import METHODS, calibration_cache, mismatched_concats
+from deployc.passes.calibration import METHODS, calibration_cache, changed_tensors, mismatched_concats, ranges_graph
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
@@ -152,7 +152,7 @@ def quantize_int8_selected(
     if len(data) == 0:
         raise UsageError("quantize.int8: the calibration set is empty")
     samples = data.take(spec.samples)
-    proto, smoothing = smoothed(proto, samples, spec)
+    plain, (proto, smoothing) = proto, smoothed(proto, samples, spec)
     act = QuantType.QInt8 if spec.symmetric_activations or spec.activation_type == "int8" else QuantType.QUInt8
     extra = {
         "ActivationSymmetric": spec.symmetric_activations,
@@ -160,11 +160,7 @@ def quantize_int8_selected(
         "CalibPercentile": spec.percentile,
     }
     with scratch_dir() as work:
-        src = _prepared(proto, work)
-        # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
-        unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=act == QuantType.QInt8)
-        if unrolled.rewritten:
-            onnx.save(unrolled.proto, src)
+        src, unrolled = _calibrated(proto, work, spec)
         prepared = unrolled.proto
         selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
         if unrolled.rewritten:  # gate MatMuls int8, gate math float: MatMul outputs stay float (MatMulIntegerToFloat)
@@ -175,7 +171,14 @@ def quantize_int8_selected(
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             batch = calibration_batch(spec, len(samples))
             # ranges shared with tensorrt.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
-            cache = calibration_cache(root or proto, prepared, samples, spec.calibration, batch, spec.percentile, work)
+            base, changed, same_as = root or proto, None, None
+            if smoothing is not None and root is not None:
+                # smoothed: the unsmoothed trial's ranges up to the tensors smoothing changed, those measured on it
+                (work / "plain").mkdir()
+                unsmoothed = _calibrated(plain, work / "plain", spec)[1].proto
+                changed = frozenset(changed_tensors(unsmoothed, prepared, smoothing.changed))
+                base, same_as = ranges_graph(root, unsmoothed), (unsmoothed, set(changed))  # bias correction's too
+            cache = calibration_cache(base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed)
             concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
             if spec.shared_concat_ranges:
                 shared_ranges(prepared.graph, cache, set(concats))
@@ -196,9 +199,22 @@ def quantize_int8_selected(
             )
         quantized, correction = onnx.load(str(out)), None
         if spec.bias_correction:
-            quantized, correction = correct_biases(quantized, prepared, samples, batch)
+            quantized, correction = correct_biases(quantized, prepared, samples, batch, same_as)
         recurrent = unrolled if unrolled.rewritten or unrolled.kept else None
         return Int8Result(quantized, selection, smoothing, concats, correction, recurrent)
+
+
+def _calibrated(proto: Any, work: Any, spec: Int8Config) -> tuple[str, Unrolled]:
+    """The graph quantize_static is given for `proto` (its path in `work`): pre-processed, recurrent ops rewritten."""
+    import onnx
+
+    src = _prepared(proto, work)
+    signed = spec.symmetric_activations or spec.activation_type == "int8"  # the activation type quantize_static gets
+    # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
+    unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=signed)
+    if unrolled.rewritten:
+        onnx.save(unrolled.proto, src)
+    return src, unrolled
 
 
 _SMOOTHED: dict[str, tuple[Any, Smoothing]] = {}  # graph + samples + alpha -> smoothed graph (the last two)

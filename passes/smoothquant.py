@@ -38,6 +38,9 @@ class Smoothing:
     groups: int = 0
     folded: dict[str, int] = field(default_factory=dict)  # producer op type → activations folded into it
     muls: int = 0  # Mul nodes inserted (float, in front of the weighted ops)
+    # outputs of the nodes it rewrote or inserted: with everything downstream of them, the tensors whose values
+    # differ from the fp32 graph's (the rest are computed as before: their calibrated ranges still hold)
+    changed: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +198,7 @@ def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> t
     g = _Graph(out)
     folded: collections.Counter[str] = collections.Counter()
     muls: list[tuple[int, Any]] = []
+    changed: set[str] = set()
     for x, nodes in groups.items():
         weights = [_rows(n, g.arrays[n.input[1]]) for n in nodes]
         if any(w.shape[0] != x_max[x].shape[0] for w in weights):
@@ -203,15 +207,18 @@ def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> t
         for n in nodes:
             transposed = n.op_type == "Gemm" and _attr(n, "transB", 0)
             g.scale(g.own_copy(n, 1), s[None, :] if transposed else s[:, None])
+        changed.update(n.output[0] for n in nodes)
         inv = (1.0 / s).astype(np.float32)
         target = g.fold_target(x, nodes, len(s))
         if target is not None:
             g.fold(target, inv)
             folded[target.op_type] += 1
+            changed.add(target.output[0])
             continue
         name = f"{x}{MUL_SUFFIX}"
         g.arrays[f"{name}/scale"] = inv
         mul = helper.make_node("Mul", [x, f"{name}/scale"], [f"{name}/out"], name=name)
+        changed.add(mul.output[0])
         for n in nodes:
             n.input[0] = mul.output[0]
         muls.append((min(list(out.graph.node).index(n) for n in nodes), mul))
@@ -219,7 +226,7 @@ def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> t
         out.graph.node.insert(at, mul)
     result = g.finish()
     _check_equal(proto, result, data, check_samples)
-    return result, Smoothing(alpha, sum(folded.values()) + len(muls), dict(folded), len(muls))
+    return result, Smoothing(alpha, sum(folded.values()) + len(muls), dict(folded), len(muls), frozenset(changed))
 
 
 def _check_equal(before: Any, after: Any, data: Dataset, n: int) -> None:

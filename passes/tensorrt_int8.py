@@ -157,6 +157,7 @@ class TensorrtInt8(Pass):
             cfg.calibration_batch,
             cfg.percentile,
             root=state.onnx,
+            changed=smoothing.changed if smoothing is not None else None,
         )
         if cfg.bias_correction:  # float biases here: the shift is subtracted from them as they are
             proto, correction = correct_biases(proto, float_graph, ctx.calibration.take(cfg.samples))

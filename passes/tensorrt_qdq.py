@@ -247,9 +247,11 @@ def quantize_placed(
     batch: int,
     percentile: float = 99.999,
     root: Any | None = None,
+    changed: frozenset[str] | None = None,
 ) -> tuple[Any, int]:
     """`proto` with symmetric int8 Q/DQ on the inputs of `placement`'s nodes, calibrated on `data`; `root`: the
-    float graph `proto` was rewritten from, whose ranges are shared with quantize.int8 (passes/calibration.py)."""
+    float graph `proto` was rewritten from, whose ranges are shared with quantize.int8 (passes/calibration.py);
+    `changed`: the tensors whose values that rewrite changed (smoothing's)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -270,7 +272,8 @@ def quantize_placed(
         # entropy/percentile calibrators print progress; the quantizer logs a pre-processing hint on the root logger
         with redirect_stdout(io.StringIO()), _root_warnings_off():
             # ranges shared with quantize.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
-            cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work)
+            changed = changed if root is not None else None
+            cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work, changed)
             quantize_static(
                 str(src),
                 str(out),

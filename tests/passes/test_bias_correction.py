@@ -113,3 +113,29 @@ def test_bias_correction_reports_ops_it_cannot_correct():
     plain = quantize_int8(fp32, calib, Int8Config(bias_correction=False, reduce_range=False))
     out, info = correct_biases(plain, fp32, calib)
     assert out is plain and info.corrected == () and "no bias" in info.skipped["matmul"]
+
+
+def test_a_second_correction_with_the_same_input_ranges_runs_nothing_and_gives_the_same_bytes(monkeypatch):
+    from deployc.passes import bias_correction
+
+    rng = np.random.default_rng(3)
+    fp32 = _conv_model(rng)
+    calib = Dataset({"x": _data(rng, (48, IN, 4, 4))}, None, "uniform")
+    runs = []
+    real = bias_correction.session
+    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    monkeypatch.setattr(bias_correction, "_SUMS", {})
+    spec = Int8Config(bias_correction=False, reduce_range=False)
+    per_channel, per_tensor = (
+        quantize_int8(fp32, calib, spec.model_copy(update={"per_channel": pc})) for pc in (True, False)
+    )
+    first, _ = correct_biases(per_channel, fp32, calib)
+    cold_per_tensor, _ = correct_biases(per_tensor, fp32, calib)  # the same input quantizer: its sums are reused
+    assert len(runs) == 1
+    symmetric = quantize_int8(fp32, calib, spec.model_copy(update={"symmetric_activations": True}))
+    correct_biases(symmetric, fp32, calib)  # another input scale: measured anew
+    assert len(runs) == 2
+    monkeypatch.setattr(bias_correction, "_SUMS", {})
+    again, _ = correct_biases(per_tensor, fp32, calib)
+    assert len(runs) == 3 and again.SerializeToString() == cold_per_tensor.SerializeToString()
+    assert first.SerializeToString() != cold_per_tensor.SerializeToString()  # the trials did differ

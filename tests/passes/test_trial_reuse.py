@@ -49,3 +49,33 @@ def test_trials_reuse_preprocessing_smoothing_and_channel_extremes(digits_proto,
     assert cold.SerializeToString() == again.SerializeToString() == first.SerializeToString()
     assert quantize_checks.channel_range_warnings(digits_proto, cold, calib, ratio=1.0) == warnings
     assert calls["extremes"] == 2
+
+
+def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(digits_proto, calib, monkeypatch):
+    from deployc.passes import bias_correction, calibration
+
+    root = digits_proto
+    spec = Int8Config(calibration="percentile")
+    smoothing = spec.model_copy(update={"smoothing": 0.8})
+
+    def cold() -> None:
+        _cold(monkeypatch)
+        for module, memo in ((calibration, "_MEMO"), (calibration, "_STATS"), (bias_correction, "_SUMS")):
+            monkeypatch.setattr(module, memo, {})
+
+    cold()
+    alone = quantize_int8_selected(root, calib, smoothing, root=root).proto  # nothing to read off
+    cold()
+    quantize_int8_selected(root, calib, spec, root=root)  # the trial before it
+    passes: Counter[str] = Counter()
+    for name in ("_minmax_pass", "_histogram_pass"):
+        real = getattr(calibration, name)
+        monkeypatch.setattr(calibration, name, lambda *a, _f=real, _n=name: passes.update([_n]) or _f(*a))
+    sums = len(bias_correction._SUMS)
+    warm = quantize_int8_selected(root, calib, smoothing, root=root)
+    assert warm.smoothing is not None and warm.smoothing.muls + sum(warm.smoothing.folded.values()) > 0
+    assert warm.proto.SerializeToString() == alone.SerializeToString()
+    assert not passes["_minmax_pass"]  # no calibration of the whole smoothed graph
+    # only the smoothed layers' inputs are measured anew for bias correction, not every weighted op's
+    added = len(bias_correction._SUMS) - sums
+    assert 0 < added < sums
