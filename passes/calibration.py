@@ -312,7 +312,8 @@ def kl_threshold(hist: np.ndarray, quantized_bins: int) -> tuple[int, int]:
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = (sum_plogp - sum_plogq) / total - np.log(total) + np.log(sum_q)
     kl = np.where((nonzero > 0) & (q_nonzero > 0) & (total > 0), kl, np.inf)
-    best = int(np.argmin(kl))  # the first of equal divergences, as get_entropy_threshold
+    # get_entropy_threshold keeps each divergence in the histogram edges' float32: equal there, the first wins
+    best = int(np.argmin(kl.astype(np.float32)))
     return int(start[best]), int(end[best])
 
 

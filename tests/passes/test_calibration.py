@@ -161,9 +161,11 @@ def _onnxruntime_ranges(proto: onnx.ModelProto, data: Dataset, method: str, tmp_
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in found.data.items()}
 
 
-# minmax is exact; entropy searches the same 2048-bin histogram (float32 edges: 1e-6 of max|x|); percentile's |x|
-# histogram starts at 0 where onnxruntime's starts at min|x|: one of its 2048 bins at most
-TOLERANCE = {"minmax": 0.0, "entropy": 1e-6, "percentile": 1 / 2048}
+# minmax is exact. entropy: the KL search is exact on one histogram (the test below), but our float32 binning puts
+# values on a bin edge one bin over from np.histogram's float64 edges, and where two thresholds' divergences nearly tie
+# that moves the choice by tens of bins (seen: 14-15 of 2048 on a digits CNN trained on an AVX-512 CPU): 32 bins.
+# percentile's |x| histogram starts at 0 where onnxruntime's starts at min|x|: one of its 2048 bins at most
+TOLERANCE = {"minmax": 0.0, "entropy": 32 * 2 / 2048, "percentile": 1 / 2048}
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
