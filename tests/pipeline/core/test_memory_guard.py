@@ -4,6 +4,8 @@ and the outputs do not depend on the batch sizes."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -111,14 +113,39 @@ def test_a_graph_the_shapes_underestimate_runs_in_smaller_batches_with_the_same_
     np.testing.assert_array_equal(outputs[0], x)
 
 
+REFUSED = """
+import numpy as np
+from deployc.core import memory
+from deployc.core.ort import session
+from deployc.data.dataset import Dataset
+from deployc.data.reference import run_batched
+from tests.pipeline.core.test_memory_guard import MB, _data_dependent
+
+proto = _data_dependent()
+data = Dataset({"x": np.full((6, 1), 48.0, np.float32)}, None, "test")  # 48 MB a sample, budget 32 MB
+sess = session(proto)
+with memory.applied(memory.Budget(32 * MB, "test")):
+    guard = data.within_budget(lambda feed: memory.graph_activations(proto, feed), 4, "validating g/fp32")
+    try:
+        run_batched(lambda feed: sess.run(None, feed), data, guard)
+    except memory.MemoryBudgetExceeded as exc:
+        print(exc)
+"""
+
+
 def test_one_sample_over_the_budget_is_refused_after_the_first_batch_shows_it():
-    proto = _data_dependent()
-    data = Dataset({"x": np.full((6, 1), 48.0, np.float32)}, None, "test")  # 48 MB a sample, budget 32 MB
-    sess = session(proto)
-    with memory.applied(memory.Budget(32 * MB, "test")):
-        guard = data.within_budget(lambda feed: memory.graph_activations(proto, feed), 4, "validating g/fp32")
-        with pytest.raises(memory.MemoryBudgetExceeded, match=r"validating g/fp32 \(measured: .* for 1 more samples"):
-            run_batched(lambda feed: sess.run(None, feed), data, guard)
+    # a fresh process: the guard sees a runtime that frees its buffers before returning only through a new peak, and
+    # a test session's earlier tests have raised the peak far above (a known limit of the guard, in the README)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", REFUSED], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"validating g/fp32 \(measured: .* for 1 more samples", out.stdout), (
+        out.stdout + out.stderr[-2000:]
+    )
 
 
 def test_a_torch_module_is_estimated_from_what_its_layers_return():
