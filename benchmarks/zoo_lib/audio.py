@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -55,6 +56,8 @@ def speech(text: str, voice: str, sr: int = 16000, speed: int = 160) -> np.ndarr
             check=True,
             capture_output=True,
             timeout=60,
+            # its audio library (libpulse) writes ~/.config/pulse even when it only writes a file: keep it in d
+            env={**os.environ, "XDG_CONFIG_HOME": d, "PULSE_RUNTIME_PATH": d},
         )
         with wave.open(str(path)) as w:
             rate, raw = w.getframerate(), w.readframes(w.getnframes())
