@@ -152,3 +152,29 @@ def io_specs(proto: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         for v in proto.graph.output
     ]
     return ins, outs
+
+
+class NodeBuilder:
+    """Nodes and initializers of one graph rewrite, named under `base`: MatMul node names in `matmuls`, the rest in
+    `elementwise` (the rewrites quantize the first and keep the second float)."""
+
+    def __init__(self, base: str):
+        self.base, self.nodes, self.inits, self.matmuls, self.elementwise = base, [], [], [], []
+        self._k = 0
+
+    def const(self, value: np.ndarray, hint: str) -> str:
+        from onnx import numpy_helper
+
+        name = f"{self.base}/{hint}"
+        self.inits.append(numpy_helper.from_array(np.array(value, copy=True, order="C"), name))  # 0-d stays 0-d
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: Any) -> list[str]:
+        from onnx import helper
+
+        self._k += 1
+        name = f"{self.base}/{hint}_{self._k}"
+        outs = [f"{name}_out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        (self.matmuls if op_type == "MatMul" else self.elementwise).append(name)
+        return outs

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from deployc.passes.onnx_util import copied
+from deployc.passes.onnx_util import NodeBuilder, copied
 
 RECURRENT_OPS = ("LSTM", "GRU")
 MIN_OPSET = 13  # Split/Squeeze/Unsqueeze with their sizes and axes as inputs
@@ -90,30 +90,12 @@ def _why_not(node: Any, seq: int | None, opset: int, inits: dict[str, Any]) -> s
     return None
 
 
-class _Builder:
+class _Builder(NodeBuilder):
     """Nodes and initializers of one rewrite, named under the recurrent node's name."""
 
     def __init__(self, base: str):
-        self.base, self.nodes, self.inits, self.matmuls, self.elementwise = base, [], [], [], []
+        super().__init__(base)
         self.body_matmuls: list[str] = []  # 'scan node:body MatMul' (int8 through the body's own Q/DQ)
-        self._k = 0
-
-    def const(self, value: np.ndarray, hint: str) -> str:
-        from onnx import numpy_helper
-
-        name = f"{self.base}/{hint}"
-        self.inits.append(numpy_helper.from_array(np.array(value, copy=True, order="C"), name))  # 0-d stays 0-d
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: Any) -> list[str]:
-        from onnx import helper
-
-        self._k += 1
-        name = f"{self.base}/{hint}_{self._k}"
-        outs = [f"{name}_out{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
-        (self.matmuls if op_type == "MatMul" else self.elementwise).append(name)
-        return outs
 
 
 def _direction(b: _Builder, node: Any, d: int, reverse: bool, x: str, seq: int, tensors: dict) -> tuple:

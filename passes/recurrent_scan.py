@@ -19,37 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from deployc.passes.onnx_util import NodeBuilder
+
 INT8, UINT8 = 3, 2  # onnx.TensorProto element types
 
 
-class ScanBody:
+class ScanBody(NodeBuilder):
     """Nodes and initializers of one Scan body, named under `base`."""
 
     def __init__(self, base: str, signed: bool, int8: bool = True):
-        self.base, self.nodes, self.inits, self.matmuls, self.int8 = base, [], [], [], int8
-        self._k = 0
+        super().__init__(base)
+        self.int8 = int8
         # H on [-1, 1]: int8 with zero point 0 (TensorRT's symmetric scheme), or uint8 around 128
         self.h_scale = self.const(np.array(1 / 127 if signed else 2 / 255, np.float32), "h_scale")
         zero = np.array(0, np.int8) if signed else np.array(128, np.uint8)
         self.h_zero = self.const(zero, "h_zero")
-
-    def const(self, value: np.ndarray, hint: str) -> str:
-        from onnx import numpy_helper
-
-        name = f"{self.base}/{hint}"
-        self.inits.append(numpy_helper.from_array(np.array(value, copy=True, order="C"), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: Any) -> list[str]:
-        from onnx import helper
-
-        self._k += 1
-        name = f"{self.base}/{hint}_{self._k}"
-        outs = [f"{name}_out{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
-        if op_type == "MatMul":
-            self.matmuls.append(name)
-        return outs
 
     def int8_matmul(self, h: str, weight_t: np.ndarray, hint: str) -> str:
         """h · weight_t with h quantized on [-1, 1] and weight_t ([K, N]) int8 per output column (float when the
