@@ -42,7 +42,9 @@ def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict,
     high: dict[str, np.ndarray] = {}
     no_channels: set[str] = set()
     if missing:
-        for values in streamed(fp32, missing, data, "the channel-range check"):
+        no_channels.update(_batch_on_axis_1(fp32))  # only when extremes are measured: memoized with them
+        streams = [t for t in missing if t not in no_channels]
+        for values in streamed(fp32, streams, data, "the channel-range check") if streams else ():
             for t, v in values.items():
                 if v.ndim < 3 or t in no_channels:  # (batch, features): no channel axis to speak of
                     continue
@@ -84,8 +86,7 @@ def channel_range_warnings(fp32: Any, int8: Any, data: Dataset, ratio: float = 1
     """One warning per per-tensor quantized activation whose channel ranges differ by more than `ratio`×."""
     producer = producers(fp32.graph.node)
     graph_inputs = {i.name for i in fp32.graph.input}
-    batch_axis = _batch_on_axis_1(fp32)
-    names = [t for t in _per_tensor_activations(int8) if (t in producer or t in graph_inputs) and t not in batch_axis]
+    names = [t for t in _per_tensor_activations(int8) if t in producer or t in graph_inputs]
     if not names:
         return []
     low, high = _channel_extremes(fp32, names, data)
