@@ -9,22 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from deployc.compiler.contracts import Artifact
-from deployc.storage.files import file_digest, write_json_atomic
+from deployc.outputs.manifest import artifact_entry
+from deployc.storage.files import write_json_atomic
 from deployc.storage.outdir import PROGRESS
+
+FILE_KEYS = ("path", "sha256", "bytes")
+KEPT = ("target", "precision", "gate", "metrics", *FILE_KEYS)
 
 
 def progress_entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
-    """One finished artifact's record (its file hashed once, when it is finished)."""
-    entry: dict[str, Any] = {
-        "target": artifact.target,
-        "precision": artifact.precision,
-        "gate": artifact.gate,
-        "metrics": artifact.metrics,
-    }
-    path = artifact.path
-    if path is not None and path.is_file() and path.is_relative_to(staging):
-        entry.update(path=path.relative_to(staging).as_posix(), sha256=file_digest(path), bytes=path.stat().st_size)
-    return entry
+    """One finished artifact's manifest record (outputs/manifest.py: its file hashed once, when it is finished), cut
+    to what a killed build's reader needs; no file keys for an artifact without a file."""
+    entry = artifact_entry(artifact, staging)
+    return {k: entry[k] for k in KEPT if entry[k] is not None or k not in FILE_KEYS}
 
 
 def write_progress(staging: Path, entries: list[dict[str, Any]]) -> None:
