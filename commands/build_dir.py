@@ -68,7 +68,7 @@ def read_manifest_and_digest(build_dir: Path) -> tuple[dict[str, Any], str]:
         raise UsageError(f"{build_dir}: not a build folder")
     path = build_dir / "manifest.json"
     if not path.exists() and not path.is_symlink():
-        raise UsageError(f"{build_dir}: no manifest.json (not a finished deployc build)")
+        raise UsageError(f"{build_dir}: no manifest.json (not a finished deployc build){killed_build_note(build_dir)}")
     data = read_bytes(inside(build_dir, "manifest.json", str(build_dir)), str(path), MAX_MANIFEST_BYTES, "manifest")
     raw = parse_json(data, path, str(path))
     if not isinstance(raw, dict):
@@ -80,6 +80,29 @@ def read_manifest_and_digest(build_dir: Path) -> tuple[dict[str, Any], str]:
 
         raise UsageError(format_validation_error(exc, ManifestView, str(path)).splitlines()[0]) from None
     return raw, hashlib.sha256(data).hexdigest()
+
+
+def killed_build_note(build_dir: Path) -> str:
+    """What a build killed before publishing had finished, from its staging folder's progress.json (read as
+    untrusted data: regular files inside the folder, size-bounded, no link followed), as a sentence to append to
+    the missing-manifest error; "" when there is none."""
+    from deployc.storage.outdir import PROGRESS, STAGING_PREFIX
+
+    notes = []
+    for staging in sorted(build_dir.glob(f"{STAGING_PREFIX}*")):
+        try:
+            rel = f"{staging.name}/{PROGRESS}"
+            raw = parse_json(read_bytes(inside(build_dir, rel, rel), rel, MAX_MANIFEST_BYTES, "progress"), rel, rel)
+            done = [a for a in raw["artifacts"] if isinstance(a, dict)]
+            rows = [f"{a['target']}/{a['precision']} {a.get('gate', {}).get('status', '?')}" for a in done]
+        except (UsageError, OSError, KeyError, TypeError, AttributeError):
+            continue  # not one deployc wrote, or cut short: nothing to say about it
+        files = sum(1 for a in done if a.get("path"))
+        notes.append(
+            f"; a build was killed before publishing: {rel} lists {len(rows)} finished artifact(s) "
+            f"({', '.join(rows) or 'none'}; {files} with a file and sha256 in that folder). Build again to publish"
+        )
+    return "".join(notes)
 
 
 def artifact_file(build_dir: Path, entry: dict[str, Any], index: int) -> Path:

@@ -48,6 +48,12 @@ def test_a_killed_build_leaves_what_it_had_validated_with_hashes_and_the_next_bu
     assert (fp32["target"], fp32["precision"], fp32["gate"]["status"]) == ("onnx", "fp32", "pass")
     assert file_digest(staging / fp32["path"]) == fp32["sha256"] and fp32["path"] == "onnx/digits.fp32.onnx"
     assert fp32["metrics"]["samples"] == 450
+    # the commands that read a build folder say what the killed build had finished, and still refuse it (exit 2)
+    explain = subprocess.run(
+        [sys.executable, "-m", "deployc.cli", "explain", str(out)], env=env, capture_output=True, text=True
+    )
+    assert explain.returncode == 2
+    assert f"{staging.name}/progress.json lists 1 finished artifact(s) (onnx/fp32 pass" in explain.stderr
 
     env["KILL_OUT"] = str(tmp_path / "nowhere")
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
