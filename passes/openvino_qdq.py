@@ -20,6 +20,7 @@ onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activat
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from deployc.passes.onnx_util import copied
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
 PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
 NON_NEGATIVE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"})
+QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 SAME_RANGE = PASS_INT8 | {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten"}  # output range = input's
 
 
@@ -81,11 +83,7 @@ def shared_ranges(graph: Any, cache: str | Path, float_concats: set[str]) -> int
 
 def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
     """(Q, its DQ readers) for each activation QuantizeLinear read only by DequantizeLinear nodes."""
-    weights = {i.name for i in graph.initializer}
-    readers: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in graph.node:
-        for t in n.input:
-            readers[t].append(n)
+    weights, readers = {i.name for i in graph.initializer}, _readers(graph)
     found = []
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] in weights:
@@ -154,6 +152,32 @@ def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = T
     graph.node.extend(kept)
 
 
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    readers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for t in n.input:
+            readers[t].append(n)
+    return readers
+
+
+def int8_reach(graph: Any) -> Callable[[str], bool]:
+    """Whether a tensor reaches an int8 kernel's input (Conv/Gemm/MatMul) through ops that carry int8 (PASS_INT8)
+    and Q/DQ; memoized over the graph as it is now."""
+    readers = _readers(graph)
+    memo: dict[str, bool] = {}
+
+    def reaches(t: str) -> bool:
+        if t not in memo:
+            memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
+            memo[t] = any(
+                r.op_type in WEIGHTED or (r.op_type in PASS_INT8 | QDQ and any(map(reaches, r.output)))
+                for r in readers[t]
+            )
+        return memo[t]
+
+    return reaches
+
+
 def openvino_placement(proto: Any) -> tuple[Any, int]:
     """A copy of a QDQ graph with only the Q/DQ OpenVINO runs in int8 (module docstring); returns (graph, pairs
     dropped). Dropped: the pair after each Split/Concat/MaxPool/Resize whose inputs all come dequantized (OpenVINO
@@ -180,26 +204,48 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     ]
     _drop(graph, after_pass, clamp_folded=False)  # their inputs' pairs clamp already: a MaxPool adds no negatives
 
-    readers: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in graph.node:
-        for t in n.input:
-            readers[t].append(n)
-    memo: dict[str, bool] = {}
-
-    def reaches_int8(t: str) -> bool:
-        if t not in memo:
-            memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
-            memo[t] = any(
-                r.op_type in WEIGHTED
-                or (
-                    r.op_type in PASS_INT8 | {"QuantizeLinear", "DequantizeLinear"} and any(map(reaches_int8, r.output))
-                )
-                for r in readers[t]
-            )
-        return memo[t]
-
+    reaches_int8 = int8_reach(graph)
     unused = [
         (q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(reaches_int8(d.output[0]) for d in dqs)
     ]
     _drop(graph, unused)
+    _pads_read_float(graph)
     return out, len(after_pass) + len(unused)
+
+
+def _pads_read_float(graph: Any) -> list[str]:
+    """Move the Q/DQ pair before each Pad to after it: the Pad reads the float tensor and its output is quantized
+    with the same scale and zero point (Q/DQ commutes with Pad; a constant 0 stays 0). OpenVINO 2026.4 cannot
+    compile a DequantizeLinear with a non-zero zero point into a constant Pad after a Slice ("PadTransformation ...
+    Argument shapes are inconsistent": basic-pitch's onnxruntime-placed int8). The pair stays for its other readers;
+    a Pad whose readers all quantize its output, or whose output reaches no int8 kernel, gets no second pair.
+    Returns the Pads moved."""
+    import onnx
+
+    producer = {t: n for n in graph.node for t in n.output}
+    readers, reaches_int8 = _readers(graph), int8_reach(graph)
+    moved, after = [], {}
+    for pad in [n for n in graph.node if n.op_type == "Pad" and n.input]:
+        dq = producer.get(pad.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        pad.input[0] = q.input[0]
+        out = pad.output[0]
+        if reaches_int8(out) and any(r.op_type != "QuantizeLinear" for r in readers[out]):
+            pad.output[0] = f"{out}_float"
+            new_q, new_dq = onnx.NodeProto(), onnx.NodeProto()
+            new_q.CopyFrom(q)
+            new_dq.CopyFrom(dq)
+            new_q.name, new_dq.name = f"{pad.name or out}_QuantizeLinear", f"{pad.name or out}_DequantizeLinear"
+            new_q.input[0], new_q.output[0] = pad.output[0], f"{out}_quantized"
+            new_dq.input[0], new_dq.output[0] = new_q.output[0], out
+            after[id(pad)] = [new_q, new_dq]
+        moved.append(pad.name)
+    nodes = [m for n in graph.node for m in [n, *after.get(id(n), [])]]  # the moved pair right after its Pad
+    for _ in range(2):  # the DQs nothing reads any more, then their Qs
+        used = {t for n in nodes for t in n.input} | {o.name for o in graph.output}
+        nodes = [n for n in nodes if n.op_type not in QDQ or any(t in used for t in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return moved
