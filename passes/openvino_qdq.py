@@ -12,9 +12,17 @@ benchmarks/openvino_placement.py):
   FakeQuantize re-scales each input and the next Conv runs in f32). With both, YOLOv8n compiles to 568 layers, 2
   FakeQuantize, every Conv u8, as fast as NNCF's model; onnxruntime runs that graph with float Convs (3× slower).
 
+- What NNCF's models also keep int8 (measured on ResNet-18 against NNCF's default preset, OpenVINO's runtime
+  model layer by layer): both inputs of a residual Add (with one left float, the Conv the Add fuses into writes
+  f32 and a Reorder converts it: ResNet-18's three downsampling blocks); the input and output of a global mean
+  pool, which OpenVINO's Reduce reads and requantizes in one kernel; shape ops (Reshape, Flatten, Transpose...)
+  carry the int8 tensor. With these, ResNet-18 compiles to NNCF's 59 layers, one FakeQuantize (the input).
+- No Pad reads a DequantizeLinear (OpenVINO 2026.4 miscompiles that after a Slice; _pads_read_float).
+
 shared_ranges() gives the Concat groups one calibration range (before quantize_static); openvino_placement()
 drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). A dropped pair removes a rounding step; where
-onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation.
+onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation, unless the tensor is never
+negative (passes/nonnegative.py).
 """
 
 from __future__ import annotations
@@ -26,13 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from deployc.passes.nonnegative import nonnegative_tensors
 from deployc.passes.onnx_util import copied
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
-PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
-NON_NEGATIVE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"})
+SHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+# ops OpenVINO runs on the int8 tensor as it is (the pair after them goes)
+PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"}) | SHAPE_OPS
+# ops OpenVINO runs on an int8 input and whose output it requantizes in the same kernel (the pair after them stays)
+REQUANTIZED = frozenset({"GlobalAveragePool", "AveragePool", "ReduceMean"})
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
-SAME_RANGE = PASS_INT8 | {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten"}  # output range = input's
+SAME_RANGE = PASS_INT8 | {"Slice"}  # output range = input's
 
 
 def range_groups(graph: Any, float_concats: set[str]) -> list[list[str]]:
@@ -94,14 +106,14 @@ def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
     return found
 
 
-def _floor_clamp(graph: Any, q: Any, producer: Any) -> tuple[float, float] | None:
+def _floor_clamp(graph: Any, q: Any, nonnegative: set[str]) -> tuple[float, float] | None:
     """The range [lo, hi] a Q/DQ pair clamps to when its zero point sits at the type's minimum (lo = 0 for uint8):
     onnxruntime's quantizer folds a Relu or Clip(0, 6) into such a pair (the Relu is gone from the graph), so
     dropping the pair must keep the clamp. None for a pair whose range holds negatives (no activation folded) or
-    whose producer is itself non-negative (a Sigmoid's pair clamps nothing it would not)."""
+    whose input is never negative (passes/nonnegative.py: a Sigmoid's, an anchor grid's)."""
     from onnx import TensorProto, numpy_helper
 
-    if producer is not None and producer.op_type in NON_NEGATIVE:
+    if q.input[0] in nonnegative:
         return None
     inits = {i.name: i for i in graph.initializer}
     if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
@@ -124,11 +136,11 @@ def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = T
     from onnx import helper, numpy_helper
 
     outputs = {o.name for o in graph.output}
-    producer = {t: n for n in graph.node for t in n.output}
+    nonnegative = nonnegative_tensors(graph) if clamp_folded else set()
     gone, rewire, clips = set(), {}, {}
     for q, dqs in pairs:
         gone.add(id(q))
-        clamp = _floor_clamp(graph, q, producer.get(q.input[0])) if clamp_folded else None
+        clamp = _floor_clamp(graph, q, nonnegative) if clamp_folded else None
         for d in dqs:
             gone.add(id(d))
             rewire[d.output[0]] = dqs[0].output[0] if clamp else q.input[0]
@@ -170,12 +182,29 @@ def int8_reach(graph: Any) -> Callable[[str], bool]:
         if t not in memo:
             memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
             memo[t] = any(
-                r.op_type in WEIGHTED or (r.op_type in PASS_INT8 | QDQ and any(map(reaches, r.output)))
+                r.op_type in WEIGHTED or (r.op_type in PASS_INT8 | REQUANTIZED | QDQ and any(map(reaches, r.output)))
                 for r in readers[t]
             )
         return memo[t]
 
     return reaches
+
+
+def residual_adds(graph: Any, reaches_int8: Callable[[str], bool]) -> set[int]:
+    """ids of the Adds of two dequantized activations whose sum reaches an int8 kernel (a residual connection):
+    OpenVINO fuses such an Add into the Conv before it with an int8 second input and an int8 output; with either
+    input left float, the Conv writes f32 and a Reorder converts it (ResNet-18's downsampling blocks)."""
+    producer = {t: n for n in graph.node for t in n.output}
+
+    def activation(t: str) -> bool:
+        dq = producer.get(t)
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer
+
+    return {
+        id(n)
+        for n in graph.node
+        if n.op_type == "Add" and len(n.input) == 2 and all(map(activation, n.input)) and reaches_int8(n.output[0])
+    }
 
 
 def openvino_placement(proto: Any) -> tuple[Any, int]:
@@ -184,6 +213,7 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     carries the int8 tensor through it), then every pair whose value reaches no Conv/Gemm/MatMul through such ops."""
     out = copied(proto)
     graph = out.graph
+    _hoist_over_shape_ops(graph)
     outputs = {o.name for o in graph.output}
     producer = {t: n for n in graph.node for t in n.output}
 
@@ -205,12 +235,46 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     _drop(graph, after_pass, clamp_folded=False)  # their inputs' pairs clamp already: a MaxPool adds no negatives
 
     reaches_int8 = int8_reach(graph)
-    unused = [
-        (q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(reaches_int8(d.output[0]) for d in dqs)
-    ]
+    adds = residual_adds(graph, reaches_int8)
+    readers = _readers(graph)
+
+    def used(dq: Any) -> bool:
+        return reaches_int8(dq.output[0]) or any(id(r) in adds for r in readers[dq.output[0]])
+
+    unused = [(q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(map(used, dqs))]
     _drop(graph, unused)
     _pads_read_float(graph)
     return out, len(after_pass) + len(unused)
+
+
+def _hoist_over_shape_ops(graph: Any) -> int:
+    """Move each per-tensor Q/DQ pair that follows a shape op (Reshape, Flatten, Transpose...) reading a float tensor
+    to before it (the same values: such ops only move elements). The op before then writes int8 in its own kernel
+    and the shape op carries it: GlobalAveragePool → Reshape → Gemm's pair moves onto the pool's output, which
+    OpenVINO requantizes inside the Reduce, as in NNCF's model. Returns the pairs moved."""
+    producer = {t: n for n in graph.node for t in n.output}
+    readers, inits = _readers(graph), {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    moved = []
+    for q, dqs in _pairs(graph):
+        op = producer.get(q.input[0])
+        if op is None or op.op_type not in SHAPE_OPS or len(dqs) != 1 or op.output[0] in outputs:
+            continue
+        source = producer.get(op.input[0])
+        scale = inits.get(q.input[1])
+        if len(readers[op.output[0]]) != 1 or source is None or source.op_type in QDQ or scale is None:
+            continue
+        if int(np.prod(scale.dims)) != 1:
+            continue
+        # x → op → Q → DQ → readers  becomes  x → Q → DQ → op → readers (the readers' input name is kept)
+        shaped, dequantized = op.output[0], dqs[0].output[0]
+        q.input[0], dqs[0].output[0] = op.input[0], shaped
+        op.input[0], op.output[0] = shaped, dequantized
+        moved.append((op, dqs[0]))
+    for op, dq in moved:  # the op now reads the DQ: right after it keeps the node list topologically sorted
+        graph.node.remove(op)
+        graph.node.insert(list(graph.node).index(dq) + 1, op)
+    return len(moved)
 
 
 def _pads_read_float(graph: Any) -> list[str]:

@@ -18,7 +18,7 @@ from deployc.compiler.manager import run_pass
 from deployc.core.ort import session
 from deployc.core.state import ModelState, TensorSpec
 from deployc.data.dataset import Dataset
-from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, quantizer_settings
+from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, quantizer_settings, spatial_means_to_global_pool
 from deployc.passes.export import export_onnx
 from deployc.passes.openvino_qdq import PASS_INT8, WEIGHTED, openvino_placement, range_groups
 from deployc.passes.quantize import Int8Config, quantize_int8
@@ -258,3 +258,46 @@ def test_no_pad_reads_a_dequantized_tensor_and_openvino_computes_what_onnxruntim
     got = compiled({"x": x})
     for out, want in zip(compiled.outputs, expected):
         assert np.abs(np.asarray(got[out]) - want).max() < 0.05
+
+
+class Downsampling(nn.Module):
+    """ResNet's shapes: a basic block whose shortcut is a strided 1×1 conv (the residual Add of two conv outputs),
+    then the global mean pool, flatten and the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1), nn.BatchNorm2d(32))
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 32, 1, 2), nn.BatchNorm2d(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x)))
+
+
+def test_the_residual_add_and_the_pooled_head_stay_int8_as_in_nncf_models():
+    torch.manual_seed(0)
+    model = Downsampling().eval()
+    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
+    fp32 = simplify_proto(export_onnx(model, state))
+    rng = np.random.default_rng(0)
+    calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
+    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    placed, _ = openvino_placement(spatial_means_to_global_pool(int8)[0])  # as cpu.int8 runs them
+    onnx.checker.check_model(placed)
+    producer = _producers(placed)
+    add = next(n for n in placed.graph.node if n.op_type == "Add")
+    assert [producer[t].op_type for t in add.input] == ["DequantizeLinear"] * 2  # both conv outputs int8
+    pool = next(n for n in placed.graph.node if n.op_type == "GlobalAveragePool")
+    assert producer[pool.input[0]].op_type == "DequantizeLinear"
+    assert [r.op_type for r in _readers(placed)[pool.output[0]]] == ["QuantizeLinear"]  # moved before the Flatten
+    probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
+    expected, got = session(fp32).run(None, probe)[0], session(placed).run(None, probe)[0]
+    assert float((expected * got).sum() / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99
+    layers = _openvino_layers(placed)
+    assert layers[("Convolution", "u8")] == 4 and layers[("FullyConnected", "u8")] == 1
+    assert layers[("Reduce", "u8")] == 1  # the mean of the int8 tensor, requantized in the same kernel
+    assert layers[("Reorder", "f32")] == 0  # no Conv writes f32 for a Reorder to convert (the residual's did)
+    assert layers[("FakeQuantize", "f32")] == 1  # the graph input's: nothing else is quantized apart
