@@ -300,7 +300,7 @@ class OnnxTarget(Target):
                 "metadata": metadata,
                 **merged(notes, quantized_details(f"onnx/{row}", coverage, base, done, ctx)),
             },
-            perf={"int8_tuned_for": profile(self.options.cpu).describe()} if label == "int8" else {},
+            perf={"int8_tuned_for": profile(self.options.cpu, placement).describe()} if label == "int8" else {},
             history=done.history[len(state.history) :],
         )
 

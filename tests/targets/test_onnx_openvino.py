@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from deployc.driver.build import build
 from deployc.passes import calibration
+from deployc.passes.cpu_int8 import profile
 from deployc.targets.onnx import OnnxOptions
 from tests.conftest import write
 
@@ -130,6 +131,9 @@ def test_each_file_carries_the_qdq_its_runtime_fuses(per_runtime):
     tuned = {p: next(r for r in rows[p]["passes"] if r["name"] == "cpu.int8") for p in ("int8", "int8@openvino")}
     assert tuned["int8"]["metrics"]["float_islands"] == 0  # onnxruntime fuses every pair of its file
     assert tuned["int8@openvino"]["metrics"]["qdq_pairs_dropped_for_openvino"] > 0
+    # the 3-channel stem padded to 4 for MLAS's int8 conv on x86, not for OpenVINO (one Pad layer more there)
+    assert tuned["int8"]["metrics"]["convs_padded"] == (1 if profile("auto").pad_conv_channels else 0)
+    assert tuned["int8@openvino"]["metrics"]["convs_padded"] == 0
     layers = _openvino_layers(result.out_dir / rows["int8@openvino"]["path"])
     assert layers[("Convolution", "u8")] == 4 and layers[("Convolution", "f32")] == 0
     assert sum(v for (t, _), v in layers.items() if t == "FakeQuantize") <= 1  # the graph input's, at most
