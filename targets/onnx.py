@@ -40,7 +40,8 @@ Int8Placement = Literal["auto", "onnxruntime", "openvino"]  # auto: each runtime
 OPENVINO = ov_runtime.RUNTIME
 PLACEMENT_RULES = {  # what each int8 placement does (passes/cpu_int8.py, passes/openvino_qdq.py)
     "onnxruntime": "Q/DQ on the inputs and output of every quantizable op (onnxruntime's QLinear kernels)",
-    "openvino": "Q/DQ only on Conv/Gemm/MatMul inputs, one range per Concat (what OpenVINO fuses)",
+    "openvino": "Q/DQ on the inputs of Conv/Gemm/MatMul, residual Adds and mean pools, one range per Concat, none into "
+    "a Pad (what OpenVINO fuses)",
 }
 
 
