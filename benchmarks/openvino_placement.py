@@ -1,21 +1,25 @@
-"""deployc's int8 ONNX with each Q/DQ placement (targets.onnx.int8_placement) on onnxruntime and OpenVINO, beside
-NNCF's int8 on OpenVINO: latency in the same interleaved rounds, OpenVINO's compiled layers, and (YOLOv8n) drift.
+"""deployc's per-runtime int8 ONNX files (targets.onnx.int8_placement: auto, runtimes: [onnxruntime, openvino]) beside
+today's int8 file and NNCF's int8, each on the runtime it is for, timed in the same interleaved rounds; OpenVINO's
+compiled layers and the task metric's drift.
 
     DEPLOYC_ZOO_CACHE=/work/.zoo-cache DEPLOYC_PEERS_DIR=/work/.peers \\
-        .venv/bin/python benchmarks/openvino_placement.py [--models yolov8n,resnet18] [--out DIR]
+        nice -n 10 .venv/bin/python benchmarks/openvino_placement.py [--models yolov8n,resnet18] [--out DIR]
 
-The int8 graphs come from the passes a build runs (quantize.int8 with the target's settings, then cpu.int8) on
-deployc's fp32 artifact and its calibration samples, without the remedy loop (default config: minmax, bias
-correction): a YOLOv8n build with remedies takes an hour here. YOLOv8n: the zoo's model, data and detection metric
-(benchmarks/zoo_lib); ResNet-18: random weights and images (benchmarks/resnet18_cpu.py; latency does not depend on
-them). NNCF (default preset and MIXED) runs in its own venv (benchmarks/peers). 1 thread, thread CPU clock, f32
-inference precision on OpenVINO (so bf16-capable CPUs do not change the float part).
+Per model, one build makes both files as a user gets them (default config, remedies off: a YOLOv8n build with
+remedies takes an hour here): `int8` (onnxruntime's placement) and `int8@openvino` (OpenVINO's); a second build with
+`int8_placement: onnxruntime` (what every build wrote before `auto`) gives "today's" file, and the script checks that
+its graph equals `int8`'s. NNCF (default preset and MIXED) quantizes the fp32 artifact in its own venv
+(benchmarks/peers) on the same calibration samples. YOLOv8n: the zoo's model, data and detection metric; ResNet-18:
+random weights and images (benchmarks/resnet18_cpu.py; latency does not depend on them). 1 thread, f32 inference
+precision on OpenVINO (so bf16-capable CPUs do not change the float part). Times: process CPU ms per inference (both
+runtimes run a 1-thread inference on the calling thread), then wall ms in a shorter second interleaved run.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -26,10 +30,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+TODAY = "today's int8|onnxruntime"  # the timing key of the int8 file every build wrote before placement auto
+INT8 = {"precision": ["int8"], "runtimes": ["onnxruntime", "openvino"], "threads": 1}
 
 
 def yolov8n(out: Path):
-    """(fp32 graph, calibration Dataset, one input batch, scorer) for the zoo's YOLOv8n."""
+    """(raw config, base dir, calibration Dataset, one input batch, scorer factory) for the zoo's YOLOv8n."""
     import yaml
     import zoo
     from tensorrt_placement import Scorer
@@ -37,56 +43,44 @@ def yolov8n(out: Path):
 
     from deployc.core.config import load_config
     from deployc.data.dataset import Dataset
-    from deployc.driver.build import build
 
     config_path = zoo.prepare(catalog.BY_NAME["yolov8n"], out, fetch.cache_dir(None))
     raw = yaml.safe_load(config_path.read_text())
-    raw["targets"] = {"onnx": {"precision": ["fp32"]}}
     config = load_config(raw, base_dir=config_path.parent)
-    result = build(config, out=config_path.parent / "build-fp32", quiet=True)
-    fp32 = result.out_dir / result.manifest["artifacts"][0]["path"]
     data = np.load(config_path.parent / "data.npz")
     calib = Dataset({"images": data["calib_images"][: config.quantize.samples]}, None, "zoo")
-    scorer = Scorer(config, config_path.parent / "data.npz", fp32, config.data.batch_size)
-    return fp32, calib, {"images": data["images"][:1]}, scorer
+
+    def scorer(fp32: Path):
+        return Scorer(config, config_path.parent / "data.npz", fp32, config.data.batch_size)
+
+    return raw, config_path.parent, calib, {"images": data["images"][:1]}, scorer
 
 
 def resnet18(out: Path):
     from resnet18_cpu import config
     from three_target_build import calibration_images
 
-    from deployc.core.config import load_config
     from deployc.data.dataset import Dataset
+
+    images = np.concatenate([x["image"] for x, _ in calibration_images()])
+    return config(None), HERE, Dataset({"image": images}, None, "random"), {"image": images[:1]}, None
+
+
+def built(raw: dict, base: Path, onnx_options: dict, out: Path) -> dict[str, dict]:
+    """Rows of one onnx-only build with remedies off: {precision: manifest row with an absolute 'file'}."""
+    from deployc.core.config import load_config
     from deployc.driver.build import build
 
-    raw = config(None)
-    raw["targets"] = {"onnx": {"precision": ["fp32"]}}
-    result = build(load_config(raw, base_dir=HERE), out=out / "resnet18" / "build-fp32", quiet=True, cache=False)
-    fp32 = result.out_dir / result.manifest["artifacts"][0]["path"]
-    images = np.concatenate([x["image"] for x, _ in calibration_images()])
-    return fp32, Dataset({"image": images}, None, "random"), {"image": images[:1]}, None
+    raw = {**raw, "targets": {"onnx": onnx_options}, "quantize": {**raw.get("quantize", {}), "remedies": "off"}}
+    result = build(load_config(raw, base_dir=base), out=out, quiet=True, cache=False)
+    return {a["precision"]: {**a, "file": result.out_dir / a["path"]} for a in result.manifest["artifacts"]}
 
 
-def deployc_int8(fp32: Path, calib, placement: str, out: Path) -> tuple[Path, dict]:
-    """quantize.int8 + cpu.int8 as the onnx target runs them for this CPU and placement."""
+def graph_digest(path: Path) -> str:
+    """sha256 of the graph alone (metadata_props carry the config's digest, which differs between the builds)."""
     import onnx
 
-    from deployc.passes.cpu_int8 import pad_conv_input_channels, profile, quantizer_settings
-    from deployc.passes.cpu_int8 import spatial_means_to_global_pool as global_pool
-    from deployc.passes.onnx_numerics import sample_feeds
-    from deployc.passes.openvino_qdq import openvino_placement
-    from deployc.passes.opset import upgrade_for_qdq
-    from deployc.passes.quantize import Int8Config, quantize_int8_selected
-
-    proto = onnx.load(str(fp32))
-    spec = Int8Config(samples=len(calib), **quantizer_settings("auto", placement))
-    up = upgrade_for_qdq(proto, sample_feeds(proto, calib))
-    graph, _ = global_pool(quantize_int8_selected(up.proto, calib, spec, root=proto).proto)
-    graph = pad_conv_input_channels(graph)[0] if profile("auto").pad_conv_channels else graph
-    graph, dropped = openvino_placement(graph) if placement == "openvino" else (graph, 0)
-    path = out / f"deployc.int8.{placement}.onnx"
-    onnx.save(graph, path)
-    return path, {"qdq_pairs_dropped": dropped}
+    return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def nncf_int8(fp32: Path, calib, preset: str | None, out: Path) -> Path | str:
@@ -115,68 +109,96 @@ def openvino_layers(path: Path) -> tuple[int, int, str]:
     return len(kinds), sum(t == "FakeQuantize" for t, _ in kinds), " ".join(f"{n}×{p}" for p, n in convs.items())
 
 
+def ov_drift(scorer, path: Path) -> float:
+    """The metric's drift of a graph run on OpenVINO (batches of 16)."""
+    import openvino as ov
+
+    model = ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
+    images = scorer.inputs["images"]
+    outs = [np.concatenate([np.asarray(model({"images": images[i : i + 16]})[0]) for i in range(0, len(images), 16)])]
+    value = float(scorer.metric.fn(outs, scorer.reference if scorer.metric.similarity else scorer.targets))
+    return scorer.metric.drift(scorer.reference_value, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     import openvino as ov
 
     from deployc.core.ort import session
-    from deployc.core.timing import interleaved
+    from deployc.core.timing import interleaved, load_average
     from deployc.passes.cpu_int8 import cpu_flags
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="yolov8n,resnet18")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--wall-rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="openvino-placement-")))
     args = ap.parse_args(argv)
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or "vnni" in f)
-    print(f"CPU flags: {' '.join(flags)}\n")
-    print("| model | graph | runtime | ms | vs fp32 on onnxruntime | vs fp32 on OpenVINO | OpenVINO layers | "
-          "FakeQuantize left | Convolutions | drift |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"CPU flags: {' '.join(flags)}; load average at start: {load_average()}\n")
+    print(
+        "| model | file | runtime | CPU ms (median [IQR]) | wall ms | vs NNCF default (per round) | "
+        "vs today's int8 on onnxruntime | OpenVINO layers | FakeQuantize left | Convolutions | drift | gate |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
-        fp32, calib, one, scorer = (yolov8n if name == "yolov8n" else resnet18)(args.out)
-        graphs = {"fp32": fp32}
-        for placement in ("onnxruntime", "openvino"):
-            graphs[f"deployc int8 ({placement} placement)"] = deployc_int8(fp32, calib, placement, folder)[0]
+        raw, base, calib, one, make_scorer = (yolov8n if name == "yolov8n" else resnet18)(args.out)
+        fp32 = built(raw, base, {"precision": ["fp32"], "threads": 1}, folder / "build-fp32")["fp32"]["file"]
+        ours = built(raw, base, INT8, folder / "build-int8")
+        today = built(
+            raw, base, {**INT8, "runtimes": ["onnxruntime"], "int8_placement": "onnxruntime"}, folder / "today"
+        )
+        same = graph_digest(today["int8"]["file"]) == graph_digest(ours["int8"]["file"])
+        print(f"{name}: today's int8 graph {'equals' if same else 'DIFFERS from'} deployc's int8 (onnxruntime) graph")
+        # (label, file, runtime, manifest row or None)
+        graphs = [
+            ("fp32", fp32, "onnxruntime", None),
+            ("fp32", fp32, "OpenVINO", None),
+            ("today's int8", today["int8"]["file"], "onnxruntime", today["int8"]),
+            ("deployc int8", ours["int8"]["file"], "onnxruntime", ours["int8"]),
+            ("deployc int8 (onnxruntime's file)", ours["int8"]["file"], "OpenVINO", None),
+            ("deployc int8@openvino", ours["int8@openvino"]["file"], "OpenVINO", ours["int8@openvino"]),
+        ]
         for preset in (None, "MIXED"):
             got = nncf_int8(fp32, calib, preset, folder)
             if isinstance(got, str):
                 print(f"{name}: NNCF {preset or 'default'} did not run: {got}", file=sys.stderr)
             else:
-                graphs[f"NNCF {preset or 'default'}"] = got
+                graphs.append((f"NNCF {preset or 'default'}", got, "OpenVINO", None))
         runs = {}
-        for who, path in graphs.items():
-            if path.suffix == ".onnx":
-                runs[(who, "onnxruntime")] = lambda s=session(path, threads=1), x=one: s.run(None, x)
-            request = ov.Core().compile_model(str(path), "CPU", OV_CONFIG).create_infer_request()
-            runs[(who, "OpenVINO")] = lambda r=request, x=one: r.infer(x)
-        keys = {k: f"{k[0]}|{k[1]}" for k in runs}
-        rounds = interleaved(
-            {keys[k]: fn for k, fn in runs.items()}, rounds=args.rounds, per_round=5, clock="thread_cpu"
-        )
-        for (who, runtime), key in keys.items():
-            path = graphs[who]
+        for who, path, runtime, _ in graphs:
+            if runtime == "onnxruntime":
+                runs[f"{who}|{runtime}"] = lambda s=session(path, threads=1), x=one: s.run(None, x)
+            else:
+                request = ov.Core().compile_model(str(path), "CPU", OV_CONFIG).create_infer_request()
+                runs[f"{who}|{runtime}"] = lambda r=request, x=one: r.infer(x)
+        cpu = interleaved(runs, rounds=args.rounds, per_round=5, clock="process_cpu")
+        wall = interleaved(runs, rounds=args.wall_rounds, per_round=5, clock="wall")
+        scorer = make_scorer(fp32) if make_scorer else None
+        nncf = "NNCF default|OpenVINO" if "NNCF default|OpenVINO" in runs else None
+        for who, path, runtime, row in graphs:
+            key = f"{who}|{runtime}"
             layers, fq, convs = openvino_layers(path) if runtime == "OpenVINO" else ("—", "—", "—")
-            drift = "—"
-            if scorer is not None:
-                if runtime == "OpenVINO":
-                    model = ov.Core().compile_model(str(path), "CPU", OV_CONFIG)
-                    outs = [np.concatenate([np.asarray(model({k: v[i : i + 16] for k, v in scorer.inputs.items()})[0])
-                                            for i in range(0, len(scorer.inputs["images"]), 16)])]  # fmt: skip
-                    value = float(
-                        scorer.metric.fn(outs, scorer.reference if scorer.metric.similarity else scorer.targets)
-                    )
-                else:
-                    value = scorer.score(path)
-                drift = f"{scorer.metric.drift(scorer.reference_value, value):+.4f}"
+            drift, gate = "—", "—"
+            if row is not None:
+                drift, gate = f"{row['metrics'].get('drift', float('nan')):+.4f}", row["gate"]["status"]
+            elif scorer is not None and ("int8" in who or who.startswith("NNCF")):
+                value = (
+                    ov_drift(scorer, path)
+                    if runtime == "OpenVINO"
+                    else scorer.metric.drift(scorer.reference_value, scorer.score(path))
+                )
+                drift = f"{value:+.4f}"
+            t = cpu.times[key]
+            vs_nncf = f"{cpu.ratio(key, nncf).median:.3f}" if nncf else "—"
+            vs_today = f"{cpu.ratio(key, TODAY).median:.3f}"
             print(
-                f"| {name} | {who} | {runtime} | {rounds.times[key].median:.2f} | "
-                f"{rounds.ratio(key, 'fp32|onnxruntime').median:.3f} | {rounds.ratio(key, 'fp32|OpenVINO').median:.3f} "
-                f"| {layers} | {fq} | {convs} | {drift} |",
+                f"| {name} | {who} | {runtime} | {t.median:.2f} [{t.q1:.2f}–{t.q3:.2f}] | {wall.times[key].median:.2f} "
+                f"| {vs_nncf} | {vs_today} | {layers} | {fq} | {convs} | {drift} | {gate} |",
                 flush=True,
             )
-        print(f"| {name} | load average before timing: {rounds.load_before} | | | | | | | | |")
+        print(f"| {name} | load average: {cpu.load_before} before, {wall.load_after} after | | | | | | | | | | |")
     print(f"\nfiles: {args.out}")
     return 0
 

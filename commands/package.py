@@ -156,7 +156,9 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser] | None = 
     )
     p.add_argument("build_dir", type=Path, help="the --out folder of a finished deployc build")
     p.add_argument("--target", required=True, help="onnx | tflite | tensorrt")
-    p.add_argument("--precision", required=True, help="fp32 | fp16 | int8 | dynamic")
+    p.add_argument(
+        "--precision", required=True, help="fp32 | fp16 | int8 | dynamic, or another runtime's row, e.g. int8@openvino"
+    )
     p.add_argument("--out", required=True, type=Path, help="the bundle to write: FILE.tar.gz")
     p.add_argument("--allow-failed", action="store_true", help="package an artifact whose gate or build failed")
     p.add_argument("--force", action="store_true", help="replace an existing --out that is a deployc bundle")

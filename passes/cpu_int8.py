@@ -27,6 +27,7 @@ Q/DQ pairs that did not fuse into an integer kernel.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import platform
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -96,8 +97,11 @@ def detect(flags: set[str] | None = None, machine: str | None = None) -> CpuProf
     return CpuProfile("portable", False, False)
 
 
-def profile(name: CpuName) -> CpuProfile:
-    return detect() if name == "auto" else PROFILES[name]
+def profile(name: CpuName, placement: Placement = "onnxruntime") -> CpuProfile:
+    """The CPU's profile; with OpenVINO's placement without the channel padding, which only MLAS wants (OpenVINO
+    runs a 3-channel stem in int8 itself; the Pad would be one more layer)."""
+    found = detect() if name == "auto" else PROFILES[name]
+    return found if placement == "onnxruntime" else dataclasses.replace(found, pad_conv_channels=False)
 
 
 def quantizer_settings(name: CpuName, placement: Placement = "onnxruntime") -> dict[str, Any]:
@@ -261,7 +265,7 @@ class CpuInt8(Pass):
     requires = frozenset({"onnx"})
 
     def run(self, state: ModelState, ctx: Context) -> PassResult:
-        chosen = profile(self.config.cpu)
+        chosen = profile(self.config.cpu, self.config.placement)
         proto, pools = spatial_means_to_global_pool(state.onnx)
         proto, padded = pad_conv_input_channels(proto) if chosen.pad_conv_channels else (proto, [])
         dropped = 0

@@ -12,25 +12,38 @@ benchmarks/openvino_placement.py):
   FakeQuantize re-scales each input and the next Conv runs in f32). With both, YOLOv8n compiles to 568 layers, 2
   FakeQuantize, every Conv u8, as fast as NNCF's model; onnxruntime runs that graph with float Convs (3× slower).
 
+- What NNCF's models also keep int8 (measured on ResNet-18 against NNCF's default preset, OpenVINO's runtime
+  model layer by layer): both inputs of a residual Add (with one left float, the Conv the Add fuses into writes
+  f32 and a Reorder converts it: ResNet-18's three downsampling blocks); the input of a global mean pool, which
+  OpenVINO's Reduce reads in u8. ResNet-18 then compiles to 62 layers against NNCF's 59: the pool's output stays
+  f32 until the Gemm's pair after the Flatten (NNCF moves it onto the pool; here it stays where onnxruntime put
+  it, so that every int8 Conv/Gemm reads a DequantizeLinear, which is what deployc's int8 coverage counts).
+- No Pad reads a DequantizeLinear (OpenVINO 2026.4 miscompiles that after a Slice; _pads_read_float).
+
 shared_ranges() gives the Concat groups one calibration range (before quantize_static); openvino_placement()
 drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). A dropped pair removes a rounding step; where
-onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation.
+onnxruntime folded a Relu or Clip into it, a Clip to its range keeps the activation, unless the tensor is never
+negative (passes/nonnegative.py).
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deployc.passes.nonnegative import nonnegative_tensors
 from deployc.passes.onnx_util import copied
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
 PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
-NON_NEGATIVE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt"})
-SAME_RANGE = PASS_INT8 | {"Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten"}  # output range = input's
+POOLS = frozenset({"GlobalAveragePool", "AveragePool", "ReduceMean"})  # read in u8 by OpenVINO's Reduce/Pooling
+SHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+SAME_RANGE = PASS_INT8 | SHAPE_OPS | {"Slice"}  # output range = input's
 
 
 def range_groups(graph: Any, float_concats: set[str]) -> list[list[str]]:
@@ -81,11 +94,7 @@ def shared_ranges(graph: Any, cache: str | Path, float_concats: set[str]) -> int
 
 def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
     """(Q, its DQ readers) for each activation QuantizeLinear read only by DequantizeLinear nodes."""
-    weights = {i.name for i in graph.initializer}
-    readers: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in graph.node:
-        for t in n.input:
-            readers[t].append(n)
+    weights, readers = {i.name for i in graph.initializer}, _readers(graph)
     found = []
     for q in graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] in weights:
@@ -96,14 +105,14 @@ def _pairs(graph: Any) -> list[tuple[Any, list[Any]]]:
     return found
 
 
-def _floor_clamp(graph: Any, q: Any, producer: Any) -> tuple[float, float] | None:
+def _floor_clamp(graph: Any, q: Any, nonnegative: set[str]) -> tuple[float, float] | None:
     """The range [lo, hi] a Q/DQ pair clamps to when its zero point sits at the type's minimum (lo = 0 for uint8):
     onnxruntime's quantizer folds a Relu or Clip(0, 6) into such a pair (the Relu is gone from the graph), so
     dropping the pair must keep the clamp. None for a pair whose range holds negatives (no activation folded) or
-    whose producer is itself non-negative (a Sigmoid's pair clamps nothing it would not)."""
+    whose input is never negative (passes/nonnegative.py: a Sigmoid's, an anchor grid's)."""
     from onnx import TensorProto, numpy_helper
 
-    if producer is not None and producer.op_type in NON_NEGATIVE:
+    if q.input[0] in nonnegative:
         return None
     inits = {i.name: i for i in graph.initializer}
     if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
@@ -126,11 +135,11 @@ def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = T
     from onnx import helper, numpy_helper
 
     outputs = {o.name for o in graph.output}
-    producer = {t: n for n in graph.node for t in n.output}
+    nonnegative = nonnegative_tensors(graph) if clamp_folded else set()
     gone, rewire, clips = set(), {}, {}
     for q, dqs in pairs:
         gone.add(id(q))
-        clamp = _floor_clamp(graph, q, producer.get(q.input[0])) if clamp_folded else None
+        clamp = _floor_clamp(graph, q, nonnegative) if clamp_folded else None
         for d in dqs:
             gone.add(id(d))
             rewire[d.output[0]] = dqs[0].output[0] if clamp else q.input[0]
@@ -152,6 +161,49 @@ def _drop(graph: Any, pairs: list[tuple[Any, list[Any]]], clamp_folded: bool = T
     kept = [clips.get(id(n), n) for n in graph.node if id(n) not in gone or id(n) in clips]
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    readers: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in graph.node:
+        for t in n.input:
+            readers[t].append(n)
+    return readers
+
+
+def int8_reach(graph: Any) -> Callable[[str], bool]:
+    """Whether a tensor reaches an int8 kernel's input (Conv/Gemm/MatMul, a mean pool) through ops that carry int8
+    (PASS_INT8) and Q/DQ; memoized over the graph as it is now."""
+    readers = _readers(graph)
+    memo: dict[str, bool] = {}
+
+    def reaches(t: str) -> bool:
+        if t not in memo:
+            memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
+            memo[t] = any(
+                r.op_type in WEIGHTED | POOLS or (r.op_type in PASS_INT8 | QDQ and any(map(reaches, r.output)))
+                for r in readers[t]
+            )
+        return memo[t]
+
+    return reaches
+
+
+def residual_adds(graph: Any, reaches_int8: Callable[[str], bool]) -> set[int]:
+    """ids of the Adds of two dequantized activations whose sum reaches an int8 kernel (a residual connection):
+    OpenVINO fuses such an Add into the Conv before it with an int8 second input and an int8 output; with either
+    input left float, the Conv writes f32 and a Reorder converts it (ResNet-18's downsampling blocks)."""
+    producer = {t: n for n in graph.node for t in n.output}
+
+    def activation(t: str) -> bool:
+        dq = producer.get(t)
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer
+
+    return {
+        id(n)
+        for n in graph.node
+        if n.op_type == "Add" and len(n.input) == 2 and all(map(activation, n.input)) and reaches_int8(n.output[0])
+    }
 
 
 def openvino_placement(proto: Any) -> tuple[Any, int]:
@@ -180,26 +232,52 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     ]
     _drop(graph, after_pass, clamp_folded=False)  # their inputs' pairs clamp already: a MaxPool adds no negatives
 
-    readers: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in graph.node:
-        for t in n.input:
-            readers[t].append(n)
-    memo: dict[str, bool] = {}
+    reaches_int8 = int8_reach(graph)
+    adds = residual_adds(graph, reaches_int8)
+    readers = _readers(graph)
 
-    def reaches_int8(t: str) -> bool:
-        if t not in memo:
-            memo[t] = False  # no cycles in an ONNX graph; this only stops re-visits
-            memo[t] = any(
-                r.op_type in WEIGHTED
-                or (
-                    r.op_type in PASS_INT8 | {"QuantizeLinear", "DequantizeLinear"} and any(map(reaches_int8, r.output))
-                )
-                for r in readers[t]
-            )
-        return memo[t]
+    def used(dq: Any) -> bool:
+        return reaches_int8(dq.output[0]) or any(id(r) in adds for r in readers[dq.output[0]])
 
-    unused = [
-        (q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(reaches_int8(d.output[0]) for d in dqs)
-    ]
+    unused = [(q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(map(used, dqs))]
     _drop(graph, unused)
+    _pads_read_float(graph)
     return out, len(after_pass) + len(unused)
+
+
+def _pads_read_float(graph: Any) -> list[str]:
+    """Move the Q/DQ pair before each Pad to after it: the Pad reads the float tensor and its output is quantized
+    with the same scale and zero point (Q/DQ commutes with Pad; a constant 0 stays 0). OpenVINO 2026.4 cannot
+    compile a DequantizeLinear with a non-zero zero point into a constant Pad after a Slice ("PadTransformation ...
+    Argument shapes are inconsistent": basic-pitch's onnxruntime-placed int8). The pair stays for its other readers;
+    a Pad whose readers all quantize its output, or whose output reaches no int8 kernel, gets no second pair.
+    Returns the Pads moved."""
+    import onnx
+
+    producer = {t: n for n in graph.node for t in n.output}
+    readers, reaches_int8 = _readers(graph), int8_reach(graph)
+    moved, after = [], {}
+    for pad in [n for n in graph.node if n.op_type == "Pad" and n.input]:
+        dq = producer.get(pad.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        pad.input[0] = q.input[0]
+        out = pad.output[0]
+        if reaches_int8(out) and any(r.op_type != "QuantizeLinear" for r in readers[out]):
+            pad.output[0] = f"{out}_float"
+            new_q, new_dq = onnx.NodeProto(), onnx.NodeProto()
+            new_q.CopyFrom(q)
+            new_dq.CopyFrom(dq)
+            new_q.name, new_dq.name = f"{pad.name or out}_QuantizeLinear", f"{pad.name or out}_DequantizeLinear"
+            new_q.input[0], new_q.output[0] = pad.output[0], f"{out}_quantized"
+            new_dq.input[0], new_dq.output[0] = new_q.output[0], out
+            after[id(pad)] = [new_q, new_dq]
+        moved.append(pad.name)
+    nodes = [m for n in graph.node for m in [n, *after.get(id(n), [])]]  # the moved pair right after its Pad
+    for _ in range(2):  # the DQs nothing reads any more, then their Qs
+        used = {t for n in nodes for t in n.input} | {o.name for o in graph.output}
+        nodes = [n for n in nodes if n.op_type not in QDQ or any(t in used for t in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return moved

@@ -1,8 +1,7 @@
-"""Target `onnx`: ONNX artifacts (fp32, fp16, int8 QDQ, dynamic int8) run with onnxruntime's CPU EP."""
+"""Target `onnx`: ONNX artifacts (fp32, fp16, int8 QDQ, dynamic int8) run with onnxruntime's CPU EP (and OpenVINO)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from deployc.passes.onnx_util import io_specs, op_counts
 from deployc.passes.sensitivity import QUANTIZABLE, fallback_units
 from deployc.passes.simplify import Simplify, SimplifyConfig
 from deployc.passes.tensorrt_qdq import WEIGHTED
+from deployc.targets import onnx_openvino as ov_runtime
 from deployc.targets.metadata import artifact_metadata, name_outputs, output_names, save_onnx, with_layout
 from deployc.targets.quantized_details import (
     DYNAMIC_OPS,
@@ -36,7 +36,19 @@ from deployc.validation.remedies import fallback_remedy, fallback_steps, spec_re
 
 Precision = Literal["fp32", "fp16", "int8", "dynamic"]
 Runtime = Literal["onnxruntime", "openvino"]
-OPENVINO = "@openvino"  # precision suffix of the twin artifact OpenVINO validates (same file)
+Int8Placement = Literal["auto", "onnxruntime", "openvino"]  # auto: each runtime's own (one int8 file per runtime)
+OPENVINO = ov_runtime.RUNTIME
+PLACEMENT_RULES = {  # what each int8 placement does (passes/cpu_int8.py, passes/openvino_qdq.py)
+    "onnxruntime": "Q/DQ on the inputs and output of every quantizable op (onnxruntime's QLinear kernels)",
+    "openvino": "Q/DQ on the inputs of Conv/Gemm/MatMul, residual Adds and mean pools, one range per Concat, none into "
+    "a Pad (what OpenVINO fuses)",
+}
+
+
+def _split(precision: str) -> tuple[str, str]:
+    """('int8', 'openvino') for the row 'int8@openvino', ('int8', 'onnxruntime') for 'int8'."""
+    base, _, runtime = precision.partition("@")
+    return base, runtime or "onnxruntime"
 
 
 CHANNEL_PROBE_SAMPLES = 16  # calibration samples the per-tensor channel-range warnings look at
@@ -64,16 +76,19 @@ class OnnxOptions(BaseModel):
     cpu: CpuName = Field(
         "auto", description="CPU the int8 artifact is tuned for (passes/cpu_int8.py); auto: the build machine's"
     )
-    int8_placement: Placement = Field(
-        "onnxruntime",
-        description="whose int8 fusions the int8 artifact's Q/DQ follow (passes/openvino_qdq.py): onnxruntime (its "
-        "QLinear kernels, Q/DQ on every op) or openvino (Q/DQ only on Conv/Gemm/MatMul inputs, one scale per Concat: "
-        "YOLOv8n as fast as NNCF's int8 on OpenVINO, but 3x slower on onnxruntime, whose Convs then run in float)",
+    int8_placement: Int8Placement = Field(
+        "auto",
+        description="whose int8 fusions the int8 Q/DQ follow (passes/openvino_qdq.py): onnxruntime (its QLinear "
+        "kernels, Q/DQ on every op's output) or openvino (Q/DQ only on Conv/Gemm/MatMul inputs, one scale per Concat; "
+        "onnxruntime then runs YOLOv8n's Convs in float, 3x slower), each one int8 file that every runtime in "
+        "`runtimes` validates; auto (default): one int8 file per runtime in `runtimes`, each with its own runtime's "
+        "placement: 'int8' for onnxruntime and, with openvino listed, 'int8@openvino' (<name>.int8.openvino.onnx)",
     )
     runtimes: list[Runtime] = Field(
         default_factory=lambda: ["onnxruntime"],
         description="runtimes each artifact is validated and timed on; openvino (the `openvino` extra) adds a row "
-        "'<precision>@openvino' per artifact for the same file, run with f32 inference precision",
+        "'<precision>@openvino' per artifact, run with f32 inference precision: the same file as the onnxruntime row, "
+        "except int8 with int8_placement: auto, which gets its own file",
     )
 
     @field_validator("runtimes")
@@ -189,12 +204,12 @@ class OnnxTarget(Target):
     def remedy_stages(self, artifact: Artifact, lowered: ModelState) -> tuple[str, ...]:
         # int8 quantized here: not a graph a pass already quantized (qat, quantize.*), which carries its own ranges
         quantized_here = (
-            artifact.precision == "int8" and "quantized" not in lowered.facts and "qat" not in lowered.facts
+            _split(artifact.precision)[0] == "int8" and "quantized" not in lowered.facts and "qat" not in lowered.facts
         )
         return REMEDY_STAGES if quantized_here and artifact.path is not None else ()
 
     def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: ModelState, ctx: Context) -> list[Remedy]:
-        settings = quantizer_settings(self.options.cpu, self.options.int8_placement)
+        settings = quantizer_settings(self.options.cpu, self.placement(_split(artifact.precision)[1]))
 
         def int8(remedy: Remedy) -> ModelState:  # the trial's graph before CPU tuning (the pass memo has it)
             return quantize_for("int8", lowered, ctx.for_remedy(remedy, ctx.work_dir), **settings)
@@ -213,19 +228,31 @@ class OnnxTarget(Target):
         super().__init__(options)
         self._sessions: dict[str, Any] = {}
 
+    def placement(self, runtime: str) -> Placement:
+        """The Q/DQ placement of the int8 file `runtime` validates: the configured one, or with auto its own."""
+        chosen = self.options.int8_placement
+        return runtime if chosen == "auto" else chosen  # type: ignore[return-value]
+
+    def own_int8_files(self) -> list[str]:
+        """Runtimes besides onnxruntime that get an int8 file of their own (int8_placement: auto)."""
+        if self.options.int8_placement != "auto" or "int8" not in self.options.precision:
+            return []
+        return [r for r in self.options.runtimes if r != "onnxruntime"]
+
+    def precisions(self) -> list[str]:
+        """The configured precisions, each runtime's own int8 file right after int8 ('int8@openvino')."""
+        own = [f"int8@{r}" for r in self.own_int8_files()]
+        return [q for p in self.options.precision for q in ([p, *own] if p == "int8" else [p])]
+
     def lower(self, state: ModelState, ctx: Context) -> ModelState:
         return lower_to_onnx(state, ctx, self.options.opset, self.options.simplify)
 
     def emit(self, state: ModelState, base: ModelState, ctx: Context, precision: str) -> Artifact:
-        import onnxruntime
-
+        precision, runtime = _split(precision)
+        placement = self.placement(runtime)
         already = next((f.split(":", 1)[1] for f in base.facts if f.startswith("precision:")), None)
-        done = quantize_for(
-            precision,
-            base,
-            ctx,
-            **(quantizer_settings(self.options.cpu, self.options.int8_placement) if precision == "int8" else {}),
-        )
+        settings = quantizer_settings(self.options.cpu, placement) if precision == "int8" else {}
+        done = quantize_for(precision, base, ctx, **settings)
         label = already if precision == "fp32" and already else precision
         if label == "int8" and "qat" in base.facts and profile(self.options.cpu).reduce_range:
             ctx.instruments.log(
@@ -233,17 +260,13 @@ class OnnxTarget(Target):
                 "saturate on an x86 CPU without VNNI (such as this one); the gate measures the result here"
             )
         if label == "int8":  # CPU-specific graph tuning and the float-island check (passes/cpu_int8.py)
-            done = run_pass(
-                CpuInt8(CpuInt8Config(cpu=self.options.cpu, placement=self.options.int8_placement)), done, ctx
-            )
+            done = run_pass(CpuInt8(CpuInt8Config(cpu=self.options.cpu, placement=placement)), done, ctx)
         coverage = int8_coverage_of(label, done, ctx)
         if label == "dynamic" and coverage is not None and _negligible(coverage):
-            return Artifact(
-                self.name,
+            return self._artifact(
                 label,
                 None,
-                "onnxruntime",
-                onnxruntime.__version__,
+                runtime,
                 details={"int8_coverage": coverage.to_json()},
                 skipped=f"not emitted: {_what_becomes_int8(coverage)} ({DYNAMIC_OPS}; "
                 f"{float_reasons('onnx/dynamic', coverage, [], done.onnx) or 'the graph has no weighted op'}); "
@@ -252,92 +275,72 @@ class OnnxTarget(Target):
             )
         if coverage is not None and not coverage.int8_ops:
             raise NothingInInt8(coverage, float_reasons(f"onnx/{label}", coverage, list(done.history), done.onnx))
-        path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}.onnx"
+        own = runtime != "onnxruntime"  # a file for that runtime alone (int8_placement: auto)
+        row = f"{label}@{runtime}" if own else label
+        path = ctx.work_dir / "onnx" / f"{ctx.config.name}.{label}{f'.{runtime}' if own else ''}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
         ins, outs = (with_layout(e) for e in io_specs(done.onnx))
-        metadata = artifact_metadata(ctx, self.name, label, ins, outs)
+        metadata = artifact_metadata(ctx, self.name, row, ins, outs)
         save_onnx(done.onnx, path, metadata)
-        return Artifact(
-            target=self.name,
-            precision=label,
-            path=path,
-            runtime="onnxruntime",
-            runtime_version=onnxruntime.__version__,
+        notes = _int8_notes(label, base, done, ctx) if not own else {}  # the same ranges: warned once, on 'int8'
+        return self._artifact(
+            row,
+            path,
+            runtime,
             inputs=ins,
             outputs=outs,
             details={
                 "opset": next((o.version for o in done.onnx.opset_import if o.domain in ("", "ai.onnx")), None),
                 "ops": op_counts(done.onnx),
-                "execution_provider": "CPUExecutionProvider",
-                "threads": self.options.threads,
-                "metadata": metadata,
-                **merged(
-                    _int8_notes(label, base, done, ctx), quantized_details(f"onnx/{label}", coverage, base, done, ctx)
+                **self._how(runtime),
+                **(
+                    {"int8_placement": {"runtime": placement, "rules": PLACEMENT_RULES[placement]}}
+                    if label == "int8"
+                    else {}
                 ),
+                "metadata": metadata,
+                **merged(notes, quantized_details(f"onnx/{row}", coverage, base, done, ctx)),
             },
-            perf={"int8_tuned_for": profile(self.options.cpu).describe()} if label == "int8" else {},
+            perf={"int8_tuned_for": profile(self.options.cpu, placement).describe()} if label == "int8" else {},
             history=done.history[len(state.history) :],
         )
 
+    def _artifact(self, precision: str, path: Any, runtime: str, **fields: Any) -> Artifact:
+        """An artifact row run on `runtime` (skipped, with the reason, when that runtime is missing here)."""
+        import onnxruntime
+
+        if runtime == OPENVINO:
+            version, missing = ov_runtime.openvino_version(), ov_runtime.openvino_missing()
+        else:
+            version, missing = onnxruntime.__version__, None
+        skipped = fields.pop("skipped", None) or missing
+        return Artifact(self.name, precision, path, runtime, version, skipped=skipped, **fields)
+
+    def _how(self, runtime: str) -> dict[str, Any]:
+        """How `runtime` runs a row (what its gate and latency measure)."""
+        how = ov_runtime.openvino_details() if runtime == OPENVINO else {"execution_provider": "CPUExecutionProvider"}
+        return {**how, "threads": self.options.threads}
+
     def build(self, state: ModelState, ctx: Context, finish: Any = None) -> list[Artifact]:
         artifacts = super().build(state, ctx, finish)
-        if "openvino" not in self.options.runtimes:
+        if OPENVINO not in self.options.runtimes:
             return artifacts
         done = finish or (lambda art, reemit, lowered: art)
-        return artifacts + [done(_on_openvino(a), None, None) for a in artifacts if a.path is not None]
+        own = {a.precision for a in artifacts if a.runtime == OPENVINO}
+        twins = [a for a in artifacts if a.path is not None and a.runtime == "onnxruntime"]
+        return artifacts + [
+            done(ov_runtime.on_openvino(a), None, None) for a in twins if f"{a.precision}{ov_runtime.SUFFIX}" not in own
+        ]
 
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         key = f"{artifact.runtime}:{artifact.path}"
         if key not in self._sessions:
-            opener = _openvino_model if artifact.runtime == "openvino" else session
+            opener = ov_runtime.openvino_model if artifact.runtime == OPENVINO else session
             self._sessions[key] = opener(str(artifact.path), self.options.threads)
-        if artifact.runtime == "openvino":
+        if artifact.runtime == OPENVINO:
             result = self._sessions[key](batch)
             return [np.asarray(result[out]) for out in self._sessions[key].outputs]
         return self._sessions[key].run(None, batch)
 
     def close(self, artifact: Artifact) -> None:
         self._sessions.pop(f"{artifact.runtime}:{artifact.path}", None)
-
-
-def openvino_missing() -> str | None:
-    """None when OpenVINO can run here, else why not."""
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'deployc[openvino]')"
-    return None
-
-
-def _openvino_model(path: str, threads: int | None) -> Any:
-    """An OpenVINO CPU model of an ONNX file; f32 inference precision: on CPUs with bf16 units OpenVINO would
-    otherwise run the float part in bf16, which the gate would then measure instead of the artifact."""
-    import openvino as ov
-
-    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(path, "CPU", config)
-
-
-def _on_openvino(art: Artifact) -> Artifact:
-    """The twin of an onnx artifact that OpenVINO validates: the same file, its own gate and latency."""
-    missing = openvino_missing()
-    version = "" if missing else importlib.metadata.version("openvino")
-    return Artifact(
-        art.target,
-        f"{art.precision}{OPENVINO}",
-        art.path,
-        "openvino",
-        version,
-        inputs=art.inputs,
-        outputs=art.outputs,
-        details={
-            "same_file_as": art.label,
-            "inference_precision": "f32",
-            "device": "CPU",
-            **({"int8_coverage": art.details["int8_coverage"]} if "int8_coverage" in art.details else {}),
-        },
-        skipped=missing,
-        history=art.history,
-    )

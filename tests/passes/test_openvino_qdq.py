@@ -18,7 +18,7 @@ from deployc.compiler.manager import run_pass
 from deployc.core.ort import session
 from deployc.core.state import ModelState, TensorSpec
 from deployc.data.dataset import Dataset
-from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, quantizer_settings
+from deployc.passes.cpu_int8 import CpuInt8, CpuInt8Config, quantizer_settings, spatial_means_to_global_pool
 from deployc.passes.export import export_onnx
 from deployc.passes.openvino_qdq import PASS_INT8, WEIGHTED, openvino_placement, range_groups
 from deployc.passes.quantize import Int8Config, quantize_int8
@@ -100,6 +100,19 @@ def _openvino_layers(proto) -> collections.Counter:
     )
     info = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
     return collections.Counter((i["layerType"].astype(str), i["runtimePrecision"].astype(str)) for i in info)
+
+
+def _openvino_ops(proto) -> list[tuple[str, str]]:
+    """(layer type, output precision) of each layer OpenVINO's CPU plugin compiles, 1 thread, f32 precision."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        ov.Core().read_model(proto.SerializeToString(), b""),
+        "CPU",
+        {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"},
+    )
+    info = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+    return [(i["layerType"].astype(str), i["outputPrecisions"].astype(str)) for i in info]
 
 
 def test_each_concat_and_what_feeds_it_share_one_range(block):
@@ -198,3 +211,107 @@ def test_dropping_a_pair_keeps_the_activation_folded_into_it():
     assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
     layers = _openvino_layers(placed)  # no clamp between the MaxPool and the next Conv: that Conv stays int8
     assert layers[("Convolution", "u8")] == 4 and layers[("Convolution", "f32")] == 0
+
+
+def _sliced_then_padded() -> onnx.ModelProto:
+    """basic-pitch's harmonic stacking in miniature, as onnxruntime's quantizer writes it: Slice, then a constant
+    Pad, each between Q/DQ pairs with a non-zero zero point; the sliced tensor also feeds a Conv of its own."""
+    from onnx import TensorProto, helper
+
+    nodes = []
+    inits = [numpy_helper.from_array(np.float32(0.01), "s"), numpy_helper.from_array(np.uint8(90), "z")]
+
+    def qdq(t: str) -> str:
+        nodes.append(helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"], name=f"{t}_Q"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_dq"], name=f"{t}_DQ"))
+        return f"{t}_dq"
+
+    for name, value in (("starts", [4]), ("ends", [20]), ("axes", [2]), ("pads", [0, 0, 0, 0, 0, 0, 4, 0])):
+        inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    nodes.append(helper.make_node("Slice", [qdq("x"), "starts", "ends", "axes"], ["sliced"], name="slice"))
+    sliced = qdq("sliced")
+    nodes.append(helper.make_node("Pad", [sliced, "pads"], ["padded"], name="pad", mode="constant"))
+    nodes.append(helper.make_node("Pad", [sliced, "pads"], ["kept"], name="pad_kept_float", mode="constant"))
+    rng = np.random.default_rng(0)
+    for k, src in enumerate([qdq("padded"), sliced, "kept"]):  # the last as if quantize.exclude named its Pad
+        inits += [
+            numpy_helper.from_array(rng.integers(-100, 100, (8, 8, 1, 1)).astype(np.int8), f"w{k}"),
+            numpy_helper.from_array(np.full(8, 0.01, np.float32), f"w{k}_scale"),
+            numpy_helper.from_array(np.zeros(8, np.int8), f"w{k}_zero"),
+        ]
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{k}", f"w{k}_scale", f"w{k}_zero"], [f"w{k}_dq"], axis=0))
+        nodes.append(helper.make_node("Conv", [src, f"w{k}_dq"], [f"y{k}"], name=f"conv{k}"))
+
+    def io(name: str, shape: list) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    outputs = [io("y0", ["n", 8, 20, 1]), io("y1", ["n", 8, 16, 1]), io("y2", ["n", 8, 20, 1])]
+    graph = helper.make_graph(nodes, "sliced_then_padded", [io("x", ["n", 8, 20, 1])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_no_pad_reads_a_dequantized_tensor_and_openvino_computes_what_onnxruntime_does():
+    import openvino as ov
+
+    qdq = _sliced_then_padded()
+    onnx.checker.check_model(qdq)
+    placed, _ = openvino_placement(qdq)
+    onnx.checker.check_model(placed)
+    producer, readers = _producers(placed), _readers(placed)
+    pads = [n for n in placed.graph.node if n.op_type == "Pad"]
+    assert [producer[p.input[0]].op_type for p in pads] == ["Slice", "Slice"]  # float in, the pairs after them
+    assert [[r.op_type for r in readers[p.output[0]]] for p in pads] == [["QuantizeLinear"]] * 2  # one pair each
+    convs = [n for n in placed.graph.node if n.op_type == "Conv"]
+    assert all(producer[c.input[0]].op_type == "DequantizeLinear" for c in convs)  # every Conv still reads int8
+    x = np.random.default_rng(1).normal(0.3, 0.4, (2, 8, 20, 1)).astype(np.float32)
+    expected = session(qdq).run(None, {"x": x})
+    assert all(np.array_equal(a, b) for a, b in zip(expected, session(placed).run(None, {"x": x})))  # exact
+    # OpenVINO 2026.4 computed y0 off by up to 2.9 (outputs within ±2.7) with a DequantizeLinear feeding a Pad
+    compiled = ov.Core().compile_model(ov.Core().read_model(placed.SerializeToString(), b""), "CPU")
+    got = compiled({"x": x})
+    for out, want in zip(compiled.outputs, expected):
+        assert np.abs(np.asarray(got[out]) - want).max() < 0.05
+
+
+class Downsampling(nn.Module):
+    """ResNet's shapes: a basic block whose shortcut is a strided 1×1 conv (the residual Add of two conv outputs),
+    then the global mean pool, flatten and the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1), nn.BatchNorm2d(32))
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 32, 1, 2), nn.BatchNorm2d(32))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x)))
+
+
+def test_the_residual_add_and_the_pooled_head_stay_int8_as_in_nncf_models():
+    torch.manual_seed(0)
+    model = Downsampling().eval()
+    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
+    fp32 = simplify_proto(export_onnx(model, state))
+    rng = np.random.default_rng(0)
+    calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
+    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    placed, _ = openvino_placement(spatial_means_to_global_pool(int8)[0])  # as cpu.int8 runs them
+    onnx.checker.check_model(placed)
+    producer = _producers(placed)
+    add = next(n for n in placed.graph.node if n.op_type == "Add")
+    assert [producer[t].op_type for t in add.input] == ["DequantizeLinear"] * 2  # both conv outputs int8
+    pool = next(n for n in placed.graph.node if n.op_type == "GlobalAveragePool")
+    assert producer[pool.input[0]].op_type == "DequantizeLinear"  # the pool reads int8
+    gemm = next(n for n in placed.graph.node if n.op_type == "Gemm")
+    assert producer[gemm.input[0]].op_type == "DequantizeLinear"  # every int8 Conv/Gemm reads a DQ (coverage)
+    probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
+    expected, got = session(fp32).run(None, probe)[0], session(placed).run(None, probe)[0]
+    assert float((expected * got).sum() / np.linalg.norm(expected) / np.linalg.norm(got)) > 0.99
+    layers = _openvino_layers(placed)
+    assert layers[("Convolution", "u8")] == 4 and layers[("FullyConnected", "u8")] == 1
+    assert layers[("Reduce", "u8")] == 1  # the mean of the int8 tensor
+    convs = [info for info in _openvino_ops(placed) if info[0] == "Convolution"]
+    assert all(out in ("u8", "i8") for _, out in convs)  # the residual's Conv wrote f32 for a Reorder to convert
