@@ -117,6 +117,17 @@ class Artifact:
     def label(self) -> str:
         return f"{self.target}/{self.precision}"
 
+    @property
+    def kind(self) -> str:
+        """The precision without a runtime row's suffix ('int8' for 'int8@openvino'): what the gates key on."""
+        return self.precision.partition("@")[0]
+
+    @property
+    def row(self) -> str:
+        """The runtime row ('@openvino'), '' for the target's own runtime: a row compares with its own fp32."""
+        runtime = self.precision.partition("@")[2]
+        return f"@{runtime}" if runtime else ""
+
 
 @dataclass(frozen=True)
 class Remedy:

@@ -27,7 +27,7 @@ def diagnose(artifacts: list[Artifact], upstream: str | None, rules: ValidateCon
     if upstream:
         return f"accuracy lost before export and quantization: {upstream}; every artifact inherits it"
     drifted = [a for a in failed if needs_remedy(a, rules)]
-    fp32 = [a for a in drifted if a.precision == "fp32"]
+    fp32 = [a for a in drifted if a.kind == "fp32"]
     if fp32:
         shown = ", ".join(f"{a.label} ({_drift(a)})" for a in fp32)
         return (

@@ -26,7 +26,7 @@ def batch_of(artifact: Artifact, wanted: int) -> int:
     """Samples a validation batch of `artifact`: one for dynamic quantization, whose activation scales come from the
     whole batch (its outputs change with the samples beside them: resemblyzer's by 0.17, its gate from pass to fail
     as the memory budget resized the batches), so its verdict is each sample's alone, as one request gets it."""
-    return 1 if artifact.precision.split("@")[0] == "dynamic" else wanted
+    return 1 if artifact.kind == "dynamic" else wanted
 
 
 def inference_batches(target: Target, artifact: Artifact, data: Dataset, wanted: int) -> memory.Guard:
@@ -57,7 +57,7 @@ def _float_ops(artifact: Artifact) -> str:
 def coverage_warning(artifact: Artifact) -> str | None:
     """A warning for an int8/dynamic artifact that is mostly float, naming the float ops."""
     share, unit = coverage_of(artifact)
-    if artifact.precision not in ("int8", "dynamic") or share is None or share >= LOW_INT8_COVERAGE:
+    if artifact.kind not in ("int8", "dynamic") or share is None or share >= LOW_INT8_COVERAGE:
         return None
     return f"{artifact.label} runs only {share:.0%} of its {unit} in int8; float ops: {_float_ops(artifact)}"
 
@@ -65,7 +65,7 @@ def coverage_warning(artifact: Artifact) -> str | None:
 def coverage_gate(artifact: Artifact, minimum: float | None) -> dict[str, str] | None:
     """A failed gate for an int8/dynamic artifact below validate.min_int8_coverage; None when it holds or is unset."""
     share, unit = coverage_of(artifact)
-    if minimum is None or share is None or share >= minimum or artifact.precision not in ("int8", "dynamic"):
+    if minimum is None or share is None or share >= minimum or artifact.kind not in ("int8", "dynamic"):
         return None
     reason = (
         f"int8 coverage {share:.0%} of {unit} is below validate.min_int8_coverage {minimum:.0%} "

@@ -24,10 +24,10 @@ def latency_gate(artifacts: list[Any], mode: str = "warn") -> list[str]:
     if mode == "off":
         return []
     found = []
-    fp32 = {a.target: a for a in artifacts if a.precision == "fp32" and a.perf}
+    fp32 = {(a.target, a.row): a for a in artifacts if a.kind == "fp32" and a.perf}  # each runtime row its own
     for a in artifacts:
-        base = fp32.get(a.target)
-        if a.precision not in ("int8", "dynamic") or base is None or not a.perf:
+        base = fp32.get((a.target, a.row))
+        if a.kind not in ("int8", "dynamic") or base is None or not a.perf:
             continue
         if proxy_runtime(a.runtime, a.details):  # a stand-in's timing says nothing of the engine's int8 speed
             continue

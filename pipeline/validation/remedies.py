@@ -63,11 +63,11 @@ def loss_before_quantization(
 ) -> str | None:
     """Why remedies cannot help a quantized artifact that fails on drift: the torch-level passes already lost the
     accuracy (`upstream`, from their checks), or its target's fp32 artifact already fails. None when neither holds."""
-    if art.precision == "fp32" or not needs_remedy(art, rules):
+    if art.kind == "fp32" or not needs_remedy(art, rules):
         return None
     if upstream:
         return f"the loss comes before quantization: {upstream}; int8 remedies not tried"
-    fp32 = next((a for a in earlier if a.target == art.target and a.precision == "fp32"), None)
+    fp32 = next((a for a in earlier if (a.target, a.row, a.kind) == (art.target, art.row, "fp32")), None)
     if fp32 is not None and needs_remedy(fp32, rules):
         drift = fp32.metrics.get("drift")
         shown = f"drift {drift:+.4g}" if isinstance(drift, (int, float)) else fp32.gate.get("reason", "failed")
