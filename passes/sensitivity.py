@@ -125,7 +125,7 @@ def _float_outputs(proto: Any) -> dict[str, Any]:
 
 def layer_outputs(proto: Any, names: list[str], data: Dataset, batch: int = 64) -> dict[str, np.ndarray]:
     """The named intermediate tensors of `proto` over `data` (graph unoptimised, so every name survives)."""
-    sess = session(_with_outputs(proto, names), optimize=False)
+    sess = session(_with_outputs(proto, names), optimize=False, spin=False)
     feeds = {i.name for i in sess.get_inputs()}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for x, _ in data.batches(batch):
