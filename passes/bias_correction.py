@@ -157,10 +157,7 @@ _SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a
 def _graph_key(fp32: Any, data: Dataset, batch: int) -> str:
     import hashlib
 
-    digest = hashlib.sha256(fp32.SerializeToString(deterministic=True) + str(batch).encode())
-    for name in sorted(data.inputs):
-        digest.update(name.encode() + data.inputs[name].tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(fp32.SerializeToString(deterministic=True) + f"{batch}:{data.digest}".encode()).hexdigest()
 
 
 def _quantizer_key(q: Any, values: dict) -> tuple:
