@@ -65,13 +65,15 @@ class Dataset:
 
     @functools.cached_property
     def digest(self) -> str:
-        """sha256 of the inputs (names, dtypes, shapes, values): the key under which stages memoize what they
-        computed from these samples, hashed once (77 MB of samples took 0.2 s a stage, several stages a trial)."""
+        """sha256 of the inputs (names, dtypes, shapes, values) and labels: the key under which the pass cache and
+        the stages memoize what they computed from these samples, hashed once (77 MB of samples took 0.2 s a
+        stage, several stages a remedy trial)."""
         h = hashlib.sha256()
-        for name in sorted(self.inputs):
-            value = np.ascontiguousarray(self.inputs[name])
+        named = {f"input:{k}": v for k, v in self.inputs.items()} | {"labels": self.labels}
+        for name, value in sorted((k, v) for k, v in named.items() if v is not None):
+            value = np.ascontiguousarray(value)
             h.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
-            h.update(memoryview(value).cast("B"))
+            h.update(value.tobytes())
         return h.hexdigest()
 
     def batch_len(self, batch: dict[str, np.ndarray]) -> int:
