@@ -56,7 +56,7 @@ def streamed(
     have = {o.name for o in exposed.graph.output}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in run_names if n not in have)
     size = batch or guarded(per_sample_bytes(proto, names, data), data, what)
-    sess = session(exposed, optimize=False)
+    sess = session(exposed, optimize=False, spin=False)
     feeds = {i.name for i in sess.get_inputs()}
     for x, _ in data.batches(size):
         values = (

@@ -15,6 +15,7 @@ others are left as they are and counted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,10 +157,7 @@ _SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a
 def _graph_key(fp32: Any, data: Dataset, batch: int) -> str:
     import hashlib
 
-    digest = hashlib.sha256(fp32.SerializeToString(deterministic=True) + str(batch).encode())
-    for name in sorted(data.inputs):
-        digest.update(name.encode() + data.inputs[name].tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(fp32.SerializeToString(deterministic=True) + f"{batch}:{data.digest}".encode()).hexdigest()
 
 
 def _quantizer_key(q: Any, values: dict) -> tuple:
@@ -172,6 +170,40 @@ def _keep(graph: str) -> None:
     if graph not in graphs and len(graphs) >= _SUMS_GRAPHS:
         for k in [k for k in _SUMS if k[0] == graphs[0]]:
             del _SUMS[k]
+
+
+CHUNK = 1 << 18  # values converted to float64 at a time: the scratch stays in cache
+
+
+def _channel_sums(x: np.ndarray, axis: int, q: tuple[np.ndarray, np.ndarray, int, int] | None) -> np.ndarray:
+    """Per index of `axis`: the sum of x (q None), or of its per-tensor quantizer's clipped integer levels less
+    the zero point, clip(round(x/scale) + zp, lo, hi) - zp, which sum exactly in float64 (they are integers): the
+    sum of Q(x) - x is scale times theirs less the sum of x, without a float sum per value. x/scale is divided in float64, as the quantizer's rounding
+    needs, a chunk at a time. A per-axis quantizer: the sum of Q(x) - x itself."""
+    if q is not None and np.ndim(q[0]) != 0:
+        scale, zp, lo, hi = q
+        x64 = np.asarray(x, np.float64)
+        err = (np.clip(np.round(x64 / scale) + zp, lo, hi) - zp) * scale - x64
+        return err.sum(axis=tuple(a for a in range(x.ndim) if a != axis))
+    pre, channels, post = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :])
+    view = np.ascontiguousarray(x).reshape(pre, channels, post)
+    rows = max(1, CHUNK // max(channels * post, 1))
+    step = channels if channels * post <= CHUNK else max(1, CHUNK // max(post, 1))
+    scratch = np.empty(min(pre, rows) * min(step, channels) * post, np.float64)
+    out = np.zeros(channels, np.float64)
+    for r in range(0, pre, rows):
+        for c in range(0, channels, step):
+            block = view[r : r + rows, c : c + step]
+            buf = scratch[: block.size].reshape(block.shape)
+            if q is None:
+                np.copyto(buf, block)
+            else:
+                scale, zp, lo, hi = q
+                np.divide(block, scale, out=buf)
+                np.rint(buf, out=buf)  # half to even, as np.round
+                np.clip(buf, lo - zp, hi - zp, out=buf)  # level - zp: rint commutes with a clip to integers
+            out[c : c + step] += buf.sum(axis=(0, 2))
+    return out
 
 
 def _input_means(
@@ -209,18 +241,17 @@ def _input_means(
             fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
             fetched.update({k: v for k, v in feed.items() if k in names})
             for key, s in missing.items():
-                x = np.asarray(fetched[s.source], np.float64)
-                axis = key[2] % x.ndim
-                reduce = tuple(a for a in range(x.ndim) if a != axis)
-                if key[3] is None:
-                    summed = x.sum(axis=reduce)
-                else:
-                    scale, zp, lo, hi = _q_params(s.q_node, qdq_values)
-                    summed = ((np.clip(np.round(x / scale) + zp, lo, hi) - zp) * scale - x).sum(axis=reduce)
+                x = fetched[s.source]
+                q = None if key[3] is None else _q_params(s.q_node, qdq_values)
+                summed = _channel_sums(x, key[2] % x.ndim, q)
                 acc = sums.setdefault(key, [0.0, 0])
                 acc[0] = acc[0] + summed
-                acc[1] += x.size // x.shape[axis]
-        _SUMS.update({k: (total, n) for k, (total, n) in sums.items()})
+                acc[1] += x.size // x.shape[key[2] % x.ndim]
+        for key, (total, n) in sorted(sums.items(), key=lambda kv: kv[0][3] is not None):  # sums of x first
+            if key[3] is not None and np.ndim(_q_params(missing[key].q_node, qdq_values)[0]) == 0:
+                scale, zp, _, _ = _q_params(missing[key].q_node, qdq_values)
+                total = total * scale - _SUMS[key[:3] + (None,)][0]  # sum of Q(x) - x
+            _SUMS[key] = (total, n)
     out = {}
     for s in sites:
         (x_sum, n), (err_sum, _) = (_SUMS[k] for k in keys[s.node.name])

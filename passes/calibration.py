@@ -335,10 +335,7 @@ def _method_ranges(stats: Statistics, method: str, percentile: float) -> dict[st
 
 
 def _data_key(proto_bytes: bytes, data: Dataset) -> str:
-    digest = hashlib.sha256(proto_bytes)
-    for name in sorted(data.inputs):
-        digest.update(name.encode() + data.inputs[name].tobytes())
-    return digest.hexdigest()
+    return hashlib.sha256(proto_bytes + data.digest.encode()).hexdigest()
 
 
 def statistics(

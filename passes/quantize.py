@@ -227,10 +227,9 @@ def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smo
 
     if spec.smoothing is None:
         return proto, None
-    digest = hashlib.sha256(proto.SerializeToString(deterministic=True) + repr(spec.smoothing).encode())
-    for name in sorted(samples.inputs):
-        digest.update(name.encode() + samples.inputs[name].tobytes())
-    key = digest.hexdigest()
+    key = hashlib.sha256(
+        proto.SerializeToString(deterministic=True) + f"{spec.smoothing!r}:{samples.digest}".encode()
+    ).hexdigest()
     if key not in _SMOOTHED:
         while len(_SMOOTHED) >= 2:
             _SMOOTHED.pop(next(iter(_SMOOTHED)))

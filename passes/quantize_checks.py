@@ -33,10 +33,7 @@ _EXTREMES: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # graph + samples + te
 def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict, dict]:
     """Per-channel (axis 1) min and max of each named tensor of rank >= 3 over `data`, streamed a batch at a time;
     memoized per tensor, as every remedy trial checks the same float graph."""
-    digest = hashlib.sha256(fp32.SerializeToString(deterministic=True))
-    for name in sorted(data.inputs):
-        digest.update(name.encode() + data.inputs[name].tobytes())
-    key = digest.hexdigest()
+    key = hashlib.sha256(fp32.SerializeToString(deterministic=True) + data.digest.encode()).hexdigest()
     missing = [t for t in names if f"{key}:{t}" not in _EXTREMES]
     low: dict[str, np.ndarray] = {}
     high: dict[str, np.ndarray] = {}

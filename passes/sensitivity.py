@@ -125,7 +125,7 @@ def _float_outputs(proto: Any) -> dict[str, Any]:
 
 def layer_outputs(proto: Any, names: list[str], data: Dataset, batch: int = 64) -> dict[str, np.ndarray]:
     """The named intermediate tensors of `proto` over `data` (graph unoptimised, so every name survives)."""
-    sess = session(_with_outputs(proto, names), optimize=False)
+    sess = session(_with_outputs(proto, names), optimize=False, spin=False)
     feeds = {i.name for i in sess.get_inputs()}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for x, _ in data.batches(batch):
@@ -145,6 +145,29 @@ def _consumer_view(int8: Any) -> dict[str, str]:
     return view
 
 
+CHUNK = 1 << 18  # values taken to float64 at a time: the scratch stays in cache
+
+
+def _squared_sums(ref: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per index of axis 1: the sums of (ref - got)² and of ref², in float64, a chunk of whole rows at a time (no
+    float64 copy of the batch: the ranking compares every tensor of both graphs)."""
+    pre, channels = ref.shape[0], ref.shape[1]
+    post = ref.size // max(pre * channels, 1)
+    ref3, got3 = ref.reshape(pre, channels, post), np.ascontiguousarray(got).reshape(pre, channels, post)
+    rows = max(1, CHUNK // max(channels * post, 1))
+    scratch = np.empty(min(pre, rows) * channels * post, np.float64)
+    err, power = np.zeros(channels, np.float64), np.zeros(channels, np.float64)
+    for r in range(0, pre, rows):
+        a, b = ref3[r : r + rows], got3[r : r + rows]
+        buf = scratch[: a.size].reshape(a.shape)
+        np.subtract(a, b, out=buf, dtype=np.float64)
+        np.square(buf, out=buf)
+        err += buf.sum(axis=(0, 2))
+        np.square(a, out=buf, dtype=np.float64)
+        power += buf.sum(axis=(0, 2))
+    return err, power
+
+
 class _ChannelError:
     """channel_nmse accumulated batch by batch: per-channel sums of squared error and of squared reference."""
 
@@ -153,11 +176,10 @@ class _ChannelError:
         self.power: np.ndarray | None = None
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        ref, got = ref.astype(np.float64), got.astype(np.float64).reshape(ref.shape)
+        got = got.reshape(ref.shape)
         if ref.ndim < 2:
             ref, got = ref.reshape(-1, 1), got.reshape(-1, 1)
-        axes = tuple(i for i in range(ref.ndim) if i != 1)
-        err, power = ((ref - got) ** 2).sum(axis=axes), (ref**2).sum(axis=axes)
+        err, power = _squared_sums(ref, got)
         if self.err is None or self.power is None:
             self.err, self.power = err, power
         elif self.err.shape != err.shape:  # axis 1 is no channel axis (its size follows the batch): one channel

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deployc.core.state import ModelState, Table
 from deployc.errors import UsageError, first_line
 from deployc.storage.cache_store import CacheStore
@@ -107,13 +105,7 @@ def state_digest(state: ModelState) -> str:
 def dataset_digest(data: Any) -> str:
     if data is None:
         return "none"
-    h = hashlib.sha256()
-    for name in sorted(data.inputs):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(data.inputs[name]).tobytes())
-    if data.labels is not None:
-        h.update(np.ascontiguousarray(data.labels).tobytes())
-    return h.hexdigest()
+    return data.digest  # hashed once per Dataset: every cacheable pass of every remedy trial reads it
 
 
 @dataclass

@@ -139,3 +139,35 @@ def test_a_second_correction_with_the_same_input_ranges_runs_nothing_and_gives_t
     again, _ = correct_biases(per_tensor, fp32, calib)
     assert len(runs) == 3 and again.SerializeToString() == cold_per_tensor.SerializeToString()
     assert first.SerializeToString() != cold_per_tensor.SerializeToString()  # the trials did differ
+
+
+@pytest.mark.parametrize(
+    "shape,axis,chunk",
+    [
+        ((5, 7, 9, 11), 1, 64),  # several rows a chunk
+        ((3, 6, 50), 1, 64),  # one row is bigger than a chunk: channel blocks
+        ((2, 3, 200), 1, 64),  # one channel is bigger than a chunk
+        ((40, 13), 1, 1 << 18),  # Gemm input: features last
+    ],
+)
+def test_channel_sums_give_the_per_value_sums_of_q_minus_x(shape, axis, chunk, monkeypatch):
+    """The per-channel sum of Q(x) - x, from the integer levels' sums (_channel_sums), equals the sum of Q(x) - x
+    taken value by value in float64, and the levels round half to even and clip as QuantizeLinear does."""
+    from deployc.passes import bias_correction as bc
+
+    monkeypatch.setattr(bc, "CHUNK", chunk)
+    rng = np.random.default_rng(4)
+    x = (rng.normal(0, 2, shape) * 4).round() / 4  # many values on a rounding tie (x/scale = k + 0.5)
+    x = x.astype(np.float32)
+    scale, zp = np.asarray(0.5, np.float64), np.asarray(3.0)
+    q = (scale, zp, 0, 15)  # a narrow range: both ends clip
+    reduce = tuple(a for a in range(x.ndim) if a != axis)
+    x64 = x.astype(np.float64)
+    want = ((np.clip(np.round(x64 / scale) + zp, 0, 15) - zp) * scale - x64).sum(axis=reduce)
+    x_sum = bc._channel_sums(x, axis, None)
+    got = bc._channel_sums(x, axis, q) * scale - x_sum
+    np.testing.assert_allclose(x_sum, x64.sum(axis=reduce), rtol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+    assert np.abs(want).max() > 1.0  # clipping makes the error large: the check is not trivially met
+    levels = bc._channel_sums(x, axis, q)
+    assert np.array_equal(levels, np.round(levels))  # integer level sums, exact in float64

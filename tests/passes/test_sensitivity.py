@@ -102,3 +102,21 @@ def test_streamed_activation_errors_equal_one_run_on_every_sample(hostile_proto,
     assert len(compared) >= 5
     for t in compared:
         assert streamed[producer[t]] == pytest.approx(whole[t], rel=1e-9, abs=1e-15), t
+
+
+def test_squared_sums_in_chunks_equal_the_whole_batch_sums(monkeypatch):
+    """The ranking's per-channel sums, a chunk of rows at a time in float64, are the whole batch's sums."""
+    import numpy as np
+
+    from deployc.passes import sensitivity
+
+    monkeypatch.setattr(sensitivity, "CHUNK", 100)  # several chunks, and rows bigger than one
+    rng = np.random.default_rng(5)
+    for shape in [(7, 3, 5, 4), (4, 30, 9), (9, 6)]:
+        ref = rng.normal(size=shape).astype(np.float32)
+        got = (ref + rng.normal(size=shape) * 0.01).astype(np.float32)
+        r64, g64 = ref.astype(np.float64), got.astype(np.float64)
+        axes = tuple(i for i in range(ref.ndim) if i != 1)
+        err, power = sensitivity._squared_sums(ref, got)
+        np.testing.assert_allclose(err, ((r64 - g64) ** 2).sum(axis=axes), rtol=1e-12)
+        np.testing.assert_allclose(power, (r64**2).sum(axis=axes), rtol=1e-12)

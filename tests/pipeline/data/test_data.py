@@ -99,3 +99,25 @@ def test_label_metric_without_labels_is_rejected(tmp_path: Path, tiny_factory: P
     with pytest.raises(UsageError, match=r"'top1' needs labels, and data.validation \(nolabels.npz\) has none"):
         build(cfg, out=tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_take_gives_one_object_per_count_and_the_digest_tells_samples_apart():
+    """Stages memoize on Dataset.digest: take(n) must hand every stage the same object (hashed once), and the
+    digest must change with any input value, dtype, shape or label."""
+    from deployc.data.dataset import Dataset
+
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    data = Dataset({"x": x}, np.arange(6), "t")
+    assert data.take(6) is data and data.take(10) is data
+    assert data.take(3) is data.take(3) and len(data.take(3)) == 3
+    assert data.take(3).digest == Dataset({"x": x[:3].copy()}, np.arange(3), "other").digest
+    changed = x.copy()
+    changed[5, 3] += 1
+    others = [
+        Dataset({"x": changed}, np.arange(6), "t"),
+        Dataset({"x": x.astype(np.float64)}, np.arange(6), "t"),
+        Dataset({"x": x.reshape(6, 2, 2)}, np.arange(6), "t"),
+        Dataset({"x": x}, np.arange(6) + 1, "t"),
+        Dataset({"y": x}, np.arange(6), "t"),
+    ]
+    assert len({data.digest, *(d.digest for d in others)}) == len(others) + 1
