@@ -160,7 +160,7 @@ def quantize_int8_selected(
         "CalibPercentile": spec.percentile,
     }
     with scratch_dir() as work:
-        src, unrolled = _calibrated(proto, work, spec)
+        src, unrolled = _calibrated(proto, work, spec, samples)
         prepared = unrolled.proto
         selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
         if unrolled.rewritten:  # gate MatMuls int8, gate math float: MatMul outputs stay float (MatMulIntegerToFloat)
@@ -175,7 +175,7 @@ def quantize_int8_selected(
             if smoothing is not None and root is not None:
                 # smoothed: the unsmoothed trial's ranges up to the tensors smoothing changed, those measured on it
                 (work / "plain").mkdir()
-                unsmoothed = _calibrated(plain, work / "plain", spec)[1].proto
+                unsmoothed = _calibrated(plain, work / "plain", spec, samples)[1].proto
                 changed = frozenset(changed_tensors(unsmoothed, prepared, smoothing.changed))
                 base, same_as = ranges_graph(root, unsmoothed), (unsmoothed, set(changed))  # bias correction's too
             cache = calibration_cache(base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed)
@@ -204,14 +204,16 @@ def quantize_int8_selected(
         return Int8Result(quantized, selection, smoothing, concats, correction, recurrent)
 
 
-def _calibrated(proto: Any, work: Any, spec: Int8Config) -> tuple[str, Unrolled]:
-    """The graph quantize_static is given for `proto` (its path in `work`): pre-processed, recurrent ops rewritten."""
+def _calibrated(proto: Any, work: Any, spec: Int8Config, samples: Dataset) -> tuple[str, Unrolled]:
+    """The graph quantize_static is given for `proto` (its path in `work`): pre-processed, recurrent ops rewritten
+    (their Scan bodies' state ranges measured on `samples`)."""
     import onnx
 
     src = _prepared(proto, work)
     signed = spec.symmetric_activations or spec.activation_type == "int8"  # the activation type quantize_static gets
     # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
     unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=signed)
+    unrolled = unrolled.calibrated(samples, spec.calibration_batch)
     if unrolled.rewritten:
         onnx.save(unrolled.proto, src)
     return src, unrolled

@@ -41,10 +41,24 @@ class Unrolled:
     matmuls: tuple[str, ...] = ()  # the gate MatMuls (to run in int8)
     elementwise: tuple[str, ...] = ()  # the gate math and the Scans (to stay float in the main graph)
     body_matmuls: tuple[str, ...] = ()  # 'Scan:MatMul' of the Scan bodies, int8 through their own Q/DQ
+    state_ranges: dict[str, float] = field(default_factory=dict)  # Scan -> max |H| its body quantizes H on
 
     def to_json(self) -> dict[str, Any]:
         found = {"unrolled": list(self.rewritten), "kept": dict(self.kept), "gate_matmuls": len(self.matmuls)}
+        if self.state_ranges:
+            found["scan_state_ranges"] = dict(self.state_ranges)
         return found | ({"scan_body_matmuls": len(self.body_matmuls)} if self.body_matmuls else {})
+
+    def calibrated(self, data: Any, batch: int) -> Unrolled:
+        """This rewrite with each Scan body's H range measured on `data` (passes/recurrent_scan.py)."""
+        from dataclasses import replace
+
+        from deployc.passes.recurrent_scan import calibrate_states
+
+        if not self.body_matmuls:
+            return self
+        proto, ranges = calibrate_states(self.proto, data, batch)
+        return replace(self, proto=proto, state_ranges=ranges)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:

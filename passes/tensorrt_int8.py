@@ -135,6 +135,7 @@ class TensorrtInt8(Pass):
             metrics["smoothing"] = smoothing.to_json()
         # LSTM/GRU gate MatMuls become weighted ops; Scan bodies get TensorRT's symmetric int8
         unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent, signed=True)
+        unrolled = unrolled.calibrated(ctx.calibration.take(cfg.samples), cfg.calibration_batch)
         proto = unrolled.proto
         if unrolled.rewritten or unrolled.kept:
             metrics["recurrent"] = unrolled.to_json()
