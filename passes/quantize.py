@@ -27,6 +27,7 @@ from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.openvino_qdq import shared_ranges
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
@@ -164,7 +165,7 @@ def quantize_int8_selected(
         prepared = unrolled.proto
         selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
         if unrolled.rewritten:  # gate MatMuls int8, gate math float: MatMul outputs stay float (MatMulIntegerToFloat)
-            keep += list(unrolled.elementwise)
+            keep += [*unrolled.elementwise, *unrolled.float_projections]
             outputs_float = options.get("OpTypesToExcludeOutputQuantization", [])
             options = {**options, "OpTypesToExcludeOutputQuantization": sorted({*outputs_float, "MatMul"})}
         out = work / "int8.onnx"
@@ -213,7 +214,7 @@ def _calibrated(proto: Any, work: Any, spec: Int8Config, samples: Dataset) -> tu
     signed = spec.symmetric_activations or spec.activation_type == "int8"  # the activation type quantize_static gets
     # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
     unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=signed)
-    unrolled = unrolled.calibrated(samples, spec.calibration_batch)
+    unrolled = calibrated(unrolled, samples, spec.calibration_batch, signed)
     if unrolled.rewritten:
         onnx.save(unrolled.proto, src)
     return src, unrolled
@@ -264,7 +265,7 @@ def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, An
         metrics["bias_correction"] = result.bias_correction.to_json()
     if result.recurrent is not None:
         metrics["recurrent"] = result.recurrent.to_json()
-        for node, why in result.recurrent.kept.items():
+        for node, why in {**result.recurrent.kept, **result.recurrent.float_projections}.items():
             ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
     for node, why in result.concats_kept.items():
         ctx.instruments.log(f"{where}: '{node}' stays float: {why}")

@@ -5,7 +5,7 @@ recurrence in an ONNX Scan whose body holds the recurrent MatMul H·Rᵀ on Q/DQ
 The body's Q/DQ are written here, not by a quantizer: onnxruntime's quantize_static and TensorRT's placement
 (tensorrt_qdq.py) work on the main graph only. With the default activations every H_t is o ⊙ tanh(c) (LSTM) or a
 convex mix of tanh and H_{t-1} (GRU), so |H| ≤ 1 once |H_0| ≤ 1: the body is built with H on [-1, 1], both ends
-exact, and calibrate_states narrows each body's range to the largest |H| its layer reaches on the calibration
+exact, and passes/recurrent_calibration.py narrows each body's range to the largest |H| its layer reaches on the calibration
 samples (an LSTM's o ⊙ tanh(c) often stays well inside; a saturating GRU keeps [-1, 1]); r ⊙ H of a GRU without
 linear_before_reset shares it (|r ⊙ H| ≤ |H|). The weights R are int8 per output channel (symmetric, as
 onnxruntime's quantizer makes them).
@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import NodeBuilder
 
 INT8, UINT8 = 3, 2  # onnx.TensorProto element types
-H_SCALE = "h_scale"  # the body initializer holding H's quantization step (calibrate_states rewrites it)
+H_SCALE = "h_scale"  # the body initializer holding H's quantization step (with_state_ranges rewrites it)
 
 
 class ScanBody(NodeBuilder):
@@ -109,42 +108,21 @@ def gru_body(body: ScanBody, r: np.ndarray, rb_h: np.ndarray, hidden: int, lbr: 
     return body.graph([(h, hidden), (x, 3 * hidden)], [(h_t, hidden), (y, hidden)])
 
 
-def calibrate_states(proto: Any, data: Dataset, batch: int) -> tuple[Any, dict[str, float]]:
-    """`proto` with the H quantizer of every int8 Scan body on [-m, m], m the largest |H| (initial state and every
-    step) of that Scan on `data`, at most 1; and m per Scan. Measured on `proto` as it is (bodies on [-1, 1])."""
-    import onnx
+def with_state_ranges(proto: Any, ranges: dict[str, float]) -> Any:
+    """`proto` with the H quantizer of each named Scan body on [-m, m] (passes/recurrent_calibration.py measures m)."""
     from onnx import numpy_helper
 
-    from deployc.core.ort import session
     from deployc.passes.onnx_util import copied
 
-    scans = [n for n in proto.graph.node if n.op_type == "Scan" and _h_scale(n) is not None]
-    if not scans:
-        return proto, {}
-    exposed = copied(proto)
-    outputs = {o.name for o in exposed.graph.output}
-    watched = {n.name: (n.input[0], n.output[-1]) for n in scans}  # h0 and Y (every h_t)
-    names = sorted({t for pair in watched.values() for t in pair})
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in outputs)
-    sess = session(exposed, optimize=False)
-    inputs = {i.name for i in sess.get_inputs()}
-    peak = dict.fromkeys(names, 0.0)
-    for feed, _ in data.batches(batch):
-        for name, value in zip(names, sess.run(names, {k: v for k, v in feed.items() if k in inputs})):
-            peak[name] = max(peak[name], float(np.abs(value).max(initial=0.0)))
     out = copied(proto)
-    ranges = {}
-    for node in (n for n in out.graph.node if n.name in watched):
-        m = min(1.0, max(peak[t] for t in watched[node.name]))
-        if m < 1e-6:  # a state that never moves: the fixed range is as good as any
-            continue
-        init = _h_scale(node)
-        init.CopyFrom(numpy_helper.from_array(np.array(m / 127, np.float32), init.name))
-        ranges[node.name] = round(m, 4)
-    return out, ranges
+    for node in (n for n in out.graph.node if n.name in ranges):
+        init = h_scale(node)
+        init.CopyFrom(numpy_helper.from_array(np.array(ranges[node.name] / 127, np.float32), init.name))
+    return out
 
 
-def _h_scale(scan: Any) -> Any | None:
+def h_scale(scan: Any) -> Any | None:
+    """The H step initializer of an int8 Scan body built here (None: another Scan)."""
     body = next((a.g for a in scan.attribute if a.name == "body"), None)
     found = [i for i in body.initializer if i.name.endswith(f"/{H_SCALE}")] if body is not None else []
     return found[0] if found else None

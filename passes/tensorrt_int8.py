@@ -30,6 +30,7 @@ from deployc.passes.onnx_util import op_counts, producers
 from deployc.passes.opset import onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
 from deployc.passes.quantize import smoothed
+from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import unroll_recurrent
 from deployc.passes.tensorrt_qdq import named, place, quantize_placed
 
@@ -137,13 +138,13 @@ class TensorrtInt8(Pass):
             metrics["smoothing"] = smoothing.to_json()
         # LSTM/GRU gate MatMuls become weighted ops; Scan bodies get TensorRT's symmetric int8
         unrolled = unroll_recurrent(quantizer_ready(proto), cfg.recurrent, signed=True)
-        unrolled = unrolled.calibrated(ctx.calibration.take(cfg.samples), cfg.calibration_batch)
+        unrolled = calibrated(unrolled, ctx.calibration.take(cfg.samples), cfg.calibration_batch, signed=True)
         proto = unrolled.proto
         if unrolled.rewritten or unrolled.kept:
             metrics["recurrent"] = unrolled.to_json()
-            for node, why in unrolled.kept.items():
+            for node, why in {**unrolled.kept, **unrolled.float_projections}.items():
                 ctx.instruments.log(f"{self.name}: '{node}' stays in high precision: {why}")
-        placement = place(proto, set(cfg.exclude) | set(cfg.fallback))
+        placement = place(proto, set(cfg.exclude) | set(cfg.fallback) | set(unrolled.float_projections))
         if not placement.weighted:
             kept = "; ".join(f"'{n}': {why}" for n, why in {**placement.kept, **unrolled.kept}.items())
             kept = kept or "the graph has none"

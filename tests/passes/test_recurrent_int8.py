@@ -17,6 +17,7 @@ from deployc.passes.coverage import onnx_int8_coverage
 from deployc.passes.export import export_onnx
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.quantize import Int8Config, quantize_int8_selected
+from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import unroll_recurrent
 from deployc.passes.tensorrt_qdq import place
 
@@ -250,12 +251,12 @@ def _quiet_lstm() -> onnx.ModelProto:
 
 
 def test_state_ranges_from_calibration_cut_the_recurrent_int8_error():
-    """calibrate_states: each Scan body quantizes H on the range H reaches on the calibration samples, not on
+    """recurrent_calibration: each Scan body quantizes H on the range H reaches on the calibration samples, not on
     [-1, 1]; on an LSTM whose states stay within ±0.1 the int8 bodies' error drops at least 4×."""
     proto = _quiet_lstm()
     calib = Dataset({"x": _x(64, 1)}, None, "normal")
     fixed = unroll_recurrent(proto, "scan")
-    measured = fixed.calibrated(calib, 16)
+    measured = calibrated(fixed, calib, 16, signed=False)
     assert len(measured.state_ranges) == 2 and all(0.005 < m < 0.2 for m in measured.state_ranges.values())
     assert measured.to_json()["scan_state_ranges"] == measured.state_ranges
     x = _x(32, 2)
@@ -279,3 +280,37 @@ def test_the_fixed_state_range_holds_both_ends_exactly(signed):
     lo, hi = (-128, 127) if signed else (0, 255)
     h = np.array([-1.0, 0.0, 1.0])
     np.testing.assert_allclose((np.clip(np.round(h / scale) + zero, lo, hi) - zero) * scale, h, atol=1e-6)
+
+
+def _skewed(n: int, seed: int) -> np.ndarray:
+    """Spectrum-like frames: feature j's scale falls 800× across the features, most values near zero in each."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1.0, 1 / 800, FEATURES)
+    return (rng.exponential(1.0, (n, STEPS, FEATURES)) ** 3 * scale / 20).astype(np.float32)
+
+
+def test_a_projection_whose_input_int8_rounds_away_stays_float(monkeypatch):
+    """A first LSTM reading spectrum-like inputs (most values below half a uint8 step): its hoisted projection
+    stays float, with the reason, and the int8 model's error drops; the second layer's projection (reading H)
+    stays int8."""
+    torch.manual_seed(0)
+    module = Recurrent("LSTM", False).eval()
+    with torch.no_grad():
+        module.rnn.weight_ih_l0.mul_(torch.from_numpy(np.geomspace(1.0, 100.0, FEATURES)).float())
+    proto = export_onnx(module, ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+    calib = Dataset({"x": _skewed(64, 1)}, None, "spectra")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    floats = result.recurrent.float_projections
+    assert len(floats) == 1 and "round" in next(iter(floats.values())), floats
+    assert len(result.recurrent.projections) == 2
+    assert result.recurrent.to_json()["float_projections"] == floats
+    coverage = onnx_int8_coverage(result.proto, {"x": _skewed(1, 3)})
+    assert 0.8 < coverage.macs < 1.0
+    x = _skewed(32, 2)
+    want = session(proto).run(None, {"x": x})[0]
+    from deployc.passes import recurrent_calibration
+
+    monkeypatch.setattr(recurrent_calibration, "DEAD_ZONE", 1.0)  # never float: every projection int8
+    all_int8 = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False)).proto
+    errors = [np.abs(session(p).run(None, {"x": x})[0] - want).mean() for p in (result.proto, all_int8)]
+    assert errors[0] < errors[1] / 2, errors  # 6.4e-4 against 1.8e-3
