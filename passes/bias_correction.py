@@ -306,7 +306,11 @@ def correct_biases(
     means = _input_means(fp32, sites, values, data, batch, same_as)
     out = copied(qdq)
     inits = {i.name: i for i in out.graph.initializer}
-    corrected, largest = [], 0.0
+    # bias tensor -> the change each op reading it asks for (in the tensor's own units): one tensor read by several
+    # ops (a decoder's GRU unrolled per step shares its weights and bias) moves once, by the mean of their shifts
+    wanted: dict[str, list[np.ndarray]] = {}
+    readers: dict[str, list[str]] = {}
+    largest = 0.0
     for s in sites:
         mu, eps = means[s.node.name]
         shift = _shift(s, mu, eps)
@@ -314,19 +318,21 @@ def correct_biases(
             skipped[s.node.name] = "its weight shape does not match its input channels"
             continue
         kind, where = s.bias
-        if kind == "int32":
-            init, scale = inits[where.input[0]], values[where.input[1]].astype(np.float64)
-            old = numpy_helper.to_array(init).astype(np.float64)
-            new = np.clip(np.round(old - shift / scale), *INT32).astype(np.int32)
-            bias = old * scale
-        else:
-            init = inits[where]
-            bias = numpy_helper.to_array(init).astype(np.float64)
-            new = (bias - shift).astype(np.float32)
-        if list(new.shape) != list(init.dims):
+        name = where.input[0] if kind == "int32" else where
+        scale = values[where.input[1]].astype(np.float64) if kind == "int32" else 1.0
+        bias = values[name].astype(np.float64) * scale
+        if list(np.shape(shift)) != list(inits[name].dims):
             skipped[s.node.name] = "its bias does not broadcast per output channel"
             continue
-        init.CopyFrom(numpy_helper.from_array(new, init.name))
-        corrected.append(s.node.name)
+        wanted.setdefault(name, []).append(shift / scale)
+        readers.setdefault(name, []).append(s.node.name)
         largest = max(largest, float(np.max(np.abs(shift)) / max(float(np.max(np.abs(bias))), 1e-12)))
+    for name, deltas in wanted.items():
+        old, delta = values[name].astype(np.float64), np.mean(deltas, axis=0)
+        if values[name].dtype == np.int32:
+            new = np.clip(np.round(old - delta), *INT32).astype(np.int32)
+        else:
+            new = (old - delta).astype(np.float32)
+        inits[name].CopyFrom(numpy_helper.from_array(new, name))
+    corrected = [n for name in wanted for n in readers[name]]
     return out, BiasCorrection(tuple(corrected), skipped, largest)

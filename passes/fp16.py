@@ -141,6 +141,15 @@ def without_fp16_round_trips(half: Any, kept: set[str], float_inputs: set[str]) 
         if src is not None and cast_to(src) == TensorProto.FLOAT16 and src.input[0] in fp32_sources:
             n.input[0] = src.input[0]  # a float32 → float32 Cast: a copy, and the fp16 Cast may now be dead
     outputs = {o.name for o in half.graph.output}
+    # the copies themselves: the graph's nodes read the float32 tensor (a chain of kept nodes, e.g. an unrolled
+    # recurrent layer's gate math, otherwise carries one Cast per edge); a copy a graph output or a body reads stays
+    copies = {
+        n.output[0]: n.input[0]
+        for n in half.graph.node
+        if cast_to(n) == TensorProto.FLOAT and n.input[0] in fp32_sources
+    }
+    for n in half.graph.node:
+        n.input[:] = [copies.get(i, i) for i in n.input]
     used = names_read(half.graph) | outputs
     live = [n for n in half.graph.node if n.op_type != "Cast" or n.output[0] in used]
     del half.graph.node[:]
@@ -163,11 +172,13 @@ def topologically_sorted(proto: Any) -> Any:
     return proto
 
 
-def finite_fp16(proto: Any, feeds: Feeds | None) -> Fp16Result:
+def finite_fp16(proto: Any, feeds: Feeds | None, keep: dict[str, str] | None = None) -> Fp16Result:
     """fp16 graph of `proto` with the nodes fp16 cannot hold kept float32 (decided on `feeds` when given; Samples
-    run in batches the memory budget sizes for every intermediate tensor of a run, the same batches for each graph)."""
+    run in batches the memory budget sizes for every intermediate tensor of a run, the same batches for each graph);
+    `keep`: nodes the caller keeps float32 whatever their values (name → why)."""
+    keep = {k: why for k, why in (keep or {}).items() if k in {n.name for n in proto.graph.node}}
     if not feeds:
-        return Fp16Result(convert_fp16(proto))
+        return Fp16Result(convert_fp16(proto, sorted(keep)), dict(keep))
     proto = _named(proto)
     names = [v.name for v in graph_inputs(proto)] + [o for n in proto.graph.node for o in n.output[:1]]
     try:
@@ -177,8 +188,8 @@ def finite_fp16(proto: Any, feeds: Feeds | None) -> Fp16Result:
     except MemoryBudgetExceeded:
         raise
     except Exception:  # samples the graph does not take (e.g. an input batched on axis 1): convert unguided
-        return Fp16Result(convert_fp16(proto))
-    kept = predicted_fp32_nodes(proto, stats)
+        return Fp16Result(convert_fp16(proto, sorted(keep)), dict(keep))
+    kept = predicted_fp32_nodes(proto, stats) | keep
     float_inputs = {v.name for v in graph_inputs(proto) if v.type.tensor_type.elem_type == 1}
     for _ in range(MAX_ROUNDS + 1):
         half = topologically_sorted(

@@ -27,6 +27,7 @@ from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.openvino_qdq import shared_ranges
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
 from deployc.passes.smoothquant import Smoothing, smooth
@@ -160,11 +161,11 @@ def quantize_int8_selected(
         "CalibPercentile": spec.percentile,
     }
     with scratch_dir() as work:
-        src, unrolled = _calibrated(proto, work, spec)
+        src, unrolled = _calibrated(proto, work, spec, samples)
         prepared = unrolled.proto
         selection, nodes, keep, options = _selected(prepared, only, not spec.symmetric_activations)
         if unrolled.rewritten:  # gate MatMuls int8, gate math float: MatMul outputs stay float (MatMulIntegerToFloat)
-            keep += list(unrolled.elementwise)
+            keep += [*unrolled.elementwise, *unrolled.float_projections]
             outputs_float = options.get("OpTypesToExcludeOutputQuantization", [])
             options = {**options, "OpTypesToExcludeOutputQuantization": sorted({*outputs_float, "MatMul"})}
         out = work / "int8.onnx"
@@ -175,7 +176,7 @@ def quantize_int8_selected(
             if smoothing is not None and root is not None:
                 # smoothed: the unsmoothed trial's ranges up to the tensors smoothing changed, those measured on it
                 (work / "plain").mkdir()
-                unsmoothed = _calibrated(plain, work / "plain", spec)[1].proto
+                unsmoothed = _calibrated(plain, work / "plain", spec, samples)[1].proto
                 changed = frozenset(changed_tensors(unsmoothed, prepared, smoothing.changed))
                 base, same_as = ranges_graph(root, unsmoothed), (unsmoothed, set(changed))  # bias correction's too
             cache = calibration_cache(base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed)
@@ -204,14 +205,16 @@ def quantize_int8_selected(
         return Int8Result(quantized, selection, smoothing, concats, correction, recurrent)
 
 
-def _calibrated(proto: Any, work: Any, spec: Int8Config) -> tuple[str, Unrolled]:
-    """The graph quantize_static is given for `proto` (its path in `work`): pre-processed, recurrent ops rewritten."""
+def _calibrated(proto: Any, work: Any, spec: Int8Config, samples: Dataset) -> tuple[str, Unrolled]:
+    """The graph quantize_static is given for `proto` (its path in `work`): pre-processed, recurrent ops rewritten
+    (their Scan bodies' state ranges measured on `samples`)."""
     import onnx
 
     src = _prepared(proto, work)
     signed = spec.symmetric_activations or spec.activation_type == "int8"  # the activation type quantize_static gets
     # after the pre-processing: its Identity elimination would merge the recurrent MatMuls' own copies of H
     unrolled = unroll_recurrent(onnx.load(src), spec.recurrent, signed=signed)
+    unrolled = calibrated(unrolled, samples, spec.calibration_batch, signed)
     if unrolled.rewritten:
         onnx.save(unrolled.proto, src)
     return src, unrolled
@@ -261,7 +264,7 @@ def int8_decisions(result: Int8Result, where: str, ctx: Context) -> dict[str, An
         metrics["bias_correction"] = result.bias_correction.to_json()
     if result.recurrent is not None:
         metrics["recurrent"] = result.recurrent.to_json()
-        for node, why in result.recurrent.kept.items():
+        for node, why in {**result.recurrent.kept, **result.recurrent.float_projections}.items():
             ctx.instruments.log(f"{where}: '{node}' stays float: {why}")
     for node, why in result.concats_kept.items():
         ctx.instruments.log(f"{where}: '{node}' stays float: {why}")

@@ -15,6 +15,9 @@ elementwise gate math stays float (listed in `Unrolled.elementwise`): quantizing
 compounds rounding over time, and it holds a negligible share of the MACs. Written by hand: onnxscript's rewriter
 and onnxruntime have no LSTM/GRU decomposition.
 
+passes/recurrent_calibration.py then measures the rewrite on calibration samples: each Scan body's H range, and
+the hoisted projections whose input int8 cannot hold (kept float).
+
 Not rewritten (left as they are, with the reason): sequence_lens, peepholes, clip, custom activations,
 input_forget, layout 1, a graph below opset 13, and for 'unroll' a sequence length not fixed in the graph.
 """
@@ -41,9 +44,16 @@ class Unrolled:
     matmuls: tuple[str, ...] = ()  # the gate MatMuls (to run in int8)
     elementwise: tuple[str, ...] = ()  # the gate math and the Scans (to stay float in the main graph)
     body_matmuls: tuple[str, ...] = ()  # 'Scan:MatMul' of the Scan bodies, int8 through their own Q/DQ
+    projections: tuple[str, ...] = ()  # the hoisted input projections (MatMul X·Wᵀ of every step at once)
+    state_ranges: dict[str, float] = field(default_factory=dict)  # Scan -> max |H| its body quantizes H on
+    float_projections: dict[str, str] = field(default_factory=dict)  # projection kept float -> why
 
     def to_json(self) -> dict[str, Any]:
         found = {"unrolled": list(self.rewritten), "kept": dict(self.kept), "gate_matmuls": len(self.matmuls)}
+        if self.state_ranges:
+            found["scan_state_ranges"] = dict(self.state_ranges)
+        if self.float_projections:
+            found["float_projections"] = dict(self.float_projections)
         return found | ({"scan_body_matmuls": len(self.body_matmuls)} if self.body_matmuls else {})
 
 
@@ -96,6 +106,7 @@ class _Builder(NodeBuilder):
     def __init__(self, base: str):
         super().__init__(base)
         self.body_matmuls: list[str] = []  # 'scan node:body MatMul' (int8 through the body's own Q/DQ)
+        self.projections: list[str] = []  # the hoisted input projections
 
 
 def _direction(b: _Builder, node: Any, d: int, reverse: bool, x: str, seq: int, tensors: dict) -> tuple:
@@ -109,6 +120,7 @@ def _direction(b: _Builder, node: Any, d: int, reverse: bool, x: str, seq: int, 
     # input projection of every step at once; GRU's recurrent bias of the h gate stays apart when it is reset
     in_bias = wb + rb if not lbr else np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :]])
     (xw,) = b.op("MatMul", [x, b.const(w.T.astype(np.float32), f"d{d}_W_t")], f"d{d}_x_proj")
+    b.projections.append(b.nodes[-1].name)
     (xw,) = b.op("Add", [xw, b.const(in_bias.astype(np.float32), f"d{d}_bias")], f"d{d}_x_bias")
     ones = b.const(np.ones(seq, np.int64), f"d{d}_split")
     steps = b.op("Split", [xw, ones], f"d{d}_steps", outputs=seq, axis=0)
@@ -192,6 +204,7 @@ def _scan_direction(
     lbr = not lstm and bool(_attr(node, "linear_before_reset", 0))
     in_bias = wb + rb if not lbr else np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :]])
     (xw,) = b.op("MatMul", [x, b.const(w.T.astype(np.float32), f"d{d}_W_t")], f"d{d}_x_proj")
+    b.projections.append(b.nodes[-1].name)
     (xw,) = b.op("Add", [xw, b.const(in_bias.astype(np.float32), f"d{d}_bias")], f"d{d}_x_bias")
     batch = b.op(
         "Gather",
@@ -305,7 +318,7 @@ def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_
     inits = {i.name: i for i in proto.graph.initializer}
     lengths, opset = _seq_lengths(proto), onnx_opset(proto)
     out = copied(proto)
-    kept, rewritten, matmuls, elementwise, body_matmuls = {}, [], [], [], []
+    kept, rewritten, matmuls, elementwise, body_matmuls, projections = {}, [], [], [], [], []
     replacement: dict[str, list[Any]] = {}
     new_inits: list[Any] = []
     for k, node in enumerate(nodes):
@@ -324,6 +337,7 @@ def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_
         matmuls += b.matmuls
         elementwise += b.elementwise
         body_matmuls += b.body_matmuls
+        projections += b.projections
     if not rewritten:
         return Unrolled(proto, (), kept)
     new_inits, renamed = _deduplicated(new_inits)
@@ -340,4 +354,6 @@ def unroll_recurrent(proto: Any, mode: str = "scan", signed: bool = False, int8_
     kept_inits = [i for i in out.graph.initializer if i.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept_inits)
-    return Unrolled(out, tuple(rewritten), kept, tuple(matmuls), tuple(elementwise), tuple(body_matmuls))
+    return Unrolled(
+        out, tuple(rewritten), kept, tuple(matmuls), tuple(elementwise), tuple(body_matmuls), tuple(projections)
+    )

@@ -3,10 +3,12 @@ step hoisted out of the recurrence as one MatMul (X·Wᵀ + biases, quantized wi
 recurrence in an ONNX Scan whose body holds the recurrent MatMul H·Rᵀ on Q/DQ int8 inputs plus the float gate math.
 
 The body's Q/DQ are written here, not by a quantizer: onnxruntime's quantize_static and TensorRT's placement
-(tensorrt_qdq.py) work on the main graph only. The hidden state needs no calibration: with the default
-activations every H_t is o ⊙ tanh(c) (LSTM) or a convex mix of tanh and H_{t-1} (GRU), so |H| ≤ 1 once
-|H_0| ≤ 1, and H is quantized on the fixed range [-1, 1] (r ⊙ H of a GRU without linear_before_reset too).
-The weights R are int8 per output channel (symmetric, as onnxruntime's quantizer makes them).
+(tensorrt_qdq.py) work on the main graph only. With the default activations every H_t is o ⊙ tanh(c) (LSTM) or a
+convex mix of tanh and H_{t-1} (GRU), so |H| ≤ 1 once |H_0| ≤ 1: the body is built with H on [-1, 1], both ends
+exact, and passes/recurrent_calibration.py narrows each body's range to the largest |H| its layer reaches on the calibration
+samples (an LSTM's o ⊙ tanh(c) often stays well inside; a saturating GRU keeps [-1, 1]); r ⊙ H of a GRU without
+linear_before_reset shares it (|r ⊙ H| ≤ |H|). The weights R are int8 per output channel (symmetric, as
+onnxruntime's quantizer makes them).
 onnxruntime fuses each DQ → MatMul ← DQ of the body into MatMulIntegerToFloat (its graph transformers recurse
 into Scan bodies), so a step costs one int8 GEMV plus the gate ops, not one node per step of the unrolled form.
 A MatMul output is added with Sum, not Add: onnxruntime's MatMulAddFusion (level 1, before the QDQ fusions) turns a
@@ -22,6 +24,7 @@ import numpy as np
 from deployc.passes.onnx_util import NodeBuilder
 
 INT8, UINT8 = 3, 2  # onnx.TensorProto element types
+H_SCALE = "h_scale"  # the body initializer holding H's quantization step (with_state_ranges rewrites it)
 
 
 class ScanBody(NodeBuilder):
@@ -30,9 +33,10 @@ class ScanBody(NodeBuilder):
     def __init__(self, base: str, signed: bool, int8: bool = True):
         super().__init__(base)
         self.int8 = int8
-        # H on [-1, 1]: int8 with zero point 0 (TensorRT's symmetric scheme), or uint8 around 128
-        self.h_scale = self.const(np.array(1 / 127 if signed else 2 / 255, np.float32), "h_scale")
-        zero = np.array(0, np.int8) if signed else np.array(128, np.uint8)
+        # H on [-1, 1] with both ends exact (a saturated unit sits there): int8 with zero point 0 (TensorRT's
+        # symmetric scheme), or uint8 around 127 (255 unused; 2/255 around 128 rounds +1 to 0.996 on every step)
+        self.h_scale = self.const(np.array(1 / 127, np.float32), H_SCALE)
+        zero = np.array(0, np.int8) if signed else np.array(127, np.uint8)
         self.h_zero = self.const(zero, "h_zero")
 
     def int8_matmul(self, h: str, weight_t: np.ndarray, hint: str) -> str:
@@ -102,3 +106,23 @@ def gru_body(body: ScanBody, r: np.ndarray, rb_h: np.ndarray, hidden: int, lbr: 
     (h_t,) = body.op("Add", [cand, body.op("Mul", [z, body.op("Sub", [h, cand], "h_diff")[0]], "z_diff")[0]], "h_t")
     (y,) = body.op("Identity", [h_t], "y_t")
     return body.graph([(h, hidden), (x, 3 * hidden)], [(h_t, hidden), (y, hidden)])
+
+
+def with_state_ranges(proto: Any, ranges: dict[str, float]) -> Any:
+    """`proto` with the H quantizer of each named Scan body on [-m, m] (passes/recurrent_calibration.py measures m)."""
+    from onnx import numpy_helper
+
+    from deployc.passes.onnx_util import copied
+
+    out = copied(proto)
+    for node in (n for n in out.graph.node if n.name in ranges):
+        init = h_scale(node)
+        init.CopyFrom(numpy_helper.from_array(np.array(ranges[node.name] / 127, np.float32), init.name))
+    return out
+
+
+def h_scale(scan: Any) -> Any | None:
+    """The H step initializer of an int8 Scan body built here (None: another Scan)."""
+    body = next((a.g for a in scan.attribute if a.name == "body"), None)
+    found = [i for i in body.initializer if i.name.endswith(f"/{H_SCALE}")] if body is not None else []
+    return found[0] if found else None

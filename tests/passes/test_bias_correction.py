@@ -171,3 +171,32 @@ def test_channel_sums_give_the_per_value_sums_of_q_minus_x(shape, axis, chunk, m
     assert np.abs(want).max() > 1.0  # clipping makes the error large: the check is not trivially met
     levels = bc._channel_sums(x, axis, q)
     assert np.array_equal(levels, np.round(levels))  # integer level sums, exact in float64
+
+
+def test_a_bias_shared_by_several_ops_moves_once():
+    """Three MatMul + Add reading one weight and one float bias (a decoder's GRU unrolled per step, its copies
+    deduplicated): the bias absorbs the shift once, not once per reader (which overshoots by the readers' count)."""
+    rng = np.random.default_rng(4)
+    w = _biased_weight(rng, (OUT, IN)).T.copy()  # MatMul: [K, N], each output column's largest value 127 steps
+    b = rng.normal(0, 0.1, OUT).astype(np.float32)
+    nodes = []
+    for k in range(3):
+        nodes += [
+            helper.make_node("MatMul", ["x", "w"], [f"m{k}"], name=f"matmul{k}"),
+            helper.make_node("Add", [f"m{k}", "b"], [f"y{k}"], name=f"add{k}"),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN])],
+        [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, ["n", OUT]) for k in range(3)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = Dataset({"x": _data(rng, (64, IN))}, None, "uniform")
+    plain, _ = quantize_placed(fp32, place(fp32, set()), calib, "minmax", True, 64, 16)
+    corrected, info = correct_biases(plain, fp32, calib)
+    assert sorted(info.corrected) == ["matmul0", "matmul1", "matmul2"], info.skipped
+    held_out = _data(rng, (64, IN))
+    shift_before, shift_after = _mean_error(plain, fp32, held_out)[0], _mean_error(corrected, fp32, held_out)[0]
+    assert shift_before > 0.05 and shift_after < shift_before / 5, (shift_before, shift_after)

@@ -162,3 +162,29 @@ def test_fp16_of_a_graph_whose_layers_sit_in_an_if():
     result = finite_fp16(proto, x)
     assert graph_problem(result.proto) is None and result.finite is True
     np.testing.assert_allclose(run_outputs(result.proto, x)[0], run_outputs(proto, x)[0], rtol=1e-2, atol=1e-2)
+
+
+def test_nodes_the_caller_keeps_stay_float32_without_a_cast_on_every_edge():
+    """finite_fp16(keep=...): a chain of kept nodes (an unrolled recurrent layer's gate math on TensorRT) stays
+    float32 whatever its values, with Casts only where it meets fp16 nodes, not a float32 copy on every edge."""
+    w = numpy_helper.from_array(np.random.default_rng(1).normal(0, 0.3, (16, 16)).astype(np.float32), "w")
+    chain = [helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul")]
+    prev = "m"
+    for k in range(6):
+        op = ("Sigmoid", "Tanh")[k % 2]
+        chain.append(helper.make_node(op, [prev], [f"g{k}"], name=f"gate{k}"))
+        prev = f"g{k}"
+    chain.append(helper.make_node("Relu", [prev], ["y"], name="relu"))
+    proto, x = _graph(chain, [w]), {"x": np.random.default_rng(2).normal(0, 1, (4, 16)).astype(np.float32)}
+    why = "kept by the caller"
+    result = finite_fp16(proto, x, {f"gate{k}": why for k in range(6)} | {"absent": why})
+    assert {k: v for k, v in result.kept.items() if k.startswith("gate")} == {f"gate{k}": why for k in range(6)}
+    assert "absent" not in result.kept
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(result.proto).graph.value_info
+    }
+    gates = [n for n in result.proto.graph.node if n.name.startswith("gate")]
+    assert len(gates) == 6 and all(types[n.output[0]] == TensorProto.FLOAT for n in gates)
+    casts = [n for n in result.proto.graph.node if n.op_type == "Cast"]
+    assert len(casts) <= 4, [(n.name, n.input, n.output) for n in casts]  # x in, into the chain, out of it, y out
+    np.testing.assert_allclose(run_outputs(result.proto, x)[0], run_outputs(proto, x)[0], atol=2e-3)

@@ -17,6 +17,7 @@ from deployc.passes.coverage import onnx_int8_coverage
 from deployc.passes.export import export_onnx
 from deployc.passes.onnx_util import op_counts
 from deployc.passes.quantize import Int8Config, quantize_int8_selected
+from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import unroll_recurrent
 from deployc.passes.tensorrt_qdq import place
 
@@ -235,3 +236,81 @@ def test_one_step_nodes_sharing_weights_keep_one_copy():
     x = _x(8, 2)
     want, got = session(proto).run(None, {"x": x})[0], session(result.proto).run(None, {"x": x})[0]
     assert float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)) > 0.99
+
+
+def _quiet_lstm() -> onnx.ModelProto:
+    """An LSTM whose output gates stay nearly shut (bias -3: o ≈ 0.05), so |H| = |o ⊙ tanh(c)| uses a tenth of
+    [-1, 1], as speaker/pitch LSTMs' states often do; the recurrent weights are large, so H's rounding matters."""
+    torch.manual_seed(0)
+    module = Recurrent("LSTM", False).eval()
+    with torch.no_grad():
+        for layer in range(2):
+            getattr(module.rnn, f"weight_hh_l{layer}").mul_(8)
+            getattr(module.rnn, f"bias_ih_l{layer}")[3 * HIDDEN :].fill_(-3.0)  # torch's gate order i, f, g, o
+    return export_onnx(module, ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+
+
+def test_state_ranges_from_calibration_cut_the_recurrent_int8_error():
+    """recurrent_calibration: each Scan body quantizes H on the range H reaches on the calibration samples, not on
+    [-1, 1]; on an LSTM whose states stay within ±0.1 the int8 bodies' error drops at least 4×."""
+    proto = _quiet_lstm()
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    fixed = unroll_recurrent(proto, "scan")
+    measured = calibrated(fixed, calib, 16, signed=False)
+    assert len(measured.state_ranges) == 2 and all(0.005 < m < 0.2 for m in measured.state_ranges.values())
+    assert measured.to_json()["scan_state_ranges"] == measured.state_ranges
+    x = _x(32, 2)
+    want = session(proto).run(None, {"x": x})[0]
+    errors = [np.abs(session(u.proto).run(None, {"x": x})[0] - want).mean() for u in (fixed, measured)]
+    assert errors[1] < errors[0] / 4, errors
+    onnx.checker.check_model(measured.proto, full_check=True)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_fixed_state_range_holds_both_ends_exactly(signed):
+    """A saturated unit sits at ±1 on every step: uint8 H (onnxruntime) as int8 around 127 with step 1/127 keeps
+    -1, 0 and +1 exact (2/255 around 128 rounded +1 to 0.996 on every step), as TensorRT's int8 around 0 does."""
+    from onnx import numpy_helper
+
+    scan = next(
+        n for n in unroll_recurrent(_proto("GRU", False), "scan", signed=signed).proto.graph.node if n.op_type == "Scan"
+    )
+    inits = {i.name.rsplit("/", 1)[-1]: numpy_helper.to_array(i) for i in _body(scan).initializer}
+    scale, zero = float(inits["h_scale"]), int(inits["h_zero"])
+    lo, hi = (-128, 127) if signed else (0, 255)
+    h = np.array([-1.0, 0.0, 1.0])
+    np.testing.assert_allclose((np.clip(np.round(h / scale) + zero, lo, hi) - zero) * scale, h, atol=1e-6)
+
+
+def _skewed(n: int, seed: int) -> np.ndarray:
+    """Spectrum-like frames: feature j's scale falls 800× across the features, most values near zero in each."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1.0, 1 / 800, FEATURES)
+    return (rng.exponential(1.0, (n, STEPS, FEATURES)) ** 3 * scale / 20).astype(np.float32)
+
+
+def test_a_projection_whose_input_int8_rounds_away_stays_float(monkeypatch):
+    """A first LSTM reading spectrum-like inputs (most values below half a uint8 step): its hoisted projection
+    stays float, with the reason, and the int8 model's error drops; the second layer's projection (reading H)
+    stays int8."""
+    torch.manual_seed(0)
+    module = Recurrent("LSTM", False).eval()
+    with torch.no_grad():
+        module.rnn.weight_ih_l0.mul_(torch.from_numpy(np.geomspace(1.0, 100.0, FEATURES)).float())
+    proto = export_onnx(module, ModelState(inputs=(TensorSpec("x", ("batch", STEPS, FEATURES)),)))
+    calib = Dataset({"x": _skewed(64, 1)}, None, "spectra")
+    result = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False))
+    floats = result.recurrent.float_projections
+    assert len(floats) == 1 and "round" in next(iter(floats.values())), floats
+    assert len(result.recurrent.projections) == 2
+    assert result.recurrent.to_json()["float_projections"] == floats
+    coverage = onnx_int8_coverage(result.proto, {"x": _skewed(1, 3)})
+    assert 0.8 < coverage.macs < 1.0
+    x = _skewed(32, 2)
+    want = session(proto).run(None, {"x": x})[0]
+    from deployc.passes import recurrent_calibration
+
+    monkeypatch.setattr(recurrent_calibration, "DEAD_ZONE", 1.0)  # never float: every projection int8
+    all_int8 = quantize_int8_selected(proto, calib, Int8Config(reduce_range=False)).proto
+    errors = [np.abs(session(p).run(None, {"x": x})[0] - want).mean() for p in (result.proto, all_int8)]
+    assert errors[0] < errors[1] / 2, errors  # 6.4e-4 against 1.8e-3
