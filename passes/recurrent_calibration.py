@@ -11,7 +11,9 @@ graph (its Scan bodies still on the fixed [-1, 1] range):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -26,11 +28,6 @@ KEPT_VALUES = 1 << 16  # values sampled per batch and tensor to estimate that sh
 def calibrated(unrolled: Unrolled, data: Dataset, batch: int, signed: bool) -> Unrolled:
     """`unrolled` with its Scan bodies' H ranges measured on `data` and its projections checked (`signed`: the
     activations are int8 around 0, as TensorRT's, rather than uint8 with a zero point)."""
-    import onnx
-
-    from deployc.core.ort import session
-    from deployc.passes.onnx_util import copied
-
     proto = unrolled.proto
     nodes = {n.name: n for n in proto.graph.node}
     scans = {
@@ -40,20 +37,7 @@ def calibrated(unrolled: Unrolled, data: Dataset, batch: int, signed: bool) -> U
     names = sorted({t for pair in scans.values() for t in pair} | set(inputs_of.values()))
     if not names:
         return unrolled
-    exposed = copied(proto)
-    outputs = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in outputs)
-    sess = session(exposed, optimize=False)
-    feeds = {i.name for i in sess.get_inputs()}
-    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-    sampled: dict[str, list[np.ndarray]] = {t: [] for t in inputs_of.values()}
-    rng = np.random.default_rng(0)
-    for feed, _ in data.batches(batch):
-        for name, value in zip(names, sess.run(names, {k: v for k, v in feed.items() if k in feeds})):
-            flat = np.asarray(value, np.float32).ravel()
-            lo[name], hi[name] = min(lo[name], float(flat.min(initial=0))), max(hi[name], float(flat.max(initial=0)))
-            if name in sampled:
-                sampled[name].append(flat if flat.size <= KEPT_VALUES else rng.choice(flat, KEPT_VALUES, replace=False))
+    lo, hi, sampled = _measured(proto, names, set(inputs_of.values()), data, batch)
     ranges = {}
     for scan, pair in scans.items():
         m = min(1.0, max(max(-lo[t], hi[t]) for t in pair))
@@ -72,3 +56,34 @@ def calibrated(unrolled: Unrolled, data: Dataset, batch: int, signed: bool) -> U
             )
     proto = with_state_ranges(proto, ranges) if ranges else proto
     return replace(unrolled, proto=proto, state_ranges=ranges, float_projections=float_projections)
+
+
+_MEMO: dict[str, tuple[dict[str, float], dict[str, float], dict[str, list[np.ndarray]]]] = {}  # remedy trials
+_MEMO_KEPT = 4
+
+
+def _measured(
+    proto: Any, names: list[str], kept: set[str], data: Dataset, batch: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[np.ndarray]]]:
+    """(min, max) of each named tensor over `data`, with min 0 and max 0 included, and up to KEPT_VALUES values of
+    each in `kept` a batch; streamed in batches the memory budget allows (passes/activations.py), and memoized
+    per graph and samples: every remedy trial rewrites the same graph and calibrates on the same samples."""
+    from deployc.passes.activations import guarded, per_sample_bytes, streamed
+
+    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest() + data.digest + str(sorted(kept))
+    if key in _MEMO:
+        return _MEMO[key]
+    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    sampled: dict[str, list[np.ndarray]] = {t: [] for t in kept}
+    rng = np.random.default_rng(0)
+    size = guarded(per_sample_bytes(proto, names, data), data, "recurrent calibration", batch)
+    for values in streamed(proto, names, data, "recurrent calibration", size):
+        for name, value in values.items():
+            flat = np.asarray(value, np.float32).ravel()
+            lo[name], hi[name] = min(lo[name], float(flat.min(initial=0))), max(hi[name], float(flat.max(initial=0)))
+            if name in sampled:
+                sampled[name].append(flat if flat.size <= KEPT_VALUES else rng.choice(flat, KEPT_VALUES, replace=False))
+    while len(_MEMO) >= _MEMO_KEPT:
+        _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = (lo, hi, sampled)
+    return _MEMO[key]

@@ -266,6 +266,26 @@ def test_state_ranges_from_calibration_cut_the_recurrent_int8_error():
     onnx.checker.check_model(measured.proto, full_check=True)
 
 
+def test_recurrent_calibration_meets_the_memory_budget_and_runs_once_for_every_trial(monkeypatch):
+    """The recurrent calibration streams through the memory budget (a budget below one sample is refused naming the
+    stage, never run at the requested batch) and measures a graph and its samples once: every remedy trial asks
+    again for the same graph and samples."""
+    from deployc.core import memory
+    from deployc.passes import activations, recurrent_calibration
+
+    fixed = unroll_recurrent(_quiet_lstm(), "scan")
+    calib = Dataset({"x": _x(64, 1)}, None, "normal")
+    with memory.applied(memory.Budget(1024, "test")), pytest.raises(memory.MemoryBudgetExceeded) as err:
+        calibrated(fixed, calib, 16, signed=False)
+    assert "recurrent calibration" in str(err.value)
+    runs = []
+    real = activations.streamed
+    monkeypatch.setattr(activations, "streamed", lambda *a, **k: runs.append(1) or real(*a, **k))
+    monkeypatch.setattr(recurrent_calibration, "_MEMO", {})
+    first, again = calibrated(fixed, calib, 16, signed=False), calibrated(fixed, calib, 16, signed=False)
+    assert runs == [1] and first.state_ranges == again.state_ranges
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_the_fixed_state_range_holds_both_ends_exactly(signed):
     """A saturated unit sits at ±1 on every step: uint8 H (onnxruntime) as int8 around 127 with step 1/127 keeps
