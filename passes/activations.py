@@ -17,6 +17,15 @@ from deployc.passes.onnx_util import copied
 DEFAULT_BATCH = 64  # samples per batch when the budget allows it
 
 
+def run_key(proto: Any, data: Dataset, *qualifiers: object) -> str:
+    """The key a stage memoizes under what it computed by running `proto` on `data` (with `qualifiers`, such as a
+    batch size or a method): every remedy trial runs the same float graph on the same samples."""
+    import hashlib
+
+    extra = ":".join(map(str, qualifiers))
+    return hashlib.sha256(proto.SerializeToString(deterministic=True) + f"{extra}:{data.digest}".encode()).hexdigest()
+
+
 def one_sample(data: Dataset) -> dict[str, np.ndarray]:
     """The first batch of one sample (the model's fixed batch, if it has one), as fed."""
     return next(data.batches(1))[0]

@@ -23,6 +23,7 @@ import numpy as np
 
 from deployc.core.ort import session
 from deployc.data.dataset import Dataset
+from deployc.passes.activations import run_key
 from deployc.passes.onnx_util import copied, producers
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -155,9 +156,7 @@ _SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a
 
 
 def _graph_key(fp32: Any, data: Dataset, batch: int) -> str:
-    import hashlib
-
-    return hashlib.sha256(fp32.SerializeToString(deterministic=True) + f"{batch}:{data.digest}".encode()).hexdigest()
+    return run_key(fp32, data, batch)
 
 
 def _quantizer_key(q: Any, values: dict) -> tuple:
@@ -248,8 +247,8 @@ def _input_means(
                 acc[0] = acc[0] + summed
                 acc[1] += x.size // x.shape[key[2] % x.ndim]
         for key, (total, n) in sorted(sums.items(), key=lambda kv: kv[0][3] is not None):  # sums of x first
-            if key[3] is not None and np.ndim(_q_params(missing[key].q_node, qdq_values)[0]) == 0:
-                scale, zp, _, _ = _q_params(missing[key].q_node, qdq_values)
+            scale = None if key[3] is None else _q_params(missing[key].q_node, qdq_values)[0]
+            if scale is not None and np.ndim(scale) == 0:  # per-tensor: the integer levels' sum, scaled
                 total = total * scale - _SUMS[key[:3] + (None,)][0]  # sum of Q(x) - x
             _SUMS[key] = (total, n)
     out = {}

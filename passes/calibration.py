@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import guarded, per_sample_bytes, streamed
+from deployc.passes.activations import guarded, per_sample_bytes, run_key, streamed
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -334,10 +334,6 @@ def _method_ranges(stats: Statistics, method: str, percentile: float) -> dict[st
 # ---- the shared cache --------------------------------------------------------------------------------------
 
 
-def _data_key(proto_bytes: bytes, data: Dataset) -> str:
-    return hashlib.sha256(proto_bytes + data.digest.encode()).hexdigest()
-
-
 def statistics(
     proto: Any,
     data: Dataset,
@@ -349,7 +345,7 @@ def statistics(
     """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
     (over the ranges the minmax pass found) once, when a method needs it; every method is read off them. `names`:
     only these tensors (a few of a large graph's), else every calibrated tensor."""
-    key = key or _data_key(proto.SerializeToString(deterministic=True), data)
+    key = key or run_key(proto, data)
     if names is not None:
         key = f"{key}:" + hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
     have = _STATS.pop(key, None)
@@ -391,7 +387,7 @@ def _cache_text(stats: Statistics, method: str, percentile: float, work: Path) -
 
 
 def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> str:
-    data_key = _data_key(proto.SerializeToString(deterministic=True), data)
+    data_key = run_key(proto, data)
     key = f"{data_key}:{method}:{percentile if method == 'percentile' else ''}"  # ranges do not depend on batching
     if key not in _MEMO:
         _MEMO[key] = _calibrate(proto, data, method, batch, percentile, data_key, work)
@@ -476,13 +472,13 @@ def _partial_ranges(
 ) -> str:
     """calibration_cache's ranges of `graph` from the root's statistics and a pass over `graph`'s tensors whose
     values differ from the root's, or that the root's calibration does not measure (see calibration_cache)."""
-    graph_key = _data_key(graph.SerializeToString(deterministic=True), data)
+    graph_key = run_key(graph, data)
     key = f"{graph_key}:{method}:{percentile if method == 'percentile' else ''}"
     if key in _MEMO:
         return _MEMO[key]
     wanted, computed = calibrated_tensors(graph), _computed(graph)
     fresh = downstream(graph, (computed - _computed(root)) | (set(changed) & computed))
-    root_key = _data_key(root.SerializeToString(deterministic=True), data)
+    root_key = run_key(root, data)
     histograms = method != "minmax"
     base = statistics(root, data, histograms, batch, root_key) if set(wanted) - fresh else Statistics()
     fresh |= set(wanted) - set(base.tensors)  # tensors the root's calibration does not measure (typed here only)

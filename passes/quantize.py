@@ -18,6 +18,7 @@ from deployc.core.ort import CalibrationReader
 from deployc.core.state import ModelState
 from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
+from deployc.passes.activations import run_key
 from deployc.passes.bias_correction import BiasCorrection, correct_biases
 from deployc.passes.calibration import METHODS, calibration_cache, changed_tensors, mismatched_concats, ranges_graph
 from deployc.passes.cpu_int8 import profile
@@ -226,13 +227,9 @@ _SMOOTHED: dict[str, tuple[Any, Smoothing]] = {}  # graph + samples + alpha -> s
 def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smoothing | None]:
     """The fp32 graph smoothed with spec.smoothing (passes/smoothquant.py), or as it is when that is None; memoized:
     the remedy trials after a smoothing trial (fallback) smooth the same graph on the same samples."""
-    import hashlib
-
     if spec.smoothing is None:
         return proto, None
-    key = hashlib.sha256(
-        proto.SerializeToString(deterministic=True) + f"{spec.smoothing!r}:{samples.digest}".encode()
-    ).hexdigest()
+    key = run_key(proto, samples, repr(spec.smoothing))
     if key not in _SMOOTHED:
         while len(_SMOOTHED) >= 2:
             _SMOOTHED.pop(next(iter(_SMOOTHED)))

@@ -3,13 +3,12 @@ channels span wildly different ranges."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import streamed
+from deployc.passes.activations import run_key, streamed
 from deployc.passes.onnx_util import producers
 from deployc.passes.sensitivity import layer_name
 
@@ -33,7 +32,7 @@ _EXTREMES: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # graph + samples + te
 def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict, dict]:
     """Per-channel (axis 1) min and max of each named tensor of rank >= 3 over `data`, streamed a batch at a time;
     memoized per tensor, as every remedy trial checks the same float graph."""
-    key = hashlib.sha256(fp32.SerializeToString(deterministic=True) + data.digest.encode()).hexdigest()
+    key = run_key(fp32, data)
     missing = [t for t in names if f"{key}:{t}" not in _EXTREMES]
     low: dict[str, np.ndarray] = {}
     high: dict[str, np.ndarray] = {}

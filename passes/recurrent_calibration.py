@@ -11,7 +11,6 @@ graph (its Scan bodies still on the fixed [-1, 1] range):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -68,9 +67,9 @@ def _measured(
     """(min, max) of each named tensor over `data`, with min 0 and max 0 included, and up to KEPT_VALUES values of
     each in `kept` a batch; streamed in batches the memory budget allows (passes/activations.py), and memoized
     per graph and samples: every remedy trial rewrites the same graph and calibrates on the same samples."""
-    from deployc.passes.activations import guarded, per_sample_bytes, streamed
+    from deployc.passes.activations import guarded, per_sample_bytes, run_key, streamed
 
-    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest() + data.digest + str(sorted(kept))
+    key = run_key(proto, data, sorted(kept))
     if key in _MEMO:
         return _MEMO[key]
     lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
