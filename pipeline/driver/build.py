@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,21 +242,20 @@ def _finisher(
     log = ctx.instruments.log
     made: list[Artifact] = []
 
-    def validate(art: Artifact, latency: bool = True) -> None:
+    def run_on(art: Artifact, step: Callable[[], None]) -> None:  # a runtime that fails is the artifact's error
         try:
-            validate_artifact(target, art, validation, reference, config.validate_, config.data.batch_size, latency)
+            step()
         except Exception as exc:
             art.error = failure_text(exc)
             art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
         target.close(art)
 
+    def validate(art: Artifact, latency: bool = True) -> None:
+        rules, batch = config.validate_, config.data.batch_size
+        run_on(art, lambda: validate_artifact(target, art, validation, reference, rules, batch, latency))
+
     def timed(art: Artifact) -> None:  # the remedy trial that ships: its latency, as every artifact's
-        try:
-            time_artifact(target, art, validation, config.validate_)
-        except Exception as exc:
-            art.error = failure_text(exc)
-            art.gate = {"status": "error", "reason": unvalidated_reason(exc, art.error)}
-        target.close(art)
+        run_on(art, lambda: time_artifact(target, art, validation, config.validate_))
 
     def finish(art: Artifact, reemit: Reemit | None, lowered: Any) -> Artifact:
         if art.error:
