@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployc.compiler.contracts import Artifact, Context, Remedy, Target
+from deployc.compiler.contracts import Artifact, Context, Remedy, Target, precision_parts
 from deployc.compiler.manager import run_pass
 from deployc.compiler.registry import get_pass
 from deployc.core.config import REMEDY_STAGES
@@ -47,8 +47,8 @@ PLACEMENT_RULES = {  # what each int8 placement does (passes/cpu_int8.py, passes
 
 def _split(precision: str) -> tuple[str, str]:
     """('int8', 'openvino') for the row 'int8@openvino', ('int8', 'onnxruntime') for 'int8'."""
-    base, _, runtime = precision.partition("@")
-    return base, runtime or "onnxruntime"
+    kind, runtime = precision_parts(precision)
+    return kind, runtime or "onnxruntime"
 
 
 CHANNEL_PROBE_SAMPLES = 16  # calibration samples the per-tensor channel-range warnings look at
@@ -203,9 +203,7 @@ class OnnxTarget(Target):
 
     def remedy_stages(self, artifact: Artifact, lowered: ModelState) -> tuple[str, ...]:
         # int8 quantized here: not a graph a pass already quantized (qat, quantize.*), which carries its own ranges
-        quantized_here = (
-            _split(artifact.precision)[0] == "int8" and "quantized" not in lowered.facts and "qat" not in lowered.facts
-        )
+        quantized_here = artifact.kind == "int8" and "quantized" not in lowered.facts and "qat" not in lowered.facts
         return REMEDY_STAGES if quantized_here and artifact.path is not None else ()
 
     def remedies(self, stage: str, base: Remedy, artifact: Artifact, lowered: ModelState, ctx: Context) -> list[Remedy]:

@@ -120,13 +120,19 @@ class Artifact:
     @property
     def kind(self) -> str:
         """The precision without a runtime row's suffix ('int8' for 'int8@openvino'): what the gates key on."""
-        return self.precision.partition("@")[0]
+        return precision_parts(self.precision)[0]
 
     @property
     def row(self) -> str:
         """The runtime row ('@openvino'), '' for the target's own runtime: a row compares with its own fp32."""
-        runtime = self.precision.partition("@")[2]
+        runtime = precision_parts(self.precision)[1]
         return f"@{runtime}" if runtime else ""
+
+
+def precision_parts(precision: str) -> tuple[str, str]:
+    """('int8', 'openvino') for a runtime row's precision 'int8@openvino'; ('int8', '') for the target's own."""
+    kind, _, runtime = precision.partition("@")
+    return kind, runtime
 
 
 @dataclass(frozen=True)
