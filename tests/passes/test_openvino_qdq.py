@@ -190,14 +190,24 @@ class FoldedActivations(nn.Module):
         return self.d(self.c(self.b(self.a(x))))
 
 
-def test_dropping_a_pair_keeps_the_activation_folded_into_it():
+def _int8_of(module: type[nn.Module]) -> tuple[onnx.ModelProto, onnx.ModelProto, np.random.Generator]:
+    """(fp32, int8, the generator for probes) of the module (seeded), exported and quantized as the onnx target
+    does, minmax on 16 normal 3×16×16 images."""
     torch.manual_seed(0)
-    model = FoldedActivations().eval()
+    model = module().eval()
     state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
     fp32 = simplify_proto(export_onnx(model, state))
     rng = np.random.default_rng(0)
     calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
-    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    return (
+        fp32,
+        quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto"))),
+        rng,
+    )
+
+
+def test_dropping_a_pair_keeps_the_activation_folded_into_it():
+    fp32, int8, rng = _int8_of(FoldedActivations)
     assert not {"Relu", "Clip"} & {n.op_type for n in int8.graph.node}  # folded into the Q/DQ after each Conv
     placed, _ = openvino_placement(int8)
     onnx.checker.check_model(placed)
@@ -291,13 +301,7 @@ class Downsampling(nn.Module):
 
 
 def test_the_residual_add_and_the_pooled_head_stay_int8_as_in_nncf_models():
-    torch.manual_seed(0)
-    model = Downsampling().eval()
-    state = ModelState(module=model, inputs=(TensorSpec("images", ("batch", 3, 16, 16)),), facts=frozenset({"torch"}))
-    fp32 = simplify_proto(export_onnx(model, state))
-    rng = np.random.default_rng(0)
-    calib = Dataset({"images": rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)}, None, "normal")
-    int8 = quantize_int8(fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto")))
+    fp32, int8, rng = _int8_of(Downsampling)
     placed, _ = openvino_placement(spatial_means_to_global_pool(int8)[0])  # as cpu.int8 runs them
     onnx.checker.check_model(placed)
     producer = _producers(placed)
