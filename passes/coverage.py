@@ -108,15 +108,21 @@ class CoverageTally:
         )
 
 
-def _shapes(proto: Any) -> dict[str, list[int]]:
-    """Static shapes of every tensor at batch 1 (symbolic axes set to 1), from onnx shape inference."""
+def _shapes(proto: Any, feeds: dict[str, np.ndarray] | None = None) -> dict[str, list[int]]:
+    """Static shapes of every tensor at batch 1, from onnx shape inference: a graph input's symbolic axes take the
+    size of that input in `feeds` (one sample), other symbolic axes 1 (at 1×1 a detector's convolutions would
+    weigh by their weights, not their MACs)."""
     import onnx
 
     g = copied(proto)
-    for v in (v for sub in all_graphs(g.graph) for v in sub.input):  # Scan/Loop body inputs too ('batch' = 1)
-        for d in v.type.tensor_type.shape.dim:
+    given = {k: np.shape(v) for k, v in (feeds or {}).items()}
+    graphs = all_graphs(g.graph)
+    for depth, v in [(0, v) for v in g.graph.input] + [(1, v) for sub in graphs[1:] for v in sub.input]:
+        dims = v.type.tensor_type.shape.dim  # Scan/Loop body inputs too ('batch' = 1)
+        sizes = given.get(v.name, ()) if depth == 0 else ()
+        for i, d in enumerate(dims):
             if not d.dim_value:
-                d.dim_value = 1
+                d.dim_value = int(sizes[i]) if len(sizes) == len(dims) else 1
     with contextlib.suppress(Exception):  # inference refuses some graphs; initializer and input shapes stay known
         g = onnx.shape_inference.infer_shapes(g, data_prop=True)
     graphs = all_graphs(g.graph)
@@ -235,7 +241,7 @@ def onnx_int8_coverage(proto: Any, feeds: dict[str, np.ndarray] | None = None) -
         elif n.op_type in MULTIPLIED:
             data, w = MULTIPLIED[n.op_type]
             weighted.append((n, all(i < len(n.input) and dequantized(n.input[i]) for i in data), w))
-    shapes = _shapes(proto)
+    shapes = _shapes(proto, feeds)
     missing = [t for n, _, w in weighted for t in _needed(n, w) if t not in shapes]
     if missing and feeds:
         with contextlib.suppress(Exception):  # shapes stay unknown: the MAC share is then None

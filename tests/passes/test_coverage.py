@@ -259,3 +259,34 @@ def test_quantized_values_moved_by_a_pad_still_count_as_int8():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     coverage = onnx_int8_coverage(proto, {"x": np.zeros((1, 3, 8, 8), np.float32)})
     assert coverage.int8_ops == 1 and coverage.float_ops == {} and coverage.macs == 1.0 and coverage.weights == 1.0
+
+
+def test_macs_of_a_graph_with_symbolic_height_and_width_are_counted_at_the_samples_size():
+    """A float 1×1 Conv after a global pool beside an int8 3×3 Conv at full resolution: at the sample's 32×32 the
+    int8 Conv holds 1024× its 1×1 MACs (at 1×1, as symbolic axes once were, the share read 0.63, not 0.9994)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "w1"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1], name="full"),
+        helper.make_node("GlobalAveragePool", ["a"], ["p"], name="pool"),
+        helper.make_node("Conv", ["p", "w1"], ["y"], name="pooled"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dynamic_hw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 1, 1])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.uniform(0, 1, (8, 3, 32, 32)).astype(np.float32)
+    int8 = quantize_int8(proto, Dataset({"x": x}, None, "x"), Int8Config(exclude=["pooled"]))
+    coverage = onnx_int8_coverage(int8, {"x": x[:1]})
+    full, pooled = 32 * 32 * 8 * 27, 16 * 8
+    assert coverage.float_ops == {"Conv": 1} and coverage.macs == pytest.approx(full / (full + pooled), abs=1e-4)
+    assert onnx_int8_coverage(int8).macs == pytest.approx(27 * 8 / (27 * 8 + pooled), abs=1e-4)  # no sample: 1×1
