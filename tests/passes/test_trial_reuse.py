@@ -60,7 +60,12 @@ def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(dig
 
     def cold() -> None:
         _cold(monkeypatch)
-        for module, memo in ((calibration, "_MEMO"), (calibration, "_STATS"), (bias_correction, "_SUMS")):
+        for module, memo in (
+            (calibration, "_MEMO"),
+            (calibration, "_STATS"),
+            (bias_correction, "_SUMS"),
+            (bias_correction, "_HELD"),
+        ):
             monkeypatch.setattr(module, memo, {})
 
     cold()
