@@ -149,8 +149,7 @@ class _Binner:
             scaled, index = self.scaled[: block.size], self.index[: block.size]
             np.multiply(block, scale, out=scaled)
             np.floor(scaled, out=scaled)
-            scaled += offset  # integers below 2^24: exact
-            np.copyto(index, scaled, casting="unsafe")
+            np.add(scaled, offset, out=index, casting="unsafe")  # integers below 2^24: exact
             hist += np.bincount(index, minlength=n)
 
 
