@@ -204,11 +204,23 @@ def _holdable(fp32: Any, names: list[str], data: Dataset) -> bool:
     return per * len(data) + kept <= memory.current().limit // memory.KEEP_SHARE
 
 
-def _held_batches(keys: list[tuple]) -> list[dict[str, np.ndarray]] | None:
-    """The held values of the keys' sources (each under its key's graph), batch by batch; None unless all held."""
-    if not all(k[1] in _HELD.get(k[0], {}) for k in keys):
+def _held_batches(
+    keys: list[tuple], fp32: Any, graph: str, data: Dataset, batch: int
+) -> list[dict[str, np.ndarray]] | None:
+    """The values of the keys' sources, batch by batch: held here (each under its key's graph), or those of
+    `fp32` (`graph`) the last run of it kept in the same batches (activations.kept_run); None unless all are."""
+    from deployc.passes.activations import kept_run
+
+    sources = {k[1]: _HELD[k[0]][k[1]] for k in keys if k[1] in _HELD.get(k[0], {})}
+    rest = {k[1] for k in keys if k[1] not in sources}
+    if rest and any(k[0] != graph for k in keys if k[1] in rest):
         return None
-    sources = {k[1]: _HELD[k[0]][k[1]] for k in keys}
+    if rest:
+        sizes = [data.batch_len(feed) for feed, _ in data.batches(batch)]
+        found = kept_run(run_key(fp32, data), rest, sizes)
+        if found is None:
+            return None
+        sources.update(found)
     count = len(next(iter(sources.values())))
     return [{name: values[i] for name, values in sources.items()} for i in range(count)]
 
@@ -294,7 +306,7 @@ def _input_means(
         keys[s.node.name] = ((of, s.source, axis, None), (of, s.source, axis, _quantizer_key(s.q_node, qdq_values)))
     missing = {k: s for s in sites for k in keys[s.node.name] if k not in _SUMS}
     if missing:
-        batches: Iterable[dict[str, np.ndarray]] | None = _held_batches(list(missing))
+        batches: Iterable[dict[str, np.ndarray]] | None = _held_batches(list(missing), fp32, graph, data, batch)
         if batches is None:
             every = sorted({s.source for s in sites})
             hold = graph not in _HELD and _holdable(fp32, every, data)

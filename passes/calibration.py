@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import guarded, per_sample_bytes, run_key, streamed
+from deployc.passes.activations import guarded, keep_run, per_sample_bytes, run_key, streamed
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -36,6 +36,7 @@ METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # 2048 bins over [-max|x|, max|x|] take at least two of them each (entropy_range).
 HIST_BINS = 4 * ENTROPY_BINS
 _BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
+KEPT_BYTES = 64 << 20  # a partial pass's values kept for the next stage on the same graph (activations.keep_run)
 _SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
 _MEMO: dict[str, str] = {}  # graph + samples + method -> cache JSON
 _STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured (the last few)
@@ -71,6 +72,7 @@ class TensorStats:
     lo: float = math.inf
     hi: float = -math.inf
     hist: np.ndarray | None = None  # HIST_BINS counts over [-top, top]
+    channel_absmax: np.ndarray | None = None  # max |x| per last-axis channel (inputs of weighted MatMul/Gemm only)
     top: float = 0.0  # a power of two above max|x| (0: no histogram yet)
     zeros: int = 0  # values seen while every value so far was 0 (binned when the histogram starts)
 
@@ -183,17 +185,45 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
     return out
 
 
-def _histogram_pass(proto: Any, names: list[str], data: Dataset, batch: int, histograms: bool = True) -> Statistics:
+def _histogram_pass(
+    proto: Any, names: list[str], data: Dataset, batch: int, histograms: bool = True, keep: bool = False
+) -> Statistics:
     """The min, max and (with `histograms`) histogram of each named tensor, in one run of the graph over `data`
     (unoptimised, as onnxruntime's calibrators run it: the same values), streamed in batches of at most `batch`
-    samples that fit the memory budget with every named tensor of a batch held at once."""
+    samples that fit the memory budget with every named tensor of a batch held at once. `keep`: the values are kept
+    for the next stage (activations.keep_run) when they take at most KEPT_BYTES."""
+    from deployc.passes.smoothquant import smoothable
+
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
     binner = _Binner() if histograms else None
+    # what a smoothing trial measures of the same graph, at a small cost here: no run of its own
+    smoothed = set(smoothable(proto)) & set(names) if histograms else set()
     size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    kept: dict[str, list[np.ndarray]] | None = {n: [] for n in names} if keep else None
     for values in streamed(proto, names, data, "calibration", size):
+        if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+            for name, value in values.items():
+                kept[name].append(value)
+        else:
+            kept = None
         for name, value in values.items():
-            out.tensors[name].add(value, binner)
+            stats = out.tensors[name]
+            stats.add(value, binner)
+            if name in smoothed and value.size:
+                m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                stats.channel_absmax = m if stats.channel_absmax is None else np.maximum(stats.channel_absmax, m)
+    if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+        keep_run(run_key(proto, data), size.sizes, kept)
     return out
+
+
+def memoized_channel_absmax(proto: Any, data: Dataset, names: list[str]) -> dict[str, np.ndarray] | None:
+    """max |x| per last-axis channel of the named tensors, when a histogram pass over this graph and these samples
+    measured them (smoothquant.channel_absmax's numbers), else None."""
+    have = _STATS.get(run_key(proto, data))
+    if have is None or not all(n in have.tensors and have.tensors[n].channel_absmax is not None for n in names):
+        return None
+    return {n: have.tensors[n].channel_absmax for n in names}
 
 
 def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
@@ -359,8 +389,10 @@ def statistics(
         key = f"{key}:" + hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
     have = _STATS.pop(key, None)
     if have is None or (histograms and not have.histograms):
-        if histograms or names is not None:
-            have = _histogram_pass(proto, sorted(names or calibrated_tensors(proto)), data, batch, histograms)
+        if histograms or names is not None:  # a few tensors' values: kept for bias correction (same graph)
+            have = _histogram_pass(
+                proto, sorted(names or calibrated_tensors(proto)), data, batch, histograms, names is not None
+            )
         else:
             have = _minmax_pass(proto, data, batch)
     while len(_STATS) >= _STATS_KEPT:

@@ -67,7 +67,8 @@ def memoized_weights() -> Iterator[None]:
         extra = (*rest, *sorted(kwargs.items()))
         if not all(map(_scalar, extra[: len(rest)])) or not all(_scalar(v) for _, v in kwargs.items()):
             return weight(proto, quant_type, zero_point, scale, *rest, **kwargs)
-        key = (proto.name, _digest(values), int(quant_type), _array_key(zero_point), _array_key(scale), extra)
+        weight_key = (proto.name, proto.data_type, tuple(proto.dims), _digest(values))
+        key = (weight_key, int(quant_type), _array_key(zero_point), _array_key(scale), extra)
         if key not in _WEIGHTS:
             if sum(len(t.raw_data) for t in _WEIGHTS.values()) > _WEIGHT_BYTES_KEPT:
                 _WEIGHTS.clear()

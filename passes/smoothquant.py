@@ -71,8 +71,13 @@ def smoothable(proto: Any) -> dict[str, list[Any]]:
 
 def channel_absmax(proto: Any, names: list[str], data: Dataset) -> dict[str, np.ndarray]:
     """max |value| per last-axis channel of each named tensor over `data` (streamed in batches that fit the memory
-    budget: nothing is kept)."""
-    out: dict[str, np.ndarray] = {}
+    budget: nothing is kept); read off the calibration statistics of the same graph and samples when they hold it."""
+    from deployc.passes.calibration import memoized_channel_absmax
+
+    out = memoized_channel_absmax(proto, data, names)
+    if out is not None:
+        return out
+    out = {}
     for values in streamed(proto, names, data, "smoothing's activation ranges"):
         for name, value in values.items():
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
