@@ -192,12 +192,12 @@ def _histogram_pass(
     (unoptimised, as onnxruntime's calibrators run it: the same values), streamed in batches of at most `batch`
     samples that fit the memory budget with every named tensor of a batch held at once. `keep`: the values are kept
     for the next stage (activations.keep_run) when they take at most KEPT_BYTES."""
-    from deployc.passes.smoothquant import smoothable
+    from deployc.passes.onnx_util import weighted_matmul_inputs
 
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
     binner = _Binner() if histograms else None
     # what a smoothing trial measures of the same graph, at a small cost here: no run of its own
-    smoothed = set(smoothable(proto)) & set(names) if histograms else set()
+    smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
     size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in names} if keep else None
     for values in streamed(proto, names, data, "calibration", size):
