@@ -73,3 +73,26 @@ def streamed(
         )
         values.update({n: x[n] for n in names if n in inputs and n in x})
         yield values
+
+
+# One run's values, kept for the next stage that runs the same graph on the same samples in the same batches (a
+# smoothing trial's partial calibration, then its bias correction): small runs only, within the memory budget.
+_KEPT: dict[str, Any] = {}
+_KEPT_OWNER = "one run's activations"
+
+
+def keep_run(key: str, sizes: list[int], values: dict[str, list[np.ndarray]]) -> None:
+    """Keep `values` (name -> its values, batch by batch, the batches holding `sizes` samples) of the run `key`
+    (run_key), replacing the run kept before, when they fit what the budget lets stages keep."""
+    _KEPT.clear()
+    memory.release(_KEPT_OWNER)
+    size = sum(v.nbytes for vs in values.values() for v in vs)
+    if memory.keep(_KEPT_OWNER, size, _KEPT.clear):
+        _KEPT.update(key=key, sizes=list(sizes), values=values)
+
+
+def kept_run(key: str, names: set[str], sizes: list[int]) -> dict[str, list[np.ndarray]] | None:
+    """The kept values of `names` from the run `key` in batches of `sizes` samples (None: not kept so)."""
+    if _KEPT.get("key") != key or _KEPT["sizes"] != list(sizes) or not names <= set(_KEPT["values"]):
+        return None
+    return {n: _KEPT["values"][n] for n in names}

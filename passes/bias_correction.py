@@ -16,6 +16,7 @@ others are left as they are and counted.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,11 @@ def _q_params(q: Any, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 # graph on the same samples, and a trial that keeps the inputs' ranges (granularity, fallback) measures nothing anew
 _SUMS: dict[tuple, tuple[np.ndarray, int]] = {}
 _SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a second)
+# float graph + samples + batch -> every source's values, batch by batch, when they fit what the memory budget lets
+# a stage keep (core/memory.keep): a trial whose ranges change (calibration method, symmetry) then measures its ε
+# from them, without running the float graph again
+_HELD: dict[str, dict[str, list[np.ndarray]]] = {}
+_OWNER = "bias correction"
 
 
 def _graph_key(fp32: Any, data: Dataset, batch: int) -> str:
@@ -169,6 +175,80 @@ def _keep(graph: str) -> None:
     if graph not in graphs and len(graphs) >= _SUMS_GRAPHS:
         for k in [k for k in _SUMS if k[0] == graphs[0]]:
             del _SUMS[k]
+    summed = {k[0] for k in _SUMS} | {graph}
+    for old in [g for g in _HELD if g not in summed]:  # held values go with their graph's sums
+        del _HELD[old]
+    _account()
+
+
+def _account() -> None:
+    """Reserve what _HELD takes in the memory budget (dropped when it does not fit)."""
+    from deployc.core import memory
+
+    size = sum(v.nbytes for h in _HELD.values() for vs in h.values() for v in vs)
+    if not _HELD or not memory.keep(_OWNER, size, _HELD.clear):
+        _HELD.clear()
+        memory.release(_OWNER)
+
+
+def _holdable(fp32: Any, names: list[str], data: Dataset) -> bool:
+    """Whether the values of `names` over all of `data` fit what the budget lets a stage keep besides what is
+    kept already (estimated from the graph's shapes)."""
+    from deployc.core import memory
+    from deployc.passes.activations import one_sample
+
+    feed = one_sample(data)
+    sizes = memory.graph_activations(fp32, feed).tensors
+    per = sum(sizes.get(n, 0) for n in set(names)) // max(data.batch_len(feed), 1)
+    kept = memory.kept_bytes()
+    return per * len(data) + kept <= memory.current().limit // memory.KEEP_SHARE
+
+
+def _held_batches(
+    keys: list[tuple], fp32: Any, graph: str, data: Dataset, batch: int
+) -> list[dict[str, np.ndarray]] | None:
+    """The values of the keys' sources, batch by batch: held here (each under its key's graph), or those of
+    `fp32` (`graph`) the last run of it kept in the same batches (activations.kept_run); None unless all are."""
+    from deployc.passes.activations import kept_run
+
+    sources = {k[1]: _HELD[k[0]][k[1]] for k in keys if k[1] in _HELD.get(k[0], {})}
+    rest = {k[1] for k in keys if k[1] not in sources}
+    if rest and any(k[0] != graph for k in keys if k[1] in rest):
+        return None
+    if rest:
+        sizes = [data.batch_len(feed) for feed, _ in data.batches(batch)]
+        found = kept_run(run_key(fp32, data), rest, sizes)
+        if found is None:
+            return None
+        sources.update(found)
+    count = len(next(iter(sources.values())))
+    return [{name: values[i] for name, values in sources.items()} for i in range(count)]
+
+
+def _runs(
+    fp32: Any, graph: str, names: list[str], data: Dataset, batch: int, hold: bool
+) -> Iterator[dict[str, np.ndarray]]:
+    """The values of `names` (tensors of `fp32`) batch by batch; with `hold`, kept in _HELD[graph] as well."""
+    import onnx
+
+    exposed = copied(fp32)
+    have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
+    sess = session(exposed, threads=1, optimize=False)
+    inputs = {i.name for i in sess.get_inputs()}
+    held: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed, _ in data.batches(batch):
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        wanted = [t for t in names if t not in feed]
+        fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
+        fetched.update({k: v for k, v in feed.items() if k in names})
+        if hold:
+            for name in names:
+                held[name].append(fetched[name])
+        yield fetched
+    if hold:
+        _HELD[graph] = held
+        _account()
 
 
 CHUNK = 1 << 18  # values converted to float64 at a time: the scratch stays in cache
@@ -216,7 +296,6 @@ def _input_means(
     """Per op: (μ, ε) over its feature axis — the float input's mean, and the mean of Q(x) − x. Memoized per input
     and quantizer (_SUMS): one run of the float graph computes only the sums no earlier trial did; `same_as`: see
     correct_biases."""
-    import onnx
 
     graph = _graph_key(fp32, data, batch)
     _keep(graph)
@@ -227,18 +306,13 @@ def _input_means(
         keys[s.node.name] = ((of, s.source, axis, None), (of, s.source, axis, _quantizer_key(s.q_node, qdq_values)))
     missing = {k: s for s in sites for k in keys[s.node.name] if k not in _SUMS}
     if missing:
-        names = sorted({k[1] for k in missing})
-        exposed = copied(fp32)
-        have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
-        exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
-        sess = session(exposed, threads=1, optimize=False)
-        inputs = {i.name for i in sess.get_inputs()}
+        batches: Iterable[dict[str, np.ndarray]] | None = _held_batches(list(missing), fp32, graph, data, batch)
+        if batches is None:
+            every = sorted({s.source for s in sites})
+            hold = graph not in _HELD and _holdable(fp32, every, data)
+            batches = _runs(fp32, graph, every if hold else sorted({k[1] for k in missing}), data, batch, hold)
         sums: dict[tuple, list[Any]] = {}
-        for feed, _ in data.batches(batch):
-            feed = {k: v for k, v in feed.items() if k in inputs}
-            wanted = [t for t in names if t not in feed]
-            fetched = dict(zip(wanted, sess.run(wanted, feed))) if wanted else {}
-            fetched.update({k: v for k, v in feed.items() if k in names})
+        for fetched in batches:
             for key, s in missing.items():
                 x = fetched[s.source]
                 q = None if key[3] is None else _q_params(s.q_node, qdq_values)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import guarded, per_sample_bytes, run_key, streamed
+from deployc.passes.activations import guarded, keep_run, per_sample_bytes, run_key, streamed
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -29,11 +29,14 @@ from deployc.storage.files import write_text_atomic
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 PERCENTILE_BINS = 2048  # onnxruntime's Percentile calibrator: 2048 bins of |x| over [min|x|, max|x|]
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # onnxruntime's names
-# A tensor's histogram: HIST_BINS over [-max|x|, max|x|], the range a first (minmax) pass measured. Pairs of its bins
-# are Entropy's 2048 bins over that range and, folded at 0, Percentile's 2048 bins of |x| over [0, max|x|]: onnxruntime's
-# grids, whatever the batching, from one pass over the samples for every method.
-HIST_BINS = 2 * ENTROPY_BINS
+# A tensor's histogram: HIST_BINS over [-top, top], top the smallest power of two above max|x|, built in the one pass
+# that finds max|x|: when a batch raises top, pairs of bins merge, exactly (the bin of x is floor(x·HIST_BINS/2top),
+# and halving a power-of-two scale halves that floor), so the counts do not depend on the batching. Folded at 0 they
+# are Percentile's bins of |x| over [0, top], at least as fine as onnxruntime's 2048 over [0, max|x|]; Entropy's
+# 2048 bins over [-max|x|, max|x|] take at least two of them each (entropy_range).
+HIST_BINS = 4 * ENTROPY_BINS
 _BLOCK = 1 << 18  # values binned at a time: the index arithmetic stays in cache
+KEPT_BYTES = 64 << 20  # a partial pass's values kept for the next stage on the same graph (activations.keep_run)
 _SERIES = 12  # terms of the log series in kl_threshold: e1/p <= 0.21, so the rest is below 1e-9 of a bin
 _MEMO: dict[str, str] = {}  # graph + samples + method -> cache JSON
 _STATS: dict[str, Statistics] = {}  # graph + samples -> what the passes over them measured (the last few)
@@ -68,7 +71,10 @@ def calibrated_tensors(proto: Any) -> list[str]:
 class TensorStats:
     lo: float = math.inf
     hi: float = -math.inf
-    hist: np.ndarray | None = None  # HIST_BINS counts over [-absmax, absmax]
+    hist: np.ndarray | None = None  # HIST_BINS counts over [-top, top]
+    channel_absmax: np.ndarray | None = None  # max |x| per last-axis channel (inputs of weighted MatMul/Gemm only)
+    top: float = 0.0  # a power of two above max|x| (0: no histogram yet)
+    zeros: int = 0  # values seen while every value so far was 0 (binned when the histogram starts)
 
     @property
     def absmax(self) -> float:
@@ -78,6 +84,25 @@ class TensorStats:
     def seen(self) -> bool:
         return self.lo <= self.hi
 
+    def add(self, value: np.ndarray, binner: _Binner | None) -> None:
+        """Take a batch's values into the range and, with a binner, the histogram."""
+        finite, lo, hi = _finite(value)
+        if finite.size == 0:
+            return
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        if binner is None:
+            return
+        if self.absmax == 0.0:
+            self.zeros += finite.size
+            return
+        top = _power_above(self.absmax)
+        if self.hist is None:
+            self.hist, self.top = np.zeros(HIST_BINS, np.int64), top
+            self.hist[HIST_BINS // 2] += self.zeros
+        while self.top < top:
+            self.hist, self.top = _halved(self.hist), self.top * 2
+        binner.add(self.hist, finite, self.top)
+
 
 @dataclass
 class Statistics:
@@ -85,16 +110,34 @@ class Statistics:
     histograms: bool = False
 
 
-def _finite(value: np.ndarray) -> np.ndarray:
-    """The tensor's values as flat float32, NaN/inf left out (they carry no range)."""
+def _power_above(x: float) -> float:
+    """The smallest power of two above x > 0."""
+    return math.ldexp(1.0, math.frexp(x)[1])  # x = m·2^e with 0.5 <= m < 1
+
+
+def _halved(hist: np.ndarray) -> np.ndarray:
+    """The counts over twice the range: bin k of [-2top, 2top] holds bins 2k - n/2, 2k - n/2 + 1 of [-top, top]."""
+    n = hist.size
+    out = np.zeros_like(hist)
+    out[n // 4 : 3 * n // 4] = hist.reshape(-1, 2).sum(axis=1)
+    return out
+
+
+def _finite(value: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The tensor's values as flat float32, NaN/inf left out (they carry no range), and their min and max."""
     values = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
-    if values.size and not (math.isfinite(float(values.min())) and math.isfinite(float(values.max()))):
+    if values.size == 0:
+        return values, math.inf, -math.inf
+    lo, hi = float(values.min()), float(values.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         values = values[np.isfinite(values)]
-    return values
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (math.inf, -math.inf)
+    return values, lo, hi
 
 
 class _Binner:
-    """Counts of float32 values into HIST_BINS bins over [-top, top], a block at a time (buffers reused)."""
+    """Counts of float32 values into the bins of [-top, top] (a power of two), a block at a time (buffers reused):
+    bin floor(x·n/2top) + n/2, exact, as the scale is a power of two."""
 
     def __init__(self) -> None:
         self.scaled = np.empty(_BLOCK, np.float32)
@@ -102,14 +145,13 @@ class _Binner:
 
     def add(self, hist: np.ndarray, values: np.ndarray, top: float) -> None:
         n = hist.size
-        scale, offset = np.float32(n / (2 * top)), np.float32(n / 2)
+        scale, offset = np.float32(n / (2 * top)), np.float32(n // 2)
         for start in range(0, values.size, _BLOCK):
             block = values[start : start + _BLOCK]
             scaled, index = self.scaled[: block.size], self.index[: block.size]
             np.multiply(block, scale, out=scaled)
-            scaled += offset
-            np.clip(scaled, 0, n - 1, out=scaled)
-            np.copyto(index, scaled, casting="unsafe")  # truncation: floor of a value >= 0
+            np.floor(scaled, out=scaled)
+            np.add(scaled, offset, out=index, casting="unsafe")  # integers below 2^24: exact
             hist += np.bincount(index, minlength=n)
 
 
@@ -143,106 +185,106 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
     return out
 
 
-def _named_minmax_pass(proto: Any, names: list[str], data: Dataset, batch: int) -> Statistics:
-    """The min/max of the named tensors only, as the MinMax calibrator measures them, streamed: the graph is run as
-    in _minmax_pass (unoptimised: the same values), exposing just these tensors."""
-    out = Statistics({n: TensorStats() for n in names})
-    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
-    for values in streamed(proto, names, data, "calibration", size):
-        for name, value in values.items():
-            if value.size:
-                stats = out.tensors[name]
-                stats.lo, stats.hi = min(stats.lo, float(value.min())), max(stats.hi, float(value.max()))
-    return out
-
-
-HELD_BYTES = 64 << 20  # a few tensors' values over every sample are kept for the histogram, not computed again
-
-
-def _held_pass(proto: Any, names: list[str], data: Dataset, batch: int) -> Statistics:
-    """_named_minmax_pass, then _histogram_pass over the ranges it found, from one run of the graph when the values
-    of `names` over every sample take at most HELD_BYTES and an eighth of the memory budget: they are kept in
-    between (else the histogram pass runs the graph again)."""
-    from deployc.core import memory
-
-    cap = min(HELD_BYTES, memory.current().limit // 8)
-    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
-    ranges, kept, held = Statistics({n: TensorStats() for n in names}), 0, []
-    for values in streamed(proto, names, data, "calibration", size):
-        for name, value in values.items():  # as _named_minmax_pass
-            if value.size:
-                stats = ranges.tensors[name]
-                stats.lo, stats.hi = min(stats.lo, float(value.min())), max(stats.hi, float(value.max()))
-        kept += sum(v.nbytes for v in values.values())
-        held = held if held is not None and kept <= cap else None
-        if held is not None:
-            held.append(values)
-    return _histogram_pass(proto, data, batch, ranges, held)
-
-
 def _histogram_pass(
-    proto: Any, data: Dataset, batch: int, ranges: Statistics, held: list[dict[str, np.ndarray]] | None = None
+    proto: Any, names: list[str], data: Dataset, batch: int, histograms: bool = True, keep: bool = False
 ) -> Statistics:
-    """Each tensor's HIST_BINS histogram over [-max|x|, max|x|] (its range from `ranges`), streamed: batches of at
-    most `batch` samples that fit the memory budget with every calibrated tensor of a batch held at once. `held`:
-    the batches' values already computed (_held_pass)."""
-    names = [n for n, s in ranges.tensors.items() if 0 < s.absmax < math.inf]
-    out = Statistics({n: TensorStats(s.lo, s.hi) for n, s in ranges.tensors.items()}, histograms=True)
-    binner = _Binner()
-    if held is None:
-        size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
-        held = streamed(proto, names, data, "calibration", size)
-    for values in held:
-        values = {n: v for n, v in values.items() if n in out.tensors and 0 < out.tensors[n].absmax < math.inf}
+    """The min, max and (with `histograms`) histogram of each named tensor, in one run of the graph over `data`
+    (unoptimised, as onnxruntime's calibrators run it: the same values), streamed in batches of at most `batch`
+    samples that fit the memory budget with every named tensor of a batch held at once. `keep`: the values are kept
+    for the next stage (activations.keep_run) when they take at most KEPT_BYTES."""
+    from deployc.passes.onnx_util import weighted_matmul_inputs
+
+    out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
+    binner = _Binner() if histograms else None
+    # what a smoothing trial measures of the same graph, at a small cost here: no run of its own
+    smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
+    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+    kept: dict[str, list[np.ndarray]] | None = {n: [] for n in names} if keep else None
+    for values in streamed(proto, names, data, "calibration", size):
+        if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+            for name, value in values.items():
+                kept[name].append(value)
+        else:
+            kept = None
         for name, value in values.items():
-            finite, stats = _finite(value), out.tensors[name]
-            if finite.size == 0:
-                continue
-            if stats.hist is None:
-                stats.hist = np.zeros(HIST_BINS, np.int64)
-            binner.add(stats.hist, finite, stats.absmax)
+            stats = out.tensors[name]
+            stats.add(value, binner)
+            if name in smoothed and value.size:
+                m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                stats.channel_absmax = m if stats.channel_absmax is None else np.maximum(stats.channel_absmax, m)
+    if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+        keep_run(run_key(proto, data), size.sizes, kept)
     return out
+
+
+def memoized_channel_absmax(proto: Any, data: Dataset, names: list[str]) -> dict[str, np.ndarray] | None:
+    """max |x| per last-axis channel of the named tensors, when a histogram pass over this graph and these samples
+    measured them (smoothquant.channel_absmax's numbers), else None."""
+    have = _STATS.get(run_key(proto, data))
+    if have is None or not all(n in have.tensors and have.tensors[n].channel_absmax is not None for n in names):
+        return None
+    return {n: have.tensors[n].channel_absmax for n in names}
 
 
 def collect(proto: Any, data: Dataset, histograms: bool, batch: int = 64) -> Statistics:
-    """Every calibrated tensor's min/max over `data` and, with `histograms`, its histogram over [-max|x|, max|x|]
-    (a second pass). Streamed in batches that fit the memory budget; the result does not depend on them."""
-    ranges = _minmax_pass(proto, data, batch)
-    return _histogram_pass(proto, data, batch, ranges) if histograms else ranges
+    """Every calibrated tensor's min/max over `data` and, with `histograms`, its histogram (one pass either way).
+    Streamed in batches that fit the memory budget; the result does not depend on them."""
+    if histograms:
+        return _histogram_pass(proto, calibrated_tensors(proto), data, batch)
+    return _minmax_pass(proto, data, batch)
 
 
 # ---- each method's ranges from the statistics ----------------------------------------------------------------
 
 
 def percentile_range(stats: TensorStats, percentile: float) -> tuple[float, float]:
-    """onnxruntime's symmetric Percentile (HistogramCollector.compute_percentile) on the 2048-bin histogram of |x|
-    over [0, max|x|]: t = the left edge of the bin where the CDF reaches `percentile`, clipped to the tensor's own
-    min and max. (onnxruntime's grid starts at min|x|, not 0: the same when a tensor's values come near 0.)"""
+    """onnxruntime's symmetric Percentile (HistogramCollector.compute_percentile) on the histogram of |x| over
+    [0, top]: t = the left edge of the bin where the CDF reaches `percentile`, clipped to the tensor's own min and
+    max. (onnxruntime's grid is 2048 bins over [min|x|, max|x|]; ours is at least as fine.)"""
     if stats.hist is None or stats.absmax == 0.0:
         return stats.lo, stats.hi
     half = stats.hist.size // 2
     folded = stats.hist[half:] + stats.hist[half - 1 :: -1]
-    edges = np.linspace(0.0, stats.absmax, folded.size + 1, dtype=np.float32)
+    with np.errstate(over="ignore"):  # top = 2^128 (a -FLT_MAX mask) is inf in float32: clipped to max below
+        edges = np.linspace(0.0, stats.top, folded.size + 1, dtype=np.float32)
     cdf = np.cumsum(folded / folded.sum())
     t = float(edges[min(int(np.searchsorted(cdf, percentile / 100.0)), folded.size)])
     return max(-t, stats.lo), min(t, stats.hi)
 
 
 def entropy_range(stats: TensorStats) -> tuple[float, float]:
-    """onnxruntime's Entropy (HistogramCollector.compute_entropy): the 2048-bin histogram over [-max|x|, max|x|]
-    and the threshold of least KL divergence to its 128-bin quantization, clipped to the tensor's min and max."""
+    """onnxruntime's Entropy (HistogramCollector.compute_entropy): the 2048-bin histogram over [-max|x|, max|x|] and
+    the threshold of least KL divergence to its 128-bin quantization, clipped to the tensor's min and max. The
+    counts are our finer bins' (at least two to each of those), those straddling an edge split in proportion."""
     if stats.hist is None or stats.absmax == 0.0:
         return stats.lo, stats.hi
-    hist = stats.hist.reshape(ENTROPY_BINS, -1).sum(axis=1)
     edges = np.linspace(-stats.absmax, stats.absmax, ENTROPY_BINS + 1, dtype=np.float32)
-    start, end = kl_threshold(hist, ENTROPY_QUANTIZED_BINS)
+    start, end = kl_threshold(entropy_histogram(stats), ENTROPY_QUANTIZED_BINS)
     return max(float(edges[start]), stats.lo), min(float(edges[end]), stats.hi)
+
+
+def entropy_histogram(stats: TensorStats) -> np.ndarray:
+    """The counts of ENTROPY_BINS bins over [-max|x|, max|x|] from the tensor's histogram: the cumulative counts at
+    their edges, interpolated within our bins (at least two to each of theirs) and rounded."""
+    edges = np.linspace(-stats.absmax, stats.absmax, ENTROPY_BINS + 1, dtype=np.float32).astype(np.float64)
+    fine = np.linspace(-stats.top, stats.top, stats.hist.size + 1)
+    below = np.rint(np.interp(edges, fine, np.concatenate([[0], np.cumsum(stats.hist)])))
+    return np.diff(below).astype(np.int64)
 
 
 def kl_threshold(hist: np.ndarray, quantized_bins: int) -> tuple[int, int]:
     """HistogramCollector.get_entropy_threshold's search: the (start, end) bin edges of the centred slice of `hist`
     whose `quantized_bins`-bin quantization (both smoothed by quant_utils.smooth_distribution) has least KL
-    divergence. Its Python loop costs ~1 s a tensor; here every candidate at once, in float64, from prefix sums:
+    divergence."""
+    start, end, kl = kl_divergences(hist, quantized_bins)
+    # get_entropy_threshold keeps each divergence in the histogram edges' float32: equal there, the first wins
+    best = int(np.argmin(kl.astype(np.float32)))
+    return int(start[best]), int(end[best])
+
+
+def kl_divergences(hist: np.ndarray, quantized_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every centred slice's (start, end) bin edges and KL divergence, as kl_threshold searches them (inf: none).
+    HistogramCollector's Python loop costs ~1 s a tensor; here every candidate at once, in float64, from prefix sums:
     smoothing keeps each distribution's total, so KL = (sum ps·log ps − sum ps·log qs)/total − log total + log sum q,
     where q is constant over each quantized bin and sum (p−e1)·log(p−e1) over a slice is a series in e1 <= 0.21."""
     h = hist.astype(np.int64)
@@ -311,10 +353,7 @@ def kl_threshold(hist: np.ndarray, quantized_bins: int) -> tuple[int, int]:
     sum_q = (merged[:, None] * level).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = (sum_plogp - sum_plogq) / total - np.log(total) + np.log(sum_q)
-    kl = np.where((nonzero > 0) & (q_nonzero > 0) & (total > 0), kl, np.inf)
-    # get_entropy_threshold keeps each divergence in the histogram edges' float32: equal there, the first wins
-    best = int(np.argmin(kl.astype(np.float32)))
-    return int(start[best]), int(end[best])
+    return start, end, np.where((nonzero > 0) & (q_nonzero > 0) & (total > 0), kl, np.inf)
 
 
 def _method_ranges(stats: Statistics, method: str, percentile: float) -> dict[str, tuple[float, float]]:
@@ -342,20 +381,20 @@ def statistics(
     key: str | None = None,
     names: list[str] | None = None,
 ) -> Statistics:
-    """collect()'s result for this graph and these samples, memoized: the minmax pass once, and the histogram pass
-    (over the ranges the minmax pass found) once, when a method needs it; every method is read off them. `names`:
-    only these tensors (a few of a large graph's), else every calibrated tensor."""
+    """collect()'s result for this graph and these samples, memoized: onnxruntime's minmax pass for minmax, one
+    histogram pass (which finds the same min and max) once a method needs histograms; every method is read off
+    them. `names`: only these tensors (a few of a large graph's), else every calibrated tensor."""
     key = key or run_key(proto, data)
     if names is not None:
         key = f"{key}:" + hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
     have = _STATS.pop(key, None)
-    if have is None and names is not None and histograms:  # a few tensors: their values may be kept in between
-        have = _held_pass(proto, sorted(names), data, batch)
-    have = have or (
-        _minmax_pass(proto, data, batch) if names is None else _named_minmax_pass(proto, sorted(names), data, batch)
-    )
-    if histograms and not have.histograms:
-        have = _histogram_pass(proto, data, batch, have)
+    if have is None or (histograms and not have.histograms):
+        if histograms or names is not None:  # a few tensors' values: kept for bias correction (same graph)
+            have = _histogram_pass(
+                proto, sorted(names or calibrated_tensors(proto)), data, batch, histograms, names is not None
+            )
+        else:
+            have = _minmax_pass(proto, data, batch)
     while len(_STATS) >= _STATS_KEPT:
         _STATS.pop(next(iter(_STATS)))
     _STATS[key] = have  # most recently used last

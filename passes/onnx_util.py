@@ -21,6 +21,22 @@ def producers(nodes: Iterable[Any]) -> dict[str, Any]:
     return {o: n for n in nodes for o in n.output if o}
 
 
+def weighted_matmul_inputs(proto: Any) -> dict[str, list[Any]]:
+    """Activation → the MatMul/Gemm nodes that read it as input 0 with a constant 2-D weight (Gemm without transA):
+    what SmoothQuant-style smoothing rescales (passes/smoothquant.py) and calibration measures per channel for it."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    groups: dict[str, list[Any]] = collections.defaultdict(list)
+    for n in proto.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[0] in inits:
+            continue
+        w = inits.get(n.input[1])
+        trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
+        if w is None or len(w.dims) != 2 or (n.op_type == "Gemm" and trans_a):
+            continue
+        groups[n.input[0]].append(n)
+    return dict(groups)
+
+
 def copied(proto: Any) -> Any:
     """A deep copy of a ModelProto (for libraries that edit their input in place, and for local edits)."""
     out = type(proto)()

@@ -28,6 +28,7 @@ from deployc.passes.onnx_util import op_counts, scratch_dir
 from deployc.passes.openvino_qdq import shared_ranges
 from deployc.passes.opset import QDQ_PER_CHANNEL_OPSET, OpsetUpgrade, onnx_opset, upgrade_for_qdq
 from deployc.passes.qdq_prep import quantizer_ready
+from deployc.passes.quantize_memo import memoized_weights
 from deployc.passes.recurrent_calibration import calibrated
 from deployc.passes.recurrent_int8 import Unrolled, unroll_recurrent
 from deployc.passes.smoothquant import MUL_SUFFIX as SMOOTH_MUL_SUFFIX
@@ -184,21 +185,22 @@ def quantize_int8_selected(
             concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
             if spec.shared_concat_ranges:
                 shared_ranges(prepared.graph, cache, set(concats))
-            quantize_static(
-                src,
-                str(out),
-                CalibrationReader(samples, batch),
-                quant_format=QuantFormat.QDQ,
-                per_channel=_per_channel(proto, spec.per_channel),
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, METHODS[spec.calibration]),
-                nodes_to_exclude=[*spec.exclude, *keep, *concats],
-                nodes_to_quantize=nodes,
-                reduce_range=spec.reduce_range,
-                extra_options={**extra, **options},
-                calibration_cache_path=cache,
-            )
+            with memoized_weights():  # remedy trials quantize the same weights (passes/quantize_memo.py)
+                quantize_static(
+                    src,
+                    str(out),
+                    CalibrationReader(samples, batch),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=_per_channel(proto, spec.per_channel),
+                    activation_type=act,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, METHODS[spec.calibration]),
+                    nodes_to_exclude=[*spec.exclude, *keep, *concats],
+                    nodes_to_quantize=nodes,
+                    reduce_range=spec.reduce_range,
+                    extra_options={**extra, **options},
+                    calibration_cache_path=cache,
+                )
         quantized, correction = onnx.load(str(out)), None
         if spec.bias_correction:
             quantized, correction = correct_biases(quantized, prepared, samples, batch, same_as)

@@ -23,9 +23,10 @@ from deployc.data.dataset import Dataset
 from deployc.passes.activations import streamed
 from deployc.passes.onnx_numerics import Samples, batched_outputs, batches_mismatch, pinned
 from deployc.passes.onnx_util import copied, producers
+from deployc.passes.onnx_util import weighted_matmul_inputs as smoothable
 
-MUL_SUFFIX = "/smoothquant"  # names the Mul nodes it inserts, so the quantizer keeps them float
 SMOOTHED = ("MatMul", "Gemm")
+MUL_SUFFIX = "/smoothquant"  # names the Mul nodes it inserts, so the quantizer keeps them float
 EQUAL_RTOL = 1e-4
 _SCALE_RANGE = (1e-5, 1e5)
 
@@ -55,24 +56,15 @@ def _attr(node: Any, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def smoothable(proto: Any) -> dict[str, list[Any]]:
-    """Activation → the MatMul/Gemm nodes that read it as input 0 with a constant 2-D weight (Gemm without transA)."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    groups: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in proto.graph.node:
-        if n.op_type not in SMOOTHED or len(n.input) < 2 or n.input[0] in inits:
-            continue
-        w = inits.get(n.input[1])
-        if w is None or len(w.dims) != 2 or (n.op_type == "Gemm" and _attr(n, "transA", 0)):
-            continue
-        groups[n.input[0]].append(n)
-    return dict(groups)
-
-
 def channel_absmax(proto: Any, names: list[str], data: Dataset) -> dict[str, np.ndarray]:
     """max |value| per last-axis channel of each named tensor over `data` (streamed in batches that fit the memory
-    budget: nothing is kept)."""
-    out: dict[str, np.ndarray] = {}
+    budget: nothing is kept); read off the calibration statistics of the same graph and samples when they hold it."""
+    from deployc.passes.calibration import memoized_channel_absmax
+
+    out = memoized_channel_absmax(proto, data, names)  # smoothing comes after calibration: no import cycle
+    if out is not None:
+        return out
+    out = {}
     for values in streamed(proto, names, data, "smoothing's activation ranges"):
         for name, value in values.items():
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)

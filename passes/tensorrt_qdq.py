@@ -35,6 +35,7 @@ from deployc.core.ort import CalibrationReader
 from deployc.data.dataset import Dataset
 from deployc.passes.calibration import METHODS, calibration_cache
 from deployc.passes.onnx_util import copied, producers, scratch_dir
+from deployc.passes.quantize_memo import memoized_weights
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 FUSED_CONVS = {"Conv", "ConvTranspose"}  # TensorRT fuses a residual Add into these (with their epilogue)
@@ -270,7 +271,7 @@ def quantize_placed(
         src, out = work / "float.onnx", work / "int8.onnx"
         onnx.save(proto, src)
         # entropy/percentile calibrators print progress; the quantizer logs a pre-processing hint on the root logger
-        with redirect_stdout(io.StringIO()), _root_warnings_off():
+        with redirect_stdout(io.StringIO()), _root_warnings_off(), memoized_weights():
             # ranges shared with quantize.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
             changed = changed if root is not None else None
             cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work, changed)

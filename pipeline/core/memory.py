@@ -141,22 +141,60 @@ def current() -> Budget:
     return _CURRENT.get() or resolve(None)
 
 
+# bytes a stage keeps between stages (activations memoized across remedy trials), by who keeps them, and how to free
+# them: the other stages size their batches from what is left of the budget
+_KEPT: dict[str, tuple[int, Callable[[], None]]] = {}
+KEEP_SHARE = 4  # what is kept takes at most a quarter of the budget
+
+
+def keep(owner: str, nbytes: int, drop: Callable[[], None]) -> bool:
+    """Reserve `nbytes` of the budget for `owner` to keep between stages (replacing its earlier reservation);
+    `drop` frees them. False, and nothing reserved, when all that is kept would exceed the budget / KEEP_SHARE."""
+    others = sum(n for k, (n, _) in _KEPT.items() if k != owner)
+    _KEPT.pop(owner, None)
+    if others + nbytes > current().limit // KEEP_SHARE:
+        return False
+    _KEPT[owner] = (int(nbytes), drop)
+    return True
+
+
+def release(owner: str) -> None:
+    """`owner` no longer keeps anything."""
+    _KEPT.pop(owner, None)
+
+
+def kept_bytes() -> int:
+    """What the stages keep, within the current budget's share: kept under a larger budget (an earlier build in
+    this process), it is dropped first."""
+    total = sum(n for n, _ in _KEPT.values())
+    if total > current().limit // KEEP_SHARE:
+        for _, drop in list(_KEPT.values()):
+            drop()
+        _KEPT.clear()
+        return 0
+    return total
+
+
 def batch_for(per_sample: int, wanted: int, what: str, fixed: int | None = None) -> int:
     """Samples per batch for a stage whose batch holds `per_sample` bytes per sample: at most `wanted`, and no more
-    than the budget (and WORKING_SET) allow; `fixed`: the model's batch axis has this size, so it is that or
-    nothing. Raises MemoryBudgetExceeded naming `what` when not even one sample (or the fixed batch) fits."""
+    than the budget less what is kept (keep) and WORKING_SET allow; `fixed`: the model's batch axis has this size,
+    so it is that or nothing. Raises MemoryBudgetExceeded naming `what` when not even one sample (or the fixed
+    batch) fits."""
     budget = current()
+    kept = kept_bytes()
+    limit = budget.limit - kept
     need = max(int(per_sample), 1)
     least = fixed or 1
-    if need * least > budget.limit:
+    if need * least > limit:
         n = f"one batch of {fixed} samples (the model's fixed batch)" if fixed else "one sample"
+        held = f" ({size_text(kept)} of it kept for remedy trials)" if kept else ""
         raise MemoryBudgetExceeded(
-            f"{what} needs {size_text(need * least)} for {n}, more than the memory budget {budget}; "
+            f"{what} needs {size_text(need * least)} for {n}, more than the memory budget {budget}{held}; "
             f"raise build.max_memory or use a machine with more memory"
         )
     if fixed:
         return fixed
-    return max(1, min(int(wanted), min(budget.limit, WORKING_SET) // need))
+    return max(1, min(int(wanted), min(limit, WORKING_SET) // need))
 
 
 def peak_rss_bytes() -> int:

@@ -115,8 +115,13 @@ def test_bias_correction_reports_ops_it_cannot_correct():
     assert out is plain and info.corrected == () and "no bias" in info.skipped["matmul"]
 
 
-def test_a_second_correction_with_the_same_input_ranges_runs_nothing_and_gives_the_same_bytes(monkeypatch):
-    from deployc.passes import bias_correction
+@pytest.mark.parametrize("held", [True, False])
+def test_a_second_correction_runs_the_float_graph_only_for_what_it_cannot_reuse(held, monkeypatch):
+    """Sums of an input quantizer seen before are reused; a new input scale (symmetric activations) is measured from
+    the float inputs the first run kept when they fit a quarter of the memory budget (no second run), else by a
+    second run; either way the bytes are those of a correction from scratch."""
+    from deployc.core import memory
+    from deployc.passes import activations, bias_correction
 
     rng = np.random.default_rng(3)
     fp32 = _conv_model(rng)
@@ -125,20 +130,32 @@ def test_a_second_correction_with_the_same_input_ranges_runs_nothing_and_gives_t
     real = bias_correction.session
     monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
     monkeypatch.setattr(bias_correction, "_SUMS", {})
+    monkeypatch.setattr(bias_correction, "_HELD", {})
     spec = Int8Config(bias_correction=False, reduce_range=False)
-    per_channel, per_tensor = (
-        quantize_int8(fp32, calib, spec.model_copy(update={"per_channel": pc})) for pc in (True, False)
+    per_channel, per_tensor, symmetric = (
+        quantize_int8(fp32, calib, spec.model_copy(update=u))
+        for u in ({"per_channel": True}, {"per_channel": False}, {"symmetric_activations": True})
     )
-    first, _ = correct_biases(per_channel, fp32, calib)
-    cold_per_tensor, _ = correct_biases(per_tensor, fp32, calib)  # the same input quantizer: its sums are reused
-    assert len(runs) == 1
-    symmetric = quantize_int8(fp32, calib, spec.model_copy(update={"symmetric_activations": True}))
-    correct_biases(symmetric, fp32, calib)  # another input scale: measured anew
-    assert len(runs) == 2
+    inputs = 48 * IN * 4 * 4 * 4  # bytes of the one Conv's float input over the samples
+    memory.release(activations._KEPT_OWNER)  # nothing else kept (a calibration pass may keep its values)
+    budget = memory.Budget(memory.KEEP_SHARE * (inputs if held else inputs - 1), "test")
+    with memory.applied(budget):
+        first, _ = correct_biases(per_channel, fp32, calib)
+        cold_per_tensor, _ = correct_biases(per_tensor, fp32, calib)  # the same input quantizer: its sums are reused
+        assert len(runs) == 1
+        assert memory.kept_bytes() == (inputs if held else 0)  # all of it bias correction's
+        warm_symmetric, _ = correct_biases(symmetric, fp32, calib)  # another input scale: measured anew
+        assert len(runs) == (1 if held else 2)
     monkeypatch.setattr(bias_correction, "_SUMS", {})
+    monkeypatch.setattr(bias_correction, "_HELD", {})
+    memory.release(bias_correction._OWNER)
     again, _ = correct_biases(per_tensor, fp32, calib)
-    assert len(runs) == 3 and again.SerializeToString() == cold_per_tensor.SerializeToString()
+    assert again.SerializeToString() == cold_per_tensor.SerializeToString()
+    monkeypatch.setattr(bias_correction, "_SUMS", {})
+    cold_symmetric, _ = correct_biases(symmetric, fp32, calib)
+    assert cold_symmetric.SerializeToString() == warm_symmetric.SerializeToString()
     assert first.SerializeToString() != cold_per_tensor.SerializeToString()  # the trials did differ
+    memory.release(bias_correction._OWNER)
 
 
 @pytest.mark.parametrize(

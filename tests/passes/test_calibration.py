@@ -161,14 +161,12 @@ def _onnxruntime_ranges(proto: onnx.ModelProto, data: Dataset, method: str, tmp_
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in found.data.items()}
 
 
-# minmax is exact. entropy: the KL search is exact on one histogram (the test below), but our float32 binning puts
-# values on a bin edge one bin over from np.histogram's float64 edges, and where two thresholds' divergences nearly tie
-# that moves the choice by tens of bins (seen: 14-15 of 2048 on a digits CNN trained on an AVX-512 CPU): 32 bins.
-# percentile's |x| histogram starts at 0 where onnxruntime's starts at min|x|: one of its 2048 bins at most
-TOLERANCE = {"minmax": 0.0, "entropy": 32 * 2 / 2048, "percentile": 1 / 2048}
+# minmax is exact. percentile: our bins of |x| over [0, top] and onnxruntime's over [min|x|, max|x|] each put the
+# threshold on a left edge below the percentile: one of its 2048 bins apart at most, and one of ours
+TOLERANCE = {"minmax": 0.0, "percentile": 2 / 2048}
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
 def test_ranges_equal_onnxruntimes_calibrators_on_every_sample_at_once(digits_proto, calib, method, tmp_path):
     stats = calibration.collect(digits_proto, calib, method != "minmax", batch=4)
     ours = calibration._method_ranges(stats, method, 99.99)
@@ -178,6 +176,50 @@ def test_ranges_equal_onnxruntimes_calibrators_on_every_sample_at_once(digits_pr
         scale = stats.tensors[name].absmax
         assert abs(ours[name][0] - lo) <= TOLERANCE[method] * scale, (name, ours[name], (lo, hi))
         assert abs(ours[name][1] - hi) <= TOLERANCE[method] * scale, (name, ours[name], (lo, hi))
+
+
+# onnxruntime's threshold is the argmin of the divergence over its exact 2048-bin histogram; ours is the argmin over
+# counts interpolated from our finer bins. Where two thresholds nearly tie (tens of bins apart, seen on this CNN)
+# the choice may flip: ours must be as good on onnxruntime's own histogram, within this share of the divergence.
+KL_TOLERANCE = 0.05
+
+
+def test_entropy_thresholds_are_as_good_as_onnxruntimes_on_its_own_histogram(digits_proto, calib):
+    from deployc.passes.activations import streamed
+
+    stats = calibration.collect(digits_proto, calib, True, batch=4)
+    names = sorted(n for n, s in stats.tensors.items() if s.hist is not None)
+    values = next(streamed(digits_proto, names, calib, "test", len(calib)))
+    same = 0
+    for name in names:
+        s = stats.tensors[name]
+        exact, _ = np.histogram(values[name].astype(np.float32), 2048, range=(-s.absmax, s.absmax))
+        starts, _, kl = calibration.kl_divergences(exact, 128)
+        start, _ = calibration.kl_threshold(calibration.entropy_histogram(s), 128)
+        ours, best = kl[int(np.flatnonzero(starts == start)[0])], kl.min()
+        assert ours <= best * (1 + KL_TOLERANCE), (name, ours, best)
+        same += bool(ours == best)
+    assert same >= len(names) * 2 // 3  # most pick onnxruntime's very threshold
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [3, 4], [1, 2, 3, 4, 5]])
+def test_one_pass_histograms_are_the_counts_over_the_final_range_in_any_batching(cuts):
+    """Bins merge as the range grows batch by batch (a zero-only batch, one tiny, one huge, NaN and inf): the
+    counts are exactly those of binning every value at once over the power of two above the final max|x|."""
+    rng = np.random.default_rng(0)
+    parts = [np.zeros(500), rng.normal(0, 1e-3, 700), rng.laplace(0, 1, 900), rng.normal(3, 40, 600)]
+    parts += [np.array([np.nan, np.inf, -7.0, 0.5]), rng.uniform(-0.01, 0.01, 400)]
+    values = np.concatenate(parts).astype(np.float32)
+    stats, binner = calibration.TensorStats(), calibration._Binner()
+    for batch in np.split(values, [sum(len(p) for p in parts[:c]) for c in cuts]):
+        stats.add(batch, binner)
+    finite = values[np.isfinite(values)]
+    top = calibration._power_above(float(np.abs(finite).max()))
+    n = calibration.HIST_BINS
+    index = np.floor(finite.astype(np.float64) * (n / (2 * top))).astype(np.int64) + n // 2
+    assert stats.top == top == 128.0 and (stats.lo, stats.hi) == (float(finite.min()), float(finite.max()))
+    assert np.array_equal(stats.hist, np.bincount(index, minlength=n))
+    assert stats.hist.sum() == finite.size
 
 
 def test_the_vectorised_kl_search_picks_onnxruntimes_threshold():

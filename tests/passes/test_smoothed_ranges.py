@@ -42,26 +42,10 @@ def _cold(monkeypatch) -> list[str]:
     monkeypatch.setattr(calibration, "_MEMO", {})
     monkeypatch.setattr(calibration, "_STATS", {})
     passes: list[str] = []
-    for name in ("_minmax_pass", "_named_minmax_pass", "_held_pass", "_histogram_pass"):
+    for name in ("_minmax_pass", "_histogram_pass"):
         original = getattr(calibration, name)
         monkeypatch.setattr(calibration, name, lambda *a, _f=original, _n=name: passes.append(_n) or _f(*a))
     return passes
-
-
-def test_values_too_large_to_keep_are_computed_again_with_the_same_ranges(tmp_path, monkeypatch):
-    root, smoothed, changed = _smoothed(folded=False)
-    runs = []
-    real = calibration.streamed
-    monkeypatch.setattr(calibration, "streamed", lambda proto, *a, **k: runs.append(proto) or real(proto, *a, **k))
-    ranges = []
-    for held in (calibration.HELD_BYTES, 0):
-        _cold(monkeypatch)
-        monkeypatch.setattr(calibration, "HELD_BYTES", held)
-        _ranges(root, root, "percentile", tmp_path)
-        del runs[:]
-        ranges.append(_ranges(root, smoothed, "percentile", tmp_path, changed))
-        assert len(runs) == (1 if held else 2) and all(r is smoothed for r in runs)
-    assert ranges[0] == ranges[1]
 
 
 def _ranges(root, graph, method, path, changed=None) -> dict:
@@ -79,9 +63,8 @@ def test_smoothed_ranges_from_the_roots_statistics_equal_its_own_calibration(gra
     before = len(passes)
     derived = _ranges(root, smoothed, method, tmp_path, changed)
     assert derived == alone and len(alone) > 20
-    # one run of the smoothed graph over the changed tensors and those computed from them only (their values are
-    # small: kept for the histogram)
-    assert passes[before:] == (["_named_minmax_pass"] if method == "minmax" else ["_held_pass", "_histogram_pass"])
+    # one run of the smoothed graph over the changed tensors and those computed from them only
+    assert passes[before:] == ["_histogram_pass"]
     fresh = calibration.downstream(smoothed, set(changed)) & set(alone)
     assert fresh and len(fresh) < len(alone)  # on a transformer most tensors follow the first smoothed layer
     assert all(derived[n] == roots[n] for n in set(alone) - fresh)  # read off the root's statistics

@@ -52,7 +52,7 @@ def test_trials_reuse_preprocessing_smoothing_and_channel_extremes(digits_proto,
 
 
 def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(digits_proto, calib, monkeypatch):
-    from deployc.passes import bias_correction, calibration
+    from deployc.passes import activations, bias_correction, calibration, smoothquant
 
     root = digits_proto
     spec = Int8Config(calibration="percentile")
@@ -60,7 +60,13 @@ def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(dig
 
     def cold() -> None:
         _cold(monkeypatch)
-        for module, memo in ((calibration, "_MEMO"), (calibration, "_STATS"), (bias_correction, "_SUMS")):
+        for module, memo in (
+            (calibration, "_MEMO"),
+            (calibration, "_STATS"),
+            (bias_correction, "_SUMS"),
+            (bias_correction, "_HELD"),
+            (activations, "_KEPT"),
+        ):
             monkeypatch.setattr(module, memo, {})
 
     cold()
@@ -71,8 +77,14 @@ def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(dig
     for name in ("_minmax_pass", "_histogram_pass"):
         real = getattr(calibration, name)
         monkeypatch.setattr(calibration, name, lambda *a, _f=real, _n=name: passes.update([_n]) or _f(*a))
+    for module, name in ((smoothquant, "streamed"), (bias_correction, "session")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=real, _n=name, **k: passes.update([_n]) or _f(*a, **k))
     sums = len(bias_correction._SUMS)
     warm = quantize_int8_selected(root, calib, smoothing, root=root)
+    # smoothing's channel maxima are the percentile pass's; the smoothed graph runs once, for its changed tensors'
+    # ranges, and bias correction reads their values from that run
+    assert passes == Counter({"_histogram_pass": 1})
     assert warm.smoothing is not None and warm.smoothing.muls + sum(warm.smoothing.folded.values()) > 0
     assert warm.proto.SerializeToString() == alone.SerializeToString()
     assert not passes["_minmax_pass"]  # no calibration of the whole smoothed graph

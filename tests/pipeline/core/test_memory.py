@@ -63,3 +63,20 @@ def test_the_default_budget_is_a_share_of_what_is_available():
     budget = memory.resolve(None)
     assert 0 < budget.limit <= free and where in budget.source and f"{memory.DEFAULT_SHARE:.0%}" in budget.source
     assert memory.resolve(123).limit == 123
+
+
+def test_what_stages_keep_comes_out_of_the_budget_and_is_dropped_under_a_smaller_one():
+    dropped = []
+    try:
+        with memory.applied(memory.Budget(4000, "test")):
+            assert not memory.keep("a", 1001, lambda: dropped.append("a"))  # more than a quarter: refused
+            assert memory.keep("a", 600, lambda: dropped.append("a")) and memory.keep("b", 400, lambda: None)
+            assert not memory.keep("c", 1, lambda: None)  # the quarter is full
+            assert memory.kept_bytes() == 1000
+            assert memory.batch_for(100, 64, "a stage") == 30  # (4000 - 1000) // 100
+        with memory.applied(memory.Budget(2000, "test")):  # a later build with less: what was kept is freed
+            assert memory.kept_bytes() == 0 and dropped == ["a"]
+            assert memory.batch_for(100, 64, "a stage") == 20
+    finally:
+        for owner in ("a", "b", "c"):
+            memory.release(owner)
