@@ -24,7 +24,7 @@ import numpy as np
 
 from deployc.core.ort import session
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import run_key
+from deployc.passes.activations import batch_size, per_sample_bytes, run_key
 from deployc.passes.onnx_util import copied, producers
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -376,6 +376,10 @@ def correct_biases(
     if not sites:
         return qdq, BiasCorrection((), skipped)
     values = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    # the float run returns every corrected op's input at once: its batch comes from the memory budget, as every
+    # stage's does (MemoryBudgetExceeded names this stage when one sample does not fit)
+    sources = sorted({s.source for s in sites})
+    batch = batch_size(per_sample_bytes(fp32, sources, data), data, "bias correction", batch)
     means = _input_means(fp32, sites, values, data, batch, same_as)
     out = copied(qdq)
     inits = {i.name: i for i in out.graph.initializer}

@@ -168,11 +168,16 @@ def kept_bytes() -> int:
     this process), it is dropped first."""
     total = sum(n for n, _ in _KEPT.values())
     if total > current().limit // KEEP_SHARE:
-        for _, drop in list(_KEPT.values()):
-            drop()
-        _KEPT.clear()
+        drop_kept()
         return 0
     return total
+
+
+def drop_kept() -> None:
+    """Free everything the stages keep (it is only ever a saving for a later trial)."""
+    for _, drop in list(_KEPT.values()):
+        drop()
+    _KEPT.clear()
 
 
 def batch_for(per_sample: int, wanted: int, what: str, fixed: int | None = None) -> int:
@@ -182,9 +187,12 @@ def batch_for(per_sample: int, wanted: int, what: str, fixed: int | None = None)
     batch) fits."""
     budget = current()
     kept = kept_bytes()
-    limit = budget.limit - kept
     need = max(int(per_sample), 1)
     least = fixed or 1
+    if kept and need * least > budget.limit - kept:  # what is kept for later trials yields to a stage that needs it
+        drop_kept()
+        kept = 0
+    limit = budget.limit - kept
     if need * least > limit:
         n = f"one batch of {fixed} samples (the model's fixed batch)" if fixed else "one sample"
         held = f" ({size_text(kept)} of it kept for remedy trials)" if kept else ""

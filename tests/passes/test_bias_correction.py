@@ -217,3 +217,18 @@ def test_a_bias_shared_by_several_ops_moves_once():
     held_out = _data(rng, (64, IN))
     shift_before, shift_after = _mean_error(plain, fp32, held_out)[0], _mean_error(corrected, fp32, held_out)[0]
     assert shift_before > 0.05 and shift_after < shift_before / 5, (shift_before, shift_after)
+
+
+def test_the_float_run_fits_the_memory_budget_or_names_bias_correction():
+    """The float run returns every corrected op's input at once: its batch comes from the memory budget; under a
+    budget below one sample the stage says so, by name, instead of running at its own batch."""
+    from deployc.core import memory
+
+    rng = np.random.default_rng(4)
+    fp32 = _conv_model(rng)
+    calib = Dataset({"x": _data(rng, (48, IN, 4, 4))}, None, "uniform")
+    qdq = quantize_int8(fp32, calib, Int8Config(bias_correction=False, reduce_range=False))
+    reference, _ = correct_biases(qdq, fp32, calib)
+    with memory.applied(memory.Budget(64, "test")), pytest.raises(memory.MemoryBudgetExceeded, match="bias correction"):
+        correct_biases(qdq, fp32, calib)
+    assert reference.SerializeToString() != qdq.SerializeToString()

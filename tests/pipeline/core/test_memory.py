@@ -74,8 +74,11 @@ def test_what_stages_keep_comes_out_of_the_budget_and_is_dropped_under_a_smaller
             assert not memory.keep("c", 1, lambda: None)  # the quarter is full
             assert memory.kept_bytes() == 1000
             assert memory.batch_for(100, 64, "a stage") == 30  # (4000 - 1000) // 100
+            assert memory.batch_for(3500, 64, "a stage") == 1 and dropped == ["a"]  # kept data yields to a stage
+            assert memory.kept_bytes() == 0
+            assert memory.keep("a", 600, lambda: dropped.append("a"))
         with memory.applied(memory.Budget(2000, "test")):  # a later build with less: what was kept is freed
-            assert memory.kept_bytes() == 0 and dropped == ["a"]
+            assert memory.kept_bytes() == 0 and dropped == ["a", "a"]
             assert memory.batch_for(100, 64, "a stage") == 20
     finally:
         for owner in ("a", "b", "c"):
