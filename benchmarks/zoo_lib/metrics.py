@@ -82,7 +82,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 @_metric()
 def speaker_id_accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> Parts:
     """Leave-one-out speaker identification: each utterance goes to the speaker whose centroid (of the other
-    utterances) is nearest in cosine. (A resampled hit is not independent of the others: they share centroids.)"""
+    utterances) is nearest in cosine; a tie (within 1e-9) identifies no one, so a model that writes one embedding
+    for every utterance scores 0 by rule, not by rounding. (A resampled hit is not independent of the others: they
+    share centroids.)"""
     e = _unit(outputs[0].reshape(len(labels), -1).astype(np.float64))
     speakers, own = np.unique(labels, return_inverse=True)
     sums = np.stack([e[own == k].sum(0) for k in range(len(speakers))])
@@ -90,8 +92,9 @@ def speaker_id_accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> Parts:
     cents = sums / counts[:, None]  # other speakers' centroids; an utterance's own speaker's leaves it out
     mine = (sums[own] - e) / np.maximum(counts[own] - 1, 1)[:, None]
     scores = e @ _unit(cents).T
-    scores[np.arange(len(e)), own] = (_unit(mine) * e).sum(1)
-    return _mean(np.argmax(scores, axis=1) == own)
+    right = (_unit(mine) * e).sum(1)
+    scores[np.arange(len(e)), own] = -np.inf
+    return _mean(right > scores.max(1) + 1e-9)
 
 
 def _edit_distance(a: list[int], b: list[int]) -> int:
