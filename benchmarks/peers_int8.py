@@ -199,15 +199,18 @@ class Rows:
         """The CI verdict of a deployc row against the int8 peers, and the paired interval against each."""
         from zoo_lib.resample import interval
 
-        worse, shown = [], []
+        worse, better, shown = [], [], []
         for peer in peers:
             low, high = interval(self.drifts(mine) - self.drifts(peer))
             who = f"{peer['who']} on OpenVINO" if peer.get("alias") else peer["who"]  # an ONNX peer's file on both
             shown.append(f"{who} [{low:+.4f}, {high:+.4f}]")
             if low > 0:
                 worse.append(who)
-        verdict = "at least as accurate within the 95% CI" if not worse else f"LESS accurate than {', '.join(worse)}"
-        return verdict, "; ".join(shown)
+            better += [who] if high < 0 else []
+        if worse:
+            return f"LESS accurate than {', '.join(worse)} beyond the 95% CI", "; ".join(shown)
+        beyond = " (more accurate than every int8 peer beyond it)" if len(better) == len(peers) else ""
+        return f"at least as accurate within the 95% CI{beyond}", "; ".join(shown)
 
 
 def fake_quantize_count(xml: Path) -> dict:
