@@ -253,8 +253,9 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
 
 def _conv_bias_as_add(graph: Any) -> int:
     """Move each Conv's bias (an initializer, or a DequantizeLinear of one: quantize_static's int32 bias) into an Add
-    after the Conv, reshaped to [1, C, 1, ...] (module docstring). The Add takes the Conv's output name. A bias
-    computed in the graph stays where it is. Returns the Convs changed."""
+    after the Conv of a float initializer shaped [1, C, 1, ...] (module docstring): the dequantized values, exactly
+    as DequantizeLinear computes them, so onnxruntime can fold the Add back into a float Conv. The Add takes the
+    Conv's output name. A bias computed in the graph stays where it is. Returns the Convs changed."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
@@ -269,13 +270,14 @@ def _conv_bias_as_add(graph: Any) -> int:
         weight = inits.get(conv.input[1]) or inits.get(getattr(producer.get(conv.input[1]), "input", [""])[0])
         if stored is None or weight is None:
             continue
+        values = numpy_helper.to_array(inits[stored])
+        if stored != bias:  # 1-D: a per-channel scale and zero point line up with it whatever the DQ's axis
+            scale, zero = (numpy_helper.to_array(inits[t]) if t else 0 for t in [*dq.input[1:], ""][:2])
+            values = (values.astype(np.int64) - zero).astype(np.float32) * scale.astype(np.float32)
+            old |= set(dq.input[1:])
         shape = [1, -1] + [1] * (len(weight.dims) - 2)  # channels on axis 1 of the Conv's output
         name = f"{conv.name or conv.output[0]}_bias"
-        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[stored]).reshape(shape), name))
-        if stored != bias:  # the int32 bias and its per-channel scale, now on axis 1
-            nodes.append(helper.make_node("DequantizeLinear", [name, *dq.input[1:]], [f"{name}_dequantized"],
-                                          name=f"{name}_DequantizeLinear", axis=1))  # fmt: skip
-            name = f"{name}_dequantized"
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float32).reshape(shape), name))
         old |= {bias, stored}
         out = conv.output[0]
         conv.output[0] = f"{out}_without_bias"
