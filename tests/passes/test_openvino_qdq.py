@@ -390,3 +390,43 @@ def test_every_conv_bias_fuses_when_openvino_compiles_the_onnx_file():
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     on_openvino = np.asarray(compiled(x)[compiled.outputs[0]])
     assert np.abs(on_openvino - got[0]).max() < 1e-4 * np.abs(got[0]).max() + 1e-5  # the same int8 math
+
+
+def test_a_quantized_bias_moves_as_its_exact_float_values():
+    """quantize_static's bias is int32 through a DequantizeLinear (per channel, scale = input scale × weight scale):
+    the Add after the Conv gets the same float values, and onnxruntime computes the same outputs to the bit."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w_scale = rng.uniform(0.001, 0.01, 6).astype(np.float32)
+    arrays = {
+        "s": np.float32(0.02),
+        "z": np.uint8(128),
+        "w": rng.integers(-127, 128, (6, 4, 3, 3)).astype(np.int8),
+        "w_scale": w_scale,
+        "w_zero": np.zeros(6, np.int8),
+        "b": rng.integers(-5000, 5000, 6).astype(np.int32),
+        "b_scale": w_scale * np.float32(0.02),
+        "b_zero": np.zeros(6, np.int32),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items()]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, 5, 5])
+    qdq = helper.make_model(
+        helper.make_graph(nodes, "int32_bias", [x_info], [y_info], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    placed, _ = openvino_placement(qdq)
+    onnx.checker.check_model(placed)
+    add = next(n for n in placed.graph.node if n.op_type == "Add")
+    inits = {i.name: numpy_helper.to_array(i) for i in placed.graph.initializer}
+    assert inits[add.input[1]].dtype == np.float32 and inits[add.input[1]].shape == (1, 6, 1, 1)
+    assert not {"b", "b_scale", "b_zero"} & set(inits)  # the int32 bias, its scale and zero point are gone
+    x = {"x": rng.normal(0, 1, (2, 4, 5, 5)).astype(np.float32)}
+    assert np.array_equal(session(qdq).run(None, x)[0], session(placed).run(None, x)[0])
