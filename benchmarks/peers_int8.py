@@ -18,6 +18,14 @@ deployc.core.timing's interleaved rounds, thread CPU clock) only for the CPU art
 about a GPU. Verdict per model: each shipped deployc int8 artifact's drift against the best peer that wrote Q/DQ (a
 peer that quantized nothing is listed as such, not counted as an int8 result).
 
+How sure each figure is (zoo_lib/resample.py): every graph of a model is scored on the same 2000 bootstrap resamples
+of the validation samples, so each row's drift gets a paired 95% interval (its difference to fp32 per resample), and
+each row the samples it scores worse / better than fp32 (with an exact McNemar p-value where per-sample scores are
+right/wrong). Two verdicts per shipped deployc artifact, side by side: the raw rule (drift ≤ the best int8 peer's
+drift) and "at least as accurate within the 95% CI": no int8 peer is better by a margin whose paired 95% interval
+(of deployc's drift minus the peer's, per resample) lies wholly above 0. A difference inside the interval is a tie by
+the second rule, never by the first.
+
 NNCF on OpenVINO (issue 26): nncf.quantize(ov.convert_model(fp32), ...) with its default preset (PERFORMANCE) and
 MIXED, and on YOLOv8n MIXED with Ultralytics' ignored scope for the head (its own exporter's setting); the IR it
 writes runs on OpenVINO only. Every CPU graph that is ONNX (deployc's onnx/int8, quantize_static) is scored on
@@ -136,11 +144,73 @@ def ov_outputs(scorer, path: Path) -> list[np.ndarray]:
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def ov_row(scorer, who: str, graph: Path, counts: dict) -> dict:
-    outs = ov_outputs(scorer, graph)
-    value = float(scorer.metric.fn(outs, scorer.reference if scorer.metric.similarity else scorer.targets))
-    drift = scorer.metric.drift(scorer.reference_value, value)
-    return {"model": scorer.name, "who": who, "rest": "—", **counts, "value": value, "drift": drift, "gate": "—"}
+def zoo_metric(config, scorer):
+    """The metric as zoo_lib/metrics.py defines it (with per-sample parts), else deployc's built-in."""
+    from zoo_lib import metrics
+
+    name = config.data.metric
+    return getattr(metrics, name.rsplit(":", 1)[1]) if ":" in name else scorer.metric.fn
+
+
+class Rows:
+    """One model's table rows, each scored on the same bootstrap resamples of its validation set."""
+
+    def __init__(self, config, scorer):
+        from zoo_lib.resample import Resampler
+
+        self.scorer, self.fn = scorer, zoo_metric(config, scorer)
+        self.sampler = Resampler(len(next(iter(scorer.inputs.values()))))
+        self.fp32 = None
+
+    def row(self, who: str, outs: list[np.ndarray], counts: dict, gate: str = "—") -> dict:
+        scorer = self.scorer
+        scored = self.sampler.score(self.fn, outs, scorer.reference if scorer.metric.similarity else scorer.targets)
+        drift = scorer.metric.drift(scorer.reference_value, scored.value)
+        return {"model": scorer.name, "who": who, "rest": "—", **counts, "value": scored.value, "drift": drift,
+                "gate": gate, "scored": scored}  # fmt: skip
+
+    def ort(self, who: str, graph: Path, gate: str = "—", as_written: bool = True) -> dict:
+        """A graph run with onnxruntime (as_written: Q/DQ as written, deployc's TensorRT proxy; else its CPU int8
+        kernels, as a CPU user runs them)."""
+        from tensorrt_placement import qdq_counts
+
+        return self.row(who, self.scorer.outputs(graph, as_written), qdq_counts(graph), gate)
+
+    def ov(self, who: str, graph: Path, counts: dict) -> dict:
+        return self.row(who, ov_outputs(self.scorer, graph), counts)
+
+    def drifts(self, row: dict) -> np.ndarray:
+        """The row's drift from fp32 on each resample."""
+        return self.scorer.metric.drift(self.fp32["scored"].resampled, row["scored"].resampled)
+
+    def settle(self, rows: list[dict]) -> None:
+        """Each scored row's 95% interval of its drift, its flips against fp32 and their McNemar p-value."""
+        from zoo_lib.resample import flips, interval, mcnemar_p
+
+        for r in rows:
+            if "scored" not in r:
+                continue
+            r["drift_ci"] = interval(self.drifts(r))
+            r["flips"] = flips(r["scored"], self.fp32["scored"], self.scorer.metric.higher_is_better)
+            binary = r["scored"].per_sample is not None and np.isin(r["scored"].per_sample, (0.0, 1.0)).all()
+            r["mcnemar_p"] = mcnemar_p(*r["flips"]) if r["flips"] and binary else None
+
+    def against(self, mine: dict, peers: list[dict]) -> tuple[str, str]:
+        """The CI verdict of a deployc row against the int8 peers, and the paired interval against each."""
+        from zoo_lib.resample import interval
+
+        worse, better, shown = [], [], []
+        for peer in peers:
+            low, high = interval(self.drifts(mine) - self.drifts(peer))
+            who = f"{peer['who']} on OpenVINO" if peer.get("alias") else peer["who"]  # an ONNX peer's file on both
+            shown.append(f"{who} [{low:+.4f}, {high:+.4f}]")
+            if low > 0:
+                worse.append(who)
+            better += [who] if high < 0 else []
+        if worse:
+            return f"LESS accurate than {', '.join(worse)} beyond the 95% CI", "; ".join(shown)
+        beyond = " (more accurate than every int8 peer beyond it)" if len(better) == len(peers) else ""
+        return f"at least as accurate within the 95% CI{beyond}", "; ".join(shown)
 
 
 def fake_quantize_count(xml: Path) -> dict:
@@ -172,6 +242,18 @@ def cpu_latency(scorer, graphs: dict[str, Path]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _ci(r: dict) -> str:
+    low, high = r["drift_ci"]
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _flips(r: dict) -> str:
+    if r.get("flips") is None:
+        return "—"
+    worse, better = r["flips"]
+    return f"{worse} / {better}" + (f" (p={r['mcnemar_p']:.2f})" if r.get("mcnemar_p") is not None else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from tensorrt_placement import Scorer
 
@@ -195,14 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = arts["onnx/fp32"]["file"]
         scorer = Scorer(config, folder / "data.npz", fp32, config.data.batch_size)
         calib = calibration_npz(folder, config.quantize.samples)
-        model_rows = [{**scorer.row("fp32", "—", fp32, as_written=False), "kind": "cpu", "file": fp32}]
+        table = Rows(config, scorer)
+        table.fp32 = {**table.ort("fp32", fp32, as_written=False), "kind": "cpu", "file": fp32}
+        model_rows = [table.fp32]
         for label, kind in (("onnx/int8", "cpu"), ("tensorrt/int8", "tensorrt")):
             art = arts.get(label)
             if art is None or art["file"] is None:
                 print(f"{name}: deployc {label} not built: {art and art['gate'].get('reason')}", file=sys.stderr)
                 continue
             trials = len(((art.get("details") or {}).get("remedies") or {}).get("trial_log") or []) or 1
-            row = scorer.row(f"deployc {label}", "—", art["file"], art["gate"]["status"], as_written=kind != "cpu")
+            row = table.ort(f"deployc {label}", art["file"], art["gate"]["status"], as_written=kind != "cpu")
             model_rows.append({**row, "kind": kind, "file": art["file"], "trials": trials})
         peers = list(PEERS)
         if name in IGNORED_SCOPES:
@@ -218,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:  # a peer's graph a runtime refuses is that peer's failure, reported as its row
                 if kind == "openvino":
-                    row = ov_row(scorer, label, graph, fake_quantize_count(graph))
+                    row = table.ov(label, graph, fake_quantize_count(graph))
                 else:
-                    row = scorer.row(label, "—", graph, as_written=kind != "cpu")
+                    row = table.ort(label, graph, as_written=kind != "cpu")
             except Exception as exc:  # onnxruntime and OpenVINO raise their own error types
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 print(f"{name}: {label} could not be scored: {reason}", file=sys.stderr)
@@ -230,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in [r for r in model_rows if r.get("kind") == "cpu" and "error" not in r]:  # ONNX CPU graphs on OpenVINO
             counts = {"q": r["q"], "dq": r["dq"]}
             try:
-                on_ov = ov_row(scorer, r["who"], r["file"], counts)
+                on_ov = table.ov(r["who"], r["file"], counts)
             except Exception as exc:  # OpenVINO raises its own error types
                 model_rows.append({"model": name, "who": f"{r['who']} on OpenVINO", "error": str(exc)[:160]})
                 continue
@@ -243,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             r["bytes"] = sum(p.stat().st_size for p in (Path(r["file"]), Path(r["file"]).with_suffix(".bin"))
                              if p.is_file() and (p.suffix != ".bin" or Path(r["file"]).suffix == ".xml"))  # fmt: skip
             r["latency"] = ratios.get("fp32" if r["who"] == "fp32" else r["who"])
+        table.settle(built)
         ours = [r for r in built if r["who"].startswith("deployc") and not r.get("alias")]  # as shipped and gated
         peers = [r for r in built if r["who"] not in ("fp32",) and not r["who"].startswith("deployc")]
         # a peer that wrote no Q/DQ shipped no int8 model (Model Optimizer on g2p: the fp32/fp16 graph as it was):
@@ -251,16 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         if ours and int8_peers:
             theirs = min(int8_peers, key=lambda r: r["drift"])
             for mine in ours:
-                verdict = "at least as accurate" if mine["drift"] <= theirs["drift"] + 1e-9 else "LESS accurate"
+                raw = "at least as accurate" if mine["drift"] <= theirs["drift"] + 1e-9 else "LESS accurate"
+                within, against = table.against(mine, int8_peers)
                 verdicts.append(
-                    f"{name}: {mine['who']} drift {mine['drift']:+.4f} vs best int8 peer {theirs['who']} "
-                    f"{theirs['drift']:+.4f}: {verdict}"
+                    f"{name}: {mine['who']} drift {mine['drift']:+.4f} {_ci(mine)} vs best int8 peer {theirs['who']} "
+                    f"{theirs['drift']:+.4f} {_ci(theirs)}: raw rule: {raw}; {within} "
+                    f"(deployc minus peer, 95% CI: {against})"
                 )
         for r in peers:
             if not (r["q"] or r["dq"]):
                 verdicts.append(
                     f"{name}: {r['who']} quantized nothing (0 Q/DQ, drift {r['drift']:+.4f}): no int8 model"
                 )
+        for r in model_rows:  # the resamples stay here: rows.json keeps what the table shows
+            r.pop("scored", None)
         rows += model_rows
         # each model's rows as they finish: a later model's crash does not lose the earlier ones
         (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
@@ -268,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32_bytes = {r["model"]: r["bytes"] for r in rows if r.get("who") == "fp32" and not r.get("alias")}
     print(
-        "| model | quantizer | scored on | Q | DQ | metric | drift vs fp32 | size vs fp32 | latency vs fp32 on "
-        "onnxruntime: onnxruntime / OpenVINO | deployc gate |"
+        "| model | quantizer | scored on | Q | DQ | metric | drift vs fp32 | paired 95% CI of drift | samples worse / "
+        "better than fp32 | size vs fp32 | latency vs fp32 on onnxruntime: onnxruntime / OpenVINO | deployc gate |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {r['who']} | — | — | — | — | failed: {r['error']} | — | — | — |")
+            print(f"| {r['model']} | {r['who']} | — | — | — | — | failed: {r['error']} | — | — | — | — | — |")
             continue
         lat = r.get("latency") or {}
         latency = " / ".join(f"{lat[k]:.2f}×" if k in lat else "—" for k in ("onnxruntime", "openvino"))
@@ -283,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = r.get("runtime") or ("onnxruntime" if r["kind"] != "tensorrt" else "Q/DQ as written (proxy)")
         print(
             f"| {r['model']} | {r['who']} | {runtime} | {r['q']} | {r['dq']} | {r['value']:.4f} | {r['drift']:+.4f} | "
-            f"{r['bytes'] / fp32_bytes[r['model']]:.2f}× | {latency} | {gate} |"
+            f"{_ci(r)} | {_flips(r)} | {r['bytes'] / fp32_bytes[r['model']]:.2f}× | {latency} | {gate} |"
         )
     print("\n" + "\n".join(verdicts))
     print(f"\nfiles: {args.out}")

@@ -19,6 +19,11 @@ benchmarks/openvino_placement.py):
   f32 until the Gemm's pair after the Flatten (NNCF moves it onto the pool; here it stays where onnxruntime put
   it, so that every int8 Conv/Gemm reads a DequantizeLinear, which is what deployc's int8 coverage counts).
 - No Pad reads a DequantizeLinear (OpenVINO 2026.4 miscompiles that after a Slice; _pads_read_float).
+- Each Conv's bias is an Add after it (_conv_bias_as_add), as OpenVINO's own IR writes it: compiling an ONNX Conv
+  with a bias input, OpenVINO's reader adds a ShapeOf of the Conv's output (to reshape the bias), and with dynamic
+  H/W its shape optimizations can reuse that ShapeOf for a Shape elsewhere (YOLOv8n's Detect head takes H and W of
+  each Concat of its box and class branches). The Conv then has two readers and its bias stays a separate f32 step
+  plus a Reorder (YOLOv8n's three box-branch Convs, even in fp32); with the Add, the bias fuses into every Conv.
 
 shared_ranges() gives the Concat groups one calibration range (before quantize_static); openvino_placement()
 drops the Q/DQ pairs OpenVINO has no int8 kernel for (after it). A dropped pair removes a rounding step; where
@@ -242,7 +247,67 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     unused = [(q, dqs) for q, dqs in _pairs(graph) if not at_output(dqs) and not any(map(used, dqs))]
     _drop(graph, unused)
     _pads_read_float(graph)
+    _conv_bias_as_add(graph)
     return out, len(after_pass) + len(unused)
+
+
+def _conv_bias_as_add(graph: Any) -> int:
+    """Move each Conv's bias (an initializer, or a DequantizeLinear of one: quantize_static's int32 bias) into an Add
+    after the Conv of a float initializer shaped [1, C, 1, ...] (module docstring): the dequantized values, exactly
+    as DequantizeLinear computes them, so onnxruntime can fold the Add back into a float Conv. The Add takes the
+    Conv's output name. A bias computed in the graph stays where it is. Returns the Convs changed."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    producer = {t: n for n in graph.node for t in n.output}
+    nodes, moved, old = [], 0, set()
+    for conv in graph.node:
+        nodes.append(conv)
+        if conv.op_type != "Conv" or len(conv.input) < 3 or not conv.input[2]:
+            continue
+        bias, dq = conv.input[2], producer.get(conv.input[2])
+        stored = bias if bias in inits else dq.input[0] if _dequantized_initializer(dq, inits) else None
+        weight = inits.get(conv.input[1]) or inits.get(getattr(producer.get(conv.input[1]), "input", [""])[0])
+        if stored is None or weight is None:
+            continue
+        values = numpy_helper.to_array(inits[stored])
+        if stored != bias:  # 1-D: a per-channel scale and zero point line up with it whatever the DQ's axis
+            scale, zero = (numpy_helper.to_array(inits[t]) if t else 0 for t in [*dq.input[1:], ""][:2])
+            values = (values.astype(np.int64) - zero).astype(np.float32) * scale.astype(np.float32)
+            old |= set(dq.input[1:])
+        shape = [1, -1] + [1] * (len(weight.dims) - 2)  # channels on axis 1 of the Conv's output
+        name = f"{conv.name or conv.output[0]}_bias"
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float32).reshape(shape), name))
+        old |= {bias, stored}
+        out = conv.output[0]
+        conv.output[0] = f"{out}_without_bias"
+        del conv.input[2]
+        nodes.append(helper.make_node("Add", [conv.output[0], name], [out], name=f"{conv.name or out}_bias_add"))
+        moved += 1
+    used = _names_read(nodes) | {o.name for o in graph.output}  # the old biases nothing reads any more go
+    nodes = [n for n in nodes if not (set(n.output) & old) or set(n.output) & used]
+    used = _names_read(nodes)
+    kept = [i for i in graph.initializer if i.name not in old or i.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return moved
+
+
+def _names_read(nodes: Any) -> set[str]:
+    """Every tensor name the nodes read, inside their subgraphs too (a Scan body reads outer initializers by name)."""
+    found: set[str] = set()
+    for n in nodes:
+        found.update(n.input)
+        for attr in n.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found |= _names_read(sub.node)
+    return found
+
+
+def _dequantized_initializer(node: Any, inits: dict[str, Any]) -> bool:
+    return node is not None and node.op_type == "DequantizeLinear" and all(t in inits for t in node.input if t)
 
 
 def _pads_read_float(graph: Any) -> list[str]:

@@ -25,6 +25,12 @@ SENTENCES = (
     "Python is a programming language that lets you work quickly and integrate systems effectively.",
 )
 VOICES = ("en+m1", "en+m3", "en+m7", "en+f2", "en+f4", "en-us+m2", "en-us+f3", "en+Andy")
+# speakers for speaker identification: VOICES and 16 more of espeak-ng's variants (`espeak-ng --voices=variant`)
+SPEAKERS = VOICES + tuple(
+    f"en+{v}"
+    for v in ("f1", "f3", "f5", "m2", "m4", "m5", "m6", "m8", "Annie", "Alex", "Alicia", "belinda", "benjamin",
+              "david", "linda", "steph")
+)  # fmt: skip
 
 
 def tone(freq: float, n: int, sr: int, rng: np.random.Generator, harmonics: int = 4, noise: float = 0.01) -> np.ndarray:
@@ -64,6 +70,14 @@ def speech(text: str, voice: str, sr: int = 16000, speed: int = 160) -> np.ndarr
     x = np.frombuffer(raw, dtype=np.int16).astype(np.float64) / 32768.0
     g = np.gcd(sr, rate)
     return resample_poly(x, sr // g, rate // g).astype(np.float32)
+
+
+def speech_many(jobs: list[tuple[str, str]]) -> list[np.ndarray]:
+    """speech(text, voice) of each job, in order; espeak-ng runs as one process per job, a few at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda job: speech(*job), jobs))
 
 
 def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:

