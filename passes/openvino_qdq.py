@@ -260,7 +260,17 @@ def _conv_bias_as_add(graph: Any) -> int:
 
     inits = {i.name: i for i in graph.initializer}
     producer = {t: n for n in graph.node for t in n.output}
+    taken = set(inits) | set(producer) | _names_read(graph.node) | {i.name for i in graph.input}
     nodes, moved, old = [], 0, set()
+
+    def fresh(name: str) -> str:  # a name no tensor of the graph has (an exporter may already use '<conv>_bias')
+        base, k = name, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
     for conv in graph.node:
         nodes.append(conv)
         if conv.op_type != "Conv" or len(conv.input) < 3 or not conv.input[2]:
@@ -276,11 +286,11 @@ def _conv_bias_as_add(graph: Any) -> int:
             values = (values.astype(np.int64) - zero).astype(np.float32) * scale.astype(np.float32)
             old |= set(dq.input[1:])
         shape = [1, -1] + [1] * (len(weight.dims) - 2)  # channels on axis 1 of the Conv's output
-        name = f"{conv.name or conv.output[0]}_bias"
+        name = fresh(f"{conv.name or conv.output[0]}_bias")
         graph.initializer.append(numpy_helper.from_array(values.astype(np.float32).reshape(shape), name))
         old |= {bias, stored}
         out = conv.output[0]
-        conv.output[0] = f"{out}_without_bias"
+        conv.output[0] = fresh(f"{out}_without_bias")
         del conv.input[2]
         nodes.append(helper.make_node("Add", [conv.output[0], name], [out], name=f"{conv.name or out}_bias_add"))
         moved += 1

@@ -392,7 +392,8 @@ def test_every_conv_bias_fuses_when_openvino_compiles_the_onnx_file():
     assert np.abs(on_openvino - got[0]).max() < 1e-4 * np.abs(got[0]).max() + 1e-5  # the same int8 math
 
 
-def test_a_quantized_bias_moves_as_its_exact_float_values():
+@pytest.mark.parametrize("b", ["b", "conv_bias"])  # 'conv_bias': the name the moved bias would take is in use
+def test_a_quantized_bias_moves_as_its_exact_float_values(b):
     """quantize_static's bias is int32 through a DequantizeLinear (per channel, scale = input scale × weight scale):
     the Add after the Conv gets the same float values, and onnxruntime computes the same outputs to the bit."""
     from onnx import TensorProto, helper
@@ -405,7 +406,7 @@ def test_a_quantized_bias_moves_as_its_exact_float_values():
         "w": rng.integers(-127, 128, (6, 4, 3, 3)).astype(np.int8),
         "w_scale": w_scale,
         "w_zero": np.zeros(6, np.int8),
-        "b": rng.integers(-5000, 5000, 6).astype(np.int32),
+        b: rng.integers(-5000, 5000, 6).astype(np.int32),
         "b_scale": w_scale * np.float32(0.02),
         "b_zero": np.zeros(6, np.int32),
     }
@@ -413,7 +414,7 @@ def test_a_quantized_bias_moves_as_its_exact_float_values():
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
         helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
-        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], axis=0),
+        helper.make_node("DequantizeLinear", [b, "b_scale", "b_zero"], ["bd"], axis=0),
         helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
     ]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in arrays.items()]
@@ -427,6 +428,8 @@ def test_a_quantized_bias_moves_as_its_exact_float_values():
     add = next(n for n in placed.graph.node if n.op_type == "Add")
     inits = {i.name: numpy_helper.to_array(i) for i in placed.graph.initializer}
     assert inits[add.input[1]].dtype == np.float32 and inits[add.input[1]].shape == (1, 6, 1, 1)
-    assert not {"b", "b_scale", "b_zero"} & set(inits)  # the int32 bias, its scale and zero point are gone
+    assert len(inits) == len(placed.graph.initializer) and not {b, "b_scale", "b_zero"} & set(
+        inits
+    )  # the int32 bias, its scale and zero point are gone
     x = {"x": rng.normal(0, 1, (2, 4, 5, 5)).astype(np.float32)}
     assert np.array_equal(session(qdq).run(None, x)[0], session(placed).run(None, x)[0])
