@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from deployc.passes.nonnegative import nonnegative_tensors
-from deployc.passes.onnx_util import copied
+from deployc.passes.onnx_util import all_graphs, copied, names_read
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
 PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
@@ -260,7 +260,12 @@ def _conv_bias_as_add(graph: Any) -> int:
 
     inits = {i.name: i for i in graph.initializer}
     producer = {t: n for n in graph.node for t in n.output}
-    taken = set(inits) | set(producer) | _names_read(graph.node) | {i.name for i in graph.input}
+    taken = {
+        name
+        for g in all_graphs(graph)  # subgraphs' names too: names are unique across a model's scopes
+        for name in [*(v.name for v in g.input), *(i.name for i in g.initializer)]
+        + [t for n in g.node for t in [*n.input, *n.output]]
+    }
     nodes, moved, old = [], 0, set()
 
     def fresh(name: str) -> str:  # a name no tensor of the graph has (an exporter may already use '<conv>_bias')
@@ -294,26 +299,17 @@ def _conv_bias_as_add(graph: Any) -> int:
         del conv.input[2]
         nodes.append(helper.make_node("Add", [conv.output[0], name], [out], name=f"{conv.name or out}_bias_add"))
         moved += 1
-    used = _names_read(nodes) | {o.name for o in graph.output}  # the old biases nothing reads any more go
-    nodes = [n for n in nodes if not (set(n.output) & old) or set(n.output) & used]
-    used = _names_read(nodes)
-    kept = [i for i in graph.initializer if i.name not in old or i.name in used]
     del graph.node[:]
     graph.node.extend(nodes)
+    used = names_read(graph) | {o.name for o in graph.output}  # the old biases nothing reads any more go
+    nodes = [n for n in nodes if not (set(n.output) & old) or set(n.output) & used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = names_read(graph)
+    kept = [i for i in graph.initializer if i.name not in old or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return moved
-
-
-def _names_read(nodes: Any) -> set[str]:
-    """Every tensor name the nodes read, inside their subgraphs too (a Scan body reads outer initializers by name)."""
-    found: set[str] = set()
-    for n in nodes:
-        found.update(n.input)
-        for attr in n.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found |= _names_read(sub.node)
-    return found
 
 
 def _dequantized_initializer(node: Any, inits: dict[str, Any]) -> bool:
