@@ -96,3 +96,9 @@ def kept_run(key: str, names: set[str], sizes: list[int]) -> dict[str, list[np.n
     if _KEPT.get("key") != key or _KEPT["sizes"] != list(sizes) or not names <= set(_KEPT["values"]):
         return None
     return {n: _KEPT["values"][n] for n in names}
+
+
+def last_axis_absmax(value: np.ndarray, so_far: np.ndarray | None = None) -> np.ndarray:
+    """max |x| per last-axis channel of `value`, folded into `so_far` (what SmoothQuant's scales read)."""
+    m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+    return m if so_far is None else np.maximum(so_far, m)

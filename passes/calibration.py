@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import guarded, keep_run, per_sample_bytes, run_key, streamed
+from deployc.passes.activations import guarded, keep_run, last_axis_absmax, per_sample_bytes, run_key, streamed
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -200,8 +200,10 @@ def _histogram_pass(
     smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
     size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in names} if keep else None
+    kept_bytes = 0
     for values in streamed(proto, names, data, "calibration", size):
-        if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+        kept_bytes += sum(v.nbytes for v in values.values())
+        if kept is not None and kept_bytes <= KEPT_BYTES:
             for name, value in values.items():
                 kept[name].append(value)
         else:
@@ -210,9 +212,8 @@ def _histogram_pass(
             stats = out.tensors[name]
             stats.add(value, binner)
             if name in smoothed and value.size:
-                m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-                stats.channel_absmax = m if stats.channel_absmax is None else np.maximum(stats.channel_absmax, m)
-    if kept is not None and sum(v.nbytes for vs in kept.values() for v in vs) <= KEPT_BYTES:
+                stats.channel_absmax = last_axis_absmax(value, stats.channel_absmax)
+    if kept is not None:
         keep_run(run_key(proto, data), size.sizes, kept)
     return out
 

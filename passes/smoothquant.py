@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import streamed
+from deployc.passes.activations import last_axis_absmax, streamed
 from deployc.passes.onnx_numerics import Samples, batched_outputs, batches_mismatch, pinned
 from deployc.passes.onnx_util import copied, producers
 from deployc.passes.onnx_util import weighted_matmul_inputs as smoothable
@@ -67,8 +67,7 @@ def channel_absmax(proto: Any, names: list[str], data: Dataset) -> dict[str, np.
     out = {}
     for values in streamed(proto, names, data, "smoothing's activation ranges"):
         for name, value in values.items():
-            m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            out[name] = np.maximum(out[name], m) if name in out else m
+            out[name] = last_axis_absmax(value, out.get(name))
     return out
 
 
