@@ -43,12 +43,18 @@ def test_speaker_id_accuracy_is_leave_one_out_and_a_constant_embedding_identifie
     assert metrics.speaker_id_accuracy([np.ones((48, 16))], np.repeat(np.arange(6), 8)) == 0.0
 
 
+def _tones(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random pitches, and CREPE activations that decode to them (one peak at each pitch's 20-cent bin)."""
+    hz = np.exp(rng.uniform(np.log(50), np.log(1400), n))
+    bins = np.clip(np.round((1200 * np.log2(hz / 10) - 1997.38) / 20).astype(int), 0, 359)
+    act = np.full((n, 360), 1e-3)
+    act[np.arange(n), bins] = 1.0
+    return hz, act
+
+
 def test_resampled_parts_equal_the_metric_called_on_each_resampled_set():
     rng = np.random.default_rng(1)
-    hz = np.exp(rng.uniform(np.log(50), np.log(1400), 200))
-    bins = np.clip(np.round((1200 * np.log2(hz / 10) - 1997.38) / 20).astype(int), 0, 359)
-    act = np.full((200, 360), 1e-3)
-    act[np.arange(200), bins] = 1.0
+    hz, act = _tones(rng, 200)
     act[:12] = rng.random((12, 360))  # 12 frames decoded at random pitches
     sampler = Resampler(200, rounds=50, seed=3)
     fast = sampler.score(metrics.crepe_pitch_accuracy, [act], hz)
@@ -59,10 +65,7 @@ def test_resampled_parts_equal_the_metric_called_on_each_resampled_set():
 
 def test_paired_interval_and_flips_against_the_reference():
     rng = np.random.default_rng(2)
-    hz = np.exp(rng.uniform(np.log(50), np.log(1400), 400))
-    bins = np.clip(np.round((1200 * np.log2(hz / 10) - 1997.38) / 20).astype(int), 0, 359)
-    right = np.full((400, 360), 1e-3)
-    right[np.arange(400), bins] = 1.0
+    hz, right = _tones(rng, 400)
     broken = right.copy()
     broken[:40] = np.roll(broken[:40], 30, axis=1)  # 40 frames 600 cents off
     sampler = Resampler(400, rounds=1000, seed=0)
