@@ -12,7 +12,12 @@ its graph equals `int8`'s. NNCF (default preset and MIXED) quantizes the fp32 ar
 (benchmarks/peers) on the same calibration samples. YOLOv8n: the zoo's model, data and detection metric; ResNet-18:
 random weights and images (benchmarks/resnet18_cpu.py; latency does not depend on them). 1 thread, f32 inference
 precision on OpenVINO (so bf16-capable CPUs do not change the float part). Times: process CPU ms per inference (both
-runtimes run a 1-thread inference on the calling thread), then wall ms in a shorter second interleaved run.
+runtimes run a 1-thread inference on the calling thread), then wall ms in a shorter second interleaved run. Ratios
+are medians of in-round ratios with a paired 95% bootstrap interval over the rounds; "faster"/"slower" only when the
+whole interval is on one side of 1, else "tie". Last, the compiled layers in which deployc's OpenVINO file and NNCF's
+differ (type/precision counts), which is where a timing gap between them can come from. An A/A control (NNCF's file
+compiled a second time, timed in the same rounds) shows how far apart two identical networks read in one run: a gap
+to NNCF no larger than the control's is no gap this benchmark can see.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"}
-TODAY = "today's int8|onnxruntime"  # the timing key of the int8 file every build wrote before placement auto
+TODAY = "today's int8|onnxruntime"
+CONTROL = "NNCF default, compiled again (A/A control)"  # the timing key of the int8 file every build wrote before placement auto
 INT8 = {"precision": ["int8"], "runtimes": ["onnxruntime", "openvino"], "threads": 1}
 
 
@@ -109,6 +115,30 @@ def openvino_layers(path: Path) -> tuple[int, int, str]:
     return len(kinds), sum(t == "FakeQuantize" for t, _ in kinds), " ".join(f"{n}×{p}" for p, n in convs.items())
 
 
+def layer_difference(ours: Path, theirs: Path) -> str:
+    """Compiled layers (type, precision) whose counts differ between two files on OpenVINO, with the layers' names
+    (ours), so a timing gap can be traced to the layers that cause it."""
+    import openvino as ov
+
+    def layers(path: Path) -> list[tuple[str, str, str]]:
+        ops = ov.Core().compile_model(str(path), "CPU", OV_CONFIG).get_runtime_model().get_ordered_ops()
+        return [
+            (
+                o.get_rt_info()["layerType"].astype(str),
+                o.get_rt_info()["runtimePrecision"].astype(str),
+                o.get_friendly_name(),
+            )
+            for o in ops
+        ]
+
+    a, b = layers(ours), layers(theirs)
+    ca, cb = collections.Counter(x[:2] for x in a), collections.Counter(x[:2] for x in b)
+    diff = {k: (ca[k], cb[k]) for k in sorted(set(ca) | set(cb)) if ca[k] != cb[k] and k[0] != "Const"}
+    convs = sorted(x[2] for x in a if x[0] == "Convolution") == sorted(x[2] for x in b if x[0] == "Convolution")
+    shown = "; ".join(f"{t}/{p} {n}↔{m}" for (t, p), (n, m) in diff.items()) or "none"
+    return f"{shown} (Consts not counted; Convolutions {'the same' if convs else 'DIFFER'} by name)"
+
+
 def ov_drift(scorer, path: Path) -> float:
     """The metric's drift of a graph run on OpenVINO (batches of 16)."""
     import openvino as ov
@@ -120,6 +150,14 @@ def ov_drift(scorer, path: Path) -> float:
     return scorer.metric.drift(scorer.reference_value, value)
 
 
+def versus(cpu, key: str, baseline: str) -> str:
+    """The median in-round CPU ratio key/baseline, its paired 95% bootstrap interval and what the interval says."""
+    from perf_lib import ratio_interval, speed_verdict
+
+    low, high = ratio_interval(cpu, key, baseline)
+    return f"{cpu.ratio(key, baseline).median:.3f} [{low:.3f}–{high:.3f}] {speed_verdict(low, high)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import openvino as ov
 
@@ -129,15 +167,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="yolov8n,resnet18")
-    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--wall-rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="openvino-placement-")))
     args = ap.parse_args(argv)
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or "vnni" in f)
     print(f"CPU flags: {' '.join(flags)}; load average at start: {load_average()}\n")
     print(
-        "| model | file | runtime | CPU ms (median [IQR]) | wall ms | vs NNCF default (per round) | "
-        "vs today's int8 on onnxruntime | OpenVINO layers | FakeQuantize left | Convolutions | drift | gate |"
+        "| model | file | runtime | CPU ms (median [IQR]) | wall ms | vs NNCF default (per round) [95% CI] verdict | "
+        "vs today's int8 on onnxruntime [95% CI] verdict | OpenVINO layers | FakeQuantize left | Convolutions | drift "
+        "| gate |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
@@ -166,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: NNCF {preset or 'default'} did not run: {got}", file=sys.stderr)
             else:
                 graphs.append((f"NNCF {preset or 'default'}", got, "OpenVINO", None))
-        runs = {}
+                if preset is None:  # A/A control: how far apart one file compiled twice times in the same rounds
+                    graphs.append((CONTROL, got, "OpenVINO", None))
+        runs, runs_paths = {}, {}
         for who, path, runtime, _ in graphs:
+            runs_paths[f"{who}|{runtime}"] = path
             if runtime == "onnxruntime":
                 runs[f"{who}|{runtime}"] = lambda s=session(path, threads=1), x=one: s.run(None, x)
             else:
@@ -191,14 +233,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 drift = f"{value:+.4f}"
             t = cpu.times[key]
-            vs_nncf = f"{cpu.ratio(key, nncf).median:.3f}" if nncf else "—"
-            vs_today = f"{cpu.ratio(key, TODAY).median:.3f}"
+            vs_nncf = versus(cpu, key, nncf) if nncf else "—"
+            vs_today = versus(cpu, key, TODAY)
             print(
                 f"| {name} | {who} | {runtime} | {t.median:.2f} [{t.q1:.2f}–{t.q3:.2f}] | {wall.times[key].median:.2f} "
                 f"| {vs_nncf} | {vs_today} | {layers} | {fq} | {convs} | {drift} | {gate} |",
                 flush=True,
             )
         print(f"| {name} | load average: {cpu.load_before} before, {wall.load_after} after | | | | | | | | | | |")
+        if nncf:
+            ours_ov = next(p for w, p, r, _ in graphs if w == "deployc int8@openvino")
+            print(
+                f"{name}: compiled layers that differ from NNCF default's: {layer_difference(ours_ov, runs_paths[nncf])}"
+            )
     print(f"\nfiles: {args.out}")
     return 0
 

@@ -53,6 +53,25 @@ def time_table(
     return result, "\n".join(lines)
 
 
+def ratio_interval(
+    rounds: Rounds, name: str, baseline: str, level: float = 0.95, resamples: int = 4000
+) -> tuple[float, float]:
+    """A bootstrap interval of the median in-round ratio name/baseline: rounds resampled with replacement (each
+    round's two medians stay paired, so load shared within a round cancels)."""
+    pairs = [m / b for m, b in zip(rounds.round_medians[name], rounds.round_medians[baseline]) if b > 0]
+    values = np.asarray(pairs, np.float64)
+    idx = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
+    medians = np.median(values[idx], axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def speed_verdict(low: float, high: float) -> str:
+    """'faster' or 'slower' when the whole interval of name/baseline is on one side of 1, else 'tie'."""
+    return "faster" if high < 1.0 else "slower" if low > 1.0 else "tie"
+
+
 def op_profile(path: Path, feed: dict[str, np.ndarray], threads: int = 1, runs: int = 20) -> dict[str, float]:
     """Kernel ms per node, summed by op type, from onnxruntime's profiler (the graph as it runs: after
     onnxruntime's fusions and layout changes). The profiler times wall clock, so each node counts its
