@@ -98,6 +98,13 @@ def kept_run(key: str, names: set[str], sizes: list[int]) -> dict[str, list[np.n
     return {n: _KEPT["values"][n] for n in names}
 
 
+def kept_batches(key: str) -> tuple[list[int], dict[str, list[np.ndarray]]] | None:
+    """Every kept value of the run `key`, in the batches it ran: (their sizes, name -> its values); None: not kept."""
+    if _KEPT.get("key") != key:
+        return None
+    return list(_KEPT["sizes"]), dict(_KEPT["values"])
+
+
 def last_axis_absmax(value: np.ndarray, so_far: np.ndarray | None = None) -> np.ndarray:
     """max |x| per last-axis channel of `value`, folded into `so_far` (what SmoothQuant's scales read)."""
     m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)

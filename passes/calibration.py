@@ -186,26 +186,41 @@ def _minmax_pass(proto: Any, data: Dataset, batch: int) -> Statistics:
 
 
 def _histogram_pass(
-    proto: Any, names: list[str], data: Dataset, batch: int, histograms: bool = True, keep: bool = False
+    proto: Any,
+    names: list[str],
+    data: Dataset,
+    batch: int,
+    histograms: bool = True,
+    keep: bool = False,
+    fed: tuple[str, set[str]] | None = None,
 ) -> Statistics:
     """The min, max and (with `histograms`) histogram of each named tensor, in one run of the graph over `data`
     (unoptimised, as onnxruntime's calibrators run it: the same values), streamed in batches of at most `batch`
     samples that fit the memory budget with every named tensor of a batch held at once. `keep`: the values are kept
-    for the next stage (activations.keep_run) when they take at most KEPT_BYTES."""
+    for the next stage (activations.keep_run) when they take at most KEPT_BYTES. `fed`: (the run key of a graph
+    `proto` rewrites, the tensors of `proto` that hold that graph's values): when that graph's kept run holds the
+    inputs the named tensors are computed from, only the nodes between them run, fed its values (see _fed_runs).
+    A full pass of a graph keeps the inputs of its weighted MatMul/Gemm nodes (what smoothing rescales) and of
+    their producers, for a smoothing trial's pass to be fed from."""
     from deployc.passes.onnx_util import weighted_matmul_inputs
 
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
     binner = _Binner() if histograms else None
     # what a smoothing trial measures of the same graph, at a small cost here: no run of its own
     smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
-    size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
-    kept: dict[str, list[np.ndarray]] | None = {n: [] for n in names} if keep else None
+    runs = _fed_runs(proto, names, data, fed) if fed is not None else None
+    if runs is None:
+        size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+        runs = (size.sizes, streamed(proto, names, data, "calibration", size))
+    sizes, batches = runs
+    wanted = set(names) if keep else _smoothing_inputs(proto, smoothed) & set(names)
+    kept: dict[str, list[np.ndarray]] | None = {n: [] for n in wanted} if wanted else None
     kept_bytes = 0
-    for values in streamed(proto, names, data, "calibration", size):
-        kept_bytes += sum(v.nbytes for v in values.values())
+    for values in batches:
+        kept_bytes += sum(values[n].nbytes for n in wanted)
         if kept is not None and kept_bytes <= KEPT_BYTES:
-            for name, value in values.items():
-                kept[name].append(value)
+            for name in wanted:
+                kept[name].append(values[name])
         else:
             kept = None
         for name, value in values.items():
@@ -214,8 +229,75 @@ def _histogram_pass(
             if name in smoothed and value.size:
                 stats.channel_absmax = last_axis_absmax(value, stats.channel_absmax)
     if kept is not None:
-        keep_run(run_key(proto, data), size.sizes, kept)
+        keep_run(run_key(proto, data), sizes, kept)  # a Guard's sizes are final once its batches ran
     return out
+
+
+def _smoothing_inputs(proto: Any, smoothed: set[str]) -> set[str]:
+    """The weighted ops' inputs smoothing rescales and the non-constant inputs of their producers (where it folds
+    the division): the tensors a smoothing trial's graph computes as this one does, at the edge of what it changes."""
+    consts = {i.name for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inputs = {i for t in smoothed if t in producers for i in producers[t].input if i and i not in consts}
+    return set(smoothed) | inputs
+
+
+def _fed_runs(proto: Any, names: list[str], data: Dataset, fed: tuple[str, set[str]]) -> tuple[list[int], Any] | None:
+    """(batch sizes, {name: value} per batch) of the named tensors computed by the nodes of `proto` between them
+    and tensors the run fed[0] kept (activations.keep_run) whose values `proto` computes as that graph did (fed[1]),
+    the sub-graph fed those values batch by batch (unoptimised: the same kernels, the same values); None when the
+    kept run does not hold all it needs (then the whole graph runs)."""
+    import onnx
+
+    from deployc.passes.activations import kept_batches
+    from deployc.passes.sensitivity import tensor_types
+
+    key, same = fed
+    found = kept_batches(key)
+    if found is None or any(a.type == onnx.AttributeProto.GRAPH for n in proto.graph.node for a in n.attribute):
+        return None  # nothing kept, or sub-graphs reading outer tensors (If/Loop/Scan): the whole graph runs
+    sizes, have = found[0], {t: v for t, v in found[1].items() if t in same}
+    consts = {i.name for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    needed, boundary, todo = set(), set(), list(names)
+    while todo:
+        t = todo.pop()
+        if not t or t in consts or t in boundary:
+            continue
+        if t in have:
+            boundary.add(t)
+            continue
+        node = producers.get(t)
+        if node is None:  # a graph input: the kept run does not hold it
+            return None
+        if id(node) not in needed:
+            needed.add(id(node))
+            todo.extend(node.input)
+    types = tensor_types(proto)
+    nodes = [n for n in proto.graph.node if id(n) in needed]  # in the graph's (topological) order
+    read = {i for n in nodes for i in n.input}
+
+    def typed(t: str) -> Any:
+        return onnx.helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None)
+
+    graph = onnx.helper.make_graph(
+        nodes,
+        "fed",
+        [typed(t) for t in sorted(boundary)],
+        [typed(t) for t in names],
+        [i for i in proto.graph.initializer if i.name in read],
+    )
+    sub = onnx.helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+    values = {t: have[t] for t in boundary}
+
+    def batches() -> Any:
+        from deployc.core.ort import session
+
+        sess = session(sub, optimize=False, spin=False)
+        for i in range(len(sizes)):
+            yield dict(zip(names, sess.run(names, {t: v[i] for t, v in values.items()})))
+
+    return sizes, batches()
 
 
 def memoized_channel_absmax(proto: Any, data: Dataset, names: list[str]) -> dict[str, np.ndarray] | None:
@@ -381,10 +463,12 @@ def statistics(
     batch: int = 64,
     key: str | None = None,
     names: list[str] | None = None,
+    fed: tuple[str, set[str]] | None = None,
 ) -> Statistics:
     """collect()'s result for this graph and these samples, memoized: onnxruntime's minmax pass for minmax, one
     histogram pass (which finds the same min and max) once a method needs histograms; every method is read off
-    them. `names`: only these tensors (a few of a large graph's), else every calibrated tensor."""
+    them. `names`: only these tensors (a few of a large graph's), else every calibrated tensor; `fed`: see
+    _histogram_pass."""
     key = key or run_key(proto, data)
     if names is not None:
         key = f"{key}:" + hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
@@ -392,7 +476,7 @@ def statistics(
     if have is None or (histograms and not have.histograms):
         if histograms or names is not None:  # a few tensors' values: kept for bias correction (same graph)
             have = _histogram_pass(
-                proto, sorted(names or calibrated_tensors(proto)), data, batch, histograms, names is not None
+                proto, sorted(names or calibrated_tensors(proto)), data, batch, histograms, names is not None, fed
             )
         else:
             have = _minmax_pass(proto, data, batch)
@@ -522,7 +606,9 @@ def _partial_ranges(
     histograms = method != "minmax"
     base = statistics(root, data, histograms, batch, root_key) if set(wanted) - fresh else Statistics()
     fresh |= set(wanted) - set(base.tensors)  # tensors the root's calibration does not measure (typed here only)
-    own = statistics(graph, data, histograms, batch, graph_key, [n for n in wanted if n in fresh])
+    # computed from what the root's pass kept where `graph` computes as the root does (the rest's inputs)
+    same = (computed & _computed(root)) - fresh
+    own = statistics(graph, data, histograms, batch, graph_key, [n for n in wanted if n in fresh], (root_key, same))
     tensors = {n: own.tensors[n] if n in fresh else base.tensors[n] for n in wanted}
     _MEMO[key] = _cache_text(Statistics(tensors, histograms), method, percentile, work)
     return _MEMO[key]

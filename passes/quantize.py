@@ -81,16 +81,29 @@ _PREPARED: dict[str, bytes] = {}  # graph digest -> its pre-processed bytes: a r
 _PREPARED_KEPT = 4
 
 
+def _graph_digest(proto: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+def prepared_if_done(proto: Any) -> Any | None:
+    """The pre-processed graph of `proto` when _prepared made it already (the memo, keyed by the graph's bytes),
+    else None: the graph calibration measured for it."""
+    import onnx
+
+    done = _PREPARED.get(_graph_digest(proto))
+    return None if done is None else onnx.load_from_string(done)
+
+
 def _prepared(proto: Any, work: Any) -> str:
     """Write the model and run onnxruntime's quant_pre_process (shape inference + graph fusions); the result is
     memoized per graph (the last few), as every remedy trial of an artifact prepares the same graph."""
-    import hashlib
-
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, prep = work / "model.onnx", work / "prep.onnx"
-    key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    key = _graph_digest(proto)
     if key in _PREPARED:
         write_bytes_atomic(prep, _PREPARED[key])
         return str(prep)
@@ -235,7 +248,9 @@ def smoothed(proto: Any, samples: Dataset, spec: QuantizeSpec) -> tuple[Any, Smo
     if key not in _SMOOTHED:
         while len(_SMOOTHED) >= 2:
             _SMOOTHED.pop(next(iter(_SMOOTHED)))
-        _SMOOTHED[key] = smooth(proto, samples, spec.smoothing)
+        # its channel maxima: off the calibration of its pre-processed graph when a histogram pass measured it
+        rewrites = tuple(g for g in [prepared_if_done(proto)] if g is not None)
+        _SMOOTHED[key] = smooth(proto, samples, spec.smoothing, rewrites=rewrites)
     return _SMOOTHED[key]
 
 

@@ -56,14 +56,19 @@ def _attr(node: Any, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def channel_absmax(proto: Any, names: list[str], data: Dataset) -> dict[str, np.ndarray]:
+def channel_absmax(
+    proto: Any, names: list[str], data: Dataset, rewrites: tuple[Any, ...] = ()
+) -> dict[str, np.ndarray]:
     """max |value| per last-axis channel of each named tensor over `data` (streamed in batches that fit the memory
-    budget: nothing is kept); read off the calibration statistics of the same graph and samples when they hold it."""
+    budget: nothing is kept); read off the calibration statistics of the same samples when they hold it, measured
+    on `proto` or on one of `rewrites`: value-preserving rewrites of it that keep these tensors' names (its
+    quantizer pre-processing, which is the graph calibration measures)."""
     from deployc.passes.calibration import memoized_channel_absmax
 
-    out = memoized_channel_absmax(proto, data, names)  # smoothing comes after calibration: no import cycle
-    if out is not None:
-        return out
+    for graph in (proto, *rewrites):
+        out = memoized_channel_absmax(graph, data, names)  # smoothing comes after calibration: no import cycle
+        if out is not None:
+            return out
     out = {}
     for values in streamed(proto, names, data, "smoothing's activation ranges"):
         for name, value in values.items():
@@ -177,15 +182,18 @@ class _Graph:
         return self.proto
 
 
-def smooth(proto: Any, data: Dataset, alpha: float, check_samples: int = 4) -> tuple[Any, Smoothing]:
-    """A copy of the fp32 graph `proto` smoothed with `alpha` on the activations of `data` (see module docstring)."""
+def smooth(
+    proto: Any, data: Dataset, alpha: float, check_samples: int = 4, rewrites: tuple[Any, ...] = ()
+) -> tuple[Any, Smoothing]:
+    """A copy of the fp32 graph `proto` smoothed with `alpha` on the activations of `data` (see module docstring);
+    `rewrites`: see channel_absmax."""
     from onnx import helper
 
     out = copied(proto)
     groups = smoothable(out)
     if not groups or len(data) == 0:
         return proto, Smoothing(alpha)
-    x_max = channel_absmax(proto, list(groups), data)
+    x_max = channel_absmax(proto, list(groups), data, rewrites)
     g = _Graph(out)
     folded: collections.Counter[str] = collections.Counter()
     muls: list[tuple[int, Any]] = []

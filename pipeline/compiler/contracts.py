@@ -249,6 +249,10 @@ class Target(abc.ABC):
     def infer(self, artifact: Artifact, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the artifact on its runtime; float inputs in, float outputs out."""
 
+    def scored_only(self, artifact: Artifact) -> None:  # noqa: B027 (optional hook: most targets have one config)
+        """The coming infer() runs of `artifact` are scored, not timed (a remedy trial): a target may open its
+        runtime in a configuration that costs less CPU and gives the same outputs; close() ends it."""
+
     def close(self, artifact: Artifact) -> None:  # noqa: B027 (optional hook: most targets keep nothing open)
         """Release whatever infer() keeps open for this artifact (sessions, interpreters)."""
 

@@ -132,6 +132,8 @@ def validate_artifact(
     if artifact.skipped:
         artifact.gate = {"status": "skipped", "reason": artifact.skipped}
         return
+    if not latency:
+        target.scored_only(artifact)
     batches = inference_batches(target, artifact, data, batch_of(artifact, batch_size))
     outputs = run_batched(lambda x: target.infer(artifact, x), data, batches)
     warning = coverage_warning(artifact)

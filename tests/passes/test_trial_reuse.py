@@ -31,7 +31,7 @@ def test_trials_reuse_preprocessing_smoothing_and_channel_extremes(digits_proto,
     calls: Counter[str] = Counter()
     prep, smooth, streamed = shape_inference.quant_pre_process, quantize.smooth, quantize_checks.streamed
     monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **k: calls.update(["prep"]) or prep(*a, **k))
-    monkeypatch.setattr(quantize, "smooth", lambda *a: calls.update(["smooth"]) or smooth(*a))
+    monkeypatch.setattr(quantize, "smooth", lambda *a, **k: calls.update(["smooth"]) or smooth(*a, **k))
     monkeypatch.setattr(quantize_checks, "streamed", lambda *a, **k: calls.update(["extremes"]) or streamed(*a, **k))
     _cold(monkeypatch)
     spec = Int8Config(smoothing=0.8)
@@ -77,7 +77,8 @@ def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(dig
     for name in ("_minmax_pass", "_histogram_pass"):
         real = getattr(calibration, name)
         monkeypatch.setattr(calibration, name, lambda *a, _f=real, _n=name: passes.update([_n]) or _f(*a))
-    for module, name in ((smoothquant, "streamed"), (bias_correction, "session")):
+    # calibration.streamed: a whole-graph run; the smoothing trial's pass runs only the nodes after what it changed
+    for module, name in ((smoothquant, "streamed"), (bias_correction, "session"), (calibration, "streamed")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=real, _n=name, **k: passes.update([_n]) or _f(*a, **k))
     sums = len(bias_correction._SUMS)
@@ -91,3 +92,67 @@ def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(dig
     # only the smoothed layers' inputs are measured anew for bias correction, not every weighted op's
     added = len(bias_correction._SUMS) - sums
     assert 0 < added < sums
+
+
+def test_smoothing_reads_channel_maxima_off_the_histogram_pass_of_its_preprocessed_graph(
+    digits_proto, calib, monkeypatch, tmp_path
+):
+    import numpy as np
+    import onnx
+
+    from deployc.passes import calibration, smoothquant
+    from deployc.passes.onnx_util import copied, weighted_matmul_inputs
+
+    _cold(monkeypatch)
+    monkeypatch.setattr(calibration, "_STATS", {})
+    names = sorted(weighted_matmul_inputs(digits_proto))
+    cold = smoothquant.channel_absmax(digits_proto, names, calib)  # its own run: nothing measured yet
+    prepared = onnx.load(quantize._prepared(digits_proto, tmp_path))
+    assert calibration.run_key(prepared, calib) != calibration.run_key(digits_proto, calib)  # not the same graph
+    calibration.statistics(prepared, calib, histograms=True)  # what the percentile trial measured
+    runs: Counter[str] = Counter()
+    streamed = smoothquant.streamed
+    monkeypatch.setattr(smoothquant, "streamed", lambda *a, **k: runs.update(["run"]) or streamed(*a, **k))
+    found = quantize.prepared_if_done(digits_proto)
+    assert found is not None and found.SerializeToString() == prepared.SerializeToString()
+    warm = smoothquant.channel_absmax(digits_proto, names, calib, (found,))
+    assert not runs and names and set(warm) == set(names)
+    for name in names:  # the reused maxima are those a run of the float graph measures, bit for bit
+        np.testing.assert_array_equal(warm[name], cold[name])
+    smoothed, _ = quantize.smoothed(digits_proto, calib, Int8Config(smoothing=0.8))
+    assert not runs  # the smoothing trial reads them through quantize's pre-processing memo
+    _cold(monkeypatch)
+    monkeypatch.setattr(calibration, "_STATS", {})
+    alone, _ = quantize.smoothed(digits_proto, calib, Int8Config(smoothing=0.8))
+    assert runs["run"] == 1 and alone.SerializeToString() == smoothed.SerializeToString()
+    # a changed graph (one weight scaled) finds no pre-processed graph of its own bytes, so nothing stale
+    changed = copied(digits_proto)
+    weight = changed.graph.initializer[0]
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 2, weight.name))
+    assert quantize.prepared_if_done(changed) is None
+
+
+def test_a_fed_pass_computes_what_the_whole_graph_does_and_only_from_its_own_graphs_kept_run(
+    digits_proto, calib, monkeypatch
+):
+    import numpy as np
+
+    from deployc.passes import activations, calibration
+    from deployc.passes.activations import run_key, streamed
+
+    monkeypatch.setattr(activations, "_KEPT", {})
+    graph = digits_proto
+    calibration._histogram_pass(graph, calibration.calibrated_tensors(graph), calib, 16)  # a full pass keeps
+    key = run_key(graph, calib)
+    sizes, kept = activations.kept_batches(key)
+    assert kept and sizes == [16, 8]  # the weighted ops' inputs (and their producers'), batch by batch
+    after = {o for n in graph.graph.node if n.input and n.input[0] in kept for o in n.output}
+    names = sorted(calibration.downstream(graph, after) & set(calibration.calibrated_tensors(graph)))
+    fed = calibration._fed_runs(graph, names, calib, (key, set(kept)))
+    assert fed is not None and fed[0] == sizes
+    for part, whole in zip(fed[1], streamed(graph, names, calib, "test", 16), strict=True):
+        for name in names:  # the same kernels on the same inputs: the same values, bit for bit
+            np.testing.assert_array_equal(part[name], whole[name])
+    assert calibration._fed_runs(graph, names, calib, ("another graph", set(kept))) is None  # keyed by graph bytes
+    # kept tensors whose values the graph computes otherwise (what a rewrite changed) feed nothing
+    assert calibration._fed_runs(graph, names, calib, (key, set())) is None

@@ -132,3 +132,34 @@ def test_a_tflite_artifact_whose_one_sample_does_not_fit_is_not_validated_and_sa
     reason = unvalidated_reason(raised.value, str(raised.value))  # the gate's reason, as the driver writes it
     assert reason.startswith(f"not validated: validating tflite/fp32 needs {memory.size_text(per_sample)} for one")
     assert "(build.max_memory)" in reason
+
+
+def test_a_scored_only_onnx_run_sleeps_its_idle_threads_and_gives_the_same_outputs(default_build):
+    from deployc.compiler.contracts import Artifact
+    from deployc.data.dataset import Dataset
+    from deployc.data.reference import run_batched
+    from deployc.data.sources import digits_arrays
+    from deployc.targets.onnx import OnnxOptions, OnnxTarget
+
+    data = Dataset({"image": digits_arrays("test")[0][:50]}, None, "digits")
+    entry = _artifacts(default_build)["onnx/fp32"]
+    art = Artifact("onnx", "fp32", default_build.out_dir / entry["path"], entry["runtime"], "")
+    target, key = OnnxTarget(OnnxOptions()), f"{entry['runtime']}:{default_build.out_dir / entry['path']}"
+
+    def spins() -> bool:  # onnxruntime's default (no entry: the getter raises) spins
+        try:
+            return target._sessions[key].get_session_options().get_session_config_entry(spinning) != "0"
+        except RuntimeError:
+            return True
+
+    spinning = "session.intra_op.allow_spinning"
+    timed = run_batched(lambda x: target.infer(art, x), data, 64)
+    assert spins()  # as deployed
+    target.close(art)
+    target.scored_only(art)
+    scored = run_batched(lambda x: target.infer(art, x), data, 64)
+    assert not spins()
+    np.testing.assert_array_equal(scored[0], timed[0])
+    target.close(art)  # the mark goes with the session: the next opening is as deployed again
+    target.infer(art, next(data.batches(1))[0])
+    assert spins()
