@@ -273,6 +273,8 @@ def _fed_runs(proto: Any, names: list[str], data: Dataset, fed: tuple[str, set[s
         if id(node) not in needed:
             needed.add(id(node))
             todo.extend(node.input)
+    # assembled here, not by onnx.utils.Extractor: it needs a value_info for every boundary tensor, which a rewritten
+    # (smoothed) graph's new tensors lack
     types = tensor_types(proto)
     nodes = [n for n in proto.graph.node if id(n) in needed]  # in the graph's (topological) order
     read = {i for n in nodes for i in n.input}
