@@ -75,6 +75,21 @@ def streamed(
         yield values
 
 
+def run_ahead(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """`batches` with the next one computed in a worker thread while the caller works on this one: onnxruntime's run
+    leaves the GIL, so a stage's numpy work on a batch overlaps the run of the next. Two batches are alive at once:
+    only for a stage whose budget has room for both (memory.room_for)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="deployc-run-ahead") as pool:
+        pending = pool.submit(next, batches, end)
+        while (values := pending.result()) is not end:
+            pending = pool.submit(next, batches, end)
+            yield values
+            del values  # this batch's arrays go before the one after the next is computed
+
+
 # One run's values, kept for the next stage that runs the same graph on the same samples in the same batches (a
 # smoothing trial's partial calibration, then its bias correction): small runs only, within the memory budget.
 _KEPT: dict[str, Any] = {}

@@ -19,8 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from deployc.core import memory
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import guarded, keep_run, last_axis_absmax, per_sample_bytes, run_key, streamed
+from deployc.passes.activations import (
+    guarded,
+    keep_run,
+    last_axis_absmax,
+    per_sample_bytes,
+    run_ahead,
+    run_key,
+    streamed,
+)
 from deployc.storage.files import write_text_atomic
 
 # onnxruntime's quantize_static builds its Entropy calibrator with 128 bins and 128 quantized bins: the KL search
@@ -210,8 +219,11 @@ def _histogram_pass(
     smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
     runs = _fed_runs(proto, names, data, fed) if fed is not None else None
     if runs is None:
-        size = guarded(per_sample_bytes(proto, names, data), data, "calibration", batch)
+        per_sample = per_sample_bytes(proto, names, data)
+        size = guarded(per_sample, data, "calibration", batch)
         runs = (size.sizes, streamed(proto, names, data, "calibration", size))
+        if histograms and not size.probe and memory.room_for(2 * per_sample * size.size):
+            runs = (size.sizes, run_ahead(runs[1]))  # binning a batch overlaps the next one's run
     sizes, batches = runs
     wanted = set(names) if keep else _smoothing_inputs(proto, smoothed) & set(names)
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in wanted} if wanted else None

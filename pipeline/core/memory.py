@@ -173,6 +173,12 @@ def kept_bytes() -> int:
     return total
 
 
+def room_for(nbytes: int) -> bool:
+    """Whether `nbytes` more fit the budget beside what the stages keep (nothing is dropped: a stage asking whether
+    it may hold more than it needs, e.g. a second batch in flight)."""
+    return nbytes <= current().limit - kept_bytes()
+
+
 def drop_kept() -> None:
     """Free everything the stages keep (it is only ever a saving for a later trial)."""
     for _, drop in list(_KEPT.values()):

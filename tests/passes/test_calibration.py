@@ -136,6 +136,51 @@ def test_a_budget_of_three_samples_calibrates_three_at_a_time_with_the_same_rang
     assert "calibration needs" in str(err.value) and "one sample" in str(err.value)
 
 
+def test_the_next_batch_runs_ahead_only_when_the_budget_holds_two(digits_proto, calib, monkeypatch):
+    """Binning a batch overlaps the next batch's run (activations.run_ahead) when the budget has room for both
+    batches' tensors; with room for one, batches run one at a time; the statistics are the same either way."""
+    from deployc.core import memory
+    from deployc.passes import activations
+    from deployc.passes.activations import per_sample_bytes
+
+    ahead: list[bool] = []
+    real = activations.run_ahead
+
+    def spied(batches):
+        ahead.append(True)
+        return real(batches)
+
+    monkeypatch.setattr(calibration, "run_ahead", spied)
+    memory.drop_kept()  # what an earlier test kept would take room
+    names = calibration.calibrated_tensors(digits_proto)
+    per_sample = per_sample_bytes(digits_proto, names, calib)
+    whole = calibration.collect(digits_proto, calib, True, batch=len(calib))  # histograms only: minmax is onnxruntime's
+    assert ahead == [True]
+    with memory.applied(memory.Budget(5 * per_sample, "test")):  # batches of 5: one fits, two do not
+        _stats_equal(calibration.collect(digits_proto, calib, True), whole)
+    assert ahead == [True]
+    memory.drop_kept()  # the pass keeps the inputs a smoothing trial reads: they take room too
+    with memory.applied(memory.Budget(10 * per_sample, "test")):  # batches of 5 asked for: two fit
+        _stats_equal(calibration.collect(digits_proto, calib, True, batch=5), whole)
+    assert ahead == [True, True]
+
+
+def test_run_ahead_yields_every_batch_in_order_and_raises_what_the_run_raised():
+    from deployc.passes.activations import run_ahead
+
+    got = list(run_ahead(iter([{"a": np.zeros(1)}, {"b": np.ones(2)}])))
+    assert [list(g) for g in got] == [["a"], ["b"]] and got[1]["b"].tolist() == [1.0, 1.0]
+
+    def failing():
+        yield {"x": np.zeros(1)}
+        raise MemoryError("batch 2")
+
+    got = run_ahead(failing())
+    assert next(got)["x"].shape == (1,)
+    with pytest.raises(MemoryError, match="batch 2"):
+        next(got)
+
+
 def _onnxruntime_ranges(proto: onnx.ModelProto, data: Dataset, method: str, tmp_path: Path) -> dict:
     """onnxruntime's own calibrator, every sample in one batch (what it computes when nothing limits memory)."""
     import contextlib
