@@ -73,6 +73,16 @@ def digits_proto(digits_onnx: Path):
     return onnx.load(str(digits_onnx))
 
 
+@pytest.fixture(autouse=True)
+def _nothing_kept_from_other_tests():
+    """What a stage keeps for later remedy trials (memory.keep) is process state: a test that sizes batches from a
+    budget must not see another test's kept values take part of it."""
+    from deployc.core import memory
+
+    memory.drop_kept()
+    yield
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
