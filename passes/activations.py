@@ -79,13 +79,16 @@ def run_ahead(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np
     """`batches` with the next one computed in a worker thread while the caller works on this one: onnxruntime's run
     leaves the GIL, so a stage's numpy work on a batch overlaps the run of the next. Two batches are alive at once:
     only for a stage whose budget has room for both (memory.room_for)."""
+    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
     end = object()
+    # the worker runs in the caller's context: the build's memory budget (a ContextVar) sizes and guards its batches
+    context = contextvars.copy_context()
     with ThreadPoolExecutor(1, thread_name_prefix="deployc-run-ahead") as pool:
-        pending = pool.submit(next, batches, end)
+        pending = pool.submit(context.run, next, batches, end)
         while (values := pending.result()) is not end:
-            pending = pool.submit(next, batches, end)
+            pending = pool.submit(context.run, next, batches, end)
             yield values
             del values  # this batch's arrays go before the one after the next is computed
 

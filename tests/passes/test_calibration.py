@@ -166,6 +166,19 @@ def test_the_next_batch_runs_ahead_only_when_the_budget_holds_two(digits_proto, 
     assert ahead == [True, True]
 
 
+def test_run_ahead_computes_under_the_builds_memory_budget():
+    """The worker thread sees the budget the build applied (a ContextVar), which sizes and guards its batches."""
+    from deployc.core import memory
+    from deployc.passes.activations import run_ahead
+
+    def budgets():
+        for _ in range(3):
+            yield {"limit": np.array(memory.current().limit)}
+
+    with memory.applied(memory.Budget(12345, "test")):
+        assert [int(b["limit"]) for b in run_ahead(budgets())] == [12345] * 3
+
+
 def test_run_ahead_yields_every_batch_in_order_and_raises_what_the_run_raised():
     from deployc.passes.activations import run_ahead
 
