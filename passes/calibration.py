@@ -248,9 +248,11 @@ def _histogram_pass(
 def _smoothing_inputs(proto: Any, smoothed: set[str]) -> set[str]:
     """The weighted ops' inputs smoothing rescales and the non-constant inputs of their producers (where it folds
     the division): the tensors a smoothing trial's graph computes as this one does, at the edge of what it changes."""
+    from deployc.passes.onnx_util import producers
+
     consts = {i.name for i in proto.graph.initializer}
-    producers = {o: n for n in proto.graph.node for o in n.output}
-    inputs = {i for t in smoothed if t in producers for i in producers[t].input if i and i not in consts}
+    writer = producers(proto.graph.node)
+    inputs = {i for t in smoothed if t in writer for i in writer[t].input if i and i not in consts}
     return set(smoothed) | inputs
 
 
@@ -262,6 +264,7 @@ def _fed_runs(proto: Any, names: list[str], data: Dataset, fed: tuple[str, set[s
     import onnx
 
     from deployc.passes.activations import kept_batches
+    from deployc.passes.onnx_util import producers
     from deployc.passes.sensitivity import tensor_types
 
     key, same = fed
@@ -270,7 +273,7 @@ def _fed_runs(proto: Any, names: list[str], data: Dataset, fed: tuple[str, set[s
         return None  # nothing kept, or sub-graphs reading outer tensors (If/Loop/Scan): the whole graph runs
     sizes, have = found[0], {t: v for t, v in found[1].items() if t in same}
     consts = {i.name for i in proto.graph.initializer}
-    producers = {o: n for n in proto.graph.node for o in n.output}
+    writer = producers(proto.graph.node)
     needed, boundary, todo = set(), set(), list(names)
     while todo:
         t = todo.pop()
@@ -279,7 +282,7 @@ def _fed_runs(proto: Any, names: list[str], data: Dataset, fed: tuple[str, set[s
         if t in have:
             boundary.add(t)
             continue
-        node = producers.get(t)
+        node = writer.get(t)
         if node is None:  # a graph input: the kept run does not hold it
             return None
         if id(node) not in needed:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from deployc.passes.nonnegative import nonnegative_tensors
-from deployc.passes.onnx_util import all_graphs, copied, names_read
+from deployc.passes.onnx_util import all_graphs, copied, names_read, producers
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # ops OpenVINO runs in int8 from Q/DQ inputs
 PASS_INT8 = frozenset({"Split", "Concat", "MaxPool", "Resize"})  # ops OpenVINO runs on the int8 tensor as it is
@@ -198,7 +198,7 @@ def residual_adds(graph: Any, reaches_int8: Callable[[str], bool]) -> set[int]:
     """ids of the Adds of two dequantized activations whose sum reaches an int8 kernel (a residual connection):
     OpenVINO fuses such an Add into the Conv before it with an int8 second input and an int8 output; with either
     input left float, the Conv writes f32 and a Reorder converts it (ResNet-18's downsampling blocks)."""
-    producer = {t: n for n in graph.node for t in n.output}
+    producer = producers(graph.node)
 
     def activation(t: str) -> bool:
         dq = producer.get(t)
@@ -218,7 +218,7 @@ def openvino_placement(proto: Any) -> tuple[Any, int]:
     out = copied(proto)
     graph = out.graph
     outputs = {o.name for o in graph.output}
-    producer = {t: n for n in graph.node for t in n.output}
+    producer = producers(graph.node)
 
     def dequantized(n: Any) -> bool:
         data = n.input if n.op_type == "Concat" else n.input[:1]
@@ -259,7 +259,7 @@ def _conv_bias_as_add(graph: Any) -> int:
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
-    producer = {t: n for n in graph.node for t in n.output}
+    producer = producers(graph.node)
     taken = {
         name
         for g in all_graphs(graph)  # subgraphs' names too: names are unique across a model's scopes
@@ -325,7 +325,7 @@ def _pads_read_float(graph: Any) -> list[str]:
     Returns the Pads moved."""
     import onnx
 
-    producer = {t: n for n in graph.node for t in n.output}
+    producer = producers(graph.node)
     readers, reaches_int8 = _readers(graph), int8_reach(graph)
     moved, after = [], {}
     for pad in [n for n in graph.node if n.op_type == "Pad" and n.input]:
