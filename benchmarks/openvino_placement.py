@@ -105,38 +105,35 @@ def nncf_int8(fp32: Path, calib, preset: str | None, out: Path) -> Path | str:
     return path
 
 
-def openvino_layers(path: Path) -> tuple[int, int, str]:
-    """(layers, FakeQuantize left, Convolution precisions) of the network OpenVINO's CPU plugin compiles."""
+def compiled_layers(path: Path) -> list[tuple[str, str, str]]:
+    """(type, runtime precision, name) of each layer of the network OpenVINO's CPU plugin compiles."""
     import openvino as ov
 
     ops = ov.Core().compile_model(str(path), "CPU", OV_CONFIG).get_runtime_model().get_ordered_ops()
-    kinds = [(o.get_rt_info()["layerType"].astype(str), o.get_rt_info()["runtimePrecision"].astype(str)) for o in ops]
+    info = [(o.get_rt_info(), o.get_friendly_name()) for o in ops]
+    return [(rt["layerType"].astype(str), rt["runtimePrecision"].astype(str), name) for rt, name in info]
+
+
+def openvino_layers(path: Path) -> tuple[int, int, str]:
+    """(layers, FakeQuantize left, Convolution precisions) of the network OpenVINO's CPU plugin compiles."""
+    kinds = [(t, p) for t, p, _ in compiled_layers(path)]
     convs = collections.Counter(p for t, p in kinds if t == "Convolution")
     return len(kinds), sum(t == "FakeQuantize" for t, _ in kinds), " ".join(f"{n}×{p}" for p, n in convs.items())
 
 
 def layer_difference(ours: Path, theirs: Path) -> str:
-    """Compiled layers (type, precision) whose counts differ between two files on OpenVINO, with the layers' names
-    (ours), so a timing gap can be traced to the layers that cause it."""
-    import openvino as ov
-
-    def layers(path: Path) -> list[tuple[str, str, str]]:
-        ops = ov.Core().compile_model(str(path), "CPU", OV_CONFIG).get_runtime_model().get_ordered_ops()
-        return [
-            (
-                o.get_rt_info()["layerType"].astype(str),
-                o.get_rt_info()["runtimePrecision"].astype(str),
-                o.get_friendly_name(),
-            )
-            for o in ops
-        ]
-
-    a, b = layers(ours), layers(theirs)
+    """Compiled layers (type, precision) whose counts differ between two files on OpenVINO, and whether the same
+    Convolutions were compiled (by name; OpenVINO names a Conv whose bias it split off '<name>/WithoutBiases'), so a
+    timing gap can be traced to the layers that cause it."""
+    a, b = compiled_layers(ours), compiled_layers(theirs)
     ca, cb = collections.Counter(x[:2] for x in a), collections.Counter(x[:2] for x in b)
     diff = {k: (ca[k], cb[k]) for k in sorted(set(ca) | set(cb)) if ca[k] != cb[k] and k[0] != "Const"}
-    convs = sorted(x[2] for x in a if x[0] == "Convolution") == sorted(x[2] for x in b if x[0] == "Convolution")
+
+    def convs(layers: list[tuple[str, str, str]]) -> list[str]:
+        return sorted(name.removesuffix("/WithoutBiases") for t, _, name in layers if t == "Convolution")
+
     shown = "; ".join(f"{t}/{p} {n}↔{m}" for (t, p), (n, m) in diff.items()) or "none"
-    return f"{shown} (Consts not counted; Convolutions {'the same' if convs else 'DIFFER'} by name)"
+    return f"{shown} (Consts not counted; Convolutions {'the same' if convs(a) == convs(b) else 'DIFFER'} by name)"
 
 
 def ov_drift(scorer, path: Path) -> float:

@@ -58,13 +58,12 @@ def ratio_interval(
 ) -> tuple[float, float]:
     """A bootstrap interval of the median in-round ratio name/baseline: rounds resampled with replacement (each
     round's two medians stay paired, so load shared within a round cancels)."""
+    from zoo_lib.resample import interval
+
     pairs = [m / b for m, b in zip(rounds.round_medians[name], rounds.round_medians[baseline]) if b > 0]
     values = np.asarray(pairs, np.float64)
     idx = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
-    medians = np.median(values[idx], axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(medians, [tail, 100 - tail])
-    return float(low), float(high)
+    return interval(np.median(values[idx], axis=1), level)
 
 
 def speed_verdict(low: float, high: float) -> str:
