@@ -4,8 +4,9 @@ the bytes the tensors take per sample; nothing is kept from one batch to the nex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import copied
 
 DEFAULT_BATCH = 64  # samples per batch when the budget allows it
+_T, _R = TypeVar("_T"), TypeVar("_R")
 
 
 def run_key(proto: Any, data: Dataset, *qualifiers: object) -> str:
@@ -91,6 +93,27 @@ def run_ahead(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np
             pending = pool.submit(context.run, next, batches, end)
             yield values
             del values  # this batch's arrays go before the one after the next is computed
+
+
+def side_by_side(work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """[work(item) for item in items], the items shared out among the machine's cores: numpy's arithmetic on large
+    arrays leaves the GIL, so one batch's tensors are measured side by side. Each item's work must touch only its
+    own state (then the results are the loop's, bit for bit); the worker threads run in the caller's context (the
+    build's memory budget). Not to be nested: a stage measures the tensors of one batch at a time."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = list(items)
+    workers = min(len(os.sched_getaffinity(0)), _MOST_WORKERS, len(todo))
+    if workers <= 1:
+        return [work(item) for item in todo]
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(workers, thread_name_prefix="deployc-tensors") as pool:
+        # a context each: one Context object cannot be entered by two threads at once
+        return list(pool.map(lambda item: context.copy().run(work, item), todo))
+
+
+_MOST_WORKERS = 4  # beyond this, the batch's memory bandwidth, not its cores, bounds the arithmetic
 
 
 # One run's values, kept for the next stage that runs the same graph on the same samples in the same batches (a

@@ -15,6 +15,7 @@ others are left as they are and counted.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 
 from deployc.core.ort import session
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import batch_size, per_sample_bytes, run_key
+from deployc.passes.activations import batch_size, per_sample_bytes, run_key, side_by_side
 from deployc.passes.onnx_util import copied, producers
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -234,7 +235,7 @@ def _runs(
     exposed = copied(fp32)
     have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
-    sess = session(exposed, threads=1, optimize=False)
+    sess = session(exposed, optimize=False, spin=False)  # the machine's cores, as calibration's run: the same values
     inputs = {i.name for i in sess.get_inputs()}
     held: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed, _ in data.batches(batch):
@@ -311,15 +312,19 @@ def _input_means(
             every = sorted({s.source for s in sites})
             hold = graph not in _HELD and _holdable(fp32, every, data)
             batches = _runs(fp32, graph, every if hold else sorted({k[1] for k in missing}), data, batch, hold)
-        sums: dict[tuple, list[Any]] = {}
+        sums: dict[tuple, list[Any]] = {key: [0.0, 0] for key in missing}
+
+        def measure(fetched: dict[str, np.ndarray], item: tuple[tuple, _Site]) -> None:  # a key's own sums only
+            key, s = item
+            x = fetched[s.source]
+            q = None if key[3] is None else _q_params(s.q_node, qdq_values)
+            summed = _channel_sums(x, key[2] % x.ndim, q)
+            acc = sums[key]
+            acc[0] = acc[0] + summed
+            acc[1] += x.size // x.shape[key[2] % x.ndim]
+
         for fetched in batches:
-            for key, s in missing.items():
-                x = fetched[s.source]
-                q = None if key[3] is None else _q_params(s.q_node, qdq_values)
-                summed = _channel_sums(x, key[2] % x.ndim, q)
-                acc = sums.setdefault(key, [0.0, 0])
-                acc[0] = acc[0] + summed
-                acc[1] += x.size // x.shape[key[2] % x.ndim]
+            side_by_side(functools.partial(measure, fetched), missing.items())  # the keys' sums side by side
         for key, (total, n) in sorted(sums.items(), key=lambda kv: kv[0][3] is not None):  # sums of x first
             scale = None if key[3] is None else _q_params(missing[key].q_node, qdq_values)[0]
             if scale is not None and np.ndim(scale) == 0:  # per-tensor: the integer levels' sum, scaled

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from deployc.passes.activations import (
     per_sample_bytes,
     run_ahead,
     run_key,
+    side_by_side,
     streamed,
 )
 from deployc.storage.files import write_text_atomic
@@ -214,7 +216,7 @@ def _histogram_pass(
     from deployc.passes.onnx_util import weighted_matmul_inputs
 
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
-    binner = _Binner() if histograms else None
+    binners = threading.local()  # a binner's buffers are its thread's
     # what a smoothing trial measures of the same graph, at a small cost here: no run of its own
     smoothed = set(weighted_matmul_inputs(proto)) & set(names) if histograms else set()
     runs = _fed_runs(proto, names, data, fed) if fed is not None else None
@@ -227,6 +229,16 @@ def _histogram_pass(
     sizes, batches = runs
     wanted = set(names) if keep else _smoothing_inputs(proto, smoothed) & set(names)
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in wanted} if wanted else None
+
+    def measure(item: tuple[str, np.ndarray]) -> None:  # a tensor's own statistics only: side by side
+        name, value = item
+        if histograms and not hasattr(binners, "binner"):
+            binners.binner = _Binner()
+        stats = out.tensors[name]
+        stats.add(value, binners.binner if histograms else None)
+        if name in smoothed and value.size:
+            stats.channel_absmax = last_axis_absmax(value, stats.channel_absmax)
+
     kept_bytes = 0
     for values in batches:
         kept_bytes += sum(values[n].nbytes for n in wanted)
@@ -235,11 +247,7 @@ def _histogram_pass(
                 kept[name].append(values[name])
         else:
             kept = None
-        for name, value in values.items():
-            stats = out.tensors[name]
-            stats.add(value, binner)
-            if name in smoothed and value.size:
-                stats.channel_absmax = last_axis_absmax(value, stats.channel_absmax)
+        side_by_side(measure, values.items())
     if kept is not None:
         keep_run(run_key(proto, data), sizes, kept)  # a Guard's sizes are final once its batches ran
     return out

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from deployc.data.dataset import Dataset
-from deployc.passes.activations import run_key, streamed
+from deployc.passes.activations import run_key, side_by_side, streamed
 from deployc.passes.onnx_util import producers
 from deployc.passes.sensitivity import layer_name
 
@@ -40,18 +40,22 @@ def _channel_extremes(fp32: Any, names: list[str], data: Dataset) -> tuple[dict,
     if missing:
         no_channels.update(_batch_on_axis_1(fp32))  # only when extremes are measured: memoized with them
         streams = [t for t in missing if t not in no_channels]
+
+        def measure(item: tuple[str, np.ndarray]) -> None:  # a tensor's own extremes only: side by side
+            t, v = item
+            if v.ndim < 3 or t in no_channels:  # (batch, features): no channel axis to speak of
+                return
+            axes = tuple(i for i in range(v.ndim) if i != 1)
+            lo, hi = v.min(axis=axes).astype(np.float64), v.max(axis=axes).astype(np.float64)
+            if t in low and low[t].shape != lo.shape:  # axis 1 changes with the batch ([T, N, C]): not channels
+                no_channels.add(t)
+                del low[t], high[t]
+                return
+            low[t] = np.minimum(low[t], lo) if t in low else lo
+            high[t] = np.maximum(high[t], hi) if t in high else hi
+
         for values in streamed(fp32, streams, data, "the channel-range check") if streams else ():
-            for t, v in values.items():
-                if v.ndim < 3 or t in no_channels:  # (batch, features): no channel axis to speak of
-                    continue
-                axes = tuple(i for i in range(v.ndim) if i != 1)
-                lo, hi = v.min(axis=axes).astype(np.float64), v.max(axis=axes).astype(np.float64)
-                if t in low and low[t].shape != lo.shape:  # axis 1 changes with the batch ([T, N, C]): not channels
-                    no_channels.add(t)
-                    del low[t], high[t]
-                    continue
-                low[t] = np.minimum(low[t], lo) if t in low else lo
-                high[t] = np.maximum(high[t], hi) if t in high else hi
+            side_by_side(measure, values.items())
         for t in missing:
             _EXTREMES[f"{key}:{t}"] = (low.get(t, np.empty(0)), high.get(t, np.empty(0)))
     found = {t: _EXTREMES[f"{key}:{t}"] for t in names}

@@ -9,6 +9,7 @@ Two measurements, both on real samples through onnxruntime:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,7 +204,7 @@ class _ChannelError:
 def _streamed_errors(fp32: Any, int8: Any, names: list[str], seen: dict[str, str], data: Dataset) -> dict[str, float]:
     """channel_nmse of each fp32 tensor against the int8 graph's `seen[tensor]`, over `data` in batches that hold
     both graphs' tensors within the memory budget (the same sums as one run on every sample)."""
-    from deployc.passes.activations import batch_size, per_sample_bytes, streamed
+    from deployc.passes.activations import batch_size, per_sample_bytes, side_by_side, streamed
 
     int8_names = sorted({seen[t] for t in names})
     # both graphs' tensors, and float64 copies of one tensor pair while it is compared
@@ -212,9 +213,12 @@ def _streamed_errors(fp32: Any, int8: Any, names: list[str], seen: dict[str, str
     acc = {t: _ChannelError() for t in names}
     fp32_batches = streamed(fp32, names, data, "the fallback ranking", size)
     int8_batches = streamed(int8, int8_names, data, "the fallback ranking", size)
+
+    def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], t: str) -> None:  # a tensor's own sums only
+        acc[t].add(ref[t], got[seen[t]])
+
     for ref, got in zip(fp32_batches, int8_batches):
-        for t in names:
-            acc[t].add(ref[t], got[seen[t]])
+        side_by_side(functools.partial(compare, ref, got), names)  # the tensors' sums side by side
         del ref, got
     return {t: a.value() for t, a in acc.items()}
 

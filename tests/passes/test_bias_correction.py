@@ -158,6 +158,45 @@ def test_a_second_correction_runs_the_float_graph_only_for_what_it_cannot_reuse(
     memory.release(bias_correction._OWNER)
 
 
+def test_sums_measured_side_by_side_give_the_bytes_of_one_sum_at_a_time(monkeypatch):
+    """The corrected inputs' sums are measured on the machine's cores at once (activations.side_by_side): the same
+    bytes as one input after another, as each sum is its own."""
+    from deployc.passes import activations, bias_correction
+
+    rng = np.random.default_rng(4)
+    fp32 = _two_conv_model(rng)
+    calib = Dataset({"x": _data(rng, (40, IN, 4, 4))}, None, "uniform")
+    plain = quantize_int8(fp32, calib, Int8Config(bias_correction=False, reduce_range=False))
+    monkeypatch.setattr(bias_correction, "_SUMS", {})
+    monkeypatch.setattr(bias_correction, "_HELD", {})
+    side, info = correct_biases(plain, fp32, calib, batch=16)
+    assert len(info.corrected) == 2
+    monkeypatch.setattr(bias_correction, "_SUMS", {})
+    monkeypatch.setattr(bias_correction, "_HELD", {})
+    monkeypatch.setattr(activations, "_MOST_WORKERS", 1)
+    alone, _ = correct_biases(plain, fp32, calib, batch=16)
+    assert alone.SerializeToString() == side.SerializeToString()
+    assert alone.SerializeToString() != plain.SerializeToString()
+
+
+def _two_conv_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """Two Convs in a row: two corrected inputs, whose sums are measured side by side."""
+    w1, w2 = _biased_weight(rng, (IN, IN, 1, 1)), _biased_weight(rng, (OUT, IN, 1, 1))
+    b1, b2 = rng.normal(0, 0.1, IN).astype(np.float32), rng.normal(0, 0.1, OUT).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2"),
+        ],
+        "two_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", OUT, 4, 4])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.mark.parametrize(
     "shape,axis,chunk",
     [

@@ -195,6 +195,48 @@ def test_run_ahead_yields_every_batch_in_order_and_raises_what_the_run_raised():
         next(got)
 
 
+def test_side_by_side_is_the_loop_in_order_under_the_callers_budget_and_raises_what_an_item_raised():
+    from deployc.core import memory
+    from deployc.passes.activations import side_by_side
+
+    assert side_by_side(lambda x: x * x, range(50)) == [x * x for x in range(50)]
+    with memory.applied(memory.Budget(4321, "test")):  # a worker thread sees the build's budget (a ContextVar)
+        assert set(side_by_side(lambda _: memory.current().limit, range(8))) == {4321}
+
+    def failing(x: int) -> int:
+        if x == 3:
+            raise MemoryError("item 3")
+        return x
+
+    with pytest.raises(MemoryError, match="item 3"):
+        side_by_side(failing, range(6))
+
+
+def test_histograms_measured_side_by_side_equal_those_measured_one_tensor_at_a_time(digits_proto, calib, monkeypatch):
+    """A batch's tensors are binned on the machine's cores at once (activations.side_by_side); each tensor's
+    statistics are its own, so they are bit for bit those of one tensor after another."""
+    import os
+    import threading
+
+    from deployc.passes import activations
+
+    threads: set[str] = set()
+    real = calibration.TensorStats.add
+
+    def spied(self, value, binner):
+        threads.add(threading.current_thread().name)
+        return real(self, value, binner)
+
+    monkeypatch.setattr(calibration.TensorStats, "add", spied)
+    side = calibration.collect(digits_proto, calib, True, batch=8)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert any(t.startswith("deployc-tensors") for t in threads)
+    monkeypatch.setattr(activations, "_MOST_WORKERS", 1)
+    threads.clear()
+    _stats_equal(calibration.collect(digits_proto, calib, True, batch=8), side)
+    assert threads == {threading.current_thread().name}
+
+
 def _onnxruntime_ranges(proto: onnx.ModelProto, data: Dataset, method: str, tmp_path: Path) -> dict:
     """onnxruntime's own calibrator, every sample in one batch (what it computes when nothing limits memory)."""
     import contextlib
