@@ -21,9 +21,10 @@ def session(model: Any, threads: int | None = None, optimize: bool = True, spin:
     """An onnxruntime CPU session for a model path, serialized bytes or a ModelProto.
 
     optimize=False keeps every named tensor (per-layer comparisons need the graph as written);
-    threads=None: one per physical core, as onnxruntime's default, without its pinning (below); spin=False: idle intra-op threads sleep instead of spinning, for
-    runs that compute statistics over many batches (on a shared 2-core machine spinning took 20-45% more CPU for
-    the same wall time); artifacts keep onnxruntime's default, as deployed and timed.
+    threads=None: one per physical core, as onnxruntime's default, without its pinning (below); spin=False: idle
+    intra-op threads sleep instead of spinning, for runs that compute statistics over many batches (on a shared
+    2-core machine spinning took 20-45% more CPU for the same wall time); artifacts keep onnxruntime's default
+    spinning, as deployed and timed.
     """
     import onnxruntime as ort
 
