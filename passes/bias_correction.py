@@ -235,7 +235,8 @@ def _runs(
     exposed = copied(fp32)
     have = {o.name for o in exposed.graph.output} | {i.name for i in exposed.graph.input}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
-    sess = session(exposed, optimize=False, spin=False)  # the machine's cores, as calibration's run: the same values
+    # the machine's cores, as calibration's run (one thread took twice as long; the zoo's artifacts hash the same)
+    sess = session(exposed, optimize=False, spin=False)
     inputs = {i.name for i in sess.get_inputs()}
     held: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed, _ in data.batches(batch):
