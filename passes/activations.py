@@ -4,7 +4,6 @@ the bytes the tensors take per sample; nothing is kept from one batch to the nex
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from deployc.core import memory
 from deployc.core.ort import session
+from deployc.core.timing import available_cpus
 from deployc.data.dataset import Dataset
 from deployc.passes.onnx_util import copied
 
@@ -104,7 +104,7 @@ def side_by_side(work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     from concurrent.futures import ThreadPoolExecutor
 
     todo = list(items)
-    workers = min(len(os.sched_getaffinity(0)), _MOST_WORKERS, len(todo))
+    workers = min(available_cpus(), _MOST_WORKERS, len(todo))
     if workers <= 1:
         return [work(item) for item in todo]
     context = contextvars.copy_context()

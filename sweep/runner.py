@@ -15,6 +15,7 @@ from typing import Any
 
 from deployc.core.config import load_config
 from deployc.core.pyimport import user_modules
+from deployc.core.timing import available_cpus
 from deployc.driver.build import build, run_prefix
 from deployc.errors import DeploycError, UsageError
 from deployc.sweep.plan import Planned, PrefixNode, plan_prefixes
@@ -50,14 +51,6 @@ def start_ray(address: str | None, temp_dir: str | Path | None = None, num_cpus:
         raise UsageError(f"{where}: cannot start or reach Ray: {exc}") from None
     _raylet_notices_to_log()
     return True
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; what an embedded Ray gets at most)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_local_cpus(address: str | None, resources: Any, where: Path) -> None:

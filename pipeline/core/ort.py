@@ -50,7 +50,12 @@ def session(model: Any, threads: int | None = None, optimize: bool = True, spin:
 def physical_cores() -> int:
     """The physical cores this process may run on: onnxruntime's default intra-op thread count (one per core, not
     per hyper-thread)."""
-    cpus = os.sched_getaffinity(0)
+    from deployc.core.timing import available_cpus
+
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # no affinity masks (macOS): one thread per CPU
+        return available_cpus()
     cores = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")

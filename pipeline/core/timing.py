@@ -76,6 +76,14 @@ def load_average() -> float:
         return 0.0
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; os.cpu_count() where there is none, e.g. macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def machine() -> dict[str, Any]:
     """Where figures were measured: CPU model, core count, load average (timings.json and the reports)."""
     model = platform.processor() or platform.machine()
