@@ -465,17 +465,12 @@ def kl_divergences(hist: np.ndarray, quantized_bins: int) -> tuple[np.ndarray, n
 
 
 def _method_ranges(stats: Statistics, method: str, percentile: float) -> dict[str, tuple[float, float]]:
-    ranges = {}
-    for name, s in stats.tensors.items():
-        if not s.seen:
-            continue
-        if method == "percentile":
-            ranges[name] = percentile_range(s, percentile)
-        elif method == "entropy":
-            ranges[name] = entropy_range(s)
-        else:
-            ranges[name] = (s.lo, s.hi)
-    return ranges
+    seen = [(name, s) for name, s in stats.tensors.items() if s.seen]
+    if method == "percentile":
+        return {name: percentile_range(s, percentile) for name, s in seen}
+    if method == "entropy":  # each tensor's KL search is its own: side by side
+        return dict(zip((name for name, _ in seen), side_by_side(entropy_range, [s for _, s in seen])))
+    return {name: (s.lo, s.hi) for name, s in seen}
 
 
 # ---- the shared cache --------------------------------------------------------------------------------------
