@@ -54,7 +54,7 @@ def physical_cores() -> int:
 
     try:
         cpus = os.sched_getaffinity(0)
-    except AttributeError:  # no affinity masks (macOS): one thread per CPU
+    except (AttributeError, OSError):  # no affinity masks (macOS): one thread per CPU, as available_cpus counts them
         return available_cpus()
     cores = set()
     for cpu in cpus:

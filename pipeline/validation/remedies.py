@@ -163,11 +163,11 @@ def remedy_artifact(
     if not stages:  # e.g. an fp16 or dynamic artifact, or a graph a pass already quantized
         return first
     # trial 1 is the build's own artifact: made and validated before the loop (contracts.Target.build, the driver)
-    made = [
-        first.perf.get(f"made_{k}seconds", 0.0) + first.perf.get(f"validated_{k}seconds", 0.0) for k in ("", "cpu_")
-    ]
-    first_trial = Remedy("as configured", "—", ctx.config.quantize)
-    trials = [Trial(1, first_trial, first, made[0], made[1], sha256=_digest(first))]
+    perf = first.perf
+    seconds = perf.get("made_seconds", 0.0) + perf.get("validated_seconds", 0.0)
+    cpu_seconds = perf.get("made_cpu_seconds", 0.0) + perf.get("validated_cpu_seconds", 0.0)
+    as_configured = Remedy("as configured", "—", ctx.config.quantize)
+    trials = [Trial(1, as_configured, first, seconds, cpu_seconds, sha256=_digest(first))]
     seen = {_key(trials[0].remedy)}
     skipped: dict[str, str] = {}
     stopped: str | None = None
