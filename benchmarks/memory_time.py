@@ -13,12 +13,12 @@ cap (--before-cap), so a build that would take the machine's memory fails at the
 
 doc-orientation's row also gives a minmax calibration's seconds (the median of three, each in a fresh subprocess, timed
 right after the build), and the remedy loop's seconds over it (the issue asks for under 6x), in wall and in CPU
-seconds (this process's, all threads: a shared machine's load sways them least); a --before row is divided by the same minmax figure (the minmax
-pass is onnxruntime's MinMax calibrator in both trees). Each trial's seconds are in the row (trial_N_seconds,
-trial_N_cpu_seconds). Trial 1 is the build's own int8 artifact, made and validated before the loop; the config's
-quantize.remedies.max_trials counts it, so the row also gives the whole sequence (with_trial_1_seconds) over minmax.
---repeat N builds doc-orientation N times per tree and adds a row of the medians. A row's cpu_seconds is the child's
-user + system.
+seconds (this process's, all threads: a shared machine's load sways them least); a --before row is divided by the
+same minmax figure (the minmax pass is onnxruntime's MinMax calibrator in both trees). Each trial's seconds are in
+the row (trial_N_seconds, trial_N_cpu_seconds). Trial 1 is the build's own int8 artifact, made and validated before
+the loop; the config's quantize.remedies.max_trials counts it, so the row also gives the whole sequence
+(with_trial_1_seconds) over minmax. --repeat N builds doc-orientation N times per tree and adds a row of the medians.
+A row's cpu_seconds is the child's user + system.
 
 --calibration: seconds and peak RSS of one calibration per method on doc-orientation's graph and samples, each in a
 fresh subprocess: this tree's (passes/calibration.py) and onnxruntime's calibrators as main ran them (batches of 16);
