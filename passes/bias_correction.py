@@ -154,7 +154,9 @@ def _q_params(q: Any, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 # (sum over the samples of x per channel, or of Q(x) - x; values summed): every remedy trial corrects the same float
 # graph on the same samples, and a trial that keeps the inputs' ranges (granularity, fallback) measures nothing anew
 _SUMS: dict[tuple, tuple[np.ndarray, int]] = {}
-_SUMS_GRAPHS = 2  # float graphs whose sums are kept (a smoothing trial brings a second)
+# float graphs whose sums are kept: a trial's pre-processed graph and the graph calibration ran (whose kept values
+# give the sums of the tensors both compute alike), a smoothing trial's two more
+_SUMS_GRAPHS = 4
 # float graph + samples + batch -> every source's values, batch by batch, when they fit what the memory budget lets
 # a stage keep (core/memory.keep): a trial whose ranges change (calibration method, symmetry) then measures its ε
 # from them, without running the float graph again
@@ -171,12 +173,13 @@ def _quantizer_key(q: Any, values: dict) -> tuple:
     return (scale.tobytes(), np.asarray(zp).tobytes(), lo, hi)
 
 
-def _keep(graph: str) -> None:
-    graphs = list(dict.fromkeys(k[0] for k in _SUMS))
-    if graph not in graphs and len(graphs) >= _SUMS_GRAPHS:
-        for k in [k for k in _SUMS if k[0] == graphs[0]]:
+def _keep(*current: str) -> None:
+    """Make room for the sums of the `current` graphs: the sums of the oldest others go beyond _SUMS_GRAPHS."""
+    graphs = [g for g in dict.fromkeys(k[0] for k in _SUMS) if g not in current]
+    for old in graphs[: max(0, len(graphs) + len(set(current)) - _SUMS_GRAPHS)]:
+        for k in [k for k in _SUMS if k[0] == old]:
             del _SUMS[k]
-    summed = {k[0] for k in _SUMS} | {graph}
+    summed = {k[0] for k in _SUMS} | set(current)
     for old in [g for g in _HELD if g not in summed]:  # held values go with their graph's sums
         del _HELD[old]
     _account()
@@ -206,19 +209,21 @@ def _holdable(fp32: Any, names: list[str], data: Dataset) -> bool:
 
 
 def _held_batches(
-    keys: list[tuple], fp32: Any, graph: str, data: Dataset, batch: int
+    keys: list[tuple], runs: dict[str, Any], data: Dataset, batch: int
 ) -> list[dict[str, np.ndarray]] | None:
-    """The values of the keys' sources, batch by batch: held here (each under its key's graph), or those of
-    `fp32` (`graph`) the last run of it kept in the same batches (activations.kept_run); None unless all are."""
+    """The values of the keys' sources, batch by batch: held here (each under its key's graph), or those the last
+    run of their key's graph (`runs`: graph key -> float graph) kept in the same batches (activations.kept_run: a
+    calibration pass over the graph keeps its weighted ops' inputs); None unless all are."""
     from deployc.passes.activations import kept_run
 
     sources = {k[1]: _HELD[k[0]][k[1]] for k in keys if k[1] in _HELD.get(k[0], {})}
-    rest = {k[1] for k in keys if k[1] not in sources}
-    if rest and any(k[0] != graph for k in keys if k[1] in rest):
+    rest = {k for k in keys if k[1] not in sources}
+    graphs = {k[0] for k in rest}
+    if len(graphs) > 1:  # only one run is kept at a time
         return None
     if rest:
         sizes = [data.batch_len(feed) for feed, _ in data.batches(batch)]
-        found = kept_run(run_key(fp32, data), rest, sizes)
+        found = kept_run(run_key(runs[graphs.pop()], data), {k[1] for k in rest}, sizes)
         if found is None:
             return None
         sources.update(found)
@@ -300,15 +305,16 @@ def _input_means(
     correct_biases."""
 
     graph = _graph_key(fp32, data, batch)
-    _keep(graph)
     other, differ = (_graph_key(same_as[0], data, batch), same_as[1]) if same_as is not None else (graph, set())
+    _keep(graph, other)
     keys = {}
     for s in sites:
         axis, of = FEATURE_AXIS[s.node.op_type], graph if s.source in differ else other
         keys[s.node.name] = ((of, s.source, axis, None), (of, s.source, axis, _quantizer_key(s.q_node, qdq_values)))
     missing = {k: s for s in sites for k in keys[s.node.name] if k not in _SUMS}
     if missing:
-        batches: Iterable[dict[str, np.ndarray]] | None = _held_batches(list(missing), fp32, graph, data, batch)
+        runs = {graph: fp32} if same_as is None else {graph: fp32, other: same_as[0]}
+        batches: Iterable[dict[str, np.ndarray]] | None = _held_batches(list(missing), runs, data, batch)
         if batches is None:
             every = sorted({s.source for s in sites})
             hold = graph not in _HELD and _holdable(fp32, every, data)

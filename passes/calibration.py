@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from deployc.core import memory
+from deployc.core.config import QuantizeSpec
 from deployc.data.dataset import Dataset
 from deployc.passes.activations import (
     guarded,
@@ -59,6 +60,16 @@ def _computed(proto: Any) -> frozenset[str]:
     consts = {i.name for i in proto.graph.initializer}
     names = {t for n in proto.graph.node for t in (*n.input, *n.output) if t}
     return frozenset(names | {i.name for i in proto.graph.input}) - consts
+
+
+def histograms_ahead(spec: QuantizeSpec) -> bool:
+    """Whether a minmax calibration collects histograms as well: the build's remedy loop may try a histogram method
+    (percentile, entropy), whose trial then reads its ranges off this pass instead of running its own. The min and
+    max are the same (benchmarks/memory_time.py: doc-orientation's trial 1 costs 0.6 s more, trial 2 2.9 s less)."""
+    remedies = spec.remedies
+    if remedies == "off" or "calibration" not in remedies.stages:
+        return False
+    return any(m != "minmax" for m in remedies.methods)
 
 
 def calibrated_tensors(proto: Any) -> list[str]:
@@ -211,9 +222,10 @@ def _histogram_pass(
     for the next stage (activations.keep_run) when they take at most KEPT_BYTES. `fed`: (the run key of a graph
     `proto` rewrites, the tensors of `proto` that hold that graph's values): when that graph's kept run holds the
     inputs the named tensors are computed from, only the nodes between them run, fed its values (see _fed_runs).
-    A full pass of a graph keeps the inputs of its weighted MatMul/Gemm nodes (what smoothing rescales) and of
-    their producers, for a smoothing trial's pass to be fed from."""
-    from deployc.passes.onnx_util import weighted_matmul_inputs
+    A full pass of a graph keeps, within what the budget lets stages keep, the inputs of its weighted ops (what
+    bias correction measures: it then runs no float graph of its own) and of the producers of its weighted
+    MatMul/Gemm nodes (what smoothing rescales, for a smoothing trial's pass to be fed from)."""
+    from deployc.passes.onnx_util import weighted_matmul_inputs, weighted_op_inputs
 
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
     binners = threading.local()  # a binner's buffers are its thread's
@@ -227,7 +239,12 @@ def _histogram_pass(
         if histograms and not size.probe and memory.room_for(2 * per_sample * size.size):
             runs = (size.sizes, run_ahead(runs[1]))  # binning a batch overlaps the next one's run
     sizes, batches = runs
-    wanted = set(names) if keep else _smoothing_inputs(proto, smoothed) & set(names)
+    wanted = set(names) if keep else (_smoothing_inputs(proto, smoothed) | weighted_op_inputs(proto)) & set(names)
+    # a partial pass keeps a little; a full one what the budget lets stages keep (it replaces the run kept before),
+    # and nothing when the graph's shapes say the run's values would not fit (a large model's: bias correction runs)
+    most = KEPT_BYTES if keep else memory.current().limit // memory.KEEP_SHARE - memory.kept_bytes()
+    if not keep and wanted and _run_bytes(proto, wanted, data) > most:
+        wanted = set()
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in wanted} if wanted else None
 
     def measure(item: tuple[str, np.ndarray]) -> None:  # a tensor's own statistics only: side by side
@@ -242,7 +259,7 @@ def _histogram_pass(
     kept_bytes = 0
     for values in batches:
         kept_bytes += sum(values[n].nbytes for n in wanted)
-        if kept is not None and kept_bytes <= KEPT_BYTES:
+        if kept is not None and kept_bytes <= most:
             for name in wanted:
                 kept[name].append(values[name])
         else:
@@ -251,6 +268,15 @@ def _histogram_pass(
     if kept is not None:
         keep_run(run_key(proto, data), sizes, kept)  # a Guard's sizes are final once its batches ran
     return out
+
+
+def _run_bytes(proto: Any, names: set[str], data: Dataset) -> int:
+    """The bytes the named tensors take over all of `data` (estimated from the graph's shapes)."""
+    from deployc.passes.activations import one_sample
+
+    feed = one_sample(data)
+    sizes = memory.graph_activations(proto, feed).tensors
+    return sum(sizes.get(n, 0) for n in names) * len(data) // max(data.batch_len(feed), 1)
 
 
 def _smoothing_inputs(proto: Any, smoothed: set[str]) -> set[str]:
@@ -506,9 +532,12 @@ def statistics(
     return have
 
 
-def _calibrate(proto: Any, data: Dataset, method: str, batch: int, percentile: float, key: str, work: Path) -> str:
-    """`method`'s ranges of every calibrated tensor of `proto`, as quantize_static's calibration cache JSON."""
-    return _cache_text(statistics(proto, data, method != "minmax", batch, key), method, percentile, work)
+def _calibrate(
+    proto: Any, data: Dataset, method: str, batch: int, percentile: float, key: str, work: Path, ahead: bool
+) -> str:
+    """`method`'s ranges of every calibrated tensor of `proto`, as quantize_static's calibration cache JSON;
+    `ahead`: histograms collected for minmax too (histograms_ahead)."""
+    return _cache_text(statistics(proto, data, method != "minmax" or ahead, batch, key), method, percentile, work)
 
 
 def _cache_text(stats: Statistics, method: str, percentile: float, work: Path) -> str:
@@ -530,11 +559,12 @@ def _cache_text(stats: Statistics, method: str, percentile: float, work: Path) -
     return cache.read_text()
 
 
-def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path) -> str:
+def _ranges(proto: Any, data: Dataset, method: str, batch: int, percentile: float, work: Path, ahead: bool) -> str:
     data_key = run_key(proto, data)
-    key = f"{data_key}:{method}:{percentile if method == 'percentile' else ''}"  # ranges do not depend on batching
+    # ranges depend neither on batching nor on whether histograms were collected ahead
+    key = f"{data_key}:{method}:{percentile if method == 'percentile' else ''}"
     if key not in _MEMO:
-        _MEMO[key] = _calibrate(proto, data, method, batch, percentile, data_key, work)
+        _MEMO[key] = _calibrate(proto, data, method, batch, percentile, data_key, work, ahead)
     return _MEMO[key]
 
 
@@ -547,6 +577,7 @@ def calibration_cache(
     percentile: float,
     work: Path,
     changed: frozenset[str] | None = None,
+    ahead: bool = False,
 ) -> str:
     """Path of a quantize_static calibration cache (in `work`) with the ranges of `graph`'s tensors: the root's
     when `graph` computes nothing the root does not, else `graph`'s own. Memoized per process; `batch`: the most
@@ -554,11 +585,13 @@ def calibration_cache(
 
     `changed`: tensors whose values a rewrite of the root changed (smoothing's rescaled tensors); `graph`'s own
     ranges are then those of the root for every tensor upstream of them and of the tensors it adds, and measured
-    on `graph` for the rest (only those are exposed): what a calibration of `graph` alone gives, at a fraction."""
+    on `graph` for the rest (only those are exposed): what a calibration of `graph` alone gives, at a fraction.
+
+    `ahead`: a minmax calibration collects histograms as well, for a later trial's method (histograms_ahead)."""
     if changed is not None:
-        text = _partial_ranges(root, graph, changed, data, method, batch, percentile, work)
+        text = _partial_ranges(root, graph, changed, data, method, batch, percentile, work, ahead)
     else:
-        text = _ranges(ranges_graph(root, graph), data, method, batch, percentile, work)
+        text = _ranges(ranges_graph(root, graph), data, method, batch, percentile, work, ahead)
     cache = work / f"ranges-{method}.json"
     write_text_atomic(cache, text)
     return str(cache)
@@ -588,6 +621,26 @@ def changed_tensors(root: Any, graph: Any, changed: frozenset[str]) -> set[str]:
     return downstream(graph, (computed - _computed(root)) | (set(changed) & computed) | _reweighted(root, graph))
 
 
+def computed_otherwise(root: Any, graph: Any, changed: frozenset[str] = frozenset()) -> set[str]:
+    """changed_tensors, and every tensor computed from an output of a node of `graph` that is not the root's node
+    (op, inputs, attributes): a fusion that keeps an output's name may compute it in another order. What is left is
+    computed as the root computes it, bit for bit (the same kernels, unoptimised)."""
+    theirs = {o: n for n in root.graph.node for o in n.output if o}
+
+    def same(n: Any) -> bool:
+        m = theirs.get(n.output[0]) if n.output else None
+        return m is not None and (m.op_type, m.domain, list(m.input), list(m.output), list(m.attribute)) == (
+            n.op_type,
+            n.domain,
+            list(n.input),
+            list(n.output),
+            list(n.attribute),
+        )
+
+    other = {o for n in graph.graph.node if not same(n) for o in n.output if o}
+    return downstream(graph, changed_tensors(root, graph, changed) | other)
+
+
 def _reweighted(root: Any, graph: Any) -> set[str]:
     """Outputs of `graph`'s nodes that read an initializer the root has not, or has with other values."""
     from onnx import numpy_helper
@@ -613,6 +666,7 @@ def _partial_ranges(
     batch: int,
     percentile: float,
     work: Path,
+    ahead: bool = False,
 ) -> str:
     """calibration_cache's ranges of `graph` from the root's statistics and a pass over `graph`'s tensors whose
     values differ from the root's, or that the root's calibration does not measure (see calibration_cache)."""
@@ -624,7 +678,7 @@ def _partial_ranges(
     fresh = downstream(graph, (computed - _computed(root)) | (set(changed) & computed))
     root_key = run_key(root, data)
     histograms = method != "minmax"
-    base = statistics(root, data, histograms, batch, root_key) if set(wanted) - fresh else Statistics()
+    base = statistics(root, data, histograms or ahead, batch, root_key) if set(wanted) - fresh else Statistics()
     fresh |= set(wanted) - set(base.tensors)  # tensors the root's calibration does not measure (typed here only)
     # computed from what the root's pass kept where `graph` computes as the root does (the rest's inputs)
     same = (computed & _computed(root)) - fresh

@@ -20,7 +20,15 @@ from deployc.data.dataset import Dataset
 from deployc.errors import UsageError
 from deployc.passes.activations import run_key
 from deployc.passes.bias_correction import BiasCorrection, correct_biases
-from deployc.passes.calibration import METHODS, calibration_cache, changed_tensors, mismatched_concats, ranges_graph
+from deployc.passes.calibration import (
+    METHODS,
+    calibration_cache,
+    changed_tensors,
+    computed_otherwise,
+    histograms_ahead,
+    mismatched_concats,
+    ranges_graph,
+)
 from deployc.passes.cpu_int8 import profile
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import sample_feeds
@@ -158,10 +166,16 @@ def _default_op_types() -> set[str]:
 
 
 def quantize_int8_selected(
-    proto: Any, data: Dataset, spec: Int8Config, only: list[str] | None = None, root: Any | None = None
+    proto: Any,
+    data: Dataset,
+    spec: Int8Config,
+    only: list[str] | None = None,
+    root: Any | None = None,
+    ahead: bool = False,
 ) -> Int8Result:
     """quantize_int8 with what it decided: the smoothing applied (spec.smoothing) and, for a graph with attention,
-    the transformer op selection (passes/transformer_int8.py)."""
+    the transformer op selection (passes/transformer_int8.py). `ahead`: a minmax calibration collects histograms
+    too, for the remedy loop's methods (calibration.histograms_ahead)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -187,14 +201,22 @@ def quantize_int8_selected(
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
             batch = calibration_batch(spec, len(samples))
             # ranges shared with tensorrt.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
-            base, changed, same_as = root or proto, None, None
+            base, changed = root or proto, None
             if smoothing is not None and root is not None:
                 # smoothed: the unsmoothed trial's ranges up to the tensors smoothing changed, those measured on it
                 (work / "plain").mkdir()
                 unsmoothed = _calibrated(plain, work / "plain", spec, samples)[1].proto
                 changed = frozenset(changed_tensors(unsmoothed, prepared, smoothing.changed))
-                base, same_as = ranges_graph(root, unsmoothed), (unsmoothed, set(changed))  # bias correction's too
-            cache = calibration_cache(base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed)
+                base = ranges_graph(root, unsmoothed)
+                ran, rewrote = base, frozenset(smoothing.changed)
+            else:
+                ran, rewrote = ranges_graph(base, prepared), frozenset()
+            # bias correction's sums of what `prepared` computes as the graph calibration ran: from that run's kept
+            # values (calibration._histogram_pass), with no float run of its own
+            same_as = (ran, computed_otherwise(ran, prepared, rewrote))
+            cache = calibration_cache(
+                base, prepared, samples, spec.calibration, batch, spec.percentile, work, changed, ahead
+            )
             concats = mismatched_concats(prepared, cache, spec.channel_range_ratio)
             if spec.shared_concat_ranges:
                 shared_ranges(prepared.graph, cache, set(concats))
@@ -348,7 +370,8 @@ class QuantizeInt8(QuantizePass):
     def run(self, state: ModelState, ctx: Context) -> PassResult:
         self.check_exclude(state.onnx)
         up = self.upgraded(state, ctx)
-        result = quantize_int8_selected(up.proto, ctx.calibration, self.config, root=state.onnx)
+        ahead = histograms_ahead(ctx.config.quantize)  # the build's remedy loop, not this pass's config
+        result = quantize_int8_selected(up.proto, ctx.calibration, self.config, root=state.onnx, ahead=ahead)
         return self.done(state, result.proto, {**up.metrics(), **int8_decisions(result, self.name, ctx)})
 
 

@@ -24,6 +24,7 @@ from deployc.core.memory import MemoryBudgetExceeded
 from deployc.core.state import ModelState
 from deployc.errors import UsageError
 from deployc.passes.bias_correction import correct_biases
+from deployc.passes.calibration import computed_otherwise, histograms_ahead, ranges_graph
 from deployc.passes.fp16 import finite_fp16
 from deployc.passes.onnx_numerics import Feeds, batched_outputs, batches_mismatch, pinned, sample_feeds
 from deployc.passes.onnx_util import op_counts, producers
@@ -162,9 +163,15 @@ class TensorrtInt8(Pass):
             cfg.percentile,
             root=state.onnx,
             changed=smoothing.changed if smoothing is not None else None,
+            ahead=histograms_ahead(ctx.config.quantize),  # the build's remedy loop, not this pass's config
         )
         if cfg.bias_correction:  # float biases here: the shift is subtracted from them as they are
-            proto, correction = correct_biases(proto, float_graph, ctx.calibration.take(cfg.samples))
+            # the sums of what the float graph computes as the graph calibration ran: from that run's kept values
+            ran = state.onnx if smoothing is not None else ranges_graph(state.onnx, float_graph)
+            rewrote = frozenset(smoothing.changed) if smoothing is not None else frozenset()
+            same_as = (ran, computed_otherwise(ran, float_graph, rewrote))
+            data = ctx.calibration.take(cfg.samples)
+            proto, correction = correct_biases(proto, float_graph, data, same_as=same_as)
             metrics["bias_correction"] = correction.to_json()
         fp32_nodes: dict[str, str] = {}
         if fp16:

@@ -249,10 +249,11 @@ def quantize_placed(
     percentile: float = 99.999,
     root: Any | None = None,
     changed: frozenset[str] | None = None,
+    ahead: bool = False,
 ) -> tuple[Any, int]:
     """`proto` with symmetric int8 Q/DQ on the inputs of `placement`'s nodes, calibrated on `data`; `root`: the
     float graph `proto` was rewritten from, whose ranges are shared with quantize.int8 (passes/calibration.py);
-    `changed`: the tensors whose values that rewrite changed (smoothing's)."""
+    `changed`: the tensors whose values that rewrite changed (smoothing's); `ahead`: calibration_cache's."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -274,7 +275,7 @@ def quantize_placed(
         with redirect_stdout(io.StringIO()), _root_warnings_off(), memoized_weights():
             # ranges shared with quantize.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
             changed = changed if root is not None else None
-            cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work, changed)
+            cache = calibration_cache(root or proto, proto, data, calibration, batch, percentile, work, changed, ahead)
             quantize_static(
                 str(src),
                 str(out),
