@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any
@@ -129,14 +128,6 @@ def _prepared(proto: Any, work: Any) -> str:
     return str(prep)
 
 
-def calibration_batch(spec: Int8Config, samples: int) -> int:
-    """Batch size for the calibrator. onnxruntime's histogram calibrators (percentile, entropy) stack every batch's
-    outputs into one array, which fails on a smaller last batch (YOLOv8n's 24 samples in 16s): a divisor then."""
-    if spec.calibration == "minmax" or samples % spec.calibration_batch == 0:
-        return spec.calibration_batch
-    return math.gcd(samples, spec.calibration_batch)
-
-
 def _per_channel(proto: Any, wanted: bool) -> bool:
     return wanted and onnx_opset(proto) >= QDQ_PER_CHANNEL_OPSET  # per-channel DequantizeLinear needs opset 13
 
@@ -199,7 +190,9 @@ def quantize_int8_selected(
             options = {**options, "OpTypesToExcludeOutputQuantization": sorted({*outputs_float, "MatMul"})}
         out = work / "int8.onnx"
         with redirect_stdout(io.StringIO()):  # entropy/percentile calibrators print progress; keep stdout for --json
-            batch = calibration_batch(spec, len(samples))
+            # any batch: the ranges come from deployc's passes (onnxruntime's calibrators, which stack equal batches,
+            # never run: quantize_static reads the cache); bias correction's sums then use trial 1's batching
+            batch = spec.calibration_batch
             # ranges shared with tensorrt.int8 and every remedy trial; entropy over 2048 bins (calibration.py)
             base, changed = root or proto, None
             if smoothing is not None and root is not None:

@@ -349,3 +349,64 @@ def test_histogram_methods_share_one_pass_after_minmax(digits_proto, calib, tmp_
     for method in ("minmax", "percentile", "entropy"):
         calibration.calibration_cache(digits_proto, digits_proto, data, method, 16, 99.99, tmp_path)
     assert passes == ["minmax", "histogram"]  # one minmax pass, one histogram pass for percentile and entropy
+
+
+def test_a_minmax_calibration_ahead_of_a_remedy_loop_serves_every_method_from_one_pass(
+    digits_proto, calib, tmp_path, monkeypatch
+):
+    """Histograms collected ahead (a remedy loop may try percentile and entropy): one pass serves all three methods,
+    and minmax's ranges are onnxruntime's MinMax calibrator's, bit for bit."""
+    passes = []
+    minmax, histogram = calibration._minmax_pass, calibration._histogram_pass
+    monkeypatch.setattr(calibration, "_minmax_pass", lambda *a: passes.append("minmax") or minmax(*a))
+    monkeypatch.setattr(calibration, "_histogram_pass", lambda *a: passes.append("histogram") or histogram(*a))
+    monkeypatch.setattr(calibration, "_MEMO", {})
+    monkeypatch.setattr(calibration, "_STATS", {})
+    data = calib.take(29)
+    ahead = {
+        m: _ranges(calibration.calibration_cache(digits_proto, digits_proto, data, m, 16, 99.99, tmp_path, ahead=True))
+        for m in ("minmax", "percentile", "entropy")
+    }
+    assert passes == ["histogram"]
+    monkeypatch.setattr(calibration, "_MEMO", {})
+    monkeypatch.setattr(calibration, "_STATS", {})
+    assert _ranges(calibration.calibration_cache(digits_proto, digits_proto, data, "minmax", 16, 99.99, tmp_path)) == (
+        ahead["minmax"]
+    )
+    assert passes == ["histogram", "minmax"]  # the same ranges from onnxruntime's own pass
+    assert ahead["percentile"] != ahead["minmax"]
+
+
+def test_histograms_are_collected_ahead_only_for_a_remedy_loop_that_may_use_them():
+    from deployc.core.config import QuantizeSpec
+
+    assert calibration.histograms_ahead(QuantizeSpec())  # the default loop tries percentile and entropy
+    assert not calibration.histograms_ahead(QuantizeSpec(remedies="off"))
+    assert not calibration.histograms_ahead(QuantizeSpec(remedies={"methods": ["minmax"]}))
+    assert not calibration.histograms_ahead(QuantizeSpec(remedies={"stages": ["granularity", "fallback"]}))
+
+
+def test_computed_otherwise_names_what_a_rewrite_computes_in_another_way(digits_proto):
+    """A node that keeps its output's name but is another op (a fusion), or reads a changed weight, makes its output
+    and everything after it count as computed otherwise; the rest is computed as the root computes it."""
+    from deployc.passes.onnx_util import producers
+
+    root = named(digits_proto)
+    order = [o for n in root.graph.node for o in n.output]
+    assert calibration.computed_otherwise(root, root) == set()
+    fused = onnx.ModelProto()
+    fused.CopyFrom(root)
+    i = next(k for k, n in enumerate(fused.graph.node) if n.op_type == "Relu")
+    relu = fused.graph.node[i]
+    relu.op_type = "LeakyRelu"  # same name, same output: computed otherwise
+    got = calibration.computed_otherwise(root, fused)
+    assert relu.output[0] in got
+    assert got == calibration.downstream(fused, {relu.output[0]})
+    assert all(t not in got for t in order[: order.index(relu.output[0])])  # nothing before it
+    reweighted = onnx.ModelProto()
+    reweighted.CopyFrom(root)
+    w = next(x for x in reweighted.graph.initializer if len(x.dims) > 1)
+    w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * 2, w.name))
+    reader = next(n for n in reweighted.graph.node if w.name in n.input)
+    assert reader.output[0] in calibration.computed_otherwise(root, reweighted)
+    assert producers(reweighted.graph.node)[reader.output[0]] is reader

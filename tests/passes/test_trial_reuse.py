@@ -156,3 +156,47 @@ def test_a_fed_pass_computes_what_the_whole_graph_does_and_only_from_its_own_gra
     assert calibration._fed_runs(graph, names, calib, ("another graph", set(kept))) is None  # keyed by graph bytes
     # kept tensors whose values the graph computes otherwise (what a rewrite changed) feed nothing
     assert calibration._fed_runs(graph, names, calib, (key, set())) is None
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float_graph(
+    digits_proto, calib, monkeypatch, fits
+):
+    """Trial 1 of a build with a remedy loop: its calibration pass (histograms ahead) keeps its weighted ops'
+    inputs, and bias correction sums them: no float run of its own, and the bytes of a correction that ran one.
+    When the budget cannot keep them, the pass keeps nothing and bias correction runs the graph itself."""
+    from deployc.core import memory
+    from deployc.passes import activations, bias_correction, calibration
+
+    def cold() -> None:
+        _cold(monkeypatch)
+        for module, memo in (
+            (calibration, "_MEMO"),
+            (calibration, "_STATS"),
+            (bias_correction, "_SUMS"),
+            (bias_correction, "_HELD"),
+            (activations, "_KEPT"),
+        ):
+            monkeypatch.setattr(module, memo, {})
+        memory.drop_kept()
+
+    runs = []
+    real = bias_correction.session
+    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    spec = Int8Config(reduce_range=False)
+    cold()
+    own = quantize_int8_selected(digits_proto, calib, spec, root=digits_proto).proto  # minmax: onnxruntime's pass
+    assert len(runs) == 1
+    cold()
+    from deployc.passes.onnx_util import weighted_op_inputs
+
+    inputs = calibration._run_bytes(digits_proto, weighted_op_inputs(digits_proto), calib)  # what the pass keeps
+    budget = memory.Budget(1 << 34 if fits else memory.KEEP_SHARE * inputs // 2, "test")
+    with memory.applied(budget):
+        ahead = quantize_int8_selected(digits_proto, calib, spec, root=digits_proto, ahead=True)
+        assert len(runs) == (1 if fits else 2)
+        percentile = spec.model_copy(update={"calibration": "percentile"})
+        quantize_int8_selected(digits_proto, calib, percentile, root=digits_proto, ahead=True)  # trial 2
+        assert len(runs) == (1 if fits else 3)  # its input sums from the same kept values, or a run again
+    assert ahead.proto.SerializeToString() == own.SerializeToString()
+    memory.drop_kept()
