@@ -370,8 +370,9 @@ def test_a_minmax_calibration_ahead_of_a_remedy_loop_serves_every_method_from_on
     assert passes == ["histogram"]
     monkeypatch.setattr(calibration, "_MEMO", {})
     monkeypatch.setattr(calibration, "_STATS", {})
-    assert _ranges(calibration.calibration_cache(digits_proto, digits_proto, data, "minmax", 16, 99.99, tmp_path)) == (
-        ahead["minmax"]
+    assert (
+        _ranges(calibration.calibration_cache(digits_proto, digits_proto, data, "minmax", 16, 99.99, tmp_path))
+        == (ahead["minmax"])
     )
     assert passes == ["histogram", "minmax"]  # the same ranges from onnxruntime's own pass
     assert ahead["percentile"] != ahead["minmax"]
