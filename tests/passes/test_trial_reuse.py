@@ -27,6 +27,21 @@ def _cold(monkeypatch) -> None:
     monkeypatch.setattr(quantize_checks, "_EXTREMES", {})
 
 
+def _all_cold(monkeypatch) -> None:
+    """Nothing memoized: no trial ran before (calibration's statistics, bias correction's sums, kept runs)."""
+    from deployc.passes import activations, bias_correction, calibration
+
+    _cold(monkeypatch)
+    for module, memo in (
+        (calibration, "_MEMO"),
+        (calibration, "_STATS"),
+        (bias_correction, "_SUMS"),
+        (bias_correction, "_HELD"),
+        (activations, "_KEPT"),
+    ):
+        monkeypatch.setattr(module, memo, {})
+
+
 def test_trials_reuse_preprocessing_smoothing_and_channel_extremes(digits_proto, calib, monkeypatch):
     calls: Counter[str] = Counter()
     prep, smooth, streamed = shape_inference.quant_pre_process, quantize.smooth, quantize_checks.streamed
@@ -52,22 +67,14 @@ def test_trials_reuse_preprocessing_smoothing_and_channel_extremes(digits_proto,
 
 
 def test_a_smoothing_trial_reads_the_unsmoothed_trials_ranges_and_input_sums(digits_proto, calib, monkeypatch):
-    from deployc.passes import activations, bias_correction, calibration, smoothquant
+    from deployc.passes import bias_correction, calibration, smoothquant
 
     root = digits_proto
     spec = Int8Config(calibration="percentile")
     smoothing = spec.model_copy(update={"smoothing": 0.8})
 
     def cold() -> None:
-        _cold(monkeypatch)
-        for module, memo in (
-            (calibration, "_MEMO"),
-            (calibration, "_STATS"),
-            (bias_correction, "_SUMS"),
-            (bias_correction, "_HELD"),
-            (activations, "_KEPT"),
-        ):
-            monkeypatch.setattr(module, memo, {})
+        _all_cold(monkeypatch)
 
     cold()
     alone = quantize_int8_selected(root, calib, smoothing, root=root).proto  # nothing to read off
@@ -166,18 +173,10 @@ def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float
     inputs, and bias correction sums them: no float run of its own, and the bytes of a correction that ran one.
     When the budget cannot keep them, the pass keeps nothing and bias correction runs the graph itself."""
     from deployc.core import memory
-    from deployc.passes import activations, bias_correction, calibration
+    from deployc.passes import bias_correction, calibration
 
     def cold() -> None:
-        _cold(monkeypatch)
-        for module, memo in (
-            (calibration, "_MEMO"),
-            (calibration, "_STATS"),
-            (bias_correction, "_SUMS"),
-            (bias_correction, "_HELD"),
-            (activations, "_KEPT"),
-        ):
-            monkeypatch.setattr(module, memo, {})
+        _all_cold(monkeypatch)
         memory.drop_kept()
 
     runs = []
