@@ -189,7 +189,7 @@ def _account() -> None:
     """Reserve what _HELD takes in the memory budget (dropped when it does not fit)."""
     from deployc.core import memory
 
-    size = sum(v.nbytes for h in _HELD.values() for vs in h.values() for v in vs)
+    size = sum({id(v): v.nbytes for h in _HELD.values() for vs in h.values() for v in vs}.values())  # once each
     if not _HELD or not memory.keep(_OWNER, size, _HELD.clear):
         _HELD.clear()
         memory.release(_OWNER)
@@ -232,9 +232,16 @@ def _held_batches(
 
 
 def _runs(
-    fp32: Any, graph: str, names: list[str], data: Dataset, batch: int, hold: bool
+    fp32: Any,
+    graph: str,
+    names: list[str],
+    data: Dataset,
+    batch: int,
+    hold: bool,
+    alike: tuple[str, set[str]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The values of `names` (tensors of `fp32`) batch by batch; with `hold`, kept in _HELD[graph] as well."""
+    """The values of `names` (tensors of `fp32`) batch by batch; with `hold`, kept in _HELD[graph] as well, and
+    those not in alike[1] under alike[0] too (the graph whose sums they give: see correct_biases' same_as)."""
     import onnx
 
     exposed = copied(fp32)
@@ -255,6 +262,8 @@ def _runs(
         yield fetched
     if hold:
         _HELD[graph] = held
+        if alike is not None and alike[0] != graph:  # the same arrays: held once in the budget (_account)
+            _HELD[alike[0]] = {n: v for n, v in held.items() if n not in alike[1]}
         _account()
 
 
@@ -318,7 +327,8 @@ def _input_means(
         if batches is None:
             every = sorted({s.source for s in sites})
             hold = graph not in _HELD and _holdable(fp32, every, data)
-            batches = _runs(fp32, graph, every if hold else sorted({k[1] for k in missing}), data, batch, hold)
+            names = every if hold else sorted({k[1] for k in missing})
+            batches = _runs(fp32, graph, names, data, batch, hold, (other, differ))
         sums: dict[tuple, list[Any]] = {key: [0.0, 0] for key in missing}
 
         def measure(fetched: dict[str, np.ndarray], item: tuple[tuple, _Site]) -> None:  # a key's own sums only

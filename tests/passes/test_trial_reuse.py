@@ -199,3 +199,28 @@ def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float
         assert len(runs) == (1 if fits else 3)  # its input sums from the same kept values, or a run again
     assert ahead.proto.SerializeToString() == own.SerializeToString()
     memory.drop_kept()
+
+
+def test_input_values_held_by_bias_corrections_own_run_serve_a_later_trial(digits_proto, calib, monkeypatch):
+    """No histograms ahead (no percentile or entropy in the loop): trial 1's bias correction runs the float graph
+    and holds its inputs; a trial with another input scale (symmetric activations) sums them without a run."""
+    from deployc.core import memory
+    from deployc.passes import bias_correction
+
+    _all_cold(monkeypatch)
+    memory.drop_kept()
+    runs = []
+    real = bias_correction.session
+    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    spec = Int8Config(reduce_range=False)
+    quantize_int8_selected(digits_proto, calib, spec, root=digits_proto)
+    symmetric = spec.model_copy(update={"symmetric_activations": True})
+    warm = quantize_int8_selected(digits_proto, calib, symmetric, root=digits_proto).proto
+    assert len(runs) == 1
+    _all_cold(monkeypatch)
+    memory.drop_kept()
+    assert quantize_int8_selected(digits_proto, calib, symmetric, root=digits_proto).proto.SerializeToString() == (
+        warm.SerializeToString()
+    )
+    assert len(runs) == 2
+    memory.drop_kept()
