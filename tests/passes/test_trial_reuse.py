@@ -165,6 +165,19 @@ def test_a_fed_pass_computes_what_the_whole_graph_does_and_only_from_its_own_gra
     assert calibration._fed_runs(graph, names, calib, (key, set())) is None
 
 
+def _float_runs_from_cold(monkeypatch) -> list[int]:
+    """Nothing memoized or kept; the list grows by one each time bias correction runs a float graph itself."""
+    from deployc.core import memory
+    from deployc.passes import bias_correction
+
+    _all_cold(monkeypatch)
+    memory.drop_kept()
+    runs: list[int] = []
+    real = bias_correction.session
+    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    return runs
+
+
 @pytest.mark.parametrize("fits", [True, False])
 def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float_graph(
     digits_proto, calib, monkeypatch, fits
@@ -173,21 +186,15 @@ def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float
     inputs, and bias correction sums them: no float run of its own, and the bytes of a correction that ran one.
     When the budget cannot keep them, the pass keeps nothing and bias correction runs the graph itself."""
     from deployc.core import memory
-    from deployc.passes import bias_correction, calibration
+    from deployc.passes import calibration
+    from deployc.passes.onnx_util import weighted_op_inputs
 
-    def cold() -> None:
-        _all_cold(monkeypatch)
-        memory.drop_kept()
-
-    runs = []
-    real = bias_correction.session
-    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    runs = _float_runs_from_cold(monkeypatch)
     spec = Int8Config(reduce_range=False)
-    cold()
     own = quantize_int8_selected(digits_proto, calib, spec, root=digits_proto).proto  # minmax: onnxruntime's pass
     assert len(runs) == 1
-    cold()
-    from deployc.passes.onnx_util import weighted_op_inputs
+    _all_cold(monkeypatch)
+    memory.drop_kept()
 
     inputs = calibration._run_bytes(digits_proto, weighted_op_inputs(digits_proto), calib)  # what the pass keeps
     budget = memory.Budget(1 << 34 if fits else memory.KEEP_SHARE * inputs // 2, "test")
@@ -205,13 +212,8 @@ def test_input_values_held_by_bias_corrections_own_run_serve_a_later_trial(digit
     """No histograms ahead (no percentile or entropy in the loop): trial 1's bias correction runs the float graph
     and holds its inputs; a trial with another input scale (symmetric activations) sums them without a run."""
     from deployc.core import memory
-    from deployc.passes import bias_correction
 
-    _all_cold(monkeypatch)
-    memory.drop_kept()
-    runs = []
-    real = bias_correction.session
-    monkeypatch.setattr(bias_correction, "session", lambda *a, **k: runs.append(1) or real(*a, **k))
+    runs = _float_runs_from_cold(monkeypatch)
     spec = Int8Config(reduce_range=False)
     quantize_int8_selected(digits_proto, calib, spec, root=digits_proto)
     symmetric = spec.model_copy(update={"symmetric_activations": True})
