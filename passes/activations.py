@@ -42,6 +42,14 @@ def per_sample_bytes(proto: Any, names: list[str], data: Dataset, scratch: int =
     return (est.peak + sum(sizes) + scratch * max(sizes, default=0)) // max(data.batch_len(feed), 1)
 
 
+def run_bytes(proto: Any, names: Iterable[str], data: Dataset) -> int:
+    """Bytes the named tensors of `proto` take over all of `data` (estimated from the graph's shapes): what a stage
+    that keeps them for a later one holds."""
+    feed = one_sample(data)
+    sizes = memory.graph_activations(proto, feed).tensors
+    return sum(sizes.get(n, 0) for n in set(names)) // max(data.batch_len(feed), 1) * len(data)
+
+
 def batch_size(per_sample: int, data: Dataset, what: str, wanted: int = DEFAULT_BATCH) -> int:
     """Samples per batch for a stage holding `per_sample` bytes a sample (MemoryBudgetExceeded when none fits)."""
     return memory.batch_for(per_sample, min(wanted, max(len(data), 1)), what, data.fixed_batch)

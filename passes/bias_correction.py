@@ -61,6 +61,17 @@ class _Site:
     bias: tuple[str, Any]  # ("int32", its DequantizeLinear) | ("float", initializer name)
 
 
+def measured_inputs(proto: Any) -> set[str]:
+    """The activations the ops bias correction corrects read beside a constant weight (their input 0): what it
+    measures, and what a calibration pass keeps for it (calibration._histogram_pass)."""
+    inits = {i.name for i in proto.graph.initializer}
+    return {
+        n.input[0]
+        for n in proto.graph.node
+        if n.op_type in FEATURE_AXIS and len(n.input) > 1 and n.input[0] not in inits and n.input[1] in inits
+    }
+
+
 def _attr(node: Any, name: str, default: Any) -> Any:
     from onnx import helper
 
@@ -199,13 +210,9 @@ def _holdable(fp32: Any, names: list[str], data: Dataset) -> bool:
     """Whether the values of `names` over all of `data` fit what the budget lets a stage keep besides what is
     kept already (estimated from the graph's shapes)."""
     from deployc.core import memory
-    from deployc.passes.activations import one_sample
+    from deployc.passes.activations import run_bytes
 
-    feed = one_sample(data)
-    sizes = memory.graph_activations(fp32, feed).tensors
-    per = sum(sizes.get(n, 0) for n in set(names)) // max(data.batch_len(feed), 1)
-    kept = memory.kept_bytes()
-    return per * len(data) + kept <= memory.current().limit // memory.KEEP_SHARE
+    return run_bytes(fp32, names, data) + memory.kept_bytes() <= memory.current().limit // memory.KEEP_SHARE
 
 
 def _held_batches(

@@ -29,6 +29,7 @@ from deployc.passes.activations import (
     last_axis_absmax,
     per_sample_bytes,
     run_ahead,
+    run_bytes,
     run_key,
     side_by_side,
     streamed,
@@ -225,7 +226,8 @@ def _histogram_pass(
     A full pass of a graph keeps, within what the budget lets stages keep, the inputs of its weighted ops (what
     bias correction measures: it then runs no float graph of its own) and of the producers of its weighted
     MatMul/Gemm nodes (what smoothing rescales, for a smoothing trial's pass to be fed from)."""
-    from deployc.passes.onnx_util import weighted_matmul_inputs, weighted_op_inputs
+    from deployc.passes.bias_correction import measured_inputs
+    from deployc.passes.onnx_util import weighted_matmul_inputs
 
     out = Statistics({n: TensorStats() for n in names}, histograms=histograms)
     binners = threading.local()  # a binner's buffers are its thread's
@@ -239,11 +241,11 @@ def _histogram_pass(
         if histograms and not size.probe and memory.room_for(2 * per_sample * size.size):
             runs = (size.sizes, run_ahead(runs[1]))  # binning a batch overlaps the next one's run
     sizes, batches = runs
-    wanted = set(names) if keep else (_smoothing_inputs(proto, smoothed) | weighted_op_inputs(proto)) & set(names)
+    wanted = set(names) if keep else (_smoothing_inputs(proto, smoothed) | measured_inputs(proto)) & set(names)
     # a partial pass keeps a little; a full one what the budget lets stages keep (it replaces the run kept before),
     # and nothing when the graph's shapes say the run's values would not fit (a large model's: bias correction runs)
     most = KEPT_BYTES if keep else memory.current().limit // memory.KEEP_SHARE - memory.kept_bytes()
-    if not keep and wanted and _run_bytes(proto, wanted, data) > most:
+    if not keep and wanted and run_bytes(proto, wanted, data) > most:
         wanted = set()
     kept: dict[str, list[np.ndarray]] | None = {n: [] for n in wanted} if wanted else None
 
@@ -268,15 +270,6 @@ def _histogram_pass(
     if kept is not None:
         keep_run(run_key(proto, data), sizes, kept)  # a Guard's sizes are final once its batches ran
     return out
-
-
-def _run_bytes(proto: Any, names: set[str], data: Dataset) -> int:
-    """The bytes the named tensors take over all of `data` (estimated from the graph's shapes)."""
-    from deployc.passes.activations import one_sample
-
-    feed = one_sample(data)
-    sizes = memory.graph_activations(proto, feed).tensors
-    return sum(sizes.get(n, 0) for n in names) * len(data) // max(data.batch_len(feed), 1)
 
 
 def _smoothing_inputs(proto: Any, smoothed: set[str]) -> set[str]:
@@ -625,7 +618,9 @@ def computed_otherwise(root: Any, graph: Any, changed: frozenset[str] = frozense
     """changed_tensors, and every tensor computed from an output of a node of `graph` that is not the root's node
     (op, inputs, attributes): a fusion that keeps an output's name may compute it in another order. What is left is
     computed as the root computes it, bit for bit (the same kernels, unoptimised)."""
-    theirs = {o: n for n in root.graph.node for o in n.output if o}
+    from deployc.passes.onnx_util import producers
+
+    theirs = producers(root.graph.node)
 
     def same(n: Any) -> bool:
         m = theirs.get(n.output[0]) if n.output else None

@@ -21,20 +21,6 @@ def producers(nodes: Iterable[Any]) -> dict[str, Any]:
     return {o: n for n in nodes for o in n.output if o}
 
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def weighted_op_inputs(proto: Any) -> set[str]:
-    """The activations Conv/ConvTranspose/Gemm/MatMul nodes read as input 0 beside a constant weight: what bias
-    correction measures (passes/bias_correction.py)."""
-    inits = {i.name for i in proto.graph.initializer}
-    return {
-        n.input[0]
-        for n in proto.graph.node
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[0] not in inits and n.input[1] in inits
-    }
-
-
 def weighted_matmul_inputs(proto: Any) -> dict[str, list[Any]]:
     """Activation → the MatMul/Gemm nodes that read it as input 0 with a constant 2-D weight (Gemm without transA):
     what SmoothQuant-style smoothing rescales (passes/smoothquant.py) and calibration measures per channel for it."""

@@ -186,8 +186,8 @@ def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float
     inputs, and bias correction sums them: no float run of its own, and the bytes of a correction that ran one.
     When the budget cannot keep them, the pass keeps nothing and bias correction runs the graph itself."""
     from deployc.core import memory
-    from deployc.passes import calibration
-    from deployc.passes.onnx_util import weighted_op_inputs
+    from deployc.passes.activations import run_bytes
+    from deployc.passes.bias_correction import measured_inputs
 
     runs = _float_runs_from_cold(monkeypatch)
     spec = Int8Config(reduce_range=False)
@@ -196,7 +196,7 @@ def test_bias_correction_reads_the_calibration_pass_instead_of_running_the_float
     _all_cold(monkeypatch)
     memory.drop_kept()
 
-    inputs = calibration._run_bytes(digits_proto, weighted_op_inputs(digits_proto), calib)  # what the pass keeps
+    inputs = run_bytes(digits_proto, measured_inputs(digits_proto), calib)  # what the pass keeps
     budget = memory.Budget(1 << 34 if fits else memory.KEEP_SHARE * inputs // 2, "test")
     with memory.applied(budget):
         ahead = quantize_int8_selected(digits_proto, calib, spec, root=digits_proto, ahead=True)
